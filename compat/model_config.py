@@ -1,0 +1,70 @@
+"""TF Serving's ModelServerConfig text format, parsed with its own protos and ``text_format``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from compat.errors import InvalidArgument
+from compat.protos import model_server_config_pb2
+
+
+@dataclass
+class ModelEntry:
+    """One ``config { ... }`` of a ``model_config_list``."""
+
+    name: str
+    base_path: str
+    policy: str = "latest"
+    num_versions: int = 1
+    versions: list[int] = field(default_factory=list)
+    labels: dict[str, int] = field(default_factory=dict)
+
+
+def parse_text(text: str) -> model_server_config_pb2.ModelServerConfig:
+    """Parse a ModelServerConfig in text format (INVALID_ARGUMENT with the parser's message)."""
+    config = model_server_config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as e:
+        raise InvalidArgument(f"Invalid protobuf file: {e}") from None
+    return config
+
+
+def read_file(path: str | Path) -> model_server_config_pb2.ModelServerConfig:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise InvalidArgument(f"Could not read model config file {path}: {e.strerror}") from None
+    return parse_text(text)
+
+
+def entries(config: model_server_config_pb2.ModelServerConfig) -> list[ModelEntry]:
+    """The models of a config, with TF Serving's checks on names and duplicates."""
+    if config.WhichOneof("config") == "custom_model_config":
+        raise InvalidArgument("custom_model_config is not supported")
+    result: list[ModelEntry] = []
+    seen: set[str] = set()
+    for c in config.model_config_list.config:
+        if not c.name:
+            raise InvalidArgument("Model config has no name")
+        if c.name in seen:
+            raise InvalidArgument(f"Illegal to list model {c.name} multiple times in config list")
+        if not c.base_path:
+            raise InvalidArgument(f"Model {c.name} has no base_path")
+        if c.model_platform and c.model_platform != "tensorflow":
+            raise InvalidArgument(f"Unsupported model_platform {c.model_platform!r} for {c.name}")
+        seen.add(c.name)
+        entry = ModelEntry(name=c.name, base_path=c.base_path, labels=dict(c.version_labels))
+        which = c.model_version_policy.WhichOneof("policy_choice")
+        if which == "all":
+            entry.policy = "all"
+        elif which == "specific":
+            entry.policy = "specific"
+            entry.versions = list(c.model_version_policy.specific.versions)
+        elif which == "latest":
+            entry.num_versions = c.model_version_policy.latest.num_versions or 1
+        result.append(entry)
+    return result

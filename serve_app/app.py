@@ -1,0 +1,122 @@
+"""``build_app(args, plan) -> Application``: the only place ``.bind()`` is called."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from serve_app.args import AppArgs
+from serve_app.ingress import Ingress
+from serve_app.model import ModelVersion
+from serve_app.plan import Plan, deployment_name
+from serve_app.rollout import VersionManager
+
+#: Bumped with the package: replicas of an older build are replaced on redeploy.
+CODE_VERSION = "0.1.0"
+
+
+def _version(*parts: Any) -> str:
+    """A stable internal deployment version: equal inputs keep replicas running across redeploys."""
+    blob = json.dumps([CODE_VERSION, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _session_options(args: AppArgs) -> dict[str, Any]:
+    return {
+        "intra_op_parallelism": args.intra_op_parallelism,
+        "inter_op_parallelism": args.inter_op_parallelism,
+        "per_process_gpu_memory_fraction": args.per_process_gpu_memory_fraction,
+        "allow_gpu": args.scaling.accelerator != "cpu",
+    }
+
+
+def _model_deployment_options(args: AppArgs, num_gpus: float) -> dict[str, Any]:
+    s = args.scaling
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": num_gpus},
+        "max_ongoing_requests": s.max_ongoing_requests,
+        "max_queued_requests": s.max_queued_requests,
+        "user_config": {"batching": args.batching.model_dump()},
+        "health_check_period_s": 5,
+        "graceful_shutdown_timeout_s": 30,
+    }
+    if s.num_replicas is None:
+        options["autoscaling_config"] = {
+            "min_replicas": s.min_replicas,
+            "max_replicas": s.max_replicas,
+            "target_ongoing_requests": s.target_ongoing_requests,
+            "upscale_delay_s": s.upscale_delay_s,
+            "downscale_delay_s": s.downscale_delay_s,
+        }
+    else:
+        options["num_replicas"] = s.num_replicas
+    return options
+
+
+def num_gpus_per_replica(args: AppArgs) -> float:
+    """GPUs each model replica asks for: ``gpu`` always, ``auto`` when the cluster has one."""
+    import ray
+
+    accelerator = args.scaling.accelerator
+    if accelerator == "cpu":
+        return 0.0
+    if accelerator == "auto" and ray.is_initialized() and not ray.cluster_resources().get("GPU"):
+        return 0.0
+    return args.scaling.num_gpus
+
+
+def build_app(args: AppArgs, plan: Plan) -> Application:
+    """The application for a plan: one deployment per deployed (model, version), the version
+    manager, and the ingress whose routing table is its ``user_config``."""
+    session = _session_options(args)
+    num_gpus = num_gpus_per_replica(args)
+    model_options = _model_deployment_options(args, num_gpus)
+    versions = []
+    for model, deployed in sorted(plan.deployed.items()):
+        for version, path in sorted(deployed.items()):
+            versions.append(
+                serve.deployment(ModelVersion)
+                .options(
+                    name=deployment_name(model, version),
+                    version=_version(model, version, path, session, model_options["ray_actor_options"]),
+                    _internal=True,
+                    **model_options,
+                )
+                .bind(
+                    model,
+                    version,
+                    path,
+                    session,
+                    warmup=args.enable_model_warmup,
+                    max_load_retries=args.max_load_retries,
+                )
+            )
+    manager = (
+        serve.deployment(VersionManager)
+        .options(
+            name="VersionManager",
+            num_replicas=1,
+            version=_version("manager"),
+            _internal=True,
+            ray_actor_options={"num_cpus": 0.05},
+            max_ongoing_requests=1000,
+        )
+        .bind(args.model_dump(mode="json"), plan.model_dump(mode="json"), _versions=versions)
+    )
+    return (
+        serve.deployment(Ingress)
+        .options(
+            name="Ingress",
+            num_replicas=args.ingress_replicas,
+            version=_version("ingress"),
+            _internal=True,
+            ray_actor_options={"num_cpus": 0.1},
+            max_ongoing_requests=1000,
+            user_config={"routing": plan.routing.model_dump(mode="json")},
+        )
+        .bind(manager)
+    )

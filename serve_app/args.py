@@ -1,0 +1,142 @@
+"""Typed application arguments: what `serve run serve_app:app key=value ...` and the CLI accept."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class VersionPolicy(BaseModel):
+    """TF Serving's ``model_version_policy``: which versions of a model to serve."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    kind: Literal["latest", "all", "specific"] = "latest"
+    """``latest`` serves the newest ``num_versions``; ``all`` every version; ``specific`` a list."""
+    num_versions: int = Field(default=1, ge=1)
+    """For ``latest``: how many of the newest versions to serve."""
+    versions: list[int] = []
+    """For ``specific``: the versions to serve."""
+
+
+class BatchingArgs(BaseModel):
+    """Dynamic batching inside each model-version replica (TF Serving's BatchingParameters)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    enabled: bool = False
+    """Batch concurrent requests into one model run (``--enable_batching``)."""
+    max_batch_size: int = Field(default=32, ge=1)
+    """Largest batch, in examples (the 0th dimension), run at once."""
+    batch_timeout_micros: int = Field(default=2000, ge=0)
+    """How long the first request of a batch waits for others."""
+    max_enqueued_batches: int = Field(default=100, ge=1)
+    """Queue bound in batches; beyond it requests are refused with RESOURCE_EXHAUSTED."""
+    num_batch_threads: int = Field(default=1, ge=1)
+    """Batches run concurrently per replica."""
+    allowed_batch_sizes: list[int] = []
+    """If set, a batch is padded up to the next allowed size (last == max_batch_size)."""
+    pad_variable_length_inputs: bool = False
+    """Pad inputs whose non-batch dimensions differ to the largest, then slice outputs back."""
+
+    @model_validator(mode="after")
+    def _allowed_sizes(self) -> BatchingArgs:
+        sizes = self.allowed_batch_sizes
+        if sizes:
+            if sizes != sorted(set(sizes)):
+                raise ValueError("allowed_batch_sizes must be strictly increasing")
+            if sizes[-1] != self.max_batch_size:
+                raise ValueError("the last entry of allowed_batch_sizes must equal max_batch_size")
+        return self
+
+
+class ScalingArgs(BaseModel):
+    """Replica count and resources of each model-version deployment."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    num_replicas: int | None = Field(default=1, ge=1)
+    """Fixed replica count; ``None`` turns on autoscaling between min and max."""
+    min_replicas: int = Field(default=1, ge=0)
+    """Autoscaling lower bound."""
+    max_replicas: int = Field(default=2, ge=1)
+    """Autoscaling upper bound."""
+    target_ongoing_requests: float = Field(default=4.0, gt=0)
+    """Autoscaling target of in-flight requests per replica."""
+    upscale_delay_s: float = Field(default=2.0, ge=0)
+    """How long load must stay high before adding a replica."""
+    downscale_delay_s: float = Field(default=10.0, ge=0)
+    """How long load must stay low before removing a replica."""
+    num_cpus: float = Field(default=0.25, gt=0)
+    """CPUs reserved per replica (fractional, so everything schedules on 2 cores)."""
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    """``auto`` uses a GPU when the Ray cluster has one, else the CPU."""
+    num_gpus: float = Field(default=1.0, gt=0, le=8)
+    """GPUs per replica when on GPU (fractional shares a card between replicas)."""
+    max_ongoing_requests: int = Field(default=64, ge=1)
+    """Requests in flight per replica before Ray queues them."""
+    max_queued_requests: int = Field(default=256, ge=-1)
+    """Requests waiting for a replica beyond which we answer RESOURCE_EXHAUSTED (-1: no bound)."""
+
+
+class ModelArgs(BaseModel):
+    """One served model, as one ``config`` entry of TF Serving's ModelServerConfig."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    name: str
+    """Model name clients put in ``model_spec.name``."""
+    base_path: str
+    """Directory holding numeric version subdirectories."""
+    version_policy: VersionPolicy = VersionPolicy()
+    """Which versions to serve."""
+    version_labels: dict[str, int] = {}
+    """Label -> version; a label may only name an AVAILABLE version."""
+
+
+class AppArgs(BaseModel):
+    """Everything that shapes the application; the one typed input of ``build_app``."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_name: str = "deeplab"
+    """Name of the single model served when no config file is given."""
+    model_base_path: str = "models/deeplab"
+    """Base path of the single model (relative paths are resolved against the cwd)."""
+    model_config_file: str | None = None
+    """A ModelServerConfig text file; replaces model_name/model_base_path when set."""
+    models: list[ModelArgs] = []
+    """Resolved model list (filled from the two options above by ``resolve_models``)."""
+    host: str = "127.0.0.1"
+    """Address Ray and both ports bind to; loopback unless you serve a network."""
+    grpc_port: int = Field(default=9000, ge=0, le=65535)
+    """gRPC port of the TF Serving API (0 disables gRPC)."""
+    http_port: int = Field(default=8000, ge=1, le=65535)
+    """HTTP port of the TF Serving REST API."""
+    file_system_poll_wait_seconds: float = Field(default=1.0, ge=0)
+    """How often base paths are scanned for new versions (0 disables polling)."""
+    model_config_file_poll_wait_seconds: float = Field(default=0.0, ge=0)
+    """How often the config file is re-read (0: only at startup and on reload RPCs)."""
+    rollout: Literal["availability_preserving", "resource_preserving"] = "availability_preserving"
+    """Load the new version before unloading the old (default) or the reverse."""
+    enable_model_warmup: bool = True
+    """Replay ``assets.extra/tf_serving_warmup_requests`` before a version is AVAILABLE."""
+    max_load_retries: int = Field(default=2, ge=0)
+    """Extra attempts to load a version that failed before it is given up (END with error)."""
+    batching: BatchingArgs = BatchingArgs()
+    """Dynamic batching knobs."""
+    scaling: ScalingArgs = ScalingArgs()
+    """Replica count, autoscaling and resources of model-version replicas."""
+    ingress_replicas: int = Field(default=1, ge=1)
+    """Replicas of the ingress deployment."""
+    intra_op_parallelism: int = Field(default=0, ge=0)
+    """TF intra-op threads per replica (0: TF's default)."""
+    inter_op_parallelism: int = Field(default=0, ge=0)
+    """TF inter-op threads per replica (0: TF's default)."""
+    per_process_gpu_memory_fraction: float = Field(default=0.0, ge=0, le=1)
+    """Fraction of GPU memory each replica may take (0: grow on demand)."""
+    rest_api_timeout_in_ms: int = Field(default=30000, ge=0)
+    """Deadline of a REST request."""
+    prometheus_path: str | None = None
+    """Serve Prometheus metrics at this HTTP path (from ``--monitoring_config_file``)."""

@@ -1,0 +1,142 @@
+"""Merging concurrent Predict calls into one model run, as TF Serving's batching session does.
+
+Calls are grouped by what makes them stackable: the same signature and outputs, every input with
+a batch dimension in the signature, and equal dtypes and non-batch shapes (or, with
+``pad_variable_length_inputs``, equal ranks: shorter inputs are zero-padded to the longest and
+outputs sliced back). Groups are cut at ``max_batch_size`` rows and padded up to the next of
+``allowed_batch_sizes``. Every call gets exactly the rows it sent, or its own error.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+
+from compat.dataplane import PredictCall
+from compat.errors import InvalidArgument, ServingError
+from compat.servable import Servable
+from serve_app.args import BatchingArgs
+
+Result = dict[str, np.ndarray] | ServingError
+
+
+def _batchable(call: PredictCall) -> bool:
+    specs = [call.signature.inputs[a] for a in call.inputs] + [
+        call.signature.outputs[a] for a in call.output_aliases
+    ]
+    if not specs or not call.inputs:
+        return False
+    rows = {v.shape[0] if v.ndim else None for v in call.inputs.values()}
+    return all(s.shape and s.shape[0] == -1 for s in specs) and len(rows) == 1 and None not in rows
+
+
+def _group_key(call: PredictCall, pad: bool) -> Hashable:
+    inputs = tuple(
+        (a, v.dtype.str, v.ndim if pad else v.shape[1:]) for a, v in sorted(call.inputs.items())
+    )
+    return (call.signature.key, tuple(call.output_aliases), inputs)
+
+
+def _rows(call: PredictCall) -> int:
+    return next(iter(call.inputs.values())).shape[0]
+
+
+def run_batch(servable: Servable, calls: Sequence[PredictCall], knobs: BatchingArgs) -> list[Result]:
+    """Run every call, stacking the compatible ones; results in the order of ``calls``."""
+    results: list[Result | None] = [None] * len(calls)
+    groups: dict[Hashable, list[int]] = defaultdict(list)
+    for i, call in enumerate(calls):
+        if _batchable(call):
+            groups[_group_key(call, knobs.pad_variable_length_inputs)].append(i)
+        else:
+            results[i] = _run_one(servable, call)
+    for members in groups.values():
+        for chunk in _chunks(members, calls, knobs.max_batch_size):
+            for i, result in zip(chunk, _run_stacked(servable, [calls[i] for i in chunk], knobs), strict=True):
+                results[i] = result
+    return [r for r in results if r is not None]
+
+
+def _chunks(members: list[int], calls: Sequence[PredictCall], max_rows: int) -> list[list[int]]:
+    chunks: list[list[int]] = [[]]
+    rows = 0
+    for i in members:
+        n = _rows(calls[i])
+        if chunks[-1] and rows + n > max_rows:
+            chunks.append([])
+            rows = 0
+        chunks[-1].append(i)
+        rows += n
+    return chunks
+
+
+def _run_one(servable: Servable, call: PredictCall) -> Result:
+    try:
+        return servable.run(call.signature, call.inputs, call.output_aliases)
+    except ServingError as e:
+        return e
+
+
+def _pad_to(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if value.shape[1:] == shape:
+        return value
+    widths = [(0, 0)] + [(0, t - s) for s, t in zip(value.shape[1:], shape, strict=True)]
+    return np.pad(value, widths)
+
+
+def _run_stacked(servable: Servable, calls: list[PredictCall], knobs: BatchingArgs) -> list[Result]:
+    if len(calls) == 1 and not knobs.allowed_batch_sizes:
+        return [_run_one(servable, calls[0])]
+    first = calls[0]
+    sizes = [_rows(c) for c in calls]
+    total = sum(sizes)
+    target = total
+    if knobs.allowed_batch_sizes:
+        at = bisect.bisect_left(knobs.allowed_batch_sizes, total)
+        target = knobs.allowed_batch_sizes[min(at, len(knobs.allowed_batch_sizes) - 1)]
+        target = max(target, total)
+    stacked: dict[str, np.ndarray] = {}
+    pad_shapes: dict[str, tuple[int, ...]] = {}
+    for alias in first.inputs:
+        parts = [c.inputs[alias] for c in calls]
+        shape = tuple(int(d) for d in np.max([p.shape[1:] for p in parts], axis=0)) if parts[0].ndim > 1 else ()
+        pad_shapes[alias] = shape
+        merged = np.concatenate([_pad_to(p, shape) for p in parts], axis=0)
+        if target > total:  # pad the batch up to an allowed size with copies of the last row
+            merged = np.concatenate([merged, np.repeat(merged[-1:], target - total, axis=0)])
+        stacked[alias] = merged
+    try:
+        outputs = servable.run(first.signature, stacked, first.output_aliases)
+    except ServingError:
+        return [_run_one(servable, c) for c in calls]  # let each call see its own error
+    results: list[Result] = []
+    start = 0
+    for call, n in zip(calls, sizes, strict=True):
+        piece: dict[str, np.ndarray] = {}
+        for alias, value in outputs.items():
+            if value.ndim == 0 or value.shape[0] != target:
+                return [InvalidArgument(
+                    f"Batched output tensor {alias} has {value.shape[0] if value.ndim else 0} "
+                    f"rows, expected {target}") for _ in calls]
+            part = value[start : start + n]
+            piece[alias] = _slice_back(part, call, pad_shapes) if knobs.pad_variable_length_inputs else part
+        results.append(piece)
+        start += n
+    return results
+
+
+def _slice_back(part: np.ndarray, call: PredictCall, pad_shapes: dict[str, tuple[int, ...]]) -> np.ndarray:
+    """Undo input padding on an output: dims that grew with an input's padding are cut back."""
+    for alias, padded in pad_shapes.items():
+        original = call.inputs[alias].shape[1:]
+        if original == padded:
+            continue
+        index = [slice(None)] * part.ndim
+        for d in range(1, min(part.ndim, len(padded) + 1)):
+            if part.shape[d] == padded[d - 1]:
+                index[d] = slice(0, original[d - 1])
+        return part[tuple(index)]
+    return part

@@ -1,0 +1,131 @@
+"""The ingress deployment: every TF Serving RPC and REST route, each a thin hop into a replica.
+
+gRPC methods are named after the RPCs (Ray's proxy calls them by name) and receive the raw
+request bytes (see ``grpc_services``). The ingress reads only the ModelSpec, resolves it against
+the routing table (TF Serving's errors for unknown models, versions and labels), and forwards
+the untouched bytes to the model-version replica, which decodes, runs and encodes once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.requests import Request
+from starlette.responses import Response
+
+from compat import rest_api
+from compat.errors import InvalidArgument, ServingError
+from compat.protos import get_model_status_pb2, inference_pb2
+from compat.routing import RoutingTable
+from serve_app.replies import RawMessage, Reply
+
+logger = logging.getLogger("ray.serve")
+
+#: Parses just field 1 (``model_spec``) of any request that has it, skipping the payload.
+_HEAD = get_model_status_pb2.GetModelStatusRequest
+
+
+class Ingress:
+    """Routes TF Serving's gRPC and REST requests to model-version deployments."""
+
+    def __init__(self, manager: DeploymentHandle) -> None:
+        self._manager = manager
+        self._table = RoutingTable()
+        self._handles: dict[str, DeploymentHandle] = {}
+        self._app_name = serve.get_replica_context().app_name
+        self._rest = rest_api.RestApi(self)
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """The routing table arrives as user_config: one atomic swap per replica."""
+        self._table = RoutingTable.model_validate(config["routing"])
+
+    def routing_epoch(self) -> int:
+        return self._table.epoch
+
+    def _handle(self, target: str) -> DeploymentHandle:
+        handle = self._handles.get(target)
+        if handle is None:
+            handle = serve.get_deployment_handle(target, self._app_name)
+            self._handles[target] = handle
+        return handle
+
+    # --- the one forwarding path, shared by gRPC and REST ------------------------------------
+
+    async def call_model(self, spec: Any, method: str, *args: Any) -> Reply:
+        """Resolve ``spec`` and call ``method`` on the version's replica; errors as a Reply."""
+        try:
+            route = self._table.resolve(spec)
+            return await getattr(self._handle(route.target), method).remote(*args)
+        except ServingError as e:
+            return Reply.error(e)
+
+    async def call_manager(self, method: str, *args: Any) -> Any:
+        return await getattr(self._manager, method).remote(*args)
+
+    async def _forward(self, raw: bytes, grpc_context: Any, method: str) -> RawMessage:
+        try:
+            head = _HEAD.FromString(raw)
+        except Exception:
+            return _grpc_reply(Reply.error(InvalidArgument("Could not parse request")), grpc_context)
+        if not head.HasField("model_spec"):
+            return _grpc_reply(Reply.error(InvalidArgument("Missing ModelSpec")), grpc_context)
+        return _grpc_reply(await self.call_model(head.model_spec, method, raw), grpc_context)
+
+    # --- tensorflow.serving.PredictionService ---------------------------------------------------
+
+    async def Predict(self, request: bytes, grpc_context: Any) -> RawMessage:
+        return await self._forward(request, grpc_context, "predict")
+
+    async def Classify(self, request: bytes, grpc_context: Any) -> RawMessage:
+        return await self._forward(request, grpc_context, "classify")
+
+    async def Regress(self, request: bytes, grpc_context: Any) -> RawMessage:
+        return await self._forward(request, grpc_context, "regress")
+
+    async def GetModelMetadata(self, request: bytes, grpc_context: Any) -> RawMessage:
+        return await self._forward(request, grpc_context, "metadata")
+
+    async def MultiInference(self, request: bytes, grpc_context: Any) -> RawMessage:
+        try:
+            parsed = inference_pb2.MultiInferenceRequest.FromString(request)
+        except Exception:
+            return _grpc_reply(Reply.error(InvalidArgument("Could not parse request")), grpc_context)
+        if not parsed.tasks:
+            reply = Reply.error(InvalidArgument("Inference Request needs to have at least one task"))
+            return _grpc_reply(reply, grpc_context)
+        spec = parsed.tasks[0].model_spec
+        return _grpc_reply(await self.call_model(spec, "multi_inference", request), grpc_context)
+
+    # --- tensorflow.serving.ModelService ----------------------------------------------------------
+
+    async def GetModelStatus(self, request: bytes, grpc_context: Any) -> RawMessage:
+        return _grpc_reply(await self.call_manager("get_status", request), grpc_context)
+
+    async def HandleReloadConfigRequest(self, request: bytes, grpc_context: Any) -> RawMessage:
+        return _grpc_reply(await self.call_manager("reload_config", request), grpc_context)
+
+    # --- grpc.health.v1.Health ------------------------------------------------------------------
+
+    async def Check(self, request: bytes, grpc_context: Any) -> RawMessage:
+        from serve_app import health
+
+        return _grpc_reply(await health.check(self, request), grpc_context)
+
+    # --- REST -----------------------------------------------------------------------------------
+
+    async def __call__(self, request: Request) -> Response:
+        return await self._rest.handle(request)
+
+
+def _grpc_reply(reply: Reply, grpc_context: Any) -> RawMessage:
+    """OK: the payload; otherwise the status code and TF Serving's message, with an empty reply."""
+    if reply.code:
+        from serve_app.replies import STATUS_BY_VALUE
+
+        grpc_context.set_code(STATUS_BY_VALUE[reply.code])
+        grpc_context.set_details(reply.message)
+        return RawMessage()
+    return RawMessage(reply.payload)

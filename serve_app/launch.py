@@ -1,0 +1,146 @@
+"""Turning arguments into a running Serve instance: shared by ``serve run`` and the CLI."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from serve_app.args import AppArgs, ModelArgs
+from serve_app.grpc_services import GRPC_HOST_ENV, SERVICER_FUNCTIONS
+from serve_app.plan import Plan
+from serve_app.repository import ModelPathError, aspired_versions, check_model_path, scan_versions
+
+logger = logging.getLogger("ray.serve")
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def parse_cli_args(raw: dict[str, Any]) -> AppArgs:
+    """``key=value`` pairs (dots for nesting: ``batching.enabled=true``) -> typed arguments."""
+    nested: dict[str, Any] = {}
+    for key, value in raw.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        if isinstance(value, str) and leaf in {"allowed_batch_sizes", "versions"}:
+            value = [int(v) for v in value.split(",") if v]
+        if value in ("None", "none", "null"):
+            value = None
+        node[leaf] = value
+    return AppArgs.model_validate(nested)
+
+
+def resolve_models(args: AppArgs) -> AppArgs:
+    """Fill ``args.models`` from the config file or the single-model flags, absolute paths."""
+    from compat import model_config
+    from serve_app.rollout import models_from_config
+
+    if args.models:
+        models = args.models
+    elif args.model_config_file:
+        models = models_from_config(model_config.read_file(args.model_config_file))
+    else:
+        models = [ModelArgs(name=args.model_name, base_path=args.model_base_path)]
+    resolved = [m.model_copy(update={"base_path": str(Path(m.base_path).resolve())}) for m in models]
+    return args.model_copy(update={"models": resolved})
+
+
+def initial_plan(args: AppArgs) -> Plan:
+    """Deploy every aspired version at startup and route to the newest (TF Serving blocks until
+    they load; so does ``serve run`` until their replicas are up)."""
+    from compat.routing import ModelRoutes
+    from serve_app.plan import deployment_name
+
+    plan = Plan()
+    for m in args.models:
+        aspired = aspired_versions(scan_versions(m.base_path), m.version_policy)
+        if not aspired:
+            continue
+        plan.deployed[m.name] = {v: str(p) for v, p in aspired.items()}
+        plan.routing.models[m.name] = ModelRoutes(
+            versions={v: deployment_name(m.name, v) for v in aspired},
+            latest=max(aspired),
+            labels={k: v for k, v in m.version_labels.items() if v in aspired},
+        )
+    plan.routing.epoch = 1
+    return plan
+
+
+def start_ray_and_serve(args: AppArgs) -> None:
+    """A local Ray bound to ``args.host`` (loopback by default) and Serve with both ports."""
+    import ray
+    from ray import serve
+    from ray.serve.config import gRPCOptions, HTTPOptions
+
+    os.environ[GRPC_HOST_ENV] = args.host
+    if not ray.is_initialized():
+        if args.host in LOOPBACK:
+            # Ray swaps a loopback node address for the machine's network address unless it
+            # believes it is a single-machine (non-cluster) install: every Ray server then binds
+            # 127.0.0.1. Child processes (raylet, workers) read the same variable.
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+            import ray._private.ray_constants as ray_constants
+
+            ray_constants.ENABLE_RAY_CLUSTER = False
+        repo_root = str(Path(__file__).resolve().parent.parent)
+        ray.init(
+            address="local",
+            namespace="serve",
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            runtime_env={
+                "worker_process_setup_hook": "serve_app.grpc_services.bind_grpc_to_host",
+                "env_vars": {
+                    GRPC_HOST_ENV: args.host,
+                    "PYTHONPATH": os.pathsep.join(
+                        p for p in (repo_root, os.environ.get("PYTHONPATH", "")) if p
+                    ),
+                    "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+                },
+            },
+        )
+    grpc_options = gRPCOptions(
+        port=args.grpc_port,
+        grpc_servicer_functions=SERVICER_FUNCTIONS if args.grpc_port else [],
+        enable_reflection=False,
+    )
+    serve.start(
+        proxy_location="HeadOnly",
+        http_options=HTTPOptions(host=args.host, port=args.http_port),
+        grpc_options=grpc_options,
+    )
+
+
+def prepare(args: AppArgs) -> tuple[AppArgs, Plan]:
+    """Validate models and paths; exits with a clear message naming a bad path."""
+    from compat.errors import ServingError
+
+    try:
+        args = resolve_models(args)
+        for m in args.models:
+            check_model_path(m)
+    except (ModelPathError, ServingError) as e:
+        message = getattr(e, "message", None) or str(e)
+        print(f"ray-tfserving: {message}", file=sys.stderr)
+        raise SystemExit(1) from None
+    return args, initial_plan(args)
+
+
+def application_from_cli_args(raw: dict[str, Any]) -> Any:
+    """What ``serve run serve_app:app ...`` deploys."""
+    from pydantic import ValidationError
+
+    from serve_app.app import build_app
+
+    try:
+        args = parse_cli_args(raw)
+    except ValidationError as e:
+        print(f"ray-tfserving: invalid arguments:\n{e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    args, plan = prepare(args)
+    start_ray_and_serve(args)
+    return build_app(args, plan)

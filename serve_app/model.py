@@ -1,0 +1,239 @@
+"""The model-version deployment: one SavedModel version, its signatures, batching and warmup.
+
+A replica loads its version in ``__init__`` (retrying a bounded number of times), replays the
+version's warmup file, and only then reports healthy. A version that cannot load does not crash
+the replica (that would fail the whole Serve application): it keeps the error, answers every
+call with it, and the version manager reads it, marks the version END with that error and never
+routes to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from compat import dataplane, inference, json_codec
+from compat.errors import InvalidArgument, ServingError, Unavailable
+from compat.protos import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    inference_pb2,
+    predict_pb2,
+    regression_pb2,
+)
+from compat.servable import Servable, SessionOptions
+from compat.warmup import replay_warmup
+from serve_app.args import BatchingArgs
+from serve_app.batching import run_batch
+from serve_app.replies import Reply
+
+logger = logging.getLogger("ray.serve")
+
+
+@dataclass(frozen=True)
+class LoadState:
+    """What the version manager needs to know about a replica's load."""
+
+    ok: bool
+    message: str = ""
+    load_seconds: float = 0.0
+
+
+class ModelVersion:
+    """Serves one (model, version). Methods take serialized requests and return ``Reply``."""
+
+    def __init__(
+        self,
+        model: str,
+        version: int,
+        path: str,
+        session: dict[str, Any],
+        warmup: bool = True,
+        max_load_retries: int = 0,
+    ) -> None:
+        self.model = model
+        self.version = version
+        self.servable: Servable | None = None
+        self.error: ServingError | None = None
+        self.batching = BatchingArgs()
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"{model}-{version}")
+        started = time.monotonic()
+        for attempt in range(max_load_retries + 1):
+            try:
+                self.servable = Servable(path, SessionOptions(**session))
+                if warmup:
+                    replay_warmup(self.servable, path, model, version)
+                self.error = None
+                break
+            except ServingError as e:
+                self.error = e
+            except Exception as e:  # a loader bug must not kill the app
+                self.error = Unavailable(f"{type(e).__name__}: {e}")
+            if self.servable is not None:
+                self.servable.close()
+                self.servable = None
+            logger.warning(
+                "Loading %s version %s failed (attempt %d of %d): %s",
+                model, version, attempt + 1, max_load_retries + 1, self.error,
+            )
+        self.load_seconds = time.monotonic() - started
+        if self.servable is not None:
+            logger.info("Loaded %s version %s in %.2fs", model, version, self.load_seconds)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Batching knobs change at runtime without reloading the model."""
+        self.batching = BatchingArgs(**config.get("batching", {}))
+        self._batched_run.set_max_batch_size(self.batching.max_batch_size)
+        self._batched_run.set_batch_wait_timeout_s(self.batching.batch_timeout_micros / 1e6)
+
+    def load_state(self) -> LoadState:
+        if self.error is not None:
+            return LoadState(False, self.error.message, self.load_seconds)
+        return LoadState(True, "", self.load_seconds)
+
+    def _servable(self) -> Servable:
+        if self.servable is None:
+            assert self.error is not None
+            raise self.error
+        return self.servable
+
+    # --- running ----------------------------------------------------------------------------
+
+    async def _run(self, call: dataplane.PredictCall) -> dict[str, np.ndarray]:
+        if self.batching.enabled:
+            return await self._batched_run(call)
+        servable = self._servable()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._pool, servable.run, call.signature, call.inputs, call.output_aliases
+        )
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def _batched_run(self, calls: list[dataplane.PredictCall]) -> list[Any]:
+        servable = self._servable()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, run_batch, servable, calls, self.batching)
+
+    async def _guard(self, work) -> Reply:  # type: ignore[no-untyped-def]
+        try:
+            return Reply(payload=await work())
+        except ServingError as e:
+            return Reply.error(e)
+        except Exception as e:  # never let an exception escape to Ray
+            logger.exception("Unexpected error in %s version %s", self.model, self.version)
+            return Reply(code=13, message=f"{type(e).__name__}: {e}")
+
+    # --- gRPC -------------------------------------------------------------------------------
+
+    async def predict(self, raw: bytes) -> Reply:
+        async def work() -> bytes:
+            request = predict_pb2.PredictRequest.FromString(raw)
+            call = dataplane.prepare_predict(self._servable(), request)
+            result = await self._run(call)
+            if isinstance(result, ServingError):
+                raise result
+            call.outputs = result
+            return dataplane.finish_predict(call, self.model, self.version).SerializeToString()
+
+        return await self._guard(work)
+
+    async def metadata(self, raw: bytes) -> Reply:
+        async def work() -> bytes:
+            request = get_model_metadata_pb2.GetModelMetadataRequest.FromString(raw)
+            response = dataplane.metadata(self._servable(), request, self.model, self.version)
+            return response.SerializeToString()
+
+        return await self._guard(work)
+
+    async def classify(self, raw: bytes) -> Reply:
+        async def work() -> bytes:
+            request = classification_pb2.ClassificationRequest.FromString(raw)
+            response = await self._offload(
+                inference.classify, self._servable(), request, self.model, self.version
+            )
+            return response.SerializeToString()
+
+        return await self._guard(work)
+
+    async def regress(self, raw: bytes) -> Reply:
+        async def work() -> bytes:
+            request = regression_pb2.RegressionRequest.FromString(raw)
+            response = await self._offload(
+                inference.regress, self._servable(), request, self.model, self.version
+            )
+            return response.SerializeToString()
+
+        return await self._guard(work)
+
+    async def multi_inference(self, raw: bytes) -> Reply:
+        async def work() -> bytes:
+            request = inference_pb2.MultiInferenceRequest.FromString(raw)
+            response = await self._offload(
+                inference.multi_inference, self._servable(), request, self.model, self.version
+            )
+            return response.SerializeToString()
+
+        return await self._guard(work)
+
+    async def _offload(self, fn, *args):  # type: ignore[no-untyped-def]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, fn, *args)
+
+    # --- REST -------------------------------------------------------------------------------
+
+    async def rest(self, verb: str, body: bytes) -> Reply:
+        """``:predict``, ``:classify`` and ``:regress`` with TF Serving's JSON in and out."""
+
+        async def work() -> bytes:
+            servable = self._servable()
+            try:
+                doc = json.loads(body or b"{}")
+            except ValueError as e:
+                raise InvalidArgument(f"JSON Parse error: {e}") from None
+            if not isinstance(doc, dict):
+                raise InvalidArgument("JSON Value: " + body[:100].decode(errors="replace")
+                                      + " Is not an object")
+            requested = doc.get("signature_name", "")
+            if not isinstance(requested, str):
+                raise InvalidArgument("'signature_name' key must be a string")
+            if verb == "predict":
+                name = dataplane.signature_name(requested)
+                signature = dataplane.check_predict_signature(servable, name)
+                inputs, row_format = json_codec.decode_predict_request(doc, signature)
+                call = dataplane.prepare_predict_arrays(servable, requested, inputs)
+                result = await self._run(call)
+                if isinstance(result, ServingError):
+                    raise result
+                ordered = {a: result[a] for a in call.output_aliases}
+                return json_codec.encode_predict_response(ordered, row_format).encode()
+            inputs_proto = json_codec.decode_examples_request(doc)
+            if verb == "classify":
+                creq = classification_pb2.ClassificationRequest(input=inputs_proto)
+                creq.model_spec.signature_name = requested
+                cresp = await self._offload(
+                    inference.classify, servable, creq, self.model, self.version
+                )
+                return json_codec.encode_classify_response(cresp.result).encode()
+            rreq = regression_pb2.RegressionRequest(input=inputs_proto)
+            rreq.model_spec.signature_name = requested
+            rresp = await self._offload(inference.regress, servable, rreq, self.model, self.version)
+            return json_codec.encode_regress_response(rresp.result).encode()
+
+        return await self._guard(work)
+
+    def __del__(self) -> None:
+        if getattr(self, "servable", None) is not None:
+            self.servable.close()  # type: ignore[union-attr]
+
+
+ModelVersionDeployment = serve.deployment(ModelVersion, name="ModelVersion")

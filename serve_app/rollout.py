@@ -1,0 +1,418 @@
+"""The version manager: discovered versions -> Serve deployment updates, blue/green.
+
+It lives in the application as a one-replica deployment, so ``serve run serve_app:app`` (which
+leaves no driver loop of ours running) and the CLI behave alike. Each step is a redeploy of the
+same application with an updated plan (``build_app``): deployments keep a stable internal version,
+so Ray leaves unchanged ones running, reconfigures the ingress in place for routing changes,
+starts added versions and stops removed ones. Availability-preserving order (TF Serving's
+default): add green, wait until it is loaded, warmed up and healthy, switch routing, then remove
+blue. Resource-preserving: unroute and remove blue first, then add green.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+from compat import model_config
+from compat.errors import InvalidArgument, NotFound, ServingError
+from compat.protos import get_model_status_pb2, model_management_pb2, status_pb2
+from compat.routing import ModelRoutes
+from serve_app.args import AppArgs, ModelArgs, VersionPolicy
+from serve_app.plan import Plan, deployment_name
+from serve_app.replies import Reply
+from serve_app.repository import aspired_versions, scan_all_numeric, scan_versions
+
+logger = logging.getLogger("ray.serve")
+
+State = get_model_status_pb2.ModelVersionStatus.State
+LOAD_TIMEOUT_S = 600.0
+
+
+@dataclass
+class VersionStatus:
+    state: int
+    error_code: int = 0
+    error_message: str = ""
+    path: str = ""
+    mtime: float = 0.0
+
+
+class VersionManager:
+    """Owns the plan: polls base paths, rolls versions out, answers model status and reloads."""
+
+    def __init__(
+        self, args: dict[str, Any], plan: dict[str, Any], _versions: list[Any] | None = None
+    ) -> None:
+        # ``_versions`` only keeps the model-version deployments in the application graph.
+        self.args = AppArgs.model_validate(args)
+        self.plan = Plan.model_validate(plan)
+        self.status: dict[str, dict[int, VersionStatus]] = {}
+        for model, versions in self.plan.deployed.items():
+            for v, path in versions.items():
+                self.status.setdefault(model, {})[v] = VersionStatus(State.LOADING, path=path)
+        self._lock = asyncio.Lock()
+        self._app_name = serve.get_replica_context().app_name
+        self._started = False
+        self._task = asyncio.get_event_loop().create_task(self._poll_forever())
+
+    # --- background loop ---------------------------------------------------------------------
+
+    async def _poll_forever(self) -> None:
+        await asyncio.sleep(0)
+        while True:
+            try:
+                async with self._lock:
+                    if not self._started:
+                        await self._settle_initial()
+                        self._started = True
+                    await self._reconcile()
+            except Exception:
+                logger.exception("Version manager step failed; retrying")
+            wait = self.args.file_system_poll_wait_seconds
+            await asyncio.sleep(wait if wait > 0 else 3600)
+            if self.args.model_config_file and self.args.model_config_file_poll_wait_seconds > 0:
+                self._reread_config_file()
+
+    def _reread_config_file(self) -> None:
+        assert self.args.model_config_file
+        try:
+            models = models_from_config(model_config.read_file(self.args.model_config_file))
+        except ServingError as e:
+            logger.warning("Ignoring model config file: %s", e.message)
+            return
+        self.args.models = models
+
+    async def _settle_initial(self) -> None:
+        """The versions deployed with the app: learn whether each loaded."""
+        for model, versions in list(self.plan.deployed.items()):
+            for v in list(versions):
+                await self._await_loaded(model, v)
+        failed = [(m, v) for m, vs in self.status.items() for v, s in vs.items() if s.state == State.END]
+        if failed:
+            plan = self.plan.copy_deep()
+            for m, v in failed:
+                plan.deployed.get(m, {}).pop(v, None)
+            self._reroute(plan)
+            await self._apply(plan)
+
+    # --- one reconciliation step -------------------------------------------------------------
+
+    async def _reconcile(self) -> None:
+        wanted = {m.name: m for m in self.args.models}
+        # Models no longer configured: unroute, then remove.
+        for model in [m for m in self.plan.deployed if m not in wanted]:
+            await self._retire(model, set(self.plan.deployed[model]), drop_model=True)
+        for model in wanted.values():
+            await self._reconcile_model(model)
+
+    async def _reconcile_model(self, model: ModelArgs) -> None:
+        name = model.name
+        statuses = self.status.setdefault(name, {})
+        on_disk = scan_versions(model.base_path)
+        for v, path in scan_all_numeric(model.base_path).items():
+            if v not in on_disk and v not in self.plan.deployed.get(name, {}):
+                statuses[v] = VersionStatus(
+                    State.END,
+                    error_code=9,  # FAILED_PRECONDITION, what loading it would say
+                    error_message="Could not find SavedModel .pb or .pbtxt at supplied export "
+                    f"directory path: {path}",
+                    path=str(path),
+                )
+        aspired = aspired_versions(on_disk, model.version_policy)
+        deployed = self.plan.deployed.get(name, {})
+        to_add = {
+            v: p for v, p in aspired.items()
+            if v not in deployed and not self._gave_up(name, v, p)
+        }
+        to_remove = {v for v in deployed if v not in aspired}
+        changed_labels = self.plan.routing.models.get(name, ModelRoutes()).labels != self._labels(
+            model, set(deployed) - to_remove
+        )
+        if not to_add and not to_remove:
+            if changed_labels:
+                plan = self.plan.copy_deep()
+                self._reroute(plan)
+                await self._apply(plan)
+            return
+        if self.args.rollout == "resource_preserving" and to_remove:
+            await self._retire(name, to_remove)
+            to_remove = set()
+        if to_add:
+            await self._add(name, to_add)
+        if to_remove:
+            await self._retire(name, to_remove)
+        elif changed_labels:
+            plan = self.plan.copy_deep()
+            self._reroute(plan)
+            await self._apply(plan)
+
+    def _gave_up(self, model: str, version: int, path: Path) -> bool:
+        """A version that failed to load is retried only if its directory changed."""
+        s = self.status.get(model, {}).get(version)
+        if s is None or s.state != State.END or not s.error_code:
+            return False
+        return s.mtime == _mtime(path)
+
+    async def _add(self, model: str, versions: dict[int, Path]) -> None:
+        """Deploy green next to blue, wait until loaded, then route to it."""
+        plan = self.plan.copy_deep()
+        for v, path in versions.items():
+            plan.deployed.setdefault(model, {})[v] = str(path)
+            self.status.setdefault(model, {})[v] = VersionStatus(
+                State.LOADING, path=str(path), mtime=_mtime(path)
+            )
+            logger.info("Loading %s version %d from %s", model, v, path)
+        await self._apply(plan)
+        for v in versions:
+            await self._await_loaded(model, v)
+        plan = self.plan.copy_deep()
+        for v in versions:
+            if self.status[model][v].state != State.AVAILABLE:
+                plan.deployed[model].pop(v, None)
+        self._reroute(plan)
+        await self._apply(plan)
+
+    async def _retire(self, model: str, versions: set[int], drop_model: bool = False) -> None:
+        """Unroute the versions, wait until the ingress switched, then remove their deployments."""
+        for v in versions:
+            if v in self.status.get(model, {}):
+                self.status[model][v].state = State.UNLOADING
+            logger.info("Unloading %s version %d", model, v)
+        plan = self.plan.copy_deep()
+        routes = plan.routing.models.get(model)
+        if routes is not None:
+            for v in versions:
+                routes.versions.pop(v, None)
+        self._reroute(plan, exclude={model: versions}, drop_model=model if drop_model else None)
+        await self._apply(plan)
+        for v in versions:
+            plan.deployed.get(model, {}).pop(v, None)
+        if drop_model or not plan.deployed.get(model):
+            plan.deployed.pop(model, None)
+        await self._apply(plan)
+        for v in versions:
+            s = self.status.get(model, {}).get(v)
+            if s is not None:
+                s.state = State.END
+        if drop_model:
+            self.status.pop(model, None)
+
+    def _labels(self, model: ModelArgs, available: set[int]) -> dict[str, int]:
+        return {label: v for label, v in model.version_labels.items() if v in available}
+
+    def _reroute(
+        self, plan: Plan, exclude: dict[str, set[int]] | None = None, drop_model: str | None = None
+    ) -> None:
+        """Routing from the plan: AVAILABLE deployed versions, newest as latest, valid labels."""
+        exclude = exclude or {}
+        models = {m.name: m for m in self.args.models}
+        routing = plan.routing.model_copy(deep=True)
+        routing.models = {}
+        for name, versions in plan.deployed.items():
+            if name == drop_model:
+                continue
+            ok = {
+                v: deployment_name(name, v)
+                for v in versions
+                if self.status.get(name, {}).get(v, VersionStatus(State.END)).state == State.AVAILABLE
+                and v not in exclude.get(name, set())
+            }
+            old = self.plan.routing.models.get(name)
+            routes = ModelRoutes(
+                versions=ok,
+                latest=max(ok) if ok else None,
+                labels=self._labels(models[name], set(ok)) if name in models else {},
+                canary=old.canary if old and old.canary and old.canary.version in ok else None,
+            )
+            routing.models[name] = routes
+        routing.epoch = self.plan.routing.epoch + 1
+        plan.routing = routing
+
+    async def _apply(self, plan: Plan) -> None:
+        """Redeploy the application with ``plan`` and wait until Ray has settled it."""
+        from serve_app.app import build_app
+
+        app = build_app(self.args, plan)
+        target = serve.RunTarget(target=app, name=self._app_name, route_prefix="/")
+        await asyncio.to_thread(serve.run_many, [target], wait_for_applications_running=False)
+        self.plan = plan
+        await self._await_settled(plan)
+
+    async def _await_settled(self, plan: Plan) -> None:
+        deadline = time.monotonic() + LOAD_TIMEOUT_S
+        ingress = serve.get_deployment_handle("Ingress", self._app_name)
+        while time.monotonic() < deadline:
+            status = await asyncio.to_thread(serve.status)
+            app = status.applications.get(self._app_name)
+            if app is not None:
+                names = {deployment_name(m, v) for m, vs in plan.deployed.items() for v in vs}
+                names |= {"Ingress", "VersionManager"}
+                healthy = all(
+                    d.status == "HEALTHY" for n, d in app.deployments.items() if n in names
+                )
+                gone = not (set(app.deployments) - names)
+                if healthy and gone:
+                    try:
+                        epoch = await ingress.routing_epoch.remote()
+                    except Exception:
+                        epoch = -1
+                    if epoch >= plan.routing.epoch:
+                        return
+            await asyncio.sleep(0.2)
+        logger.warning("Application did not settle within %.0fs", LOAD_TIMEOUT_S)
+
+    async def _await_loaded(self, model: str, version: int) -> None:
+        """Wait for a version's deployment; AVAILABLE if it loaded, END with its error if not."""
+        s = self.status[model][version]
+        name = deployment_name(model, version)
+        deadline = time.monotonic() + LOAD_TIMEOUT_S
+        while time.monotonic() < deadline:
+            status = await asyncio.to_thread(serve.status)
+            app = status.applications.get(self._app_name)
+            d = app.deployments.get(name) if app else None
+            if d is not None and d.status == "HEALTHY":
+                break
+            if d is not None and d.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+                s.state, s.error_code, s.error_message = State.END, 14, d.message
+                logger.error("%s version %d failed to deploy: %s", model, version, d.message)
+                return
+            await asyncio.sleep(0.2)
+        else:
+            s.state, s.error_code, s.error_message = State.END, 4, "Timed out loading"
+            return
+        handle = serve.get_deployment_handle(name, self._app_name)
+        state = await handle.load_state.remote()
+        if state.ok:
+            s.state = State.AVAILABLE
+            logger.info("%s version %d is AVAILABLE (loaded in %.2fs)", model, version, state.load_seconds)
+        else:
+            s.state, s.error_code, s.error_message = State.END, 9, state.message
+            logger.error("%s version %d failed to load: %s", model, version, state.message)
+
+    # --- RPCs ----------------------------------------------------------------------------------
+
+    def get_status(self, raw: bytes) -> Reply:
+        """GetModelStatus: every version of the model, newest first."""
+        try:
+            request = get_model_status_pb2.GetModelStatusRequest.FromString(raw)
+            if not request.HasField("model_spec"):
+                raise InvalidArgument("Missing ModelSpec")
+            return Reply(payload=self.model_status(request.model_spec).SerializeToString())
+        except ServingError as e:
+            return Reply.error(e)
+
+    def model_status(self, spec: Any) -> get_model_status_pb2.GetModelStatusResponse:
+        name = spec.name
+        if not name:
+            raise InvalidArgument("ModelSpec has no name specified.")
+        versions = self.status.get(name)
+        if not versions:
+            raise NotFound(f"Could not find any versions of model {name}")
+        wanted: int | None = None
+        if spec.HasField("version"):
+            wanted = spec.version.value
+        elif spec.version_label:
+            labels = self.plan.routing.models.get(name, ModelRoutes()).labels
+            if spec.version_label not in labels:
+                raise InvalidArgument(f"Unrecognized servable version label: {spec.version_label}")
+            wanted = labels[spec.version_label]
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for v in sorted(versions, reverse=True):
+            if wanted is not None and v != wanted:
+                continue
+            s = versions[v]
+            entry = response.model_version_status.add(version=v, state=s.state)
+            entry.status.error_code = s.error_code
+            entry.status.error_message = s.error_message
+        if wanted is not None and not response.model_version_status:
+            raise NotFound(f"Could not find version {wanted} of model {name}")
+        return response
+
+    def ready(self) -> bool:
+        """True when every configured model's newest aspired version is AVAILABLE."""
+        if not self._started:
+            return False
+        for model in self.args.models:
+            aspired = aspired_versions(scan_versions(model.base_path), model.version_policy)
+            if not aspired:
+                return False
+            s = self.status.get(model.name, {}).get(max(aspired))
+            if s is None or s.state != State.AVAILABLE:
+                return False
+        return True
+
+    async def reload_config(self, raw: bytes) -> Reply:
+        """HandleReloadConfigRequest: the new config replaces the old, then waits for loads."""
+        request = model_management_pb2.ReloadConfigRequest.FromString(raw)
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            models = models_from_config(request.config)
+            for m in models:
+                if not os.path.isdir(m.base_path):
+                    raise InvalidArgument(f"Model base path {m.base_path} does not exist")
+        except ServingError as e:
+            response.status.CopyFrom(status_pb2.StatusProto(error_code=e.code.value[0], error_message=e.message))
+            return Reply(payload=response.SerializeToString(), code=e.code.value[0], message=e.message)
+        async with self._lock:
+            self.args.models = models
+            self.args.model_config_file = None
+            await self._reconcile()
+            bad_labels = self._invalid_labels()
+        if bad_labels:
+            e = bad_labels
+            response.status.CopyFrom(status_pb2.StatusProto(error_code=9, error_message=e))
+            return Reply(payload=response.SerializeToString(), code=9, message=e)
+        response.status.CopyFrom(status_pb2.StatusProto(error_code=0))
+        return Reply(payload=response.SerializeToString())
+
+    def _invalid_labels(self) -> str:
+        for m in self.args.models:
+            available = self.plan.routing.models.get(m.name, ModelRoutes()).versions
+            for label, v in m.version_labels.items():
+                if v not in available:
+                    return (
+                        f"Request to assign label to version {v} of model {m.name}, which is "
+                        "not currently available for inference"
+                    )
+        return ""
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plan and statuses, for tests and operators."""
+        return {
+            "plan": self.plan.model_dump(mode="json"),
+            "status": {
+                m: {v: State.Name(s.state) for v, s in vs.items()} for m, vs in self.status.items()
+            },
+        }
+
+
+def _mtime(path: Path | str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+def models_from_config(config: Any) -> list[ModelArgs]:
+    """ModelServerConfig proto -> typed model list."""
+    return [
+        ModelArgs(
+            name=e.name,
+            base_path=e.base_path,
+            version_policy=VersionPolicy(
+                kind=e.policy,  # type: ignore[arg-type]
+                num_versions=e.num_versions,
+                versions=e.versions,
+            ),
+            version_labels=e.labels,
+        )
+        for e in model_config.entries(config)
+    ]
