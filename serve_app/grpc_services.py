@@ -67,24 +67,28 @@ GRPC_HOST_ENV = "RAY_TFSERVING_GRPC_HOST"
 
 
 def bind_grpc_to_host() -> None:
-    """Ray worker setup hook: make Serve's gRPC proxy bind ``$RAY_TFSERVING_GRPC_HOST``.
+    """Ray worker setup hook: make Serve's gRPC servers bind ``$RAY_TFSERVING_GRPC_HOST``.
 
-    Ray 2.60's proxy binds ``[::]:<port>`` (every interface) with no option to change it; we
-    bind loopback by default. Runs in every Ray worker process before any Serve code.
+    Ray 2.60 binds ``[::]:<port>`` (every interface) for the gRPC proxy and for each replica's
+    inter-deployment server, with no option to change it; we bind loopback by default. Runs in
+    every Ray worker process before any Serve code.
     """
     host = os.environ.get(GRPC_HOST_ENV)
     if not host:
         return
-    from ray.serve._private import default_impl
+    from ray.serve._private import default_impl, replica
 
-    original = default_impl.add_grpc_address
-    if getattr(original, "_rtfs_patched", False):
-        return
+    bracketed = f"[{host}]" if ":" in host else host
 
-    def add_grpc_address(server, address: str):  # type: ignore[no-untyped-def]
-        port = address.rsplit(":", 1)[1]
-        bracketed = f"[{host}]" if ":" in host else host
-        return original(server, f"{bracketed}:{port}")
+    def rebind(original):  # type: ignore[no-untyped-def]
+        if getattr(original, "_rtfs_patched", False):
+            return original
 
-    add_grpc_address._rtfs_patched = True  # type: ignore[attr-defined]
-    default_impl.add_grpc_address = add_grpc_address
+        def bind(server, address: str):  # type: ignore[no-untyped-def]
+            return original(server, address.replace("[::]", bracketed, 1))
+
+        bind._rtfs_patched = True  # type: ignore[attr-defined]
+        return bind
+
+    default_impl.add_grpc_address = rebind(default_impl.add_grpc_address)
+    replica.add_port_to_grpc_server = rebind(replica.add_port_to_grpc_server)
