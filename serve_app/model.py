@@ -10,7 +10,6 @@ routes to it.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -196,19 +195,15 @@ class ModelVersion:
 
         async def work() -> bytes:
             servable = self._servable()
-            try:
-                doc = json.loads(body or b"{}")
-            except ValueError as e:
-                raise InvalidArgument(f"JSON Parse error: {e}") from None
-            if not isinstance(doc, dict):
-                raise InvalidArgument("JSON Value: " + body[:100].decode(errors="replace")
-                                      + " Is not an object")
-            requested = doc.get("signature_name", "")
-            if not isinstance(requested, str):
-                raise InvalidArgument("'signature_name' key must be a string")
+            doc = json_codec.parse_json(body)
+            requested = json_codec.signature_name(doc)
             if verb == "predict":
                 name = dataplane.signature_name(requested)
-                signature = dataplane.check_predict_signature(servable, name)
+                if name not in servable.signatures:  # REST's wording (http_rest_api_handler.cc)
+                    raise InvalidArgument(
+                        f'Serving signature name: "{name}" not found in signature def'
+                    )
+                signature = servable.signatures[name]
                 inputs, row_format = json_codec.decode_predict_request(doc, signature)
                 call = dataplane.prepare_predict_arrays(servable, requested, inputs)
                 result = await self._run(call)
