@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from compat.errors import InvalidArgument
+from compat.errors import Internal, InvalidArgument
 from compat.protos import get_model_metadata_pb2, model_pb2, predict_pb2
 from compat.servable import Servable
 from compat.signatures import (
@@ -36,6 +36,8 @@ class PredictCall:
     output_aliases: list[str]
     signature_name: str
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    deadline: float | None = None
+    """Wall-clock time (``time.time()``) after which the caller no longer waits."""
 
 
 def signature_name(requested: str) -> str:
@@ -43,12 +45,13 @@ def signature_name(requested: str) -> str:
     return requested or DEFAULT_SIGNATURE
 
 
-def check_predict_signature(servable: Servable, name: str) -> Signature:
-    """The signature for a Predict, with TF Serving's checks (predict_util.cc)."""
+def check_predict_signature(
+    servable: Servable, name: str, check_method_name: bool = False
+) -> Signature:
+    """The signature for a Predict, with TF Serving's checks (predict_util.cc); the method-name
+    check only with ``--enable_signature_method_name_check``, off by default as in TF Serving."""
     signature = servable.signature(name)
-    if signature.method_name not in _PREDICT_METHODS:
-        from compat.errors import Internal
-
+    if check_method_name and signature.method_name not in _PREDICT_METHODS:
         raise Internal(
             "Expected prediction signature method_name to be one of {"
             f"{', '.join(_PREDICT_METHODS)}}}. Was: {signature.method_name}"
@@ -92,10 +95,12 @@ def output_aliases(signature: Signature, output_filter: Iterable[str]) -> list[s
     return seen or sorted(signature.outputs)
 
 
-def prepare_predict(servable: Servable, request: predict_pb2.PredictRequest) -> PredictCall:
+def prepare_predict(
+    servable: Servable, request: predict_pb2.PredictRequest, check_method_name: bool = False
+) -> PredictCall:
     """Validate a PredictRequest and decode its tensors."""
     name = signature_name(request.model_spec.signature_name)
-    signature = check_predict_signature(servable, name)
+    signature = check_predict_signature(servable, name, check_method_name)
     check_inputs(signature, request.inputs.keys())
     inputs: dict[str, np.ndarray] = {}
     for alias in sorted(request.inputs):
@@ -116,10 +121,11 @@ def prepare_predict_arrays(
     requested_signature: str,
     inputs: Mapping[str, np.ndarray],
     output_filter: Iterable[str] = (),
+    check_method_name: bool = False,
 ) -> PredictCall:
     """Validate an already-decoded Predict (REST's JSON, or an in-process caller)."""
     name = signature_name(requested_signature)
-    signature = check_predict_signature(servable, name)
+    signature = check_predict_signature(servable, name, check_method_name)
     check_inputs(signature, inputs.keys())
     return PredictCall(
         signature=signature,

@@ -88,6 +88,22 @@ class AlreadyExists(ServingError):
     code = StatusCode.ALREADY_EXISTS
 
 
+class PermissionDenied(ServingError):
+    code = StatusCode.PERMISSION_DENIED
+
+
+class Aborted(ServingError):
+    code = StatusCode.ABORTED
+
+
+class DataLoss(ServingError):
+    code = StatusCode.DATA_LOSS
+
+
+class Unauthenticated(ServingError):
+    code = StatusCode.UNAUTHENTICATED
+
+
 class ResourceExhausted(ServingError):
     code = StatusCode.RESOURCE_EXHAUSTED
 

@@ -8,6 +8,7 @@ gRPC code; the HTTP status comes from the one table in ``compat.errors``.
 from __future__ import annotations
 
 import gzip
+import time
 import json
 import re
 from typing import Any, Protocol
@@ -25,7 +26,9 @@ _STATUS = re.compile(rf"(?i){_MODEL}(?P<metadata>/metadata)?")
 
 
 class Backend(Protocol):
-    async def call_model(self, spec: Any, method: str, *args: Any) -> Any: ...
+    async def call_model(
+        self, spec: Any, method: str, *args: Any, deadline: float | None = None
+    ) -> Any: ...
 
     async def call_manager(self, method: str, *args: Any) -> Any: ...
 
@@ -46,7 +49,11 @@ class RestApi:
                 if request.headers.get("content-encoding", "").lower() == "gzip":
                     body = _gunzip(body)
                 spec = _spec(m)
-                reply = await self.backend.call_model(spec, "rest", m["verb"].lower(), body)
+                timeout = getattr(self.backend, "rest_timeout_s", None)
+                deadline = time.time() + timeout if timeout else None
+                reply = await self.backend.call_model(
+                    spec, "rest", m["verb"].lower(), body, deadline=deadline
+                )
                 return _json_reply(reply)
             if request.method == "GET" and (m := _STATUS.fullmatch(path)):
                 spec = _spec(m)
@@ -88,7 +95,9 @@ def _spec(m: re.Match[str]) -> model_pb2.ModelSpec:
         try:
             spec.version.value = int(m["version"])
         except ValueError:
-            raise InvalidArgument(f"Failed to convert version: {m['version']} to numeric.") from None
+            raise InvalidArgument(
+                f"Failed to convert version: {m['version']} to numeric."
+            ) from None
     elif m["label"] is not None:
         spec.version_label = m["label"]
     return spec

@@ -36,7 +36,9 @@ class SessionOptions:
     allow_gpu: bool = True
 
 
-def read_meta_graph(path: str | os.PathLike[str], tag: str = SERVE_TAG) -> meta_graph_pb2.MetaGraphDef:
+def read_meta_graph(
+    path: str | os.PathLike[str], tag: str = SERVE_TAG
+) -> meta_graph_pb2.MetaGraphDef:
     """Read the meta graph for ``tag`` from ``<path>/saved_model.pb`` without loading the model."""
     pb = Path(path) / "saved_model.pb"
     if not pb.is_file():
@@ -139,7 +141,9 @@ def check_dtype(signature: Signature, alias: str, value: np.ndarray, index: int)
 
         got = types_pb2.DT_STRING
     if got != expected:
-        got_name = DTYPE_SHORT_NAMES.get(got, str(value.dtype)) if got is not None else str(value.dtype)
+        got_name = (
+            DTYPE_SHORT_NAMES.get(got, str(value.dtype)) if got is not None else str(value.dtype)
+        )
         raise InvalidArgument(
             f"Expects arg[{index}] to be {DTYPE_SHORT_NAMES.get(expected, str(expected))} "
             f"but {got_name} is provided"

@@ -10,8 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
-from google.protobuf import wrappers_pb2  # noqa: F401  (registers google/protobuf/wrappers.proto)
+from google.protobuf import (
+    descriptor_pb2,
+    descriptor_pool,
+    message_factory,
+    text_format,
+    wrappers_pb2,
+)
 
 from compat.errors import InvalidArgument
 
@@ -35,7 +40,13 @@ def _build() -> dict[str, Any]:
         (5, "thread_pool_name", _F.TYPE_MESSAGE, ".google.protobuf.StringValue", _F.LABEL_OPTIONAL),
         (6, "allowed_batch_sizes", _F.TYPE_INT64, None, _F.LABEL_REPEATED),
         (7, "pad_variable_length_inputs", _F.TYPE_BOOL, None, _F.LABEL_OPTIONAL),
-        (8, "enable_large_batch_splitting", _F.TYPE_MESSAGE, ".google.protobuf.BoolValue", _F.LABEL_OPTIONAL),
+        (
+            8,
+            "enable_large_batch_splitting",
+            _F.TYPE_MESSAGE,
+            ".google.protobuf.BoolValue",
+            _F.LABEL_OPTIONAL,
+        ),
         (9, "max_execution_batch_size", _F.TYPE_MESSAGE, _INT64, _F.LABEL_OPTIONAL),
     ]:
         field = batching.field.add(name=name, number=number, type=kind, label=label)
@@ -46,14 +57,19 @@ def _build() -> dict[str, Any]:
     prometheus.field.add(name="path", number=2, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
     monitoring = fd.message_type.add(name="MonitoringConfig")
     monitoring.field.add(
-        name="prometheus_config", number=1, type=_F.TYPE_MESSAGE,
-        type_name=".tensorflow.serving.PrometheusConfig", label=_F.LABEL_OPTIONAL,
+        name="prometheus_config",
+        number=1,
+        type=_F.TYPE_MESSAGE,
+        type_name=".tensorflow.serving.PrometheusConfig",
+        label=_F.LABEL_OPTIONAL,
     )
     pool = descriptor_pool.DescriptorPool()
     pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
     pool.Add(fd)
     return {
-        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.serving.{name}"))
+        name: message_factory.GetMessageClass(
+            pool.FindMessageTypeByName(f"tensorflow.serving.{name}")
+        )
         for name in ("BatchingParameters", "MonitoringConfig")
     }
 
@@ -80,7 +96,12 @@ def read_batching_parameters(path: str | Path) -> dict[str, Any]:
     """BatchingParameters text -> the keyword arguments of ``serve_app.args.BatchingArgs``."""
     p = _parse(path, BatchingParameters, "batching parameters")
     knobs: dict[str, Any] = {"enabled": True}
-    for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"):
+    for name in (
+        "max_batch_size",
+        "batch_timeout_micros",
+        "max_enqueued_batches",
+        "num_batch_threads",
+    ):
         if p.HasField(name):
             knobs[name] = getattr(p, name).value
     if p.allowed_batch_sizes:

@@ -82,7 +82,9 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
                 serve.deployment(ModelVersion)
                 .options(
                     name=deployment_name(model, version),
-                    version=_version(model, version, path, session, model_options["ray_actor_options"]),
+                    version=_version(
+                        model, version, path, session, model_options["ray_actor_options"]
+                    ),
                     _internal=True,
                     **model_options,
                 )
@@ -93,6 +95,7 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
                     session,
                     warmup=args.enable_model_warmup,
                     max_load_retries=args.max_load_retries,
+                    check_method_name=args.enable_signature_method_name_check,
                 )
             )
     manager = (
@@ -116,7 +119,10 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
             _internal=True,
             ray_actor_options={"num_cpus": 0.1},
             max_ongoing_requests=1000,
-            user_config={"routing": plan.routing.model_dump(mode="json")},
+            user_config={
+                "routing": plan.routing.model_dump(mode="json"),
+                "rest_api_timeout_in_ms": args.rest_api_timeout_in_ms,
+            },
         )
         .bind(manager)
     )

@@ -122,6 +122,8 @@ class AppArgs(BaseModel):
     """Load the new version before unloading the old (default) or the reverse."""
     enable_model_warmup: bool = True
     """Replay ``assets.extra/tf_serving_warmup_requests`` before a version is AVAILABLE."""
+    enable_signature_method_name_check: bool = False
+    """Refuse signatures whose method_name does not fit the RPC (TF Serving's flag, off)."""
     max_load_retries: int = Field(default=2, ge=0)
     """Extra attempts to load a version that failed before it is given up (END with error)."""
     batching: BatchingArgs = BatchingArgs()

@@ -10,13 +10,14 @@ outputs sliced back). Groups are cut at ``max_batch_size`` rows and padded up to
 from __future__ import annotations
 
 import bisect
+import time
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
 
 import numpy as np
 
 from compat.dataplane import PredictCall
-from compat.errors import InvalidArgument, ServingError
+from compat.errors import DeadlineExceeded, ServingError
 from compat.servable import Servable
 from serve_app.args import BatchingArgs
 
@@ -24,13 +25,16 @@ Result = dict[str, np.ndarray] | ServingError
 
 
 def _batchable(call: PredictCall) -> bool:
+    """Stackable along the 0th dimension: every input has the same number of rows and the
+    signature does not pin that dimension (unknown rank is fine, as in TF Serving)."""
+    if not call.inputs or any(v.ndim == 0 for v in call.inputs.values()):
+        return False
+    if len({v.shape[0] for v in call.inputs.values()}) != 1:
+        return False
     specs = [call.signature.inputs[a] for a in call.inputs] + [
         call.signature.outputs[a] for a in call.output_aliases
     ]
-    if not specs or not call.inputs:
-        return False
-    rows = {v.shape[0] if v.ndim else None for v in call.inputs.values()}
-    return all(s.shape and s.shape[0] == -1 for s in specs) and len(rows) == 1 and None not in rows
+    return all(s.shape is None or (len(s.shape) > 0 and s.shape[0] == -1) for s in specs)
 
 
 def _group_key(call: PredictCall, pad: bool) -> Hashable:
@@ -44,18 +48,25 @@ def _rows(call: PredictCall) -> int:
     return next(iter(call.inputs.values())).shape[0]
 
 
-def run_batch(servable: Servable, calls: Sequence[PredictCall], knobs: BatchingArgs) -> list[Result]:
+def run_batch(
+    servable: Servable, calls: Sequence[PredictCall], knobs: BatchingArgs
+) -> list[Result]:
     """Run every call, stacking the compatible ones; results in the order of ``calls``."""
     results: list[Result | None] = [None] * len(calls)
     groups: dict[Hashable, list[int]] = defaultdict(list)
+    now = time.time()
     for i, call in enumerate(calls):
-        if _batchable(call):
+        if call.deadline is not None and now >= call.deadline:
+            results[i] = DeadlineExceeded("Deadline Exceeded")  # expired in the queue: not run
+        elif _batchable(call):
             groups[_group_key(call, knobs.pad_variable_length_inputs)].append(i)
         else:
             results[i] = _run_one(servable, call)
     for members in groups.values():
         for chunk in _chunks(members, calls, knobs.max_batch_size):
-            for i, result in zip(chunk, _run_stacked(servable, [calls[i] for i in chunk], knobs), strict=True):
+            for i, result in zip(
+                chunk, _run_stacked(servable, [calls[i] for i in chunk], knobs), strict=True
+            ):
                 results[i] = result
     return [r for r in results if r is not None]
 
@@ -102,7 +113,11 @@ def _run_stacked(servable: Servable, calls: list[PredictCall], knobs: BatchingAr
     pad_shapes: dict[str, tuple[int, ...]] = {}
     for alias in first.inputs:
         parts = [c.inputs[alias] for c in calls]
-        shape = tuple(int(d) for d in np.max([p.shape[1:] for p in parts], axis=0)) if parts[0].ndim > 1 else ()
+        shape = (
+            tuple(int(d) for d in np.max([p.shape[1:] for p in parts], axis=0))
+            if parts[0].ndim > 1
+            else ()
+        )
         pad_shapes[alias] = shape
         merged = np.concatenate([_pad_to(p, shape) for p in parts], axis=0)
         if target > total:  # pad the batch up to an allowed size with copies of the last row
@@ -112,23 +127,22 @@ def _run_stacked(servable: Servable, calls: list[PredictCall], knobs: BatchingAr
         outputs = servable.run(first.signature, stacked, first.output_aliases)
     except ServingError:
         return [_run_one(servable, c) for c in calls]  # let each call see its own error
+    if any(v.ndim == 0 or v.shape[0] != target for v in outputs.values()):
+        return [_run_one(servable, c) for c in calls]  # outputs not batched along dim 0
     results: list[Result] = []
     start = 0
     for call, n in zip(calls, sizes, strict=True):
-        piece: dict[str, np.ndarray] = {}
-        for alias, value in outputs.items():
-            if value.ndim == 0 or value.shape[0] != target:
-                return [InvalidArgument(
-                    f"Batched output tensor {alias} has {value.shape[0] if value.ndim else 0} "
-                    f"rows, expected {target}") for _ in calls]
-            part = value[start : start + n]
-            piece[alias] = _slice_back(part, call, pad_shapes) if knobs.pad_variable_length_inputs else part
+        piece = {alias: value[start : start + n] for alias, value in outputs.items()}
+        if knobs.pad_variable_length_inputs:
+            piece = {alias: _slice_back(v, call, pad_shapes) for alias, v in piece.items()}
         results.append(piece)
         start += n
     return results
 
 
-def _slice_back(part: np.ndarray, call: PredictCall, pad_shapes: dict[str, tuple[int, ...]]) -> np.ndarray:
+def _slice_back(
+    part: np.ndarray, call: PredictCall, pad_shapes: dict[str, tuple[int, ...]]
+) -> np.ndarray:
     """Undo input padding on an output: dims that grew with an input's padding are cut back."""
     for alias, padded in pad_shapes.items():
         original = call.inputs[alias].shape[1:]

@@ -28,7 +28,6 @@ _ACCEPTED_NOOPS = (
     "saved_model_tags",
     "grpc_socket_path",
     "rest_api_num_threads",
-    "enable_signature_method_name_check",
     "xla_cpu_compilation_enabled",
     "enable_profiler",
     "remove_unused_fields_from_bundle_metagraph",
@@ -64,6 +63,7 @@ def parser() -> argparse.ArgumentParser:
     flag("--monitoring_config_file", default="", help="MonitoringConfig text file")
     flag("--enable_model_warmup", type=_bool, nargs="?", const=True, default=True)
     flag("--enable_grpc_healthcheck_service", type=_bool, nargs="?", const=True, default=True)
+    flag("--enable_signature_method_name_check", type=_bool, nargs="?", const=True, default=False)
     flag("--tensorflow_intra_op_parallelism", type=int, default=0)
     flag("--tensorflow_inter_op_parallelism", type=int, default=0)
     flag("--tensorflow_session_parallelism", type=int, default=0)
@@ -89,9 +89,7 @@ def to_app_args(ns: argparse.Namespace) -> AppArgs:
     if not ns.model_config_file and not ns.model_base_path:
         raise ValueError("Both model_config_file and model_base_path cannot be empty!")
     if ns.model_config_file and ns.model_base_path:
-        raise ValueError(
-            "Only one of model_config_file and model_base_path may be set, not both."
-        )
+        raise ValueError("Only one of model_config_file and model_base_path may be set, not both.")
     values: dict[str, Any] = {
         "model_name": ns.model_name,
         "model_base_path": ns.model_base_path or "models/deeplab",
@@ -103,8 +101,11 @@ def to_app_args(ns: argparse.Namespace) -> AppArgs:
         "file_system_poll_wait_seconds": ns.file_system_poll_wait_seconds,
         "model_config_file_poll_wait_seconds": ns.model_config_file_poll_wait_seconds,
         "enable_model_warmup": ns.enable_model_warmup,
-        "intra_op_parallelism": ns.tensorflow_intra_op_parallelism or ns.tensorflow_session_parallelism,
-        "inter_op_parallelism": ns.tensorflow_inter_op_parallelism or ns.tensorflow_session_parallelism,
+        "enable_signature_method_name_check": ns.enable_signature_method_name_check,
+        "intra_op_parallelism": ns.tensorflow_intra_op_parallelism
+        or ns.tensorflow_session_parallelism,
+        "inter_op_parallelism": ns.tensorflow_inter_op_parallelism
+        or ns.tensorflow_session_parallelism,
         "per_process_gpu_memory_fraction": ns.per_process_gpu_memory_fraction,
         "scaling": {"accelerator": ns.accelerator, "num_replicas": ns.num_replicas},
     }

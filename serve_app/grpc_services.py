@@ -11,6 +11,7 @@ Methods not listed here (e.g. SessionService) are answered UNIMPLEMENTED by gRPC
 from __future__ import annotations
 
 import os
+import time
 
 import grpc
 
@@ -92,3 +93,27 @@ def bind_grpc_to_host() -> None:
 
     default_impl.add_grpc_address = rebind(default_impl.add_grpc_address)
     replica.add_port_to_grpc_server = rebind(replica.add_port_to_grpc_server)
+    carry_client_deadline()
+
+
+def carry_client_deadline() -> None:
+    """Record the gRPC client's deadline on the context Ray's proxy sends to the ingress.
+
+    ``RayServegRPCContext`` copies code, details and metadata of the proxy's context but not its
+    deadline (gRPC strips ``grpc-timeout`` from metadata), so without this a replica could not
+    tell that a queued request's caller has already given up.
+    """
+    from ray.serve import grpc_util
+
+    cls = grpc_util.RayServegRPCContext
+    if getattr(cls.__init__, "_rtfs_patched", False):
+        return
+    original = cls.__init__
+
+    def __init__(self, grpc_context):  # type: ignore[no-untyped-def]
+        original(self, grpc_context)
+        remaining = grpc_context.time_remaining()
+        self.rtfs_deadline = time.time() + remaining if remaining is not None else None
+
+    __init__._rtfs_patched = True  # type: ignore[attr-defined]
+    cls.__init__ = __init__

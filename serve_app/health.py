@@ -23,6 +23,8 @@ async def check(ingress: Any, raw: bytes) -> Reply:
         return Reply.error(NotFound(f"Unknown service: {request.service}"))
     ready = await ingress.call_manager("ready")
     status = (
-        health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        health_pb2.HealthCheckResponse.SERVING
+        if ready
+        else health_pb2.HealthCheckResponse.NOT_SERVING
     )
     return Reply(payload=health_pb2.HealthCheckResponse(status=status).SerializeToString())

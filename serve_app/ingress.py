@@ -8,16 +8,20 @@ the untouched bytes to the model-version replica, which decodes, runs and encode
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
 
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response
 
 from compat import rest_api
-from compat.errors import InvalidArgument, ServingError
+from compat.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, ServingError
+from compat.inference import multi_inference_model_spec
 from compat.protos import get_model_status_pb2, inference_pb2
 from compat.routing import RoutingTable
 from serve_app.replies import RawMessage, Reply
@@ -41,6 +45,7 @@ class Ingress:
     def reconfigure(self, config: dict[str, Any]) -> None:
         """The routing table arrives as user_config: one atomic swap per replica."""
         self._table = RoutingTable.model_validate(config["routing"])
+        self.rest_timeout_s = config.get("rest_api_timeout_in_ms", 30000) / 1000 or None
 
     def routing_epoch(self) -> int:
         return self._table.epoch
@@ -54,13 +59,28 @@ class Ingress:
 
     # --- the one forwarding path, shared by gRPC and REST ------------------------------------
 
-    async def call_model(self, spec: Any, method: str, *args: Any) -> Reply:
-        """Resolve ``spec`` and call ``method`` on the version's replica; errors as a Reply."""
+    async def call_model(
+        self, spec: Any, method: str, *args: Any, deadline: float | None = None
+    ) -> Reply:
+        """Resolve ``spec`` and call ``method`` on the version's replica; errors as a Reply.
+
+        A full replica queue answers RESOURCE_EXHAUSTED at once; a request still waiting when
+        the caller's deadline passes is cancelled (so it never runs) with DEADLINE_EXCEEDED.
+        """
         try:
             route = self._table.resolve(spec)
-            return await getattr(self._handle(route.target), method).remote(*args)
+            response = getattr(self._handle(route.target), method).remote(*args, deadline=deadline)
+            if deadline is None:
+                return await response
+            try:
+                return await asyncio.wait_for(asyncio.shield(response), deadline - time.time())
+            except TimeoutError:
+                response.cancel()
+                raise DeadlineExceeded("Deadline Exceeded") from None
         except ServingError as e:
             return Reply.error(e)
+        except BackPressureError:
+            return Reply.error(ResourceExhausted("The model's request queue is full; retry later"))
 
     async def call_manager(self, method: str, *args: Any) -> Any:
         return await getattr(self._manager, method).remote(*args)
@@ -69,10 +89,14 @@ class Ingress:
         try:
             head = _HEAD.FromString(raw)
         except Exception:
-            return _grpc_reply(Reply.error(InvalidArgument("Could not parse request")), grpc_context)
+            return _grpc_reply(
+                Reply.error(InvalidArgument("Could not parse request")), grpc_context
+            )
         if not head.HasField("model_spec"):
             return _grpc_reply(Reply.error(InvalidArgument("Missing ModelSpec")), grpc_context)
-        return _grpc_reply(await self.call_model(head.model_spec, method, raw), grpc_context)
+        deadline = getattr(grpc_context, "rtfs_deadline", None)
+        reply = await self.call_model(head.model_spec, method, raw, deadline=deadline)
+        return _grpc_reply(reply, grpc_context)
 
     # --- tensorflow.serving.PredictionService ---------------------------------------------------
 
@@ -90,14 +114,16 @@ class Ingress:
 
     async def MultiInference(self, request: bytes, grpc_context: Any) -> RawMessage:
         try:
-            parsed = inference_pb2.MultiInferenceRequest.FromString(request)
+            spec = multi_inference_model_spec(
+                inference_pb2.MultiInferenceRequest.FromString(request)
+            )
         except Exception:
-            return _grpc_reply(Reply.error(InvalidArgument("Could not parse request")), grpc_context)
-        if not parsed.tasks:
-            reply = Reply.error(InvalidArgument("Inference Request needs to have at least one task"))
-            return _grpc_reply(reply, grpc_context)
-        spec = parsed.tasks[0].model_spec
-        return _grpc_reply(await self.call_model(spec, "multi_inference", request), grpc_context)
+            return _grpc_reply(
+                Reply.error(InvalidArgument("Could not parse request")), grpc_context
+            )
+        deadline = getattr(grpc_context, "rtfs_deadline", None)
+        reply = await self.call_model(spec, "multi_inference", request, deadline=deadline)
+        return _grpc_reply(reply, grpc_context)
 
     # --- tensorflow.serving.ModelService ----------------------------------------------------------
 

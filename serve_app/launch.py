@@ -45,7 +45,9 @@ def resolve_models(args: AppArgs) -> AppArgs:
         models = models_from_config(model_config.read_file(args.model_config_file))
     else:
         models = [ModelArgs(name=args.model_name, base_path=args.model_base_path)]
-    resolved = [m.model_copy(update={"base_path": str(Path(m.base_path).resolve())}) for m in models]
+    resolved = [
+        m.model_copy(update={"base_path": str(Path(m.base_path).resolve())}) for m in models
+    ]
     return args.model_copy(update={"models": resolved})
 
 
@@ -74,7 +76,7 @@ def start_ray_and_serve(args: AppArgs) -> None:
     """A local Ray bound to ``args.host`` (loopback by default) and Serve with both ports."""
     import ray
     from ray import serve
-    from ray.serve.config import gRPCOptions, HTTPOptions
+    from ray.serve.config import HTTPOptions, gRPCOptions
 
     os.environ[GRPC_HOST_ENV] = args.host
     if not ray.is_initialized():

@@ -10,17 +10,17 @@ routes to it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from ray import serve
 
 from compat import dataplane, inference, json_codec
-from compat.errors import InvalidArgument, ServingError, Unavailable
+from compat.errors import DeadlineExceeded, InvalidArgument, ServingError, Unavailable
 from compat.protos import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -57,9 +57,11 @@ class ModelVersion:
         session: dict[str, Any],
         warmup: bool = True,
         max_load_retries: int = 0,
+        check_method_name: bool = False,
     ) -> None:
         self.model = model
         self.version = version
+        self.check_method_name = check_method_name
         self.servable: Servable | None = None
         self.error: ServingError | None = None
         self.batching = BatchingArgs()
@@ -81,7 +83,11 @@ class ModelVersion:
                 self.servable = None
             logger.warning(
                 "Loading %s version %s failed (attempt %d of %d): %s",
-                model, version, attempt + 1, max_load_retries + 1, self.error,
+                model,
+                version,
+                attempt + 1,
+                max_load_retries + 1,
+                self.error,
             )
         self.load_seconds = time.monotonic() - started
         if self.servable is not None:
@@ -108,8 +114,10 @@ class ModelVersion:
 
     # --- running ----------------------------------------------------------------------------
 
-    async def _run(self, call: dataplane.PredictCall) -> dict[str, np.ndarray]:
+    async def _run(self, call: dataplane.PredictCall, deadline: float | None) -> Any:
+        check_deadline(deadline)
         if self.batching.enabled:
+            call.deadline = deadline
             return await self._batched_run(call)
         servable = self._servable()
         loop = asyncio.get_running_loop()
@@ -134,11 +142,11 @@ class ModelVersion:
 
     # --- gRPC -------------------------------------------------------------------------------
 
-    async def predict(self, raw: bytes) -> Reply:
+    async def predict(self, raw: bytes, deadline: float | None = None) -> Reply:
         async def work() -> bytes:
             request = predict_pb2.PredictRequest.FromString(raw)
-            call = dataplane.prepare_predict(self._servable(), request)
-            result = await self._run(call)
+            call = dataplane.prepare_predict(self._servable(), request, self.check_method_name)
+            result = await self._run(call, deadline)
             if isinstance(result, ServingError):
                 raise result
             call.outputs = result
@@ -146,7 +154,7 @@ class ModelVersion:
 
         return await self._guard(work)
 
-    async def metadata(self, raw: bytes) -> Reply:
+    async def metadata(self, raw: bytes, deadline: float | None = None) -> Reply:
         async def work() -> bytes:
             request = get_model_metadata_pb2.GetModelMetadataRequest.FromString(raw)
             response = dataplane.metadata(self._servable(), request, self.model, self.version)
@@ -154,7 +162,7 @@ class ModelVersion:
 
         return await self._guard(work)
 
-    async def classify(self, raw: bytes) -> Reply:
+    async def classify(self, raw: bytes, deadline: float | None = None) -> Reply:
         async def work() -> bytes:
             request = classification_pb2.ClassificationRequest.FromString(raw)
             response = await self._offload(
@@ -164,7 +172,7 @@ class ModelVersion:
 
         return await self._guard(work)
 
-    async def regress(self, raw: bytes) -> Reply:
+    async def regress(self, raw: bytes, deadline: float | None = None) -> Reply:
         async def work() -> bytes:
             request = regression_pb2.RegressionRequest.FromString(raw)
             response = await self._offload(
@@ -174,7 +182,7 @@ class ModelVersion:
 
         return await self._guard(work)
 
-    async def multi_inference(self, raw: bytes) -> Reply:
+    async def multi_inference(self, raw: bytes, deadline: float | None = None) -> Reply:
         async def work() -> bytes:
             request = inference_pb2.MultiInferenceRequest.FromString(raw)
             response = await self._offload(
@@ -186,11 +194,13 @@ class ModelVersion:
 
     async def _offload(self, fn, *args):  # type: ignore[no-untyped-def]
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, fn, *args)
+        return await loop.run_in_executor(
+            self._pool, functools.partial(fn, *args, check_method_name=self.check_method_name)
+        )
 
     # --- REST -------------------------------------------------------------------------------
 
-    async def rest(self, verb: str, body: bytes) -> Reply:
+    async def rest(self, verb: str, body: bytes, deadline: float | None = None) -> Reply:
         """``:predict``, ``:classify`` and ``:regress`` with TF Serving's JSON in and out."""
 
         async def work() -> bytes:
@@ -205,8 +215,10 @@ class ModelVersion:
                     )
                 signature = servable.signatures[name]
                 inputs, row_format = json_codec.decode_predict_request(doc, signature)
-                call = dataplane.prepare_predict_arrays(servable, requested, inputs)
-                result = await self._run(call)
+                call = dataplane.prepare_predict_arrays(
+                    servable, requested, inputs, check_method_name=self.check_method_name
+                )
+                result = await self._run(call, deadline)
                 if isinstance(result, ServingError):
                     raise result
                 ordered = {a: result[a] for a in call.output_aliases}
@@ -231,4 +243,7 @@ class ModelVersion:
             self.servable.close()  # type: ignore[union-attr]
 
 
-ModelVersionDeployment = serve.deployment(ModelVersion, name="ModelVersion")
+def check_deadline(deadline: float | None) -> None:
+    """A request whose caller has given up is not run (TF Serving answers the same)."""
+    if deadline is not None and time.time() >= deadline:
+        raise DeadlineExceeded("Deadline Exceeded")

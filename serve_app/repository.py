@@ -35,7 +35,7 @@ def scan_versions(base_path: str | Path) -> dict[int, Path]:
 
 
 def scan_all_numeric(base_path: str | Path) -> dict[int, Path]:
-    """Every numeric child directory, complete or not (a model that is broken still gets a status)."""
+    """Every numeric child directory, complete or not (a broken model still gets a status)."""
     base = Path(base_path)
     try:
         return {int(c.name): c for c in base.iterdir() if c.name.isdigit() and c.is_dir()}

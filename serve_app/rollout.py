@@ -95,7 +95,9 @@ class VersionManager:
         for model, versions in list(self.plan.deployed.items()):
             for v in list(versions):
                 await self._await_loaded(model, v)
-        failed = [(m, v) for m, vs in self.status.items() for v, s in vs.items() if s.state == State.END]
+        failed = [
+            (m, v) for m, vs in self.status.items() for v, s in vs.items() if s.state == State.END
+        ]
         if failed:
             plan = self.plan.copy_deep()
             for m, v in failed:
@@ -126,33 +128,34 @@ class VersionManager:
                     f"directory path: {path}",
                     path=str(path),
                 )
-        aspired = aspired_versions(on_disk, model.version_policy)
         deployed = self.plan.deployed.get(name, {})
-        to_add = {
-            v: p for v, p in aspired.items()
-            if v not in deployed and not self._gave_up(name, v, p)
-        }
-        to_remove = {v for v in deployed if v not in aspired}
-        changed_labels = self.plan.routing.models.get(name, ModelRoutes()).labels != self._labels(
-            model, set(deployed) - to_remove
-        )
-        if not to_add and not to_remove:
-            if changed_labels:
-                plan = self.plan.copy_deep()
-                self._reroute(plan)
-                await self._apply(plan)
-            return
-        if self.args.rollout == "resource_preserving" and to_remove:
-            await self._retire(name, to_remove)
-            to_remove = set()
+        aspired = self._aspired(model, on_disk)
+        to_add = {v: p for v, p in aspired.items() if v not in deployed}
+        if self.args.rollout == "resource_preserving":
+            retired = {v for v in deployed if v not in aspired}
+            if retired:  # TF Serving's resource-preserving policy: unload before loading
+                await self._retire(name, retired)
         if to_add:
             await self._add(name, to_add)
+        # After the loads: a version that failed drops out of the aspired set, so the version
+        # it was meant to replace keeps serving (availability first, as TF Serving does).
+        deployed = self.plan.deployed.get(name, {})
+        aspired = self._aspired(model, on_disk)
+        to_remove = {v for v in deployed if v not in aspired}
         if to_remove:
             await self._retire(name, to_remove)
-        elif changed_labels:
+        labels = self._labels(
+            model, set(self.plan.routing.models.get(name, ModelRoutes()).versions)
+        )
+        if labels != self.plan.routing.models.get(name, ModelRoutes()).labels:
             plan = self.plan.copy_deep()
             self._reroute(plan)
             await self._apply(plan)
+
+    def _aspired(self, model: ModelArgs, on_disk: dict[int, Path]) -> dict[int, Path]:
+        """The policy applied to the versions on disk that have not failed to load."""
+        loadable = {v: p for v, p in on_disk.items() if not self._gave_up(model.name, v, p)}
+        return aspired_versions(loadable, model.version_policy)
 
     def _gave_up(self, model: str, version: int, path: Path) -> bool:
         """A version that failed to load is retried only if its directory changed."""
@@ -222,7 +225,8 @@ class VersionManager:
             ok = {
                 v: deployment_name(name, v)
                 for v in versions
-                if self.status.get(name, {}).get(v, VersionStatus(State.END)).state == State.AVAILABLE
+                if self.status.get(name, {}).get(v, VersionStatus(State.END)).state
+                == State.AVAILABLE
                 and v not in exclude.get(name, set())
             }
             old = self.plan.routing.models.get(name)
@@ -292,7 +296,9 @@ class VersionManager:
         state = await handle.load_state.remote()
         if state.ok:
             s.state = State.AVAILABLE
-            logger.info("%s version %d is AVAILABLE (loaded in %.2fs)", model, version, state.load_seconds)
+            logger.info(
+                "%s version %d is AVAILABLE (loaded in %.2fs)", model, version, state.load_seconds
+            )
         else:
             s.state, s.error_code, s.error_message = State.END, 9, state.message
             logger.error("%s version %d failed to load: %s", model, version, state.message)
@@ -359,8 +365,12 @@ class VersionManager:
                 if not os.path.isdir(m.base_path):
                     raise InvalidArgument(f"Model base path {m.base_path} does not exist")
         except ServingError as e:
-            response.status.CopyFrom(status_pb2.StatusProto(error_code=e.code.value[0], error_message=e.message))
-            return Reply(payload=response.SerializeToString(), code=e.code.value[0], message=e.message)
+            response.status.CopyFrom(
+                status_pb2.StatusProto(error_code=e.code.value[0], error_message=e.message)
+            )
+            return Reply(
+                payload=response.SerializeToString(), code=e.code.value[0], message=e.message
+            )
         async with self._lock:
             self.args.models = models
             self.args.model_config_file = None
@@ -376,7 +386,7 @@ class VersionManager:
     def _invalid_labels(self) -> str:
         for m in self.args.models:
             available = self.plan.routing.models.get(m.name, ModelRoutes()).versions
-            for label, v in m.version_labels.items():
+            for v in m.version_labels.values():
                 if v not in available:
                     return (
                         f"Request to assign label to version {v} of model {m.name}, which is "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -64,7 +65,9 @@ class Server:
 
         return model_service_pb2_grpc.ModelServiceStub(self.channel)
 
-    def wait_available(self, model: str, version: int | None = None, timeout: float = BOOT_TIMEOUT_S) -> None:
+    def wait_available(
+        self, model: str, version: int | None = None, timeout: float = BOOT_TIMEOUT_S
+    ) -> None:
         """Block until GetModelStatus shows ``version`` (or the newest) AVAILABLE."""
         from tensorflow_serving.apis import get_model_status_pb2
 
@@ -72,7 +75,9 @@ class Server:
         last = ""
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+                raise RuntimeError(
+                    f"server exited with {self.process.returncode}:\n{self.log()[-4000:]}"
+                )
             request = get_model_status_pb2.GetModelStatusRequest()
             request.model_spec.name = model
             if version is not None:
@@ -86,20 +91,19 @@ class Server:
             except grpc.RpcError as e:
                 last = f"{e.code()}: {e.details()}"
             time.sleep(0.5)
-        raise TimeoutError(f"{model} not AVAILABLE after {timeout}s (last: {last})\n{self.log()[-4000:]}")
+        raise TimeoutError(
+            f"{model} not AVAILABLE after {timeout}s (last: {last})\n{self.log()[-4000:]}"
+        )
 
     def stop(self) -> None:
         self.channel.close()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                pass
-        try:  # anything of ours still alive in the session: Ray's gcs, raylet, workers
+        # anything of ours still alive in the session: Ray's gcs, raylet, workers
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         shutil.rmtree(self.tmpdir, ignore_errors=True)
 
 
@@ -109,7 +113,14 @@ def start_server(*args: str, wait_for: tuple[str, ...] = (), cwd: Path = REPO) -
     tmpdir = Path(tempfile.mkdtemp(prefix="rtfs-"))
     log_path = tmpdir / "server.log"
     env = dict(os.environ, RAY_TMPDIR=str(tmpdir), PYTHONUNBUFFERED="1")
-    command = [SERVE, "run", "serve_app:app", f"grpc_port={grpc_port}", f"http_port={http_port}", *args]
+    command = [
+        SERVE,
+        "run",
+        "serve_app:app",
+        f"grpc_port={grpc_port}",
+        f"http_port={http_port}",
+        *args,
+    ]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -138,6 +149,16 @@ def deeplab_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     base = tmp_path_factory.mktemp("deeplab")
     export_model(base, 1, steps=40, size=32, seed=0)
+    return base
+
+
+@pytest.fixture(scope="session")
+def deeplab_trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default DeepLab model, fully trained (about 90 s on 2 cores), once per session."""
+    from export.savedmodel import export_model
+
+    base = tmp_path_factory.mktemp("deeplab-full")
+    export_model(base, 1, seed=0)
     return base
 
 

@@ -67,7 +67,11 @@ def test_predict_by_version(server: Server) -> None:
 @pytest.mark.parametrize(
     ("mutate", "code", "message"),
     [
-        (lambda r: r.ClearField("model_spec"), grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec"),
+        (
+            lambda r: r.ClearField("model_spec"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Missing ModelSpec",
+        ),
         (
             lambda r: setattr(r.model_spec, "name", "nope"),
             grpc.StatusCode.NOT_FOUND,
@@ -128,9 +132,18 @@ def test_predict_by_version(server: Server) -> None:
         ),
     ],
     ids=[
-        "no-model-spec", "unknown-model", "unknown-version", "unknown-label", "unknown-signature",
-        "no-inputs", "extra-input", "wrong-input-name", "wrong-dtype", "unknown-output-filter",
-        "duplicate-output-filter", "bad-tensor",
+        "no-model-spec",
+        "unknown-model",
+        "unknown-version",
+        "unknown-label",
+        "unknown-signature",
+        "no-inputs",
+        "extra-input",
+        "wrong-input-name",
+        "wrong-dtype",
+        "unknown-output-filter",
+        "duplicate-output-filter",
+        "bad-tensor",
     ],
 )
 def test_predict_errors_match_tf_serving(server: Server, mutate, code, message) -> None:  # type: ignore[no-untyped-def]
@@ -157,7 +170,11 @@ def test_metadata_equals_tf_serving(server: Server) -> None:
     sig_map = get_model_metadata_pb2.SignatureDefMap()
     response.metadata["signature_def"].Unpack(sig_map)
     assert set(sig_map.signature_def) == {
-        "serving_default", "classify_x_to_y", "regress_x_to_y", "regress_x_to_y2", "regress_x2_to_y3"
+        "serving_default",
+        "classify_x_to_y",
+        "regress_x_to_y",
+        "regress_x_to_y2",
+        "regress_x2_to_y3",
     }
     assert sig_map.signature_def["serving_default"].inputs["x"].name == "x:0"
 
@@ -197,7 +214,11 @@ def test_every_port_is_loopback(server: Server) -> None:
     import subprocess
 
     sessions = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
-    pids = {p for p, sid in (line.split() for line in sessions.splitlines()) if int(sid) == server.process.pid}
+    pids = {
+        p
+        for p, sid in (line.split() for line in sessions.splitlines())
+        if int(sid) == server.process.pid
+    }
     out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
     ours = [line for line in out.splitlines() if any(f"pid={p}," in line for p in pids)]
     assert any(f":{server.grpc_port} " in line for line in ours)

@@ -1,0 +1,236 @@
+"""Version lifecycle: new versions roll out blue/green under load with zero failed requests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import get_model_status_pb2, predict_pb2
+
+from tests.conftest import Server, start_server
+
+State = get_model_status_pb2.ModelVersionStatus
+MODEL = "deeplab"
+CLIENTS = 4
+MAX_CALLS_PER_CLIENT = 20000
+
+
+def publish_version(base: Path, source: int, version: int) -> None:
+    """Copy a version into place atomically (write a hidden dir, then rename), like the exporter."""
+    tmp = base / f".tmp-{version}"
+    shutil.copytree(base / str(source), tmp)
+    os.rename(tmp, base / str(version))
+
+
+def replica_processes(version: int) -> int:
+    out = subprocess.run(["ps", "-eo", "args="], capture_output=True, text=True).stdout
+    return sum(1 for line in out.splitlines() if f"ServeReplica:default:{MODEL}-v{version}" in line)
+
+
+def wait_replicas_gone(version: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while replica_processes(version) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert replica_processes(version) == 0, f"replica of version {version} still running"
+
+
+def status(server: Server) -> dict[int, tuple[int, str]]:
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = MODEL
+    response = server.model_stub().GetModelStatus(request, 10.0)
+    return {s.version: (s.state, s.status.error_message) for s in response.model_version_status}
+
+
+def wait_state(server: Server, version: int, state: int, timeout: float = 180.0) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if status(server).get(version, (None,))[0] == state:
+            return time.monotonic()
+        time.sleep(0.1)
+    raise TimeoutError(
+        f"version {version} never reached {State.State.Name(state)}: {status(server)}"
+    )
+
+
+@dataclass
+class Load:
+    """Client threads calling Predict until stopped (bounded in calls and time)."""
+
+    server: Server
+    seen: list[list[tuple[float, int]]] = field(
+        default_factory=lambda: [[] for _ in range(CLIENTS)]
+    )
+    failures: list[str] = field(default_factory=list)
+    latencies: list[tuple[float, float]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.threads = [
+            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(CLIENTS)
+        ]
+
+    def _run(self, index: int) -> None:
+        stub = self.server.prediction_stub()
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = MODEL
+        request.model_spec.signature_name = "predict_images"
+        image = np.random.default_rng(index).uniform(0, 255, (1, 16, 16, 3)).astype(np.float32)
+        request.inputs["images"].CopyFrom(tf.make_tensor_proto(image))
+        request.inputs["height"].CopyFrom(tf.make_tensor_proto([16], dtype=tf.int32))
+        request.inputs["width"].CopyFrom(tf.make_tensor_proto([16], dtype=tf.int32))
+        for _ in range(MAX_CALLS_PER_CLIENT):
+            if self.stop.is_set():
+                return
+            started = time.monotonic()
+            try:
+                response = stub.Predict(request, 30.0)
+            except grpc.RpcError as e:
+                self.failures.append(f"{e.code()}: {e.details()}")
+                continue
+            done = time.monotonic()
+            self.latencies.append((done, done - started))
+            self.seen[index].append((done, response.model_spec.version.value))
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=60)
+
+    def versions_since(self, t0: float) -> set[int]:
+        return {v for calls in self.seen for (t, v) in calls if t >= t0}
+
+
+@pytest.fixture(scope="module")
+def base(deeplab_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("rollout") / MODEL
+    root.mkdir()
+    shutil.copytree(deeplab_base / "1", root / "1")
+    return root
+
+
+def rss_mb_of_replicas() -> float:
+    out = subprocess.run(["ps", "-eo", "rss=,args="], capture_output=True, text=True).stdout
+    rows = [
+        line.split()[0] for line in out.splitlines() if f"ServeReplica:default:{MODEL}-v" in line
+    ]
+    return sum(int(r) for r in rows) / 1024
+
+
+def test_blue_green_rollout_and_rollback_under_load(base: Path) -> None:
+    server = start_server(
+        f"model_name={MODEL}",
+        f"model_base_path={base}",
+        "file_system_poll_wait_seconds=0.5",
+        wait_for=(MODEL,),
+    )
+    try:
+        peak = [0.0]
+        watching = threading.Event()
+
+        def watch_memory() -> None:
+            while not watching.is_set():
+                peak[0] = max(peak[0], rss_mb_of_replicas())
+                time.sleep(0.2)
+
+        watcher = threading.Thread(target=watch_memory, daemon=True)
+        watcher.start()
+        with Load(server) as load:
+            time.sleep(2)
+            assert load.versions_since(0) == {1}
+            timings = {}
+            for version in (2, 3):
+                started = time.monotonic()
+                publish_version(base, 1, version)
+                available = wait_state(server, version, State.AVAILABLE)
+                wait_state(server, version - 1, State.END)
+                timings[version] = time.monotonic() - started
+                # whoever saw the new version saw it only after it was AVAILABLE
+                first_new = min(t for calls in load.seen for (t, v) in calls if v == version)
+                assert first_new >= available - 1.0  # status polled every 0.1 s
+                time.sleep(1)
+                assert load.versions_since(time.monotonic() - 0.5) == {version}
+                wait_replicas_gone(version - 1)  # blue is gone
+            # A version that fails to load is never routed to; blue keeps serving.
+            broken = base / "4"
+            broken.mkdir()
+            (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+            wait_state(server, 4, State.END)
+            assert status(server)[4][1]  # its error is shown
+            assert status(server)[3][0] == State.AVAILABLE
+            shutil.rmtree(broken)
+            # Removing the newest version rolls back to the previous one.
+            rollback = time.monotonic()
+            shutil.rmtree(base / "3")
+            wait_state(server, 2, State.AVAILABLE)
+            wait_state(server, 3, State.END)
+            time.sleep(1)
+            assert load.versions_since(time.monotonic() - 0.5) == {2}
+            rollback_s = time.monotonic() - rollback
+        watching.set()
+        assert load.failures == []
+        for calls in load.seen:  # versions only move forward, except the explicit rollback
+            before = [v for t, v in calls if t < rollback]
+            assert before == sorted(before)
+            assert all(v in (2, 3) for t, v in calls if t >= rollback)
+        worst = max(lat for _, lat in load.latencies)
+        total = sum(len(c) for c in load.seen)
+        print(
+            f"\navailability_preserving: {total} calls, 0 failed; rollout 1->2 {timings[2]:.1f}s, "
+            f"2->3 {timings[3]:.1f}s, rollback {rollback_s:.1f}s; "
+            f"worst latency {worst * 1000:.0f} ms; peak replica RSS {peak[0]:.0f} MB"
+        )
+    finally:
+        server.stop()
+
+
+def test_resource_preserving_unloads_first(base: Path, tmp_path: Path) -> None:
+    root = tmp_path / MODEL
+    shutil.copytree(
+        base / sorted(p.name for p in base.iterdir() if p.name.isdigit())[0], root / "1"
+    )
+    server = start_server(
+        f"model_name={MODEL}",
+        f"model_base_path={root}",
+        "rollout=resource_preserving",
+        "file_system_poll_wait_seconds=0.5",
+        wait_for=(MODEL,),
+    )
+    try:
+        both_alive = False
+        started = time.monotonic()
+        publish_version(root, 1, 2)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            both_alive |= (
+                replica_processes(1) > 0
+                and replica_processes(2) > 0
+                and (status(server).get(2, (0,))[0] == State.AVAILABLE)
+            )
+            if status(server).get(2, (0,))[0] == State.AVAILABLE and replica_processes(1) == 0:
+                break
+            time.sleep(0.1)
+        rollout_s = time.monotonic() - started
+        assert status(server)[1][0] == State.END
+        assert status(server)[2][0] == State.AVAILABLE
+        assert not both_alive  # never two versions held at once
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = MODEL
+        request.inputs["images"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 8, 8, 3), np.float32)))
+        assert server.prediction_stub().Predict(request, 30.0).model_spec.version.value == 2
+        print(f"\nresource_preserving: rollout 1->2 {rollout_s:.1f}s")
+    finally:
+        server.stop()
