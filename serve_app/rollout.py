@@ -43,6 +43,8 @@ class VersionStatus:
     error_message: str = ""
     path: str = ""
     mtime: float = 0.0
+    loaded: bool = False
+    """Loaded and warmed up; becomes AVAILABLE once the ingress routes to it."""
 
 
 class VersionManager:
@@ -104,6 +106,7 @@ class VersionManager:
                 plan.deployed.get(m, {}).pop(v, None)
             self._reroute(plan)
             await self._apply(plan)
+        self._mark_available()
 
     # --- one reconciliation step -------------------------------------------------------------
 
@@ -178,7 +181,7 @@ class VersionManager:
             await self._await_loaded(model, v)
         plan = self.plan.copy_deep()
         for v in versions:
-            if self.status[model][v].state != State.AVAILABLE:
+            if not self.status[model][v].loaded:
                 plan.deployed[model].pop(v, None)
         self._reroute(plan)
         await self._apply(plan)
@@ -188,6 +191,7 @@ class VersionManager:
         for v in versions:
             if v in self.status.get(model, {}):
                 self.status[model][v].state = State.UNLOADING
+                self.status[model][v].loaded = False
             logger.info("Unloading %s version %d", model, v)
         plan = self.plan.copy_deep()
         routes = plan.routing.models.get(model)
@@ -225,8 +229,7 @@ class VersionManager:
             ok = {
                 v: deployment_name(name, v)
                 for v in versions
-                if self.status.get(name, {}).get(v, VersionStatus(State.END)).state
-                == State.AVAILABLE
+                if self.status.get(name, {}).get(v, VersionStatus(State.END)).loaded
                 and v not in exclude.get(name, set())
             }
             old = self.plan.routing.models.get(name)
@@ -249,6 +252,16 @@ class VersionManager:
         await asyncio.to_thread(serve.run_many, [target], wait_for_applications_running=False)
         self.plan = plan
         await self._await_settled(plan)
+        self._mark_available()
+
+    def _mark_available(self) -> None:
+        """Versions the ingress now routes to are AVAILABLE to clients (not before)."""
+        for model, routes in self.plan.routing.models.items():
+            for v in routes.versions:
+                s = self.status.get(model, {}).get(v)
+                if s is not None and s.loaded and s.state == State.LOADING:
+                    s.state = State.AVAILABLE
+                    logger.info("%s version %d is AVAILABLE", model, v)
 
     async def _await_settled(self, plan: Plan) -> None:
         deadline = time.monotonic() + LOAD_TIMEOUT_S
@@ -295,10 +308,8 @@ class VersionManager:
         handle = serve.get_deployment_handle(name, self._app_name)
         state = await handle.load_state.remote()
         if state.ok:
-            s.state = State.AVAILABLE
-            logger.info(
-                "%s version %d is AVAILABLE (loaded in %.2fs)", model, version, state.load_seconds
-            )
+            s.loaded = True
+            logger.info("%s version %d loaded in %.2fs", model, version, state.load_seconds)
         else:
             s.state, s.error_code, s.error_message = State.END, 9, state.message
             logger.error("%s version %d failed to load: %s", model, version, state.message)
