@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -153,13 +154,22 @@ def deeplab_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def deeplab_trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default DeepLab model, fully trained (about 90 s on 2 cores), once per session."""
-    from export.savedmodel import export_model
+def deeplab_training(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """The default DeepLab training (about a minute on 2 cores), once per session: the base
+    path of its export (version 1) and its TrainStats."""
+    from export.deeplab import train
+    from export.savedmodel import save
 
     base = tmp_path_factory.mktemp("deeplab-full")
-    export_model(base, 1, seed=0)
-    return base
+    model, stats = train(seed=0)
+    save(model, base, 1)
+    return base, stats
+
+
+@pytest.fixture(scope="session")
+def deeplab_trained(deeplab_training: tuple[Path, Any]) -> Path:
+    """Base path of the fully trained default model."""
+    return deeplab_training[0]
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -350,8 +351,8 @@ def test_show_own_export(exported: Path) -> None:
 
 
 @pytest.mark.slow
-def test_default_training_reaches_mean_iou() -> None:
-    """The default run (about 90 s on 2 CPU cores) segments held-out images well."""
-    _, stats = train()
+def test_default_training_reaches_mean_iou(deeplab_training: tuple[Path, Any]) -> None:
+    """The default run (about a minute on 2 CPU cores) segments held-out images well."""
+    _, stats = deeplab_training
     print(f"full training: {stats}")
     assert stats.mean_iou >= 0.8
