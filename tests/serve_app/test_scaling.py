@@ -93,7 +93,7 @@ def slow_server(deeplab_base: Path) -> Server:  # type: ignore[misc]
         "model_name=deeplab",
         f"model_base_path={deeplab_base}",
         "scaling.max_ongoing_requests=1",
-        "scaling.max_queued_requests=1",
+        "scaling.max_queued_requests=2",
         "rest_api_timeout_in_ms=300",
         wait_for=("deeplab",),
     )
@@ -150,10 +150,10 @@ def test_overload_answers_resource_exhausted_and_stays_healthy(slow_server: Serv
 def test_expired_deadline_is_deadline_exceeded(slow_server: Server) -> None:
     stub = slow_server.prediction_stub()
     with ThreadPoolExecutor(2) as pool:
-        busy = pool.submit(stub.Predict, big_request(), 120.0)  # occupies the only slot
-        time.sleep(0.05)
+        busy = pool.submit(stub.Predict, big_request(1024), 120.0)  # occupies the only slot
+        time.sleep(0.1)
         with pytest.raises(grpc.RpcError) as info:
-            stub.Predict(big_request(), 0.2)
+            stub.Predict(big_request(16), 0.2)  # waits behind it until its deadline passes
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         busy.result()
     # REST: the server's own deadline (rest_api_timeout_in_ms=300) ends a slow request with 504.
