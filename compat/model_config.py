@@ -23,13 +23,21 @@ class ModelEntry:
     labels: dict[str, int] = field(default_factory=dict)
 
 
-def parse_text(text: str) -> model_server_config_pb2.ModelServerConfig:
-    """Parse a ModelServerConfig in text format (INVALID_ARGUMENT with the parser's message)."""
+def parse_text(text: str, path: str | Path = "") -> model_server_config_pb2.ModelServerConfig:
+    """Parse a ModelServerConfig in text format.
+
+    A syntax error is INVALID_ARGUMENT with TF Serving's two messages in one: its own
+    ``Invalid protobuf file: '<path>'`` (server.cc) and the protobuf parser's ``Error parsing
+    text-format tensorflow.serving.ModelServerConfig: <line>:<column> ...``, which it logs.
+    """
     config = model_server_config_pb2.ModelServerConfig()
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as e:
-        raise InvalidArgument(f"Invalid protobuf file: {e}") from None
+        raise InvalidArgument(
+            f"Invalid protobuf file: '{path}'. Error parsing text-format "
+            f"{config.DESCRIPTOR.full_name}: {e}"
+        ) from None
     return config
 
 
@@ -38,7 +46,7 @@ def read_file(path: str | Path) -> model_server_config_pb2.ModelServerConfig:
         text = Path(path).read_text()
     except OSError as e:
         raise InvalidArgument(f"Could not read model config file {path}: {e.strerror}") from None
-    return parse_text(text)
+    return parse_text(text, path)
 
 
 def entries(config: model_server_config_pb2.ModelServerConfig) -> list[ModelEntry]:

@@ -3,8 +3,10 @@
 TF Serving loads every SavedModel into a C++ ``SavedModelBundle`` (a session over the meta graph
 tagged ``serve``). ``tf.saved_model.load`` cannot load some of TF Serving's own test models
 (reference variables, signatures of unknown rank), so we load with the TF1 loader into a
-``tf.compat.v1.Session`` and run signatures through ``Session.make_callable``, which, like TF
-Serving's C++ session, does not refuse a ``[1]`` feed for a ``[None, 1]`` placeholder.
+``tf.compat.v1.Session`` and run signatures through a C++ callable
+(``Session::MakeCallable``), which, like TF Serving's C++ session, does not refuse a ``[1]`` feed
+for a ``[None, 1]`` placeholder (``Session.run`` and ``Session.make_callable`` with a feed list
+check shapes in Python and do).
 """
 
 from __future__ import annotations
@@ -124,7 +126,12 @@ class Servable:
             with self._lock:
                 fn = self._callables.get(key)
                 if fn is None:
-                    fn = self._session.make_callable(list(fetches), feed_list=list(feeds))
+                    # Straight to C++ ``Session::MakeCallable``: no Python-side shape check,
+                    # so a feed's shape is checked only by the kernels, as in TF Serving.
+                    from tensorflow.core.protobuf import config_pb2
+
+                    options = config_pb2.CallableOptions(feed=list(feeds), fetch=list(fetches))
+                    fn = self._session._make_callable_from_options(options)
                     self._callables[key] = fn
         return fn
 

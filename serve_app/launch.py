@@ -117,6 +117,18 @@ def start_ray_and_serve(args: AppArgs) -> None:
     )
 
 
+def fail(error: Exception) -> int:
+    """Print why the server cannot start, as TF Serving's main.cc does; the exit status."""
+    from compat.errors import ServingError
+
+    if isinstance(error, ServingError):
+        status = f"{error.code.name}: {error.message}"
+    else:  # a bad model path: what TF Serving's file system source reports is INVALID_ARGUMENT
+        status = f"INVALID_ARGUMENT: {error}"
+    print(f"ray-tfserving: Failed to start server. Error: {status}", file=sys.stderr)
+    return 1
+
+
 def prepare(args: AppArgs) -> tuple[AppArgs, Plan]:
     """Validate models and paths; exits with a clear message naming a bad path."""
     from compat.errors import ServingError
@@ -126,9 +138,7 @@ def prepare(args: AppArgs) -> tuple[AppArgs, Plan]:
         for m in args.models:
             check_model_path(m)
     except (ModelPathError, ServingError) as e:
-        message = getattr(e, "message", None) or str(e)
-        print(f"ray-tfserving: {message}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise SystemExit(fail(e)) from None
     return args, initial_plan(args)
 
 

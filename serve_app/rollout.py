@@ -113,8 +113,8 @@ class VersionManager:
     async def _reconcile(self) -> None:
         wanted = {m.name: m for m in self.args.models}
         # Models no longer configured: unroute, then remove.
-        for model in [m for m in self.plan.deployed if m not in wanted]:
-            await self._retire(model, set(self.plan.deployed[model]), drop_model=True)
+        for gone in [m for m in self.plan.deployed if m not in wanted]:
+            await self._retire(gone, set(self.plan.deployed[gone]), drop_model=True)
         for model in wanted.values():
             await self._reconcile_model(model)
 
@@ -126,9 +126,10 @@ class VersionManager:
             if v not in on_disk and v not in self.plan.deployed.get(name, {}):
                 statuses[v] = VersionStatus(
                     State.END,
-                    error_code=9,  # FAILED_PRECONDITION, what loading it would say
+                    error_code=5,  # NOT_FOUND, what TF's SavedModel reader says
                     error_message="Could not find SavedModel .pb or .pbtxt at supplied export "
-                    f"directory path: {path}",
+                    f"directory path: {path}. Check that the directory exists and that you have "
+                    "the right permissions for accessing it.",
                     path=str(path),
                 )
         deployed = self.plan.deployed.get(name, {})
@@ -371,6 +372,11 @@ class VersionManager:
         request = model_management_pb2.ReloadConfigRequest.FromString(raw)
         response = model_management_pb2.ReloadConfigResponse()
         try:
+            if request.config.WhichOneof("config") != "model_config_list":  # model_service_impl.cc
+                raise InvalidArgument(
+                    "ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
+                    "ModelConfigList is currently supported"
+                )
             models = models_from_config(request.config)
             for m in models:
                 if not os.path.isdir(m.base_path):
@@ -383,19 +389,23 @@ class VersionManager:
                 payload=response.SerializeToString(), code=e.code.value[0], message=e.message
             )
         async with self._lock:
-            self.args.models = models
-            self.args.model_config_file = None
-            await self._reconcile()
-            bad_labels = self._invalid_labels()
+            # As ServerCore::ReloadConfig: labels are checked against the versions AVAILABLE
+            # now, before any model changes; an invalid label leaves the served models as they
+            # were.
+            bad_labels = self._invalid_labels(models)
+            if not bad_labels:
+                self.args.models = models
+                self.args.model_config_file = None
+                await self._reconcile()
         if bad_labels:
-            e = bad_labels
-            response.status.CopyFrom(status_pb2.StatusProto(error_code=9, error_message=e))
-            return Reply(payload=response.SerializeToString(), code=9, message=e)
+            status = status_pb2.StatusProto(error_code=9, error_message=bad_labels)
+            response.status.CopyFrom(status)
+            return Reply(payload=response.SerializeToString(), code=9, message=bad_labels)
         response.status.CopyFrom(status_pb2.StatusProto(error_code=0))
         return Reply(payload=response.SerializeToString())
 
-    def _invalid_labels(self) -> str:
-        for m in self.args.models:
+    def _invalid_labels(self, models: list[ModelArgs]) -> str:
+        for m in models:
             available = self.plan.routing.models.get(m.name, ModelRoutes()).versions
             for v in m.version_labels.values():
                 if v not in available:

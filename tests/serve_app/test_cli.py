@@ -1,0 +1,314 @@
+"""The ``ray-tfserving`` command, run as a subprocess the way TF Serving's test runs
+``tensorflow_model_server``: its flags, its startup line once models are AVAILABLE, its failures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from tests.conftest import REPO, free_port
+
+TESTDATA = Path(__file__).resolve().parents[2].parent / "shared/testdata/tfserving"
+CLI = str(Path(sys.executable).with_name("ray-tfserving"))
+READY_LINE = "Running gRPC ModelServer at"
+BOOT_TIMEOUT_S = 300.0
+
+
+@dataclass
+class Cli:
+    """A running ``ray-tfserving`` with its merged stdout/stderr collected line by line."""
+
+    process: subprocess.Popen[str]
+    tmpdir: Path
+    lines: list[str] = field(default_factory=list)
+    ready_at: int | None = None
+    """Index of the READY_LINE in ``lines`` once seen."""
+
+    def __post_init__(self) -> None:
+        self._seen = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+            if READY_LINE in line and self.ready_at is None:
+                self.ready_at = len(self.lines) - 1
+                self._seen.set()
+        self._seen.set()  # EOF: the process is gone
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_ready(self, timeout: float = BOOT_TIMEOUT_S) -> str:
+        """The READY_LINE, once printed; fails if the process exits first."""
+        self._seen.wait(timeout)
+        assert self.ready_at is not None, f"never became ready:\n{self.output[-6000:]}"
+        return self.lines[self.ready_at]
+
+    def wait_exit(self, timeout: float = BOOT_TIMEOUT_S) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def stop(self) -> int | None:
+        """Ctrl-C, as a user would; then whatever of its session is left is killed."""
+        code = self.process.poll()
+        if code is None:
+            self.process.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = self.process.wait(timeout=90)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+        return code
+
+
+def run_cli(*flags: str) -> Cli:
+    """``ray-tfserving <flags>`` with its own RAY_TMPDIR, in its own session."""
+    tmpdir = Path(tempfile.mkdtemp(prefix="rtfs-cli-"))
+    env = dict(os.environ, RAY_TMPDIR=str(tmpdir), PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        [CLI, *flags],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    return Cli(process, tmpdir)
+
+
+def run_to_exit(*flags: str, timeout: float = 120.0) -> tuple[int, str]:
+    """Flags that must fail before any server starts: exit status and output."""
+    cli = run_cli(*flags)
+    try:
+        code = cli.wait_exit(timeout)
+        cli._seen.wait(10)  # let the reader drain the pipe
+        return code, cli.output
+    finally:
+        cli.stop()
+
+
+def predict(port: int, model: str) -> predict_pb2.PredictResponse:
+    """TF Serving's VerifyPredictRequest: x = float_val [2.0], shape [1], output_filter y."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.inputs["x"].dtype = types_pb2.DT_FLOAT
+    request.inputs["x"].float_val.append(2.0)
+    request.inputs["x"].tensor_shape.dim.add().size = 1
+    request.output_filter.append("y")
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, 30.0)
+
+
+def model_status(port: int, model: str) -> get_model_status_pb2.GetModelStatusResponse:
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = model
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        return model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, 30.0)
+
+
+# --- failures before anything starts ------------------------------------------------------
+
+
+def test_unknown_flag_prints_usage_and_fails() -> None:
+    code, output = run_to_exit("--port=1", "--model_base_path=/x", "--no_such_flag=1")
+    assert code != 0
+    assert "unknown argument: --no_such_flag=1" in output
+    assert "usage: ray-tfserving" in output
+
+
+def test_missing_model_path_fails_clearly() -> None:
+    code, output = run_to_exit("--model_name=m", "--model_base_path=/nonexistent/model")
+    assert code != 0
+    assert "Failed to start server. Error: INVALID_ARGUMENT" in output
+    assert "'/nonexistent/model' does not exist" in output
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            (),
+            "Failed to start server. Error: INVALID_ARGUMENT: Both server_options.model_base_path "
+            "and server_options.model_config_file are empty!",
+        ),
+        (
+            (
+                f"--model_base_path={TESTDATA / 'saved_model_half_plus_two_cpu'}",
+                f"--batching_parameters_file={TESTDATA / 'batching_config.txt'}",
+            ),
+            "Failed to start server. Error: INVALID_ARGUMENT: server_options."
+            "batching_parameters_file is set without setting server_options.enable_batching to "
+            "true.",
+        ),
+        (
+            (f"--model_config_file={TESTDATA / 'bad_model_config.txt'}",),
+            # TF Serving's own test looks for either line (older and newer versions of it).
+            f"Invalid protobuf file: '{TESTDATA / 'bad_model_config.txt'}'. Error parsing "
+            "text-format tensorflow.serving.ModelServerConfig: 1:1 :",
+        ),
+    ],
+    ids=["no-model", "batching-file-without-batching", "bad-config-file"],
+)
+def test_invalid_flags_fail_like_tf_serving(flags: tuple[str, ...], message: str) -> None:
+    code, output = run_to_exit(*flags)
+    assert code != 0
+    assert message in output
+
+
+# --- live servers -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def single_model() -> Iterator[tuple[Cli, int, int]]:
+    port, rest_port = free_port(), free_port()
+    cli = run_cli(
+        f"--port={port}",
+        f"--rest_api_port={rest_port}",
+        "--model_name=half_plus_two",
+        f"--model_base_path={TESTDATA / 'saved_model_half_plus_two_cpu'}",
+        f"--monitoring_config_file={TESTDATA / 'monitoring_config.txt'}",
+        "--rest_api_timeout_in_ms=5000",
+        "--file_system_poll_wait_seconds=1",
+    )
+    try:
+        cli.wait_ready()
+        yield cli, port, rest_port
+    finally:
+        cli.stop()
+
+
+def test_ready_line_only_once_available(single_model: tuple[Cli, int, int]) -> None:
+    cli, port, rest_port = single_model
+    assert cli.lines[cli.ready_at or 0] == f"{READY_LINE} 127.0.0.1:{port} ..."
+    # Checked right after the line: the model was AVAILABLE when it was printed.
+    entry = model_status(port, "half_plus_two").model_version_status[0]
+    assert (entry.version, entry.state, entry.status.error_code) == (
+        123,
+        get_model_status_pb2.ModelVersionStatus.AVAILABLE,
+        0,
+    )
+    assert f"Exporting HTTP/REST API at:127.0.0.1:{rest_port} ..." in cli.output
+
+
+def test_single_model_serves_grpc_and_rest(single_model: tuple[Cli, int, int]) -> None:
+    _, port, rest_port = single_model
+    result = predict(port, "half_plus_two")
+    assert list(result.outputs["y"].float_val) == [3.0]
+    assert result.model_spec.version.value == 123
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{rest_port}/v1/models/half_plus_two", timeout=30
+    ) as response:
+        assert json.loads(response.read()) == {
+            "model_version_status": [
+                {
+                    "version": "123",
+                    "state": "AVAILABLE",
+                    "status": {"error_code": "OK", "error_message": ""},
+                }
+            ]
+        }
+
+
+def test_ctrl_c_stops_cleanly(single_model: tuple[Cli, int, int]) -> None:
+    cli, port, _ = single_model
+    assert cli.stop() == 0
+    with pytest.raises(grpc.RpcError) as info:
+        predict(port, "half_plus_two")
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_config_file_with_batching_and_polling(tmp_path: Path) -> None:
+    """TF Serving's testGoodModelConfig plus --enable_batching with its batching_config.txt;
+    --model_base_path is ignored next to --model_config_file, as in TF Serving. With
+    --model_config_file_poll_wait_seconds, a rewritten config file is applied (its
+    testModelConfigReload), here by dropping half_plus_three."""
+    text = (TESTDATA / "good_model_config.txt").read_text()
+    text = text.replace(
+        "${TEST_HALF_PLUS_TWO_DIR}", str(TESTDATA / "saved_model_half_plus_two_cpu")
+    )
+    text = text.replace(
+        "${TEST_HALF_PLUS_THREE_DIR}", str(TESTDATA / "saved_model_half_plus_three")
+    )
+    config = tmp_path / "good_model_config.conf"
+    config.write_text(text)
+    port = free_port()
+    cli = run_cli(
+        f"--port={port}",
+        f"--model_config_file={config}",
+        "--model_base_path=/ignored/with/a/config/file",
+        "--enable_batching",
+        f"--batching_parameters_file={TESTDATA / 'batching_config.txt'}",
+        "--model_config_file_poll_wait_seconds=1",
+    )
+    try:
+        cli.wait_ready()
+        for model, expected in (("half_plus_two", 3.0), ("half_plus_three", 4.0)):
+            result = predict(port, model)
+            assert list(result.outputs["y"].float_val) == [expected], model
+            assert result.model_spec.version.value == 123
+        config.write_text(
+            'model_config_list { config { name: "half_plus_two" '
+            f'base_path: "{TESTDATA / "saved_model_half_plus_two_cpu"}" '
+            'model_platform: "tensorflow" } }'
+        )
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                predict(port, "half_plus_three")
+            except grpc.RpcError as e:
+                assert (e.code(), e.details()) == (
+                    grpc.StatusCode.NOT_FOUND,
+                    "Servable not found for request: Latest(half_plus_three)",
+                )
+                break
+            assert time.monotonic() < deadline, "the rewritten config file was not applied"
+            time.sleep(0.5)
+        assert list(predict(port, "half_plus_two").outputs["y"].float_val) == [3.0]
+    finally:
+        assert cli.stop() == 0, cli.output[-4000:]
+
+
+def test_model_that_cannot_load_fails_startup() -> None:
+    """As TF Serving: the server does not start when a model never becomes AVAILABLE, and says
+    which and why (ServerCore::WaitUntilModelsAvailable's wording)."""
+    started = time.monotonic()
+    code, output = run_to_exit(
+        f"--port={free_port()}",
+        f"--model_base_path={TESTDATA / 'bad_half_plus_two'}",
+        timeout=BOOT_TIMEOUT_S,
+    )
+    assert code != 0, output[-4000:]
+    path = TESTDATA / "bad_half_plus_two" / "00000123"
+    assert (
+        "Failed to start server. Error: UNKNOWN: 1 model(s) did not become available: "
+        "{{{name: default version: 123} due to error: NOT_FOUND: Could not find SavedModel .pb "
+        f"or .pbtxt at supplied export directory path: {path}." in output
+    ), output[-4000:]
+    assert READY_LINE not in output
+    assert time.monotonic() - started < BOOT_TIMEOUT_S
