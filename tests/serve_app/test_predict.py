@@ -118,7 +118,8 @@ def test_predict_by_version(server: Server) -> None:
         (
             lambda r: r.output_filter.append("nope"),
             grpc.StatusCode.INVALID_ARGUMENT,
-            "output tensor alias not found in signature: nope Outputs expected to be in the set {y}.",
+            "output tensor alias not found in signature: nope "
+            "Outputs expected to be in the set {y}.",
         ),
         (
             lambda r: r.output_filter.extend(["y", "y"]),
