@@ -1,33 +1,70 @@
-"""TF Serving's REST API over the same routing and replicas as gRPC (http_rest_api_handler.cc).
+"""TF Serving's REST API over the same routing and replicas as gRPC.
 
-``RestApi`` needs a backend with two awaitables: ``call_model(spec, method, *args) -> Reply`` (resolve
-a ModelSpec and call a model-version replica) and ``call_manager(method, *args)``. Replies carry a
-gRPC code; the HTTP status comes from the one table in ``compat.errors``.
+Paths, messages and status codes follow ``http_server.cc`` (only ``(?i)/v1/.*`` is the API;
+gRPC code -> HTTP status through the one table in ``compat.errors``), ``http_rest_api_util.cc``
+(the two path regexes, percent-decoded model names and labels, version parsing) and
+``http_rest_api_handler.cc`` (dispatch: a path that parses but names no known method stays
+``Malformed request: <METHOD> <path>``, 400). Bodies are JSON, gzip-encoded when the request says
+so; the model-version replica decodes them (``ModelVersion.rest``), so the ingress only reads
+the path.
+
+``RestApi`` needs a backend with ``call_model(spec, method, *args, deadline=, protocol=)`` (resolve
+a ModelSpec and call a model-version replica, errors as a reply with a gRPC code) and
+``call_manager(method, *args)``; an optional ``rest_timeout_s`` attribute is the REST deadline
+(``--rest_api_timeout_in_ms``).
 """
 
 from __future__ import annotations
 
 import gzip
-import time
 import json
 import re
+import time
+import zlib
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from compat import json_codec
-from compat.errors import HTTP_STATUS, CODE_NAMES, InvalidArgument, NotFound, ServingError
+from compat.errors import (
+    CODE_NAMES,
+    HTTP_STATUS,
+    InvalidArgument,
+    ServingError,
+    StatusCode,
+)
 from compat.protos import get_model_metadata_pb2, get_model_status_pb2, model_pb2
 
-_MODEL = r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
-_INFER = re.compile(rf"(?i){_MODEL}:(?P<verb>classify|regress|predict)")
-_STATUS = re.compile(rf"(?i){_MODEL}(?P<metadata>/metadata)?")
+#: HttpRestApiHandler::kPathRegex: everything else is not the REST API (404, no JSON).
+_API_PATH = re.compile(r"(?i)/v1/.*", re.ASCII | re.DOTALL)
+#: kPredictionApiGegex and kModelStatusApiRegex (http_rest_api_util.cc), verbatim.
+_PREDICTION = re.compile(
+    r"(?i)/v1/models/([^/:]+)(?:(?:/versions/([0-9]+))|(?:/labels/([^/:]+)))?"
+    r":(classify|regress|predict)",
+    re.ASCII,
+)
+_MODEL_STATUS = re.compile(
+    r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/([0-9]+))|(?:/labels/([^/:]+)))?"
+    r"(?:/(metadata))?",
+    re.ASCII,
+)
+_INFERENCE_VERBS = ("classify", "regress", "predict")
+_INT64_MAX = 2**63 - 1
+#: Routing errors a REST request can get before its body is read; TF Serving parses the JSON
+#: first, so a malformed body wins over them (see ``_body_error``).
+_ROUTING_CODES = {StatusCode.NOT_FOUND.value[0], StatusCode.INVALID_ARGUMENT.value[0]}
 
 
 class Backend(Protocol):
     async def call_model(
-        self, spec: Any, method: str, *args: Any, deadline: float | None = None
+        self,
+        spec: Any,
+        method: str,
+        *args: Any,
+        deadline: float | None = None,
+        protocol: str = "grpc",
     ) -> Any: ...
 
     async def call_manager(self, method: str, *args: Any) -> Any: ...
@@ -40,86 +77,163 @@ class RestApi:
         self.backend = backend
 
     async def handle(self, request: Request) -> Response:
-        path = request.url.path
+        path = request_path(request)
+        if path in ("/healthz", "/readyz"):
+            return await self._health(path)
+        if not _API_PATH.fullmatch(path):
+            return Response("Not Found", status_code=404, media_type="text/plain")
         try:
-            if path in ("/healthz", "/readyz"):
-                return await self._health(path)
-            if request.method == "POST" and (m := _INFER.fullmatch(path)):
-                body = await request.body()
-                if request.headers.get("content-encoding", "").lower() == "gzip":
-                    body = _gunzip(body)
-                spec = _spec(m)
-                timeout = getattr(self.backend, "rest_timeout_s", None)
-                deadline = time.time() + timeout if timeout else None
-                reply = await self.backend.call_model(
-                    spec, "rest", m["verb"].lower(), body, deadline=deadline
-                )
-                return _json_reply(reply)
-            if request.method == "GET" and (m := _STATUS.fullmatch(path)):
-                spec = _spec(m)
-                return await (self._metadata(spec) if m["metadata"] else self._status(spec))
-            raise InvalidArgument(f"Malformed request: {request.method} {path}")
+            return await self._dispatch(request, request.method, path)
         except ServingError as e:
-            return _error(e.code.value[0], e.message)
+            return error_response(e.code.value[0], e.message)
+
+    async def _dispatch(self, request: Request, method: str, path: str) -> Response:
+        """HttpRestApiHandler::ProcessRequest()."""
+        malformed = InvalidArgument(f"Malformed request: {method} {path}")
+        if method == "POST":
+            m = _PREDICTION.fullmatch(path)
+            if m is None:
+                raise malformed
+            name, version, label, verb = m.groups()
+            spec = model_spec(name, version, label)
+            if verb not in _INFERENCE_VERBS:  # the regex is case-blind, the dispatch is not
+                raise malformed
+            return await self._infer(request, spec, verb)
+        if method == "GET":
+            m = _MODEL_STATUS.fullmatch(path)
+            if m is None:
+                raise malformed
+            name, version, label, subresource = m.groups()
+            spec = model_spec(name or "", version, label)
+            if not spec.name:
+                raise InvalidArgument("Missing model name in request.")
+            if subresource == "metadata":
+                return await self._metadata(spec)
+            return await self._status(spec)
+        raise malformed
+
+    async def _infer(self, request: Request, spec: model_pb2.ModelSpec, verb: str) -> Response:
+        body = await request.body()
+        if "gzip" in request.headers.get("content-encoding", ""):
+            body = gunzip(body)
+        timeout = getattr(self.backend, "rest_timeout_s", None)
+        deadline = time.time() + timeout if timeout else None
+        reply = await self.backend.call_model(
+            spec, "rest", verb, body, deadline=deadline, protocol="rest"
+        )
+        if reply.code:
+            code, message = reply.code, reply.message
+            if code in _ROUTING_CODES:
+                body_error = _body_error(verb, body)
+                if body_error is not None:
+                    code, message = body_error.code.value[0], body_error.message
+            return error_response(code, message)
+        return Response(reply.payload, status_code=200, media_type="application/json")
 
     async def _status(self, spec: model_pb2.ModelSpec) -> Response:
         raw = get_model_status_pb2.GetModelStatusRequest(model_spec=spec).SerializeToString()
         reply = await self.backend.call_manager("get_status", raw)
         if reply.code:
-            return _error(reply.code, reply.message)
+            return error_response(reply.code, reply.message)
         response = get_model_status_pb2.GetModelStatusResponse.FromString(reply.payload)
-        return _json(json_codec.encode_json_message(response))
+        return _json(status_json(response))
 
     async def _metadata(self, spec: model_pb2.ModelSpec) -> Response:
         raw = get_model_metadata_pb2.GetModelMetadataRequest(
             model_spec=spec, metadata_field=["signature_def"]
         ).SerializeToString()
-        reply = await self.backend.call_model(spec, "metadata", raw)
+        reply = await self.backend.call_model(spec, "metadata", raw, protocol="rest")
         if reply.code:
-            return _error(reply.code, reply.message)
+            return error_response(reply.code, reply.message)
         response = get_model_metadata_pb2.GetModelMetadataResponse.FromString(reply.payload)
-        return _json(json_codec.encode_json_message(response))
+        return _json(metadata_json(response))
 
     async def _health(self, path: str) -> Response:
+        """Liveness (the ingress answers) and readiness (every model's newest version is
+        AVAILABLE): not TF Serving routes, for load balancers and Kubernetes probes."""
         if path == "/healthz":
             return _json('{"status": "alive"}')
-        ready = await self.backend.call_manager("ready")
-        if ready:
+        if await self.backend.call_manager("ready"):
             return _json('{"status": "ready"}')
-        return Response('{"status": "not ready"}', status_code=503, media_type="application/json")
+        return _json('{"status": "not ready"}', 503)
 
 
-def _spec(m: re.Match[str]) -> model_pb2.ModelSpec:
-    spec = model_pb2.ModelSpec(name=m["name"])
-    if m["version"] is not None:
-        try:
-            spec.version.value = int(m["version"])
-        except ValueError:
-            raise InvalidArgument(
-                f"Failed to convert version: {m['version']} to numeric."
-            ) from None
-    elif m["label"] is not None:
-        spec.version_label = m["label"]
+def request_path(request: Request) -> str:
+    """The path as the client sent it, still percent-encoded (TF Serving matches ``uri_path()``,
+    then decodes the model name and label)."""
+    raw = request.scope.get("raw_path")
+    if raw:
+        return bytes(raw).split(b"?", 1)[0].decode("latin-1")
+    return request.url.path
+
+
+def model_spec(name: str, version: str | None, label: str | None) -> model_pb2.ModelSpec:
+    """ParseModelInfo() and FillModelSpecWithNameVersionAndLabel()."""
+    spec = model_pb2.ModelSpec(name=unquote(name) if name else "")
+    if version:
+        number = int(version)
+        if number > _INT64_MAX:  # absl::SimpleAtoi into int64
+            raise InvalidArgument(f"Failed to convert version: {version} to numeric.")
+        spec.version.value = number
+    elif label:
+        spec.version_label = unquote(label)
     return spec
 
 
-def _gunzip(body: bytes) -> bytes:
+def gunzip(body: bytes) -> bytes:
+    """Content-Encoding: gzip. A body that does not decompress reads as empty, as in TF
+    Serving's ``EvHTTPRequest::ReadRequestGzipBytes`` (the JSON parser then says so)."""
     try:
         return gzip.decompress(body)
-    except (OSError, EOFError):
-        raise InvalidArgument("Failed to decompress gzip request body") from None
+    except (OSError, EOFError, zlib.error):
+        return b""
+
+
+def _body_error(verb: str, body: bytes) -> ServingError | None:
+    """The error TF Serving finds in the body before it looks the servable up, if any.
+
+    ``FillPredictRequestFromJson`` parses the document and checks ``signature_name`` before
+    ``GetServableHandle``; ``FillClassificationRequestFromJson`` / ``...Regression...`` convert
+    the whole body first. Only called on a routing error (never on the success path).
+    """
+    try:
+        if verb == "predict":
+            json_codec.signature_name(json_codec.parse_json(body))
+        else:
+            json_codec.decode_examples_request(body)
+    except ServingError as e:
+        return e
+    return None
+
+
+def status_json(response: get_model_status_pb2.GetModelStatusResponse) -> str:
+    """``MessageToJsonString`` with ``add_whitespace`` (one-space indent, trailing newline) and
+    ``always_print_primitive_fields``, as ``ToJsonString(GetModelStatusResponse)`` prints it."""
+    return _pretty_proto_json(json.loads(json_codec.encode_json_message(response)))
+
+
+def metadata_json(response: get_model_metadata_pb2.GetModelMetadataResponse) -> str:
+    """``ToJsonString(GetModelMetadataResponse)``: the model spec and the unpacked
+    SignatureDefMap printed separately and concatenated, layout included."""
+    doc = json.loads(json_codec.encode_json_message(response))
+    return (
+        '{\n"model_spec":'
+        + _pretty_proto_json(doc["model_spec"])
+        + ',\n"metadata": {"signature_def": '
+        + _pretty_proto_json(doc["metadata"]["signature_def"])
+        + "}\n}\n"
+    )
+
+
+def _pretty_proto_json(value: Any) -> str:
+    return json.dumps(value, indent=1, ensure_ascii=False) + "\n"
+
+
+def error_response(code: int, message: str) -> Response:
+    """``MakeJsonFromStatus`` (rapidjson's PrettyWriter) with ``ToHTTPStatusCode``'s status."""
+    status = HTTP_STATUS.get(CODE_NAMES.get(code, StatusCode.UNKNOWN), 500)
+    return _json('{\n    "error": ' + json.dumps(message, ensure_ascii=False) + "\n}", status)
 
 
 def _json(text: str, status: int = 200) -> Response:
     return Response(text, status_code=status, media_type="application/json")
-
-
-def _json_reply(reply: Any) -> Response:
-    if reply.code:
-        return _error(reply.code, reply.message)
-    return Response(reply.payload, status_code=200, media_type="application/json")
-
-
-def _error(code: int, message: str) -> Response:
-    status = HTTP_STATUS.get(CODE_NAMES.get(code, NotFound.code), 500)
-    return _json(json.dumps({"error": message}), status)

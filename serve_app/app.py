@@ -122,6 +122,7 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
             user_config={
                 "routing": plan.routing.model_dump(mode="json"),
                 "rest_api_timeout_in_ms": args.rest_api_timeout_in_ms,
+                "prometheus_path": args.prometheus_path,
             },
         )
         .bind(manager)

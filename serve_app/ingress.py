@@ -24,6 +24,7 @@ from compat.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, 
 from compat.inference import multi_inference_model_spec
 from compat.protos import get_model_status_pb2, inference_pb2
 from compat.routing import RoutingTable
+from serve_app import metrics
 from serve_app.replies import RawMessage, Reply
 
 logger = logging.getLogger("ray.serve")
@@ -41,11 +42,13 @@ class Ingress:
         self._handles: dict[str, DeploymentHandle] = {}
         self._app_name = serve.get_replica_context().app_name
         self._rest = rest_api.RestApi(self)
+        self.prometheus_path: str | None = None
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """The routing table arrives as user_config: one atomic swap per replica."""
         self._table = RoutingTable.model_validate(config["routing"])
         self.rest_timeout_s = config.get("rest_api_timeout_in_ms", 30000) / 1000 or None
+        self.prometheus_path = config.get("prometheus_path")
 
     def routing_epoch(self) -> int:
         return self._table.epoch
@@ -60,27 +63,45 @@ class Ingress:
     # --- the one forwarding path, shared by gRPC and REST ------------------------------------
 
     async def call_model(
-        self, spec: Any, method: str, *args: Any, deadline: float | None = None
+        self,
+        spec: Any,
+        method: str,
+        *args: Any,
+        deadline: float | None = None,
+        protocol: str = "grpc",
     ) -> Reply:
         """Resolve ``spec`` and call ``method`` on the version's replica; errors as a Reply.
 
         A full replica queue answers RESOURCE_EXHAUSTED at once; a request still waiting when
         the caller's deadline passes is cancelled (so it never runs) with DEADLINE_EXCEEDED.
+        Every call is counted in the request metrics (``serve_app.metrics``).
         """
+        started = time.perf_counter()
+        version = None
         try:
             route = self._table.resolve(spec)
-            response = getattr(self._handle(route.target), method).remote(*args, deadline=deadline)
-            if deadline is None:
-                return await response
-            try:
-                return await asyncio.wait_for(asyncio.shield(response), deadline - time.time())
-            except TimeoutError:
-                response.cancel()
-                raise DeadlineExceeded("Deadline Exceeded") from None
+            version = route.version
+            reply = await self._call(route.target, method, args, deadline)
         except ServingError as e:
-            return Reply.error(e)
+            reply = Reply.error(e)
         except BackPressureError:
-            return Reply.error(ResourceExhausted("The model's request queue is full; retry later"))
+            reply = Reply.error(ResourceExhausted("The model's request queue is full; retry later"))
+        metrics.record_model_call(
+            spec, method, args, protocol, version, reply.code, time.perf_counter() - started
+        )
+        return reply
+
+    async def _call(
+        self, target: str, method: str, args: tuple[Any, ...], deadline: float | None
+    ) -> Reply:
+        response = getattr(self._handle(target), method).remote(*args, deadline=deadline)
+        if deadline is None:
+            return await response
+        try:
+            return await asyncio.wait_for(asyncio.shield(response), deadline - time.time())
+        except TimeoutError:
+            response.cancel()
+            raise DeadlineExceeded("Deadline Exceeded") from None
 
     async def call_manager(self, method: str, *args: Any) -> Any:
         return await getattr(self._manager, method).remote(*args)
@@ -143,6 +164,10 @@ class Ingress:
     # --- REST -----------------------------------------------------------------------------------
 
     async def __call__(self, request: Request) -> Response:
+        if self.prometheus_path and request.url.path == self.prometheus_path:
+            states = (await self.call_manager("snapshot"))["status"]
+            body, content_type = await metrics.prometheus_text(states)
+            return Response(body, media_type=content_type)
         return await self._rest.handle(request)
 
 

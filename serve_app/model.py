@@ -30,6 +30,7 @@ from compat.protos import (
 )
 from compat.servable import Servable, SessionOptions
 from compat.warmup import replay_warmup
+from serve_app import metrics
 from serve_app.args import BatchingArgs
 from serve_app.batching import run_batch
 from serve_app.replies import Reply
@@ -90,6 +91,7 @@ class ModelVersion:
                 self.error,
             )
         self.load_seconds = time.monotonic() - started
+        metrics.record_load(model, version, self.servable is not None, self.load_seconds)
         if self.servable is not None:
             logger.info("Loaded %s version %s in %.2fs", model, version, self.load_seconds)
 
@@ -127,6 +129,7 @@ class ModelVersion:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def _batched_run(self, calls: list[dataplane.PredictCall]) -> list[Any]:
+        metrics.record_batch(self.model, self.version, calls)
         servable = self._servable()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, run_batch, servable, calls, self.batching)

@@ -1,0 +1,386 @@
+"""Prometheus metrics: recorded with Ray's metrics API where they happen, served by the ingress.
+
+Design. A request crosses three kinds of processes (Ray's proxy, an ingress replica, a
+model-version replica), any of which may have several replicas on several nodes. Each value is
+recorded once, in the process that knows it, with ``ray.util.metrics``:
+
+* the ingress records every model request (count, latency, errors) labelled with model,
+  version, signature, API, protocol and status: it is the one place that sees both transports,
+  the resolved version and the final status, for three metric updates (~10 us) per request;
+* a model-version replica records its load latency once and, with batching, the number of
+  examples each batch gathers (only it sees batches).
+
+Ray's per-node metrics agent (part of the dashboard agent, which runs even with the dashboard
+off) collects every worker's metrics and exports them on the node's ``metrics_export_port``.
+When Prometheus scrapes ``prometheus_path``, the ingress replica that gets the request fetches
+our families from every alive node's agent, drops Ray's per-process labels, sums the series that
+remain equal, adds the version states read from the version manager at that moment, and answers
+the whole in Prometheus' text format through ``prometheus_client``. Any replica therefore gives
+the complete picture, however many ingress or model replicas and nodes there are. (Ray's agent
+rebuilds histograms from bucket counts with bucket midpoints; each histogram keeps an exact sum
+in a companion counter that replaces the approximate ``_sum`` on our page.) The price:
+Ray reports worker metrics every ``metrics_report_interval_ms`` (10 s by default), so a request
+shows up in the next scrape after that, well within a usual scrape interval. If the counters
+of a replica that has stopped drop out of the agent's page, Prometheus' ``rate()`` takes the
+decrease as a counter reset.
+
+Exported names carry Ray's ``ray_`` prefix: ``ray_tfserving_requests_total``,
+``ray_tfserving_request_errors_total``, ``ray_tfserving_request_latency_seconds``,
+``ray_tfserving_batch_size``, ``ray_tfserving_model_load_latency_seconds`` and
+``ray_tfserving_model_version_state``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import re
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from compat.errors import CODE_NAMES, StatusCode
+
+logger = logging.getLogger("ray.serve")
+
+PREFIX = "ray_tfserving_"
+"""What our families are called once exported (Ray adds ``ray_`` to every name)."""
+REQUEST_LABELS = ("model", "version", "signature", "api", "protocol", "status")
+LATENCY_BUCKETS = [
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+]
+BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+LOAD_BUCKETS = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0]
+#: Labels Ray's agent adds per process and scope; summed away when serving our endpoint.
+RAY_LABELS = frozenset(
+    {
+        "Component",
+        "NodeAddress",
+        "SessionName",
+        "Version",
+        "WorkerId",
+        "JobId",
+        "otel_scope_name",
+        "otel_scope_schema_url",
+        "otel_scope_version",
+    }
+)
+EXACT_SUM = "_exact_sum"
+"""Suffix of the counter that keeps a histogram's exact sum (see ``_Histogram``)."""
+FETCH_TIMEOUT_S = 5.0
+DEFAULT_SIGNATURE = "serving_default"
+_OK = StatusCode.OK.value[0]
+
+
+class _Metrics:
+    """This process's Ray metrics (created on first use, inside a Ray worker)."""
+
+    def __init__(self) -> None:
+        from ray.util.metrics import Counter
+
+        self.requests = Counter(
+            "tfserving_requests",
+            "Model requests answered, by model, version, signature, API, protocol and status.",
+            tag_keys=REQUEST_LABELS,
+        )
+        self.errors = Counter(
+            "tfserving_request_errors",
+            "Model requests answered with an error status.",
+            tag_keys=REQUEST_LABELS,
+        )
+        self.latency = _Histogram(
+            "tfserving_request_latency_seconds",
+            "Time from the ingress receiving a model request to its reply, in seconds.",
+            boundaries=LATENCY_BUCKETS,
+            tag_keys=REQUEST_LABELS,
+        )
+        self.batch_size = _Histogram(
+            "tfserving_batch_size",
+            "Examples (rows along dimension 0) gathered into one batch by dynamic batching.",
+            boundaries=BATCH_BUCKETS,
+            tag_keys=("model", "version"),
+        )
+        self.load_latency = _Histogram(
+            "tfserving_model_load_latency_seconds",
+            "Time a replica took to load (and warm up) its model version, in seconds.",
+            boundaries=LOAD_BUCKETS,
+            tag_keys=("model", "version", "status"),
+        )
+
+
+class _Histogram:
+    """A Ray histogram whose sum is also kept exactly.
+
+    Ray's agent rebuilds a histogram from its bucket counts using bucket midpoints, so the
+    exported ``_sum`` is an approximation. A companion counter adds up the observed values;
+    :func:`merge` puts its total in place of the histogram's ``_sum`` and drops it.
+    """
+
+    def __init__(
+        self, name: str, description: str, boundaries: Sequence[float], tag_keys: tuple[str, ...]
+    ) -> None:
+        from ray.util.metrics import Counter, Histogram
+
+        self.histogram = Histogram(
+            name, description, boundaries=list(boundaries), tag_keys=tag_keys
+        )
+        self.sum = Counter(name + EXACT_SUM, f"The exact sum of {name}.", tag_keys=tag_keys)
+
+    def observe(self, value: float, tags: dict[str, str]) -> None:
+        self.histogram.observe(value, tags)
+        if value > 0:
+            self.sum.inc(value, tags)
+
+
+@functools.cache
+def _metrics() -> _Metrics:
+    return _Metrics()
+
+
+# --- recording (hot path: a few microseconds) ------------------------------------------------
+
+_F = TypeVar("_F", bound=Callable[..., None])
+_FAILED: set[str] = set()
+
+
+def _never_raises(record: _F) -> _F:
+    """Metrics must not fail a request or a load: a recording error is logged, once."""
+
+    @functools.wraps(record)
+    def guarded(*args: Any, **kwargs: Any) -> None:
+        try:
+            record(*args, **kwargs)
+        except Exception:
+            if record.__name__ not in _FAILED:
+                _FAILED.add(record.__name__)
+                logger.exception("Recording metrics failed in %s", record.__name__)
+
+    return guarded  # type: ignore[return-value]
+
+
+@_never_raises
+def record_request(
+    model: str,
+    version: int | None,
+    signature: str,
+    api: str,
+    protocol: str,
+    code: int,
+    seconds: float,
+) -> None:
+    """One answered model request; ``code`` is the gRPC status value (0 for OK)."""
+    tags = {
+        "model": model,
+        "version": "" if version is None else str(version),
+        "signature": signature,
+        "api": api,
+        "protocol": protocol,
+        "status": _status_name(code),
+    }
+    m = _metrics()
+    m.requests.inc(1.0, tags)
+    m.latency.observe(seconds, tags)
+    if code != _OK:
+        m.errors.inc(1.0, tags)
+
+
+@_never_raises
+def record_model_call(
+    spec: Any,
+    method: str,
+    args: Sequence[Any],
+    protocol: str,
+    version: int | None,
+    code: int,
+    seconds: float,
+) -> None:
+    """``Ingress.call_model``'s call: REST's ``rest(verb, body)`` or a gRPC method name."""
+    if method == "rest":
+        api, signature = str(args[0]), rest_signature(args[1])
+    else:
+        api, signature = method, grpc_signature(spec, method)
+    record_request(str(spec.name), version, signature, api, protocol, code, seconds)
+
+
+@_never_raises
+def record_batch(model: str, version: int, calls: Sequence[Any]) -> None:
+    """The examples in one batch of Predict calls (``PredictCall.inputs``)."""
+    _metrics().batch_size.observe(
+        float(sum(_rows(c.inputs) for c in calls)), {"model": model, "version": str(version)}
+    )
+
+
+@_never_raises
+def record_load(model: str, version: int, ok: bool, seconds: float) -> None:
+    status = "OK" if ok else "ERROR"
+    _metrics().load_latency.observe(
+        seconds, {"model": model, "version": str(version), "status": status}
+    )
+
+
+def _rows(inputs: dict[str, Any]) -> int:
+    for value in inputs.values():
+        shape = getattr(value, "shape", ())
+        return int(shape[0]) if shape else 1
+    return 1
+
+
+@functools.cache
+def _status_name(code: int) -> str:
+    return CODE_NAMES.get(code, StatusCode.UNKNOWN).name
+
+
+# --- labels the ingress reads without decoding a request -------------------------------------
+
+_SIGNATURE_VALUE = re.compile(rb'\s*:\s*"((?:[^"\\]|\\.){0,256})"')
+_SIGNATURE_KEY = b'"signature_name"'
+
+
+def grpc_signature(spec: Any, api: str) -> str:
+    """The signature a gRPC request names in its ModelSpec (``serving_default`` if none)."""
+    if api in ("metadata", "multi_inference"):
+        return ""
+    return str(spec.signature_name) or DEFAULT_SIGNATURE
+
+
+def rest_signature(body: bytes) -> str:
+    """The ``signature_name`` a REST body names, found without parsing the JSON (the replica
+    does that): the first ``"signature_name": "<string>"`` member, else ``serving_default``."""
+    at = body.find(_SIGNATURE_KEY)
+    for _ in range(4):  # a few false hits (e.g. a string value "signature_name"), then give up
+        if at < 0:
+            return DEFAULT_SIGNATURE
+        m = _SIGNATURE_VALUE.match(body, at + len(_SIGNATURE_KEY))
+        if m is not None:
+            try:
+                return str(json.loads(b'"' + m.group(1) + b'"'))
+            except ValueError:
+                return ""
+        at = body.find(_SIGNATURE_KEY, at + 1)
+    return ""
+
+
+# --- the scrape --------------------------------------------------------------------------------
+
+
+async def prometheus_text(version_states: dict[str, dict[int, str]]) -> tuple[bytes, str]:
+    """The endpoint's body and content type: every node's families plus the version states."""
+    import ray
+
+    nodes = await asyncio.to_thread(ray.nodes)
+    urls = [
+        _metrics_url(n["NodeManagerAddress"], n["MetricsExportPort"])
+        for n in nodes
+        if n.get("Alive") and n.get("MetricsExportPort")
+    ]
+    texts = await asyncio.gather(*(asyncio.to_thread(_fetch, url) for url in urls))
+    families = merge(texts)
+    families.append(version_state_family(version_states))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families))
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def _metrics_url(address: str, port: int) -> str:
+    host = f"[{address}]" if ":" in address else address
+    return f"http://{host}:{port}/metrics"
+
+
+def _fetch(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response:
+            return response.read().decode("utf-8", "replace")
+    except OSError as e:
+        logger.warning("Could not read Ray metrics from %s: %s", url, e)
+        return ""
+
+
+def merge(texts: Iterable[str]) -> list[Metric]:
+    """Our families from several agents' pages, Ray's per-process labels summed away."""
+    kept: list[str] = []
+    for text in texts:
+        kept.extend(line for line in text.splitlines() if _ours(line))
+    families: dict[str, Metric] = {}
+    sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for family in text_string_to_metric_families("\n".join(kept) + "\n"):
+        merged = families.get(family.name)
+        if merged is None:
+            merged = families[family.name] = Metric(family.name, family.documentation, family.type)
+            sums[family.name] = {}
+        totals = sums[family.name]
+        for sample in family.samples:
+            labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k not in RAY_LABELS))
+            key = (sample.name, labels)
+            totals[key] = totals.get(key, 0.0) + sample.value
+    for name in [n for n in families if n.endswith(EXACT_SUM)]:
+        exact = sums.pop(name)
+        del families[name]
+        histogram = sums.get(name.removesuffix(EXACT_SUM))
+        if histogram is not None:
+            for (_, labels), value in exact.items():
+                key = (name.removesuffix(EXACT_SUM) + "_sum", labels)
+                if key in histogram:
+                    histogram[key] = value
+    for name, merged in families.items():
+        for (sample_name, labels), value in sorted(sums[name].items(), key=_sample_order):
+            merged.add_sample(sample_name, dict(labels), value)
+    return [families[name] for name in sorted(families)]
+
+
+def _ours(line: str) -> bool:
+    if line.startswith("#"):
+        parts = line.split(" ", 3)
+        return len(parts) > 2 and parts[1] in ("HELP", "TYPE") and parts[2].startswith(PREFIX)
+    return line.startswith(PREFIX)
+
+
+def _sample_order(item: tuple[tuple[str, tuple[tuple[str, str], ...]], float]) -> tuple:
+    """Series together, buckets by ascending bound, then _count and _sum."""
+    (name, labels), _ = item
+    rest = tuple(kv for kv in labels if kv[0] != "le")
+    bound = next((float(v) for k, v in labels if k == "le"), 0.0)
+    return (rest, name.endswith(("_count", "_sum")), name, bound)
+
+
+def version_state_family(states: dict[str, dict[int, str]]) -> GaugeMetricFamily:
+    """1 for the state each known version is in (TF Serving's ModelVersionStatus.State)."""
+    family = GaugeMetricFamily(
+        PREFIX + "model_version_state",
+        "The state of each model version (1 for its current state: START, LOADING, "
+        "AVAILABLE, UNLOADING or END).",
+        labels=["model", "version", "state"],
+    )
+    for model in sorted(states):
+        for version in sorted(states[model]):
+            family.add_metric([model, str(version), states[model][version]], 1.0)
+    return family
+
+
+class _Families:
+    """A collector that yields already-built families (for ``generate_latest``)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)

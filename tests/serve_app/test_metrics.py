@@ -1,0 +1,232 @@
+"""Prometheus metrics at ``prometheus_path`` against a live server: the page parses, carries
+TF Serving's "# TYPE" lines (its own test checks that), and the counters, histograms and version
+states move with real gRPC and REST traffic.
+
+Replicas hand their metrics to Ray's per-node agent, which takes up to
+``metrics_report_interval_ms`` (10 s) to show them: the checks poll, bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import tensorflow as tf
+from prometheus_client.parser import text_string_to_metric_families
+from tensorflow_serving.apis import predict_pb2
+
+from tests.conftest import TESTDATA, Server, start_server
+
+MODEL = "half_plus_two"
+PATH = "/monitoring/prometheus/metrics"
+PREFIX = "ray_tfserving_"
+WAIT_S = 90.0
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    s = start_server(
+        f"model_name={MODEL}",
+        f"model_base_path={TESTDATA / 'saved_model_half_plus_two_cpu'}",
+        f"prometheus_path={PATH}",
+        "batching.enabled=true",
+        "batching.batch_timeout_micros=20000",
+        wait_for=(MODEL,),
+    )
+    yield s
+    s.stop()
+
+
+def get(server: Server, path: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(server.http_base + path, timeout=60) as r:
+            return r.status, r.headers["Content-Type"], r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers["Content-Type"], e.read().decode()
+
+
+def post(server: Server, path: str, body: object) -> int:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(server.http_base + path, data=data, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
+def scrape(server: Server) -> Samples:
+    status, _, text = get(server, PATH)
+    assert status == 200, text
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return samples
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
+
+
+def wait_until(server: Server, check: Callable[[Samples], bool], what: str) -> Samples:
+    deadline = time.monotonic() + WAIT_S
+    samples = scrape(server)
+    while not check(samples):
+        if time.monotonic() > deadline:
+            ours = {k: v for k, v in samples.items() if k[0].startswith(PREFIX)}
+            raise AssertionError(f"{what} within {WAIT_S}s; last scrape: {ours}")
+        time.sleep(1.0)
+        samples = scrape(server)
+    return samples
+
+
+def grpc_predict(server: Server, xs: list[float], **spec: object) -> None:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL
+    if "signature" in spec:
+        request.model_spec.signature_name = str(spec["signature"])
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(xs, dtype=tf.float32, shape=[len(xs), 1]))
+    server.prediction_stub().Predict(request, 30.0)
+
+
+def test_page_parses_and_has_tf_servings_type_lines(server: Server) -> None:
+    status, content_type, text = get(server, PATH)
+    assert status == 200
+    assert content_type.startswith("text/plain")
+    assert "# TYPE" in text  # tensorflow_model_server_test.py's testPrometheusEndpoint
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    state = families[PREFIX + "model_version_state"]
+    assert state.type == "gauge"
+    assert [(s.labels, s.value) for s in state.samples] == [
+        ({"model": MODEL, "version": "123", "state": "AVAILABLE"}, 1.0)
+    ]
+
+
+def test_model_load_latency_is_recorded(server: Server) -> None:
+    name = PREFIX + "model_load_latency_seconds_count"
+    samples = wait_until(
+        server,
+        lambda s: total(s, name, model=MODEL, version="123", status="OK") >= 1,
+        "no model load recorded",
+    )
+    assert total(samples, PREFIX + "model_load_latency_seconds_sum", model=MODEL) > 0
+
+
+def test_batch_size_histogram(server: Server) -> None:
+    """With batching on, every Predict is part of a batch: 16 requests of 5 rows add 80
+    examples, in at most 16 batches (fewer when concurrent requests were merged). It runs before
+    any other Predict of this module, so nothing else can land in the histogram meanwhile."""
+    count, examples = PREFIX + "batch_size_count", PREFIX + "batch_size_sum"
+    before = scrape(server)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: grpc_predict(server, [1.0, 2.0, 3.0, 4.0, 5.0]), range(16)))
+
+    def delta(s: Samples, name: str) -> float:
+        return total(s, name, model=MODEL, version="123") - total(
+            before, name, model=MODEL, version="123"
+        )
+
+    # Exact: Ray alone would report bucket midpoints (5 rows fall in (4, 8]: 6 each).
+    after = wait_until(server, lambda s: delta(s, examples) == 80, "80 batched examples")
+    assert 1 <= delta(after, count) <= 16
+
+
+def test_request_counters_move_with_traffic(server: Server) -> None:
+    requests, errors = PREFIX + "requests_total", PREFIX + "request_errors_total"
+    latency = PREFIX + "request_latency_seconds_count"
+    rest_ok = dict(model=MODEL, version="123", api="predict", protocol="rest", status="OK")
+    grpc_ok = dict(model=MODEL, version="123", api="predict", protocol="grpc", status="OK")
+    classify = dict(
+        model=MODEL, signature="classify_x_to_y", api="classify", protocol="rest", status="OK"
+    )
+    not_found = dict(model=MODEL, version="", protocol="rest", status="NOT_FOUND")
+    bad_json = dict(model=MODEL, version="123", protocol="rest", status="INVALID_ARGUMENT")
+    before = scrape(server)
+
+    for _ in range(5):
+        assert post(server, f"/v1/models/{MODEL}:predict", {"instances": [1.0, 2.0]}) == 200
+    for _ in range(3):
+        grpc_predict(server, [1.0])
+    body = {"signature_name": "classify_x_to_y", "examples": [{"x": 2.0}]}
+    assert post(server, f"/v1/models/{MODEL}:classify", body) == 200
+    assert post(server, f"/v1/models/{MODEL}/versions/7:predict", {"instances": [1.0]}) == 404
+    assert post(server, f"/v1/models/{MODEL}:predict", b"{") == 400
+
+    def moved(s: Samples, name: str, labels: dict[str, str], n: int) -> bool:
+        return total(s, name, **labels) - total(before, name, **labels) >= n
+
+    after = wait_until(
+        server,
+        lambda s: (
+            moved(s, requests, rest_ok, 5)
+            and moved(s, requests, grpc_ok, 3)
+            and moved(s, requests, classify, 1)
+            and moved(s, errors, not_found, 1)
+            and moved(s, errors, bad_json, 1)
+        ),
+        "request counters did not move",
+    )
+    assert moved(after, latency, rest_ok, 5)
+    assert moved(after, latency, grpc_ok, 3)
+    assert total(after, requests, **grpc_ok, signature="serving_default") >= 3
+    assert total(after, errors, **rest_ok) == 0  # successes are not errors
+    assert total(after, PREFIX + "request_latency_seconds_sum", **rest_ok) > 0
+
+
+# --- the merge and the label reader, without a server ------------------------------------------
+
+AGENT_PAGE = """# HELP ray_tfserving_batch_size Examples per batch.
+# TYPE ray_tfserving_batch_size histogram
+ray_tfserving_batch_size_bucket{{WorkerId="{w}",le="4.0",model="m",version="1"}} 1.0
+ray_tfserving_batch_size_bucket{{WorkerId="{w}",le="8.0",model="m",version="1"}} 2.0
+ray_tfserving_batch_size_bucket{{WorkerId="{w}",le="+Inf",model="m",version="1"}} 2.0
+ray_tfserving_batch_size_count{{WorkerId="{w}",model="m",version="1"}} 2.0
+ray_tfserving_batch_size_sum{{WorkerId="{w}",model="m",version="1"}} 9.0
+# HELP ray_tfserving_batch_size_exact_sum_total The exact sum.
+# TYPE ray_tfserving_batch_size_exact_sum_total counter
+ray_tfserving_batch_size_exact_sum_total{{WorkerId="{w}",model="m",version="1"}} 8.0
+# HELP ray_serve_num_router_requests_total Ray's own.
+# TYPE ray_serve_num_router_requests_total counter
+ray_serve_num_router_requests_total{{WorkerId="{w}"}} 5.0
+"""
+
+
+def test_merge_sums_processes_and_keeps_exact_sums() -> None:
+    from serve_app.metrics import merge
+
+    families = merge([AGENT_PAGE.format(w="a"), AGENT_PAGE.format(w="b")])
+    assert [f.name for f in families] == ["ray_tfserving_batch_size"]
+    samples = {(s.name, s.labels.get("le")): s.value for s in families[0].samples}
+    assert samples == {
+        ("ray_tfserving_batch_size_bucket", "4.0"): 2.0,
+        ("ray_tfserving_batch_size_bucket", "8.0"): 4.0,
+        ("ray_tfserving_batch_size_bucket", "+Inf"): 4.0,
+        ("ray_tfserving_batch_size_count", None): 4.0,
+        ("ray_tfserving_batch_size_sum", None): 16.0,  # the exact sums, not Ray's 18
+    }
+    assert all("WorkerId" not in s.labels for s in families[0].samples)
+
+
+@pytest.mark.parametrize(
+    ("body", "signature"),
+    [
+        (b'{"signature_name": "classify_x_to_y", "examples": []}', "classify_x_to_y"),
+        (b'{"instances": ["signature_name"], "signature_name" :"a\\"b"}', 'a"b'),
+        (b'{"instances": [1.0]}', "serving_default"),
+        (b'{"signature_name": 7, "instances": [1.0]}', "serving_default"),
+    ],
+)
+def test_rest_signature_label(body: bytes, signature: str) -> None:
+    from serve_app.metrics import rest_signature
+
+    assert rest_signature(body) == signature
