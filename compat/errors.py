@@ -41,10 +41,11 @@ CODE_NAMES: dict[int, grpc.StatusCode] = {c.value[0]: c for c in StatusCode}
 
 
 def truncate(message: str) -> str:
-    """Cut a message to TF Serving's limit, marking the cut as it does."""
+    """TF Serving's gRPC edge (``ToGRPCStatus``): the first 1024 characters, then a marker.
+    REST answers carry the whole message, as TF Serving's do."""
     if len(message) <= MAX_MESSAGE_LENGTH:
         return message
-    return message[: MAX_MESSAGE_LENGTH - len(_TRUNCATED)] + _TRUNCATED
+    return message[:MAX_MESSAGE_LENGTH] + _TRUNCATED
 
 
 class ServingError(Exception):
@@ -53,8 +54,8 @@ class ServingError(Exception):
     code: grpc.StatusCode = StatusCode.UNKNOWN
 
     def __init__(self, message: str) -> None:
-        self.message = truncate(message)
-        super().__init__(self.message)
+        self.message = message
+        super().__init__(message)
 
     @property
     def http_status(self) -> int:

@@ -20,7 +20,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from compat import rest_api
-from compat.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, ServingError
+from compat.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    ResourceExhausted,
+    ServingError,
+    truncate,
+)
 from compat.inference import multi_inference_model_spec
 from compat.protos import get_model_status_pb2, inference_pb2
 from compat.routing import RoutingTable
@@ -177,6 +183,6 @@ def _grpc_reply(reply: Reply, grpc_context: Any) -> RawMessage:
         from serve_app.replies import STATUS_BY_VALUE
 
         grpc_context.set_code(STATUS_BY_VALUE[reply.code])
-        grpc_context.set_details(reply.message)
+        grpc_context.set_details(truncate(reply.message))
         return RawMessage()
     return RawMessage(reply.payload)

@@ -153,6 +153,16 @@ def test_predict_errors_match_tf_serving(server: Server, mutate, code, message) 
     assert _error(server.prediction_stub().Predict, request) == (code, message)
 
 
+def test_long_messages_are_truncated_like_tf_serving(server: Server) -> None:
+    request = _request([2.0])
+    for i in range(150):
+        request.inputs[f"extra_input_{i:03d}"].CopyFrom(request.inputs["x"])
+    code, details = _error(server.prediction_stub().Predict, request)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("input size does not match signature: 151!=1")
+    assert len(details) == 1024 + len("...TRUNCATED") and details.endswith("...TRUNCATED")
+
+
 def test_server_survives_errors(server: Server) -> None:
     stub = server.prediction_stub()
     for _ in range(3):
