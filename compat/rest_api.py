@@ -51,6 +51,9 @@ _MODEL_STATUS = re.compile(
     re.ASCII,
 )
 _INFERENCE_VERBS = ("classify", "regress", "predict")
+#: ray-tfserving's own route (beyond TF Serving, so outside /v1): a label's share of the
+#: traffic for ``latest``, e.g. ``POST /admin/models/deeplab/labels/canary/weight {"weight": 0.1}``.
+_LABEL_WEIGHT = re.compile(r"/admin/models/([^/:]+)/labels/([^/:]+)/weight", re.ASCII)
 _INT64_MAX = 2**63 - 1
 #: Routing errors a REST request can get before its body is read; TF Serving parses the JSON
 #: first, so a malformed body wins over them (see ``_body_error``).
@@ -80,12 +83,27 @@ class RestApi:
         path = request_path(request)
         if path in ("/healthz", "/readyz"):
             return await self._health(path)
+        if (m := _LABEL_WEIGHT.fullmatch(path)) and request.method in ("POST", "PUT"):
+            return await self._label_weight(request, unquote(m[1]), unquote(m[2]))
         if not _API_PATH.fullmatch(path):
             return Response("Not Found", status_code=404, media_type="text/plain")
         try:
             return await self._dispatch(request, request.method, path)
         except ServingError as e:
             return error_response(e.code.value[0], e.message)
+
+    async def _label_weight(self, request: Request, model: str, label: str) -> Response:
+        try:
+            doc = json_codec.parse_json(await request.body())
+            weight = doc.get("weight")
+            if not isinstance(weight, int | float) or isinstance(weight, bool):
+                raise InvalidArgument("'weight' must be a number between 0 and 1")
+        except ServingError as e:
+            return error_response(e.code.value[0], e.message)
+        reply = await self.backend.call_manager("set_label_weight", model, label, float(weight))
+        if reply.code:
+            return error_response(reply.code, reply.message)
+        return Response(reply.payload, status_code=200, media_type="application/json")
 
     async def _dispatch(self, request: Request, method: str, path: str) -> Response:
         """HttpRestApiHandler::ProcessRequest()."""

@@ -12,6 +12,7 @@ blue. Resource-preserving: unroute and remove blue first, then add green.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -24,7 +25,7 @@ from ray import serve
 from compat import model_config
 from compat.errors import InvalidArgument, NotFound, ServingError
 from compat.protos import get_model_status_pb2, model_management_pb2, status_pb2
-from compat.routing import ModelRoutes
+from compat.routing import Canary, ModelRoutes
 from serve_app.args import AppArgs, ModelArgs, VersionPolicy
 from serve_app.plan import Plan, deployment_name
 from serve_app.replies import Reply
@@ -61,6 +62,8 @@ class VersionManager:
             for v, path in versions.items():
                 self.status.setdefault(model, {})[v] = VersionStatus(State.LOADING, path=path)
         self._lock = asyncio.Lock()
+        self._label_weights: dict[str, tuple[str, float]] = {}
+        """Model -> (label, weight): that label's share of ``latest`` traffic (canary)."""
         self._app_name = serve.get_replica_context().app_name
         self._started = False
         self._task = asyncio.get_event_loop().create_task(self._poll_forever())
@@ -233,16 +236,40 @@ class VersionManager:
                 if self.status.get(name, {}).get(v, VersionStatus(State.END)).loaded
                 and v not in exclude.get(name, set())
             }
-            old = self.plan.routing.models.get(name)
+            labels = self._labels(models[name], set(ok)) if name in models else {}
             routes = ModelRoutes(
                 versions=ok,
                 latest=max(ok) if ok else None,
-                labels=self._labels(models[name], set(ok)) if name in models else {},
-                canary=old.canary if old and old.canary and old.canary.version in ok else None,
+                labels=labels,
+                canary=self._canary(name, labels, set(ok)),
             )
             routing.models[name] = routes
         routing.epoch = self.plan.routing.epoch + 1
         plan.routing = routing
+
+    def _canary(self, model: str, labels: dict[str, int], available: set[int]) -> Canary | None:
+        label, weight = self._label_weights.get(model, ("", 0.0))
+        version = labels.get(label)
+        if not weight or version is None or version not in available:
+            return None
+        return Canary(version=version, weight=weight)
+
+    async def set_label_weight(self, model: str, label: str, weight: float) -> Reply:
+        """Send ``weight`` of the requests for ``latest`` to ``label``'s version, now."""
+        if not 0.0 <= weight <= 1.0:
+            return Reply.error(InvalidArgument("'weight' must be a number between 0 and 1"))
+        async with self._lock:
+            routes = self.plan.routing.models.get(model)
+            if routes is None:
+                return Reply.error(NotFound(f"Could not find any versions of model {model}"))
+            if label not in routes.labels:
+                return Reply.error(InvalidArgument(f"Unrecognized servable version label: {label}"))
+            self._label_weights[model] = (label, weight)
+            plan = self.plan.copy_deep()
+            self._reroute(plan)
+            await self._apply(plan)
+        body = {"model": model, "label": label, "version": routes.labels[label], "weight": weight}
+        return Reply(payload=json.dumps(body).encode())
 
     async def _apply(self, plan: Plan) -> None:
         """Redeploy the application with ``plan`` and wait until Ray has settled it."""
