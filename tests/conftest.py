@@ -20,7 +20,7 @@ import grpc
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TESTDATA = REPO.parent / "shared" / "testdata" / "tfserving"
+TESTDATA = (REPO.parent / "shared" / "testdata" / "tfserving").resolve()
 SERVE = str(Path(sys.executable).with_name("serve"))
 BOOT_TIMEOUT_S = 240.0
 
@@ -105,7 +105,8 @@ class Server:
         # anything of ours still alive in the session: Ray's gcs, raylet, workers
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        shutil.rmtree(self.tmpdir, ignore_errors=True)
+        if not os.environ.get("RTFS_KEEP_SERVER_LOGS"):  # keep them to debug a failure
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
 
 
 def start_server(*args: str, wait_for: tuple[str, ...] = (), cwd: Path = REPO) -> Server:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,8 +29,8 @@ from compat.protos import (  # noqa: E402
 )
 from compat.servable import Servable  # noqa: E402
 from compat.signatures import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD  # noqa: E402
+from tests.conftest import TESTDATA  # noqa: E402
 
-TESTDATA = Path(__file__).resolve().parents[2].parent / "shared/testdata/tfserving"
 MODEL = "default"
 VERSION = 123
 

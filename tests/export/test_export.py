@@ -28,9 +28,9 @@ from export.savedmodel import (
 )
 from export.show import read_saved_model, show
 from export.synthetic import CLASS_NAMES, NUM_CLASSES, make_batch
+from tests.conftest import TESTDATA
 
 REPO = Path(__file__).resolve().parents[2]
-TESTDATA = REPO.parent / "shared/testdata/tfserving"
 HALF_PLUS_TWO = TESTDATA / "saved_model_half_plus_two_cpu/00000123"
 TINY = {"steps": 20, "size": 32}
 PREDICT_METHOD = "tensorflow/serving/predict"

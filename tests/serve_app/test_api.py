@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -19,11 +18,10 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from tests.conftest import Server, start_server
+from tests.conftest import TESTDATA, Server, start_server
 
 MODEL = "default"
 VERSION = 123
-TESTDATA = Path(__file__).resolve().parents[2].parent / "shared/testdata/tfserving"
 CLASSIFY, REGRESS = "tensorflow/serving/classify", "tensorflow/serving/regress"
 
 

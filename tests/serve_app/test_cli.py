@@ -29,9 +29,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, TESTDATA, free_port
 
-TESTDATA = Path(__file__).resolve().parents[2].parent / "shared/testdata/tfserving"
 CLI = str(Path(sys.executable).with_name("ray-tfserving"))
 READY_LINE = "Running gRPC ModelServer at"
 BOOT_TIMEOUT_S = 300.0

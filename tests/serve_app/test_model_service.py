@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -24,9 +23,8 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from tests.conftest import Server, start_server
+from tests.conftest import TESTDATA, Server, start_server
 
-TESTDATA = Path(__file__).resolve().parents[2].parent / "shared/testdata/tfserving"
 State = get_model_status_pb2.ModelVersionStatus
 TWO_VERSIONS = "half_plus_two_2_versions"
 RELOAD_TIMEOUT_S = 300.0
