@@ -36,5 +36,8 @@ test: lint
 bench: install
 	$(BIN)/python -m loadtests.bench
 
+loadtest: install
+	$(BIN)/python -m loadtests.run --users 8 --seconds 20 --model deeplab --out results/locust
+
 clean:
 	rm -rf $(VENV) models results .pytest_cache .mypy_cache .ruff_cache
