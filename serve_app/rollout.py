@@ -145,10 +145,13 @@ class VersionManager:
         if to_add:
             await self._add(name, to_add)
         # After the loads: a version that failed drops out of the aspired set, so the version
-        # it was meant to replace keeps serving (availability first, as TF Serving does).
+        # it was meant to replace keeps serving (availability first, as TF Serving does). The
+        # directory is read again: it may have changed while versions loaded.
         deployed = self.plan.deployed.get(name, {})
-        aspired = self._aspired(model, on_disk)
+        aspired = self._aspired(model, scan_versions(model.base_path))
         to_remove = {v for v in deployed if v not in aspired}
+        if aspired and not any(self.status[name][v].loaded for v in aspired if v in deployed):
+            to_remove = set()  # never unload the last servable version for one that is not up
         if to_remove:
             await self._retire(name, to_remove)
         labels = self._labels(

@@ -166,8 +166,9 @@ def test_blue_green_rollout_and_rollback_under_load(base: Path) -> None:
                 wait_replicas_gone(version - 1)  # blue is gone
             # A version that fails to load is never routed to; blue keeps serving.
             broken = base / "4"
-            broken.mkdir()
-            (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+            (base / ".tmp-4").mkdir()
+            (base / ".tmp-4" / "saved_model.pb").write_bytes(b"not a SavedModel")
+            os.rename(base / ".tmp-4", broken)
             wait_state(server, 4, State.END)
             assert status(server)[4][1]  # its error is shown
             assert status(server)[3][0] == State.AVAILABLE
