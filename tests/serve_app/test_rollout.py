@@ -212,26 +212,35 @@ def test_resource_preserving_unloads_first(base: Path, tmp_path: Path) -> None:
     )
     try:
         both_alive = False
-        started = time.monotonic()
-        publish_version(root, 1, 2)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            both_alive |= (
-                replica_processes(1) > 0
-                and replica_processes(2) > 0
-                and (status(server).get(2, (0,))[0] == State.AVAILABLE)
-            )
-            if status(server).get(2, (0,))[0] == State.AVAILABLE and replica_processes(1) == 0:
-                break
-            time.sleep(0.1)
-        rollout_s = time.monotonic() - started
+        peak = 0.0
+        single = rss_mb_of_replicas()
+        with Load(server) as load:
+            time.sleep(1)
+            started = time.monotonic()
+            publish_version(root, 1, 2)
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                peak = max(peak, rss_mb_of_replicas())
+                both_alive |= replica_processes(1) > 0 and replica_processes(2) > 0
+                if status(server).get(2, (0,))[0] == State.AVAILABLE and not replica_processes(1):
+                    break
+                time.sleep(0.1)
+            rollout_s = time.monotonic() - started
+            time.sleep(1)
         assert status(server)[1][0] == State.END
         assert status(server)[2][0] == State.AVAILABLE
         assert not both_alive  # never two versions held at once
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = MODEL
-        request.inputs["images"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 8, 8, 3), np.float32)))
-        assert server.prediction_stub().Predict(request, 30.0).model_spec.version.value == 2
-        print(f"\nresource_preserving: rollout 1->2 {rollout_s:.1f}s")
+        assert peak < 1.5 * single  # ... nor their memory
+        # The documented gap: while no version is loaded, requests get NOT_FOUND, nothing else.
+        assert set(load.failures) <= {
+            f"StatusCode.NOT_FOUND: Servable not found for request: Latest({MODEL})"
+        }
+        assert load.versions_since(time.monotonic() - 0.5) == {2}
+        worst = max(lat for _, lat in load.latencies)
+        print(
+            f"\nresource_preserving: rollout 1->2 {rollout_s:.1f}s; "
+            f"{sum(len(c) for c in load.seen)} calls ok, {len(load.failures)} refused in the gap; "
+            f"worst latency {worst * 1000:.0f} ms; peak replica RSS {peak:.0f} MB"
+        )
     finally:
         server.stop()
