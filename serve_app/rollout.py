@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from ray import serve
-from ray.serve._private.common import REPLICA_ID_FULL_ID_STR_PREFIX
 
 from compat import model_config
 from compat.errors import InvalidArgument, NotFound, ServingError
@@ -213,8 +212,6 @@ class VersionManager:
         if drop_model or not plan.deployed.get(model):
             plan.deployed.pop(model, None)
         await self._apply(plan)
-        if self.args.rollout == "resource_preserving":  # memory is free only once they exit
-            await self._await_replicas_exited({deployment_name(model, v) for v in versions})
         for v in versions:
             s = self.status.get(model, {}).get(v)
             if s is not None:
@@ -319,24 +316,6 @@ class VersionManager:
                         return
             await asyncio.sleep(0.2)
         logger.warning("Application did not settle within %.0fs", LOAD_TIMEOUT_S)
-
-    async def _await_replicas_exited(self, deployments: set[str]) -> None:
-        """Wait (bounded) until no replica actor of ``deployments`` is alive in the cluster."""
-        from ray._private import state
-
-        ids = {f"{REPLICA_ID_FULL_ID_STR_PREFIX}{self._app_name}#{d}#" for d in deployments}
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            actors = await asyncio.to_thread(state.actors)
-            alive = [
-                a
-                for a in actors.values()
-                if a.get("State") != "DEAD" and str(a.get("Name", "")).startswith(tuple(ids))
-            ]
-            if not alive:
-                return
-            await asyncio.sleep(0.2)
-        logger.warning("Replicas of %s still alive after 60s", sorted(deployments))
 
     async def _await_loaded(self, model: str, version: int) -> None:
         """Wait for a version's deployment; AVAILABLE if it loaded, END with its error if not."""
