@@ -56,6 +56,24 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def processes(self) -> list[tuple[int, int, str]]:
+        """(pid, RSS in KB, command line) of every process of this server: its session holds
+        Ray's gcs, raylet and workers, and nothing of any other server on the machine."""
+        out = subprocess.run(
+            ["ps", "-eo", "pid=,sid=,rss=,args="], capture_output=True, text=True, check=True
+        ).stdout
+        rows = []
+        for line in out.splitlines():
+            pid, sid, rss, args = line.split(None, 3)
+            if int(sid) == self.process.pid:
+                rows.append((int(pid), int(rss), args))
+        return rows
+
+    def replicas(self, deployment: str) -> list[tuple[int, int]]:
+        """(pid, RSS in KB) of the live replica processes of one deployment of this server."""
+        name = f"ray::ServeReplica:default:{deployment}"
+        return [(pid, rss) for pid, rss, args in self.processes() if args.split()[0] == name]
+
     def prediction_stub(self):  # type: ignore[no-untyped-def]
         from tensorflow_serving.apis import prediction_service_pb2_grpc
 

@@ -224,12 +224,7 @@ def test_every_port_is_loopback(server: Server) -> None:
     """Ray's servers and both of ours listen on loopback only (``ss -ltnp``)."""
     import subprocess
 
-    sessions = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
-    pids = {
-        p
-        for p, sid in (line.split() for line in sessions.splitlines())
-        if int(sid) == server.process.pid
-    }
+    pids = {str(pid) for pid, _, _ in server.processes()}
     out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
     ours = [line for line in out.splitlines() if any(f"pid={p}," in line for p in pids)]
     assert any(f":{server.grpc_port} " in line for line in ours)

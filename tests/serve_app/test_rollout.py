@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,16 +30,15 @@ def publish_version(base: Path, source: int, version: int) -> None:
     os.rename(tmp, base / str(version))
 
 
-def replica_processes(version: int) -> int:
-    out = subprocess.run(["ps", "-eo", "args="], capture_output=True, text=True).stdout
-    return sum(1 for line in out.splitlines() if f"ServeReplica:default:{MODEL}-v{version}" in line)
+def replica_processes(server: Server, version: int) -> int:
+    return len(server.replicas(f"{MODEL}-v{version}"))
 
 
-def wait_replicas_gone(version: int, timeout: float = 60.0) -> None:
+def wait_replicas_gone(server: Server, version: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
-    while replica_processes(version) and time.monotonic() < deadline:
+    while replica_processes(server, version) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert replica_processes(version) == 0, f"replica of version {version} still running"
+    assert replica_processes(server, version) == 0, f"replica of version {version} still running"
 
 
 def status(server: Server) -> dict[int, tuple[int, str]]:
@@ -122,12 +120,9 @@ def base(deeplab_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def rss_mb_of_replicas() -> float:
-    out = subprocess.run(["ps", "-eo", "rss=,args="], capture_output=True, text=True).stdout
-    rows = [
-        line.split()[0] for line in out.splitlines() if f"ServeReplica:default:{MODEL}-v" in line
-    ]
-    return sum(int(r) for r in rows) / 1024
+def rss_mb_of_replicas(server: Server) -> float:
+    rows = [rss for _, rss, args in server.processes() if f"ServeReplica:default:{MODEL}-v" in args]
+    return sum(rows) / 1024
 
 
 def test_blue_green_rollout_and_rollback_under_load(base: Path) -> None:
@@ -143,7 +138,7 @@ def test_blue_green_rollout_and_rollback_under_load(base: Path) -> None:
 
         def watch_memory() -> None:
             while not watching.is_set():
-                peak[0] = max(peak[0], rss_mb_of_replicas())
+                peak[0] = max(peak[0], rss_mb_of_replicas(server))
                 time.sleep(0.2)
 
         watcher = threading.Thread(target=watch_memory, daemon=True)
@@ -163,7 +158,7 @@ def test_blue_green_rollout_and_rollback_under_load(base: Path) -> None:
                 assert first_new >= available - 1.0  # status polled every 0.1 s
                 time.sleep(1)
                 assert load.versions_since(time.monotonic() - 0.5) == {version}
-                wait_replicas_gone(version - 1)  # blue is gone
+                wait_replicas_gone(server, version - 1)  # blue is gone
             # A version that fails to load is never routed to; blue keeps serving.
             broken = base / "4"
             (base / ".tmp-4").mkdir()
@@ -219,11 +214,13 @@ def test_resource_preserving_unloads_first(base: Path, tmp_path: Path) -> None:
             publish_version(root, 1, 2)
             deadline = time.monotonic() + 180
             while time.monotonic() < deadline:
-                peak = max(peak, rss_mb_of_replicas())
+                peak = max(peak, rss_mb_of_replicas(server))
                 states = status(server)
                 # v2 is created only after v1's deployment is gone (v1 END)
                 both_alive |= 2 in states and states[1][0] != State.END
-                if status(server).get(2, (0,))[0] == State.AVAILABLE and not replica_processes(1):
+                if status(server).get(2, (0,))[0] == State.AVAILABLE and not replica_processes(
+                    server, 1
+                ):
                     break
                 time.sleep(0.1)
             rollout_s = time.monotonic() - started

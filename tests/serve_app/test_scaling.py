@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 import urllib.error
@@ -18,15 +17,6 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
 from tests.conftest import Server, start_server
-
-
-def replicas(deployment: str) -> int:
-    out = subprocess.run(["ps", "-eo", "args="], capture_output=True, text=True).stdout
-    return sum(
-        1
-        for line in out.splitlines()
-        if f"ServeReplica:default:{deployment}" in line and "ray::" in line
-    )
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -58,7 +48,7 @@ def test_autoscaling_goes_up_under_load_and_back(testdata: Path) -> None:
         wait_for=("half_plus_two",),
     )
     try:
-        assert replicas("half_plus_two-v123") == 1
+        assert len(server.replicas("half_plus_two-v123")) == 1
         stop = threading.Event()
         failures: list[str] = []
 
@@ -76,13 +66,21 @@ def test_autoscaling_goes_up_under_load_and_back(testdata: Path) -> None:
         for t in threads:
             t.start()
         try:
-            wait_for(lambda: replicas("half_plus_two-v123") == 2, 120, "no upscale to 2 replicas")
+            wait_for(
+                lambda: len(server.replicas("half_plus_two-v123")) == 2,
+                120,
+                "no upscale to 2 replicas",
+            )
         finally:
             stop.set()
             for t in threads:
                 t.join(timeout=30)
         assert failures == []
-        wait_for(lambda: replicas("half_plus_two-v123") == 1, 120, "no downscale to 1 replica")
+        wait_for(
+            lambda: len(server.replicas("half_plus_two-v123")) == 1,
+            120,
+            "no downscale to 1 replica",
+        )
     finally:
         server.stop()
 
