@@ -107,8 +107,7 @@ class VersionManager:
             plan = self.plan.copy_deep()
             for m, v in failed:
                 plan.deployed.get(m, {}).pop(v, None)
-            self._reroute(plan)
-            await self._apply(plan)
+            await self._route_and_apply(plan)
         self._mark_available()
 
     # --- one reconciliation step -------------------------------------------------------------
@@ -159,8 +158,7 @@ class VersionManager:
         )
         if labels != self.plan.routing.models.get(name, ModelRoutes()).labels:
             plan = self.plan.copy_deep()
-            self._reroute(plan)
-            await self._apply(plan)
+            await self._route_and_apply(plan)
 
     def _aspired(self, model: ModelArgs, on_disk: dict[int, Path]) -> dict[int, Path]:
         """The policy applied to the versions on disk that have not failed to load."""
@@ -190,8 +188,7 @@ class VersionManager:
         for v in versions:
             if not self.status[model][v].loaded:
                 plan.deployed[model].pop(v, None)
-        self._reroute(plan)
-        await self._apply(plan)
+        await self._route_and_apply(plan)
 
     async def _retire(self, model: str, versions: set[int], drop_model: bool = False) -> None:
         """Unroute the versions, wait until the ingress switched, then remove their deployments."""
@@ -201,12 +198,9 @@ class VersionManager:
                 self.status[model][v].loaded = False
             logger.info("Unloading %s version %d", model, v)
         plan = self.plan.copy_deep()
-        routes = plan.routing.models.get(model)
-        if routes is not None:
-            for v in versions:
-                routes.versions.pop(v, None)
-        self._reroute(plan, exclude={model: versions}, drop_model=model if drop_model else None)
-        await self._apply(plan)
+        await self._route_and_apply(
+            plan, exclude={model: versions}, drop_model=model if drop_model else None
+        )
         for v in versions:
             plan.deployed.get(model, {}).pop(v, None)
         if drop_model or not plan.deployed.get(model):
@@ -269,10 +263,16 @@ class VersionManager:
                 return Reply.error(InvalidArgument(f"Unrecognized servable version label: {label}"))
             self._label_weights[model] = (label, weight)
             plan = self.plan.copy_deep()
-            self._reroute(plan)
-            await self._apply(plan)
+            await self._route_and_apply(plan)
         body = {"model": model, "label": label, "version": routes.labels[label], "weight": weight}
         return Reply(payload=json.dumps(body).encode())
+
+    async def _route_and_apply(
+        self, plan: Plan, exclude: dict[str, set[int]] | None = None, drop_model: str | None = None
+    ) -> None:
+        """Recompute the plan's routing from the version states, then apply the plan."""
+        self._reroute(plan, exclude, drop_model)
+        await self._apply(plan)
 
     async def _apply(self, plan: Plan) -> None:
         """Redeploy the application with ``plan`` and wait until Ray has settled it."""
