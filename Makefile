@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MODEL_BASE ?= models/deeplab
 
-.PHONY: install run model test lint loadtest clean
+.PHONY: install run model test lint bench loadtest clean
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,9 @@ lint: install
 
 test: lint
 	$(BIN)/python -m pytest -q -rs
+
+bench: install
+	$(BIN)/python -m loadtests.bench --out results/bench
 
 loadtest: install
 	$(BIN)/python -m loadtests.run --users 8 --seconds 20 --model deeplab --out results/locust

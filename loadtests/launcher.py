@@ -1,0 +1,235 @@
+"""Boot ray-tfserving (``serve run serve_app:app ...``) as a subprocess on free loopback ports.
+
+Each server gets its own ``RAY_TMPDIR`` (so it never joins another local Ray) and its own
+session (``start_new_session``), so ``stop`` can end Ray's gcs, raylet and workers with one
+signal to the process group without touching anything else on the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SERVE = str(Path(sys.executable).with_name("serve"))
+BOOT_TIMEOUT_S = 240.0
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (free now; good enough for a server started right after)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    """A running ray-tfserving: its ports, process (a session leader) and log."""
+
+    grpc_port: int
+    http_port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    tmpdir: Path
+    ingress_ports: tuple[int, int] | None = None
+    """With Ray's direct ingress: the (gRPC, HTTP) ports the ingress replica serves itself."""
+
+    @property
+    def grpc_target(self) -> str:
+        port = self.ingress_ports[0] if self.ingress_ports else self.grpc_port
+        return f"127.0.0.1:{port}"
+
+    @property
+    def http_base(self) -> str:
+        port = self.ingress_ports[1] if self.ingress_ports else self.http_port
+        return f"http://127.0.0.1:{port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_available(self, model: str, timeout: float = BOOT_TIMEOUT_S) -> None:
+        """Block until GetModelStatus shows the newest version of ``model`` AVAILABLE."""
+        import grpc
+
+        from compat.protos import get_model_status_pb2
+
+        available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = model
+        deadline = time.monotonic() + timeout
+        last = ""
+        with grpc.insecure_channel(self.grpc_target) as channel:
+            status = channel.unary_unary(
+                "/tensorflow.serving.ModelService/GetModelStatus",
+                request_serializer=get_model_status_pb2.GetModelStatusRequest.SerializeToString,
+                response_deserializer=get_model_status_pb2.GetModelStatusResponse.FromString,
+            )
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"server exited with {self.process.returncode}:\n{self.log()[-4000:]}"
+                    )
+                try:
+                    response = status(request, timeout=5)
+                    states = list(response.model_version_status)
+                    if states and states[0].state == available:
+                        return
+                    last = str(response)
+                except grpc.RpcError as e:
+                    last = f"{e.code()}: {e.details()}"
+                time.sleep(0.5)
+        raise TimeoutError(
+            f"{model} not AVAILABLE after {timeout}s (last: {last})\n{self.log()[-4000:]}"
+        )
+
+    def stop(self) -> None:
+        """SIGINT (Serve shuts down cleanly), then SIGKILL to whatever is left in the group."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=60)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+
+def start_server(
+    *args: str,
+    wait_for: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    cwd: Path = REPO,
+    timeout: float = BOOT_TIMEOUT_S,
+    direct_ingress: bool = False,
+    tmp_prefix: str = "rtfs-",
+) -> ServerProcess:
+    """``serve run serve_app:app`` with ``args`` (``key=value``), free ports, its own RAY_TMPDIR;
+    ``env`` is added to the environment (Ray's workers inherit it). Waits for ``wait_for``.
+
+    ``direct_ingress`` turns on Ray's direct ingress (experimental in Ray 2.60): the single
+    ingress replica serves gRPC and HTTP on two more free ports (``grpc_target`` and
+    ``http_base`` then name those), the proxy keeps ``grpc_port`` and ``http_port``.
+    """
+    grpc_port, http_port = free_port(), free_port()
+    tmpdir = Path(tempfile.mkdtemp(prefix=tmp_prefix))
+    log_path = tmpdir / "server.log"
+    full_env = dict(os.environ, RAY_TMPDIR=str(tmpdir), PYTHONUNBUFFERED="1", **(env or {}))
+    ingress_ports = None
+    if direct_ingress:
+        ingress_ports = (free_port(), free_port())
+        for protocol, port in zip(("GRPC", "HTTP"), ingress_ports, strict=True):
+            # Ray allocates from range(MIN, MAX): exactly this port.
+            full_env[f"RAY_SERVE_DIRECT_INGRESS_MIN_{protocol}_PORT"] = str(port)
+            full_env[f"RAY_SERVE_DIRECT_INGRESS_MAX_{protocol}_PORT"] = str(port + 1)
+        full_env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
+    command = [
+        SERVE,
+        "run",
+        "serve_app:app",
+        f"grpc_port={grpc_port}",
+        f"http_port={http_port}",
+        *args,
+    ]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = ServerProcess(grpc_port, http_port, process, log_path, tmpdir, ingress_ports)
+    try:
+        for model in wait_for:
+            server.wait_available(model, timeout=timeout)
+    except BaseException:
+        print(server.log()[-6000:], file=sys.stderr)
+        server.stop()
+        raise
+    return server
+
+
+@dataclass
+class PlainServerProcess:
+    """A running ``loadtests.plain_server`` (a session leader, like ``ServerProcess``)."""
+
+    grpc_port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+
+def start_plain_server(
+    models: Mapping[str, str | os.PathLike[str]],
+    *args: str,
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120.0,
+) -> PlainServerProcess:
+    """``python -m loadtests.plain_server`` on a free port; returns once its models are loaded."""
+    import json
+    import select
+
+    command = [sys.executable, "-m", "loadtests.plain_server", "--port", "0", *args]
+    for name, path in models.items():
+        command += ["--model", f"{name}={path}"]
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            start_new_session=True,
+        )
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([process.stdout], [], [], 1.0)
+            if ready:
+                line = process.stdout.readline()
+                if not line:
+                    break  # exited
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    port = int(json.loads(line)["port"])
+                    return PlainServerProcess(port, process, log_path)
+            elif process.poll() is not None:
+                break
+        raise RuntimeError(
+            f"plain server did not start: {log_path.read_text(errors='replace')[-4000:]}"
+        )
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        raise
