@@ -57,8 +57,10 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_available(self, model: str, timeout: float = BOOT_TIMEOUT_S) -> None:
-        """Block until GetModelStatus shows the newest version of ``model`` AVAILABLE."""
+    def wait_available(
+        self, model: str, version: int | None = None, timeout: float = BOOT_TIMEOUT_S
+    ) -> None:
+        """Block until GetModelStatus shows ``version`` (or the newest) of ``model`` AVAILABLE."""
         import grpc
 
         from compat.protos import get_model_status_pb2
@@ -66,6 +68,8 @@ class ServerProcess:
         available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = model
+        if version is not None:
+            request.model_spec.version.value = version
         deadline = time.monotonic() + timeout
         last = ""
         with grpc.insecure_channel(self.grpc_target) as channel:
@@ -102,7 +106,8 @@ class ServerProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=10)
-        shutil.rmtree(self.tmpdir, ignore_errors=True)
+        if not os.environ.get("RTFS_KEEP_SERVER_LOGS"):  # keep them to debug a failure
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
 
 
 def start_server(

@@ -2,59 +2,42 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import signal
-import socket
+import functools
 import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from loadtests.launcher import REPO, ServerProcess, free_port
+from loadtests.launcher import start_server as launch
+
+__all__ = ["REPO", "TESTDATA", "Server", "free_port", "start_server"]
+
 TESTDATA = (REPO.parent / "shared" / "testdata" / "tfserving").resolve()
-SERVE = str(Path(sys.executable).with_name("serve"))
-BOOT_TIMEOUT_S = 240.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
-class Server:
-    """A running ray-tfserving: its ports, channel and log."""
+class Server(ServerProcess):
+    """A running ray-tfserving (``loadtests.launcher``) with the official stubs and a view of
+    its own processes, for tests."""
 
-    grpc_port: int
-    http_port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    tmpdir: Path
-    channel: grpc.Channel = field(init=False)
+    @functools.cached_property
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.grpc_target)
 
-    def __post_init__(self) -> None:
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
+    def prediction_stub(self):  # type: ignore[no-untyped-def]
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-    @property
-    def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
 
-    @property
-    def http_base(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+    def model_stub(self):  # type: ignore[no-untyped-def]
+        from tensorflow_serving.apis import model_service_pb2_grpc
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return model_service_pb2_grpc.ModelServiceStub(self.channel)
 
     def processes(self) -> list[tuple[int, int, str]]:
         """(pid, RSS in KB, command line) of every process of this server: its session holds
@@ -74,78 +57,16 @@ class Server:
         name = f"ray::ServeReplica:default:{deployment}"
         return [(pid, rss) for pid, rss, args in self.processes() if args.split()[0] == name]
 
-    def prediction_stub(self):  # type: ignore[no-untyped-def]
-        from tensorflow_serving.apis import prediction_service_pb2_grpc
-
-        return prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
-
-    def model_stub(self):  # type: ignore[no-untyped-def]
-        from tensorflow_serving.apis import model_service_pb2_grpc
-
-        return model_service_pb2_grpc.ModelServiceStub(self.channel)
-
-    def wait_available(
-        self, model: str, version: int | None = None, timeout: float = BOOT_TIMEOUT_S
-    ) -> None:
-        """Block until GetModelStatus shows ``version`` (or the newest) AVAILABLE."""
-        from tensorflow_serving.apis import get_model_status_pb2
-
-        deadline = time.monotonic() + timeout
-        last = ""
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"server exited with {self.process.returncode}:\n{self.log()[-4000:]}"
-                )
-            request = get_model_status_pb2.GetModelStatusRequest()
-            request.model_spec.name = model
-            if version is not None:
-                request.model_spec.version.value = version
-            try:
-                response = self.model_stub().GetModelStatus(request, timeout=5)
-                states = [s for s in response.model_version_status]
-                if states and states[0].state == get_model_status_pb2.ModelVersionStatus.AVAILABLE:
-                    return
-                last = str(response)
-            except grpc.RpcError as e:
-                last = f"{e.code()}: {e.details()}"
-            time.sleep(0.5)
-        raise TimeoutError(
-            f"{model} not AVAILABLE after {timeout}s (last: {last})\n{self.log()[-4000:]}"
-        )
-
     def stop(self) -> None:
-        self.channel.close()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=60)
-        # anything of ours still alive in the session: Ray's gcs, raylet, workers
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        if not os.environ.get("RTFS_KEEP_SERVER_LOGS"):  # keep them to debug a failure
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
+        if "channel" in self.__dict__:
+            self.channel.close()
+        super().stop()
 
 
-def start_server(*args: str, wait_for: tuple[str, ...] = (), cwd: Path = REPO) -> Server:
-    """``serve run serve_app:app`` with ``args``, its own RAY_TMPDIR and free ports."""
-    grpc_port, http_port = free_port(), free_port()
-    tmpdir = Path(tempfile.mkdtemp(prefix="rtfs-"))
-    log_path = tmpdir / "server.log"
-    env = dict(os.environ, RAY_TMPDIR=str(tmpdir), PYTHONUNBUFFERED="1")
-    command = [
-        SERVE,
-        "run",
-        "serve_app:app",
-        f"grpc_port={grpc_port}",
-        f"http_port={http_port}",
-        *args,
-    ]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    server = Server(grpc_port, http_port, process, log_path, tmpdir)
+def start_server(*args: str, wait_for: tuple[str, ...] = ()) -> Server:
+    """``serve run serve_app:app`` with ``args``, its own RAY_TMPDIR and free loopback ports."""
+    launched = launch(*args)
+    server = Server(**{f.name: getattr(launched, f.name) for f in fields(ServerProcess)})
     try:
         for model in wait_for:
             server.wait_available(model)
