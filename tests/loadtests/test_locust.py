@@ -14,10 +14,8 @@ from pathlib import Path
 import pytest
 
 from loadtests.run import HTML_REPORT, read_summary
-from tests.conftest import Server, start_server
+from tests.conftest import REPO, TESTDATA, Server, start_server
 
-REPO = Path(__file__).resolve().parents[2]
-TESTDATA = REPO.parent / "shared" / "testdata" / "tfserving"
 MODEL = "half_plus_two"
 USERS = 4
 HARD_TIMEOUT_S = 150
