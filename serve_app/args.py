@@ -32,9 +32,9 @@ class BatchingArgs(BaseModel):
     batch_timeout_micros: int = Field(default=2000, ge=0)
     """How long the first request of a batch waits for others."""
     max_enqueued_batches: int = Field(default=100, ge=1)
-    """Queue bound in batches; beyond it requests are refused with RESOURCE_EXHAUSTED."""
+    """Queue bound in batches; a request that needs one more is refused with UNAVAILABLE."""
     num_batch_threads: int = Field(default=1, ge=1)
-    """Batches run concurrently per replica."""
+    """Batches run concurrently per replica (Ray's ``max_concurrent_batches``)."""
     allowed_batch_sizes: list[int] = []
     """If set, a batch is padded up to the next allowed size (last == max_batch_size)."""
     pad_variable_length_inputs: bool = False

@@ -17,8 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ray import serve
-
 from compat import dataplane, inference, json_codec
 from compat.errors import DeadlineExceeded, InvalidArgument, ServingError, Unavailable
 from compat.protos import (
@@ -32,7 +30,7 @@ from compat.servable import Servable, SessionOptions
 from compat.warmup import replay_warmup
 from serve_app import metrics
 from serve_app.args import BatchingArgs
-from serve_app.batching import run_batch
+from serve_app.batching import BatchScheduler, batchable
 from serve_app.replies import Reply
 
 logger = logging.getLogger("ray.serve")
@@ -66,7 +64,13 @@ class ModelVersion:
         self.servable: Servable | None = None
         self.error: ServingError | None = None
         self.batching = BatchingArgs()
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"{model}-{version}")
+        self._pool = self._make_pool(self.batching)
+        self._batches = BatchScheduler(
+            self._servable,
+            self._pool,
+            self.batching,
+            functools.partial(metrics.record_batch, model, version),
+        )
         started = time.monotonic()
         for attempt in range(max_load_retries + 1):
             try:
@@ -100,8 +104,16 @@ class ModelVersion:
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Batching knobs change at runtime without reloading the model."""
         self.batching = BatchingArgs(**config.get("batching", {}))
-        self._batched_run.set_max_batch_size(self.batching.max_batch_size)
-        self._batched_run.set_batch_wait_timeout_s(self.batching.batch_timeout_micros / 1e6)
+        if self.batching.num_batch_threads > self._pool_size:
+            old, self._pool = self._pool, self._make_pool(self.batching)
+            self._batches.pool = self._pool
+            old.shutdown(wait=False)  # what it runs finishes
+        self._batches.configure(self.batching)
+
+    def _make_pool(self, knobs: BatchingArgs) -> ThreadPoolExecutor:
+        """Model runs happen here, off the event loop: at least one thread per batch thread."""
+        self._pool_size = max(4, knobs.num_batch_threads)
+        return ThreadPoolExecutor(self._pool_size, f"{self.model}-{self.version}")
 
     def load_state(self) -> LoadState:
         if self.error is not None:
@@ -120,19 +132,13 @@ class ModelVersion:
         check_deadline(deadline)
         if self.batching.enabled:
             call.deadline = deadline
-            return await self._batched_run(call)
+            if batchable(call):
+                return await self._batches.submit(call)
         servable = self._servable()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self._pool, servable.run, call.signature, call.inputs, call.output_aliases
         )
-
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def _batched_run(self, calls: list[dataplane.PredictCall]) -> list[Any]:
-        metrics.record_batch(self.model, self.version, calls)
-        servable = self._servable()
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, run_batch, servable, calls, self.batching)
 
     async def _guard(self, work) -> Reply:  # type: ignore[no-untyped-def]
         try:

@@ -1,0 +1,124 @@
+"""The model-version deployment's batch queue, in-process (the class Serve runs, no Ray): TF
+Serving's queue bounds and ``num_batch_threads`` over a real SavedModel."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2
+
+from serve_app.model import ModelVersion
+from serve_app.replies import Reply
+
+
+@pytest.fixture
+def model(testdata: Path) -> Iterator[ModelVersion]:
+    path = testdata / "saved_model_half_plus_two_cpu" / "00000123"
+    m = ModelVersion("half_plus_two", 123, str(path), session={})
+    assert m.load_state().ok
+    yield m
+    m.servable.close()  # type: ignore[union-attr]
+
+
+def request(rows: int) -> bytes:
+    r = predict_pb2.PredictRequest()
+    r.model_spec.name = "half_plus_two"
+    r.inputs["x"].CopyFrom(tf.make_tensor_proto(np.full((rows, 1), 2.0, np.float32)))
+    return r.SerializeToString()
+
+
+def batching(**knobs: Any) -> dict[str, Any]:
+    return {"batching": {"enabled": True, **knobs}}
+
+
+def y(reply: Reply) -> np.ndarray:
+    response = predict_pb2.PredictResponse.FromString(reply.raise_for_status())
+    return tf.make_ndarray(response.outputs["y"])
+
+
+async def gather(m: ModelVersion, *sizes: int) -> list[Reply]:
+    return await asyncio.gather(*(m.predict(request(n)) for n in sizes))
+
+
+def test_task_larger_than_a_batch_is_invalid_argument(model: ModelVersion) -> None:
+    model.reconfigure(batching(max_batch_size=2))
+    (reply,) = asyncio.run(gather(model, 3))
+    assert reply.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert reply.message == "Task size 3 is larger than maximum input batch size 2"
+
+
+def test_full_batch_queue_is_unavailable_with_tf_servings_message(model: ModelVersion) -> None:
+    """One batch of two may wait: the third row needs a second batch and is refused at once;
+    the two queued ones still run, as one batch."""
+    model.reconfigure(
+        batching(max_batch_size=2, batch_timeout_micros=10**6, max_enqueued_batches=1)
+    )
+    first, second, third = asyncio.run(gather(model, 1, 1, 1))
+    np.testing.assert_array_equal(y(first), [[3.0]])
+    np.testing.assert_array_equal(y(second), [[3.0]])
+    assert third.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert third.message == (
+        "The batch scheduling queue to which this task was submitted is full; "
+        "currently 1 batches enqueued and max_enqueued_batches is 1"
+    )
+    # The queue drained: the bound admits again.
+    assert [y(r).tolist() for r in asyncio.run(gather(model, 2))] == [[[3.0], [3.0]]]
+
+
+def test_num_batch_threads_runs_batches_concurrently(model: ModelVersion) -> None:
+    """Two one-row batches meet at a barrier inside the model run: with one batch thread the
+    second batch would only start after the first, and the barrier would break."""
+    servable = model.servable
+    assert servable is not None
+    run = servable.run
+    barrier = threading.Barrier(2, timeout=20)
+
+    def meeting_run(*args: Any, **kwargs: Any) -> Any:
+        barrier.wait()
+        return run(*args, **kwargs)
+
+    servable.run = meeting_run  # type: ignore[method-assign]
+    model.reconfigure(batching(max_batch_size=1, batch_timeout_micros=0))
+    model.reconfigure(batching(max_batch_size=1, batch_timeout_micros=0, num_batch_threads=2))
+    replies = asyncio.run(gather(model, 1, 1))
+    assert [y(r).tolist() for r in replies] == [[[3.0]], [[3.0]]]
+    assert not barrier.broken
+
+
+def test_batch_fills_while_the_model_is_busy(model: ModelVersion) -> None:
+    """TF Serving's queue: with every batch thread busy, arrivals wait in one open batch (even
+    with a zero timeout) and run together once the thread is free."""
+    servable = model.servable
+    assert servable is not None
+    run = servable.run
+    sizes: list[int] = []
+    started, release = threading.Event(), threading.Event()
+
+    def blocking_run(signature: Any, inputs: dict[str, np.ndarray], aliases: Any) -> Any:
+        sizes.append(len(inputs["x"]))
+        started.set()
+        assert release.wait(20)
+        return run(signature, inputs, aliases)
+
+    servable.run = blocking_run  # type: ignore[method-assign]
+    model.reconfigure(batching(max_batch_size=8, batch_timeout_micros=0))
+
+    async def scenario() -> list[Reply]:
+        first = asyncio.ensure_future(model.predict(request(1)))
+        await asyncio.to_thread(started.wait, 20)  # the only batch thread is busy
+        rest = [asyncio.ensure_future(model.predict(request(1))) for _ in range(5)]
+        await asyncio.sleep(0)  # each reaches the queue
+        release.set()
+        return await asyncio.gather(first, *rest)
+
+    replies = asyncio.run(scenario())
+    assert [y(r).tolist() for r in replies] == [[[3.0]]] * 6
+    assert sizes == [1, 5]
