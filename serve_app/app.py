@@ -43,6 +43,7 @@ def _model_deployment_options(args: AppArgs, num_gpus: float) -> dict[str, Any]:
         "user_config": {"batching": args.batching.model_dump()},
         "health_check_period_s": 5,
         "graceful_shutdown_timeout_s": 30,
+        "logging_config": _logging(args),
     }
     if s.num_replicas is None:
         options["autoscaling_config"] = {
@@ -55,6 +56,10 @@ def _model_deployment_options(args: AppArgs, num_gpus: float) -> dict[str, Any]:
     else:
         options["num_replicas"] = s.num_replicas
     return options
+
+
+def _logging(args: AppArgs) -> dict[str, Any]:
+    return {"enable_access_log": args.access_log}
 
 
 def num_gpus_per_replica(args: AppArgs) -> float:
@@ -107,6 +112,7 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
             _internal=True,
             ray_actor_options={"num_cpus": 0.05},
             max_ongoing_requests=1000,
+            logging_config=_logging(args),
         )
         .bind(args.model_dump(mode="json"), plan.model_dump(mode="json"), _versions=versions)
     )
@@ -119,6 +125,7 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
             _internal=True,
             ray_actor_options={"num_cpus": 0.1},
             max_ongoing_requests=1000,
+            logging_config=_logging(args),
             user_config={
                 "routing": plan.routing.model_dump(mode="json"),
                 "rest_api_timeout_in_ms": args.rest_api_timeout_in_ms,

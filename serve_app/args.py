@@ -132,6 +132,9 @@ class AppArgs(BaseModel):
     """Replica count, autoscaling and resources of model-version replicas."""
     ingress_replicas: int = Field(default=1, ge=1)
     """Replicas of the ingress deployment."""
+    access_log: bool = False
+    """Ray Serve's access-log line for every request in the proxy and in each replica it
+    passes (TF Serving logs none); off, it saves each of them a log write per request."""
     intra_op_parallelism: int = Field(default=0, ge=0)
     """TF intra-op threads per replica (0: TF's default)."""
     inter_op_parallelism: int = Field(default=0, ge=0)

@@ -17,6 +17,15 @@ logger = logging.getLogger("ray.serve")
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
+RAY_SERVE_ENV = {
+    # Proxy -> ingress -> model calls over Serve's gRPC transport instead of Ray actor calls:
+    # measured 1.6-1.8x the throughput (loadtests/bench.py), payloads never go through plasma.
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+    # ... and as large as TF Serving accepts (INT_MAX), not gRPC's 4 MB default.
+    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1),
+}
+"""Ray Serve settings every process of a server we start inherits; the environment wins."""
+
 
 def parse_cli_args(raw: dict[str, Any]) -> AppArgs:
     """``key=value`` pairs (dots for nesting: ``batching.enabled=true``) -> typed arguments."""
@@ -77,8 +86,11 @@ def start_ray_and_serve(args: AppArgs) -> None:
     import ray
     from ray import serve
     from ray.serve.config import HTTPOptions, gRPCOptions
+    from ray.serve.schema import LoggingConfig
 
     os.environ[GRPC_HOST_ENV] = args.host
+    for key, value in RAY_SERVE_ENV.items():
+        os.environ.setdefault(key, value)
     if not ray.is_initialized():
         if args.host in LOOPBACK:
             # Ray swaps a loopback node address for the machine's network address unless it
@@ -97,6 +109,7 @@ def start_ray_and_serve(args: AppArgs) -> None:
             runtime_env={
                 "worker_process_setup_hook": "serve_app.grpc_services.bind_grpc_to_host",
                 "env_vars": {
+                    **{key: os.environ[key] for key in RAY_SERVE_ENV},
                     GRPC_HOST_ENV: args.host,
                     "PYTHONPATH": os.pathsep.join(
                         p for p in (repo_root, os.environ.get("PYTHONPATH", "")) if p
@@ -114,6 +127,7 @@ def start_ray_and_serve(args: AppArgs) -> None:
         proxy_location="HeadOnly",
         http_options=HTTPOptions(host=args.host, port=args.http_port),
         grpc_options=grpc_options,
+        logging_config=LoggingConfig(enable_access_log=args.access_log),  # the proxy's
     )
 
 

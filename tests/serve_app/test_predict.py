@@ -6,7 +6,11 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from tests.conftest import Server, start_server
 
@@ -57,6 +61,20 @@ def test_predict_future_and_output_filter(server: Server) -> None:
     response = server.prediction_stub().Predict.future(request, 10.0).result()
     assert np.allclose(tf.make_ndarray(response.outputs["y"]).ravel(), [3.0, 3.5, 4.0])
     assert list(response.outputs) == ["y"]
+
+
+def test_predict_beyond_grpcs_default_4mb(server: Server) -> None:
+    """24 MB each way through proxy, ingress and replica (TF Serving accepts up to 2 GB)."""
+    x = np.arange(6 * 2**20, dtype=np.float32).reshape(-1, 1)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(x))
+    assert request.ByteSize() > 24 * 2**20
+    options = [("grpc.max_receive_message_length", 2**31 - 1)]
+    with grpc.insecure_channel(server.grpc_target, options=options) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        response = stub.Predict(request, 60.0)
+    np.testing.assert_array_equal(tf.make_ndarray(response.outputs["y"]), 0.5 * x + 2.0)
 
 
 def test_predict_by_version(server: Server) -> None:
