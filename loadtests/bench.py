@@ -164,8 +164,11 @@ class RayConfig:
 
     @property
     def direct_ingress(self) -> bool:
-        """Ray's direct ingress (the ingress replica serves gRPC and HTTP itself, no proxy hop):
-        on with ``RAY_SERVE_ENABLE_DIRECT_INGRESS=1`` or ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``."""
+        """Ray's direct ingress (the ingress replica serves the client ports, no proxy hop): the
+        app's ``direct_ingress=true``, also asked for by ``RAY_SERVE_ENABLE_DIRECT_INGRESS=1`` or
+        ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``."""
+        if "direct_ingress=true" in self.args:
+            return True
         explicit = self.env.get("RAY_SERVE_ENABLE_DIRECT_INGRESS")
         if explicit is not None:
             return explicit == "1"
@@ -176,7 +179,8 @@ class RayConfig:
 
     def app_args(self) -> list[str]:
         batching = ["batching.enabled=true", *BATCHING_ON] if self.batching else []
-        return [*batching, *self.args]
+        direct = ["direct_ingress=true"] if self.direct_ingress else []
+        return [*batching, *self.args, *[a for a in direct if a not in self.args]]
 
 
 # --- (a) in-process -----------------------------------------------------------------------------
@@ -366,7 +370,6 @@ def boot_ray(rc: RayConfig, workloads: list[Workload], settings: Settings, workd
         *rc.app_args(),
         wait_for=[w.model for w in workloads],
         env={"TF_CPP_MIN_LOG_LEVEL": "2", **rc.env},
-        direct_ingress=rc.direct_ingress,
         tmp_prefix="loadbench-ray-",
     )
     systems: list[str] = [s for s in ("ray-grpc", "ray-rest") if s in settings.systems]

@@ -41,18 +41,14 @@ class ServerProcess:
     process: subprocess.Popen[bytes]
     log_path: Path
     tmpdir: Path
-    ingress_ports: tuple[int, int] | None = None
-    """With Ray's direct ingress: the (gRPC, HTTP) ports the ingress replica serves itself."""
 
     @property
     def grpc_target(self) -> str:
-        port = self.ingress_ports[0] if self.ingress_ports else self.grpc_port
-        return f"127.0.0.1:{port}"
+        return f"127.0.0.1:{self.grpc_port}"
 
     @property
     def http_base(self) -> str:
-        port = self.ingress_ports[1] if self.ingress_ports else self.http_port
-        return f"http://127.0.0.1:{port}"
+        return f"http://127.0.0.1:{self.http_port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -116,28 +112,15 @@ def start_server(
     env: Mapping[str, str] | None = None,
     cwd: Path = REPO,
     timeout: float = BOOT_TIMEOUT_S,
-    direct_ingress: bool = False,
     tmp_prefix: str = "rtfs-",
 ) -> ServerProcess:
     """``serve run serve_app:app`` with ``args`` (``key=value``), free ports, its own RAY_TMPDIR;
     ``env`` is added to the environment (Ray's workers inherit it). Waits for ``wait_for``.
-
-    ``direct_ingress`` turns on Ray's direct ingress (experimental in Ray 2.60): the single
-    ingress replica serves gRPC and HTTP on two more free ports (``grpc_target`` and
-    ``http_base`` then name those), the proxy keeps ``grpc_port`` and ``http_port``.
     """
     grpc_port, http_port = free_port(), free_port()
     tmpdir = Path(tempfile.mkdtemp(prefix=tmp_prefix))
     log_path = tmpdir / "server.log"
     full_env = dict(os.environ, RAY_TMPDIR=str(tmpdir), PYTHONUNBUFFERED="1", **(env or {}))
-    ingress_ports = None
-    if direct_ingress:
-        ingress_ports = (free_port(), free_port())
-        for protocol, port in zip(("GRPC", "HTTP"), ingress_ports, strict=True):
-            # Ray allocates from range(MIN, MAX): exactly this port.
-            full_env[f"RAY_SERVE_DIRECT_INGRESS_MIN_{protocol}_PORT"] = str(port)
-            full_env[f"RAY_SERVE_DIRECT_INGRESS_MAX_{protocol}_PORT"] = str(port + 1)
-        full_env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
     command = [
         SERVE,
         "run",
@@ -155,7 +138,7 @@ def start_server(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = ServerProcess(grpc_port, http_port, process, log_path, tmpdir, ingress_ports)
+    server = ServerProcess(grpc_port, http_port, process, log_path, tmpdir)
     try:
         for model in wait_for:
             server.wait_available(model, timeout=timeout)

@@ -132,6 +132,10 @@ class AppArgs(BaseModel):
     """Replica count, autoscaling and resources of model-version replicas."""
     ingress_replicas: int = Field(default=1, ge=1)
     """Replicas of the ingress deployment."""
+    direct_ingress: bool = False
+    """Experimental (Ray 2.60's direct ingress): the ingress replica itself listens on
+    ``grpc_port`` and ``http_port``, skipping the proxy hop (Serve's proxy moves to free ports).
+    One ingress replica; a restarted one waits for the port to be released."""
     access_log: bool = False
     """Ray Serve's access-log line for every request in the proxy and in each replica it
     passes (TF Serving logs none); off, it saves each of them a log write per request."""
@@ -145,3 +149,9 @@ class AppArgs(BaseModel):
     """Deadline of a REST request."""
     prometheus_path: str | None = None
     """Serve Prometheus metrics at this HTTP path (from ``--monitoring_config_file``)."""
+
+    @model_validator(mode="after")
+    def _one_direct_ingress(self) -> AppArgs:
+        if self.direct_ingress and self.ingress_replicas != 1:
+            raise ValueError("direct_ingress serves the ports from one ingress replica")
+        return self

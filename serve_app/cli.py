@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import socket
 import sys
 import threading
 import time
@@ -18,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from serve_app.args import AppArgs
+from serve_app.launch import free_port
 
 #: TF Serving flags that have no effect here; accepted so existing command lines keep working.
 _ACCEPTED_NOOPS = (
@@ -84,12 +84,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _free_loopback_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def to_app_args(ns: argparse.Namespace) -> AppArgs:
     """Flags -> the same typed arguments ``serve run serve_app:app`` builds."""
     from compat.errors import InvalidArgument
@@ -112,7 +106,7 @@ def to_app_args(ns: argparse.Namespace) -> AppArgs:
         "model_config_file": ns.model_config_file or None,
         "host": ns.host,
         "grpc_port": ns.port,
-        "http_port": ns.rest_api_port or _free_loopback_port(),
+        "http_port": ns.rest_api_port or free_port("127.0.0.1"),
         "rest_api_timeout_in_ms": ns.rest_api_timeout_in_ms,
         "file_system_poll_wait_seconds": ns.file_system_poll_wait_seconds,
         "model_config_file_poll_wait_seconds": ns.model_config_file_poll_wait_seconds,

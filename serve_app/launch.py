@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,16 @@ def start_ray_and_serve(args: AppArgs) -> None:
     os.environ[GRPC_HOST_ENV] = args.host
     for key, value in RAY_SERVE_ENV.items():
         os.environ.setdefault(key, value)
+    grpc_port, http_port = args.grpc_port, args.http_port
+    if args.direct_ingress:
+        # The ingress replica takes the client-facing ports (Ray allocates them from
+        # range(MIN, MAX)); the proxy, which still starts, gets free ones.
+        for protocol, port in (("GRPC", grpc_port), ("HTTP", http_port)):
+            os.environ[f"RAY_SERVE_DIRECT_INGRESS_MIN_{protocol}_PORT"] = str(port)
+            os.environ[f"RAY_SERVE_DIRECT_INGRESS_MAX_{protocol}_PORT"] = str(port + 1)
+        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
+        grpc_port = free_port(args.host) if grpc_port else 0
+        http_port = free_port(args.host)
     if not ray.is_initialized():
         if args.host in LOOPBACK:
             # Ray swaps a loopback node address for the machine's network address unless it
@@ -109,7 +120,7 @@ def start_ray_and_serve(args: AppArgs) -> None:
             runtime_env={
                 "worker_process_setup_hook": "serve_app.grpc_services.bind_grpc_to_host",
                 "env_vars": {
-                    **{key: os.environ[key] for key in RAY_SERVE_ENV},
+                    **{k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")},
                     GRPC_HOST_ENV: args.host,
                     "PYTHONPATH": os.pathsep.join(
                         p for p in (repo_root, os.environ.get("PYTHONPATH", "")) if p
@@ -119,16 +130,23 @@ def start_ray_and_serve(args: AppArgs) -> None:
             },
         )
     grpc_options = gRPCOptions(
-        port=args.grpc_port,
-        grpc_servicer_functions=SERVICER_FUNCTIONS if args.grpc_port else [],
+        port=grpc_port,
+        grpc_servicer_functions=SERVICER_FUNCTIONS if grpc_port else [],
         enable_reflection=False,
     )
     serve.start(
         proxy_location="HeadOnly",
-        http_options=HTTPOptions(host=args.host, port=args.http_port),
+        http_options=HTTPOptions(host=args.host, port=http_port),
         grpc_options=grpc_options,
         logging_config=LoggingConfig(enable_access_log=args.access_log),  # the proxy's
     )
+
+
+def free_port(host: str) -> int:
+    """A TCP port free on ``host`` now (for a server started right after)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def fail(error: Exception) -> int:

@@ -107,7 +107,7 @@ def test_variant_syntax_splits_environment_from_app_arguments() -> None:
     assert rc.label == "tput" and rc.batching
     assert rc.env == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
     assert rc.app_args()[0] == "batching.enabled=true"
-    assert rc.app_args()[-1] == "intra_op_parallelism=1"
+    assert rc.app_args()[-2:] == ["intra_op_parallelism=1", "direct_ingress=true"]
     assert rc.direct_ingress  # throughput-optimized mode turns Ray's direct ingress on
     assert not RayConfig.parse(
         "x RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_DIRECT_INGRESS=0"
