@@ -81,25 +81,22 @@ class RestApi:
 
     async def handle(self, request: Request) -> Response:
         path = request_path(request)
-        if path in ("/healthz", "/readyz"):
-            return await self._health(path)
-        if (m := _LABEL_WEIGHT.fullmatch(path)) and request.method in ("POST", "PUT"):
-            return await self._label_weight(request, unquote(m[1]), unquote(m[2]))
-        if not _API_PATH.fullmatch(path):
-            return Response("Not Found", status_code=404, media_type="text/plain")
         try:
+            if path in ("/healthz", "/readyz"):
+                return await self._health(path)
+            if (m := _LABEL_WEIGHT.fullmatch(path)) and request.method in ("POST", "PUT"):
+                return await self._label_weight(request, unquote(m[1]), unquote(m[2]))
+            if not _API_PATH.fullmatch(path):
+                return Response("Not Found", status_code=404, media_type="text/plain")
             return await self._dispatch(request, request.method, path)
-        except ServingError as e:
+        except ServingError as e:  # the backend's errors too (a replica it could not reach)
             return error_response(e.code.value[0], e.message)
 
     async def _label_weight(self, request: Request, model: str, label: str) -> Response:
-        try:
-            doc = json_codec.parse_json(await request.body())
-            weight = doc.get("weight")
-            if not isinstance(weight, int | float) or isinstance(weight, bool):
-                raise InvalidArgument("'weight' must be a number between 0 and 1")
-        except ServingError as e:
-            return error_response(e.code.value[0], e.message)
+        doc = json_codec.parse_json(await request.body())
+        weight = doc.get("weight")
+        if not isinstance(weight, int | float) or isinstance(weight, bool):
+            raise InvalidArgument("'weight' must be a number between 0 and 1")
         reply = await self.backend.call_manager("set_label_weight", model, label, float(weight))
         if reply.code:
             return error_response(reply.code, reply.message)

@@ -6,7 +6,7 @@ from typing import Any
 
 from grpc_health.v1 import health_pb2
 
-from compat.errors import InvalidArgument, NotFound
+from compat.errors import InvalidArgument, NotFound, ServingError
 from serve_app.grpc_services import SERVICES
 from serve_app.replies import Reply
 
@@ -21,7 +21,10 @@ async def check(ingress: Any, raw: bytes) -> Reply:
         return Reply.error(InvalidArgument("Could not parse HealthCheckRequest"))
     if request.service not in KNOWN_SERVICES:
         return Reply.error(NotFound(f"Unknown service: {request.service}"))
-    ready = await ingress.call_manager("ready")
+    try:
+        ready = await ingress.call_manager("ready")
+    except ServingError:  # the version manager cannot answer: not serving
+        ready = False
     status = (
         health_pb2.HealthCheckResponse.SERVING
         if ready

@@ -22,9 +22,12 @@ from starlette.responses import Response
 from compat import rest_api
 from compat.errors import (
     DeadlineExceeded,
+    Internal,
     InvalidArgument,
     ResourceExhausted,
     ServingError,
+    Unavailable,
+    from_code,
     truncate,
 )
 from compat.inference import multi_inference_model_spec
@@ -92,6 +95,8 @@ class Ingress:
             reply = Reply.error(e)
         except BackPressureError:
             reply = Reply.error(ResourceExhausted("The model's request queue is full; retry later"))
+        except Exception as e:  # never a Ray traceback to the client
+            reply = Reply.error(transport_error(e))
         metrics.record_model_call(
             spec, method, args, protocol, version, reply.code, time.perf_counter() - started
         )
@@ -110,7 +115,18 @@ class Ingress:
             raise DeadlineExceeded("Deadline Exceeded") from None
 
     async def call_manager(self, method: str, *args: Any) -> Any:
-        return await getattr(self._manager, method).remote(*args)
+        """The version manager's answer; a failed call raises ``transport_error``'s error."""
+        try:
+            return await getattr(self._manager, method).remote(*args)
+        except Exception as e:
+            raise transport_error(e) from None
+
+    async def _manager_rpc(self, method: str, request: bytes, grpc_context: Any) -> RawMessage:
+        try:
+            reply = await self.call_manager(method, request)
+        except ServingError as e:
+            reply = Reply.error(e)
+        return _grpc_reply(reply, grpc_context)
 
     async def _forward(self, raw: bytes, grpc_context: Any, method: str) -> RawMessage:
         try:
@@ -155,10 +171,10 @@ class Ingress:
     # --- tensorflow.serving.ModelService ----------------------------------------------------------
 
     async def GetModelStatus(self, request: bytes, grpc_context: Any) -> RawMessage:
-        return _grpc_reply(await self.call_manager("get_status", request), grpc_context)
+        return await self._manager_rpc("get_status", request, grpc_context)
 
     async def HandleReloadConfigRequest(self, request: bytes, grpc_context: Any) -> RawMessage:
-        return _grpc_reply(await self.call_manager("reload_config", request), grpc_context)
+        return await self._manager_rpc("reload_config", request, grpc_context)
 
     # --- grpc.health.v1.Health ------------------------------------------------------------------
 
@@ -171,10 +187,28 @@ class Ingress:
 
     async def __call__(self, request: Request) -> Response:
         if self.prometheus_path and request.url.path == self.prometheus_path:
-            states = (await self.call_manager("snapshot"))["status"]
+            try:
+                states = (await self.call_manager("snapshot"))["status"]
+            except ServingError as e:
+                return Response(e.message, status_code=503, media_type="text/plain")
             body, content_type = await metrics.prometheus_text(states)
             return Response(body, media_type=content_type)
         return await self._rest.handle(request)
+
+
+def transport_error(e: Exception) -> ServingError:
+    """What a failed call to a model replica tells the client: a gRPC failure between
+    deployments keeps its code and details (an oversized message is RESOURCE_EXHAUSTED), a
+    replica that died or cannot be reached is UNAVAILABLE, anything else INTERNAL."""
+    import grpc
+    from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+    logger.warning("Call to a model replica failed: %s: %s", type(e).__name__, e)
+    if isinstance(e, grpc.aio.AioRpcError):
+        return from_code(e.code().value[0], e.details() or e.code().name)
+    if isinstance(e, ActorDiedError | ActorUnavailableError):
+        return Unavailable("The model's replica is unavailable; retry later")
+    return Internal(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
 
 
 def _grpc_reply(reply: Reply, grpc_context: Any) -> RawMessage:

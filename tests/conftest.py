@@ -63,9 +63,12 @@ class Server(ServerProcess):
         super().stop()
 
 
-def start_server(*args: str, wait_for: tuple[str, ...] = ()) -> Server:
-    """``serve run serve_app:app`` with ``args``, its own RAY_TMPDIR and free loopback ports."""
-    launched = launch(*args)
+def start_server(
+    *args: str, wait_for: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> Server:
+    """``serve run serve_app:app`` with ``args``, its own RAY_TMPDIR and free loopback ports;
+    ``env`` is added to its environment."""
+    launched = launch(*args, env=env)
     server = Server(**{f.name: getattr(launched, f.name) for f in fields(ServerProcess)})
     try:
         for model in wait_for:

@@ -1,4 +1,7 @@
-"""``direct_ingress=true``: the ingress replica itself serves the client ports, over loopback."""
+"""``direct_ingress=true``: the ingress replica itself serves the client ports, over loopback.
+
+The server also lowers Serve's message limit between deployments to 8 MB, so that a failure
+between the ingress and a model replica can be provoked for real."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
@@ -25,6 +29,7 @@ def server(testdata: Path) -> Iterator[Server]:
         f"model_base_path={testdata / 'saved_model_half_plus_two_cpu'}",
         "direct_ingress=true",
         wait_for=(MODEL,),
+        env={"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(8 * 2**20)},
     )
     yield s
     s.stop()
@@ -59,3 +64,17 @@ def test_errors_keep_tf_servings_codes(server: Server) -> None:
         server.prediction_stub().Predict(request, 10.0)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert info.value.details() == "Servable not found for request: Latest(missing)"
+
+
+def test_a_failure_between_deployments_is_a_clean_status(server: Server) -> None:
+    """The ingress's call to the model fails (message over the lowered limit): the client gets
+    gRPC's own code and message, no Ray traceback, and the server keeps serving."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.zeros((3 * 2**20, 1), np.float32)))
+    with pytest.raises(grpc.RpcError) as info:
+        server.prediction_stub().Predict(request, 30.0)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "Received message larger than max" in info.value.details()
+    assert "Traceback" not in info.value.details()
+    test_predict_over_grpc_and_rest(server)
