@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,9 +74,9 @@ def test_full_batch_queue_is_unavailable_with_tf_servings_message(model: ModelVe
     assert [y(r).tolist() for r in asyncio.run(gather(model, 2))] == [[[3.0], [3.0]]]
 
 
-def test_num_batch_threads_runs_batches_concurrently(model: ModelVersion) -> None:
-    """Two one-row batches meet at a barrier inside the model run: with one batch thread the
-    second batch would only start after the first, and the barrier would break."""
+def test_num_batch_threads_changes_at_runtime(model: ModelVersion) -> None:
+    """Raised from 1 to 2 while the replica serves: two one-row batches then meet at a barrier
+    inside the model run (with one batch thread the second would wait and the barrier break)."""
     servable = model.servable
     assert servable is not None
     run = servable.run
@@ -85,10 +86,15 @@ def test_num_batch_threads_runs_batches_concurrently(model: ModelVersion) -> Non
         barrier.wait()
         return run(*args, **kwargs)
 
-    servable.run = meeting_run  # type: ignore[method-assign]
     model.reconfigure(batching(max_batch_size=1, batch_timeout_micros=0))
-    model.reconfigure(batching(max_batch_size=1, batch_timeout_micros=0, num_batch_threads=2))
-    replies = asyncio.run(gather(model, 1, 1))
+
+    async def scenario() -> list[Reply]:
+        assert [y(r).tolist() for r in await gather(model, 1)] == [[[3.0]]]  # one thread runs
+        model.reconfigure(batching(max_batch_size=1, batch_timeout_micros=0, num_batch_threads=2))
+        servable.run = meeting_run  # type: ignore[method-assign]
+        return await gather(model, 1, 1)
+
+    replies = asyncio.run(scenario())
     assert [y(r).tolist() for r in replies] == [[[3.0]], [[3.0]]]
     assert not barrier.broken
 
@@ -122,3 +128,38 @@ def test_batch_fills_while_the_model_is_busy(model: ModelVersion) -> None:
     replies = asyncio.run(scenario())
     assert [y(r).tolist() for r in replies] == [[[3.0]]] * 6
     assert sizes == [1, 5]
+
+
+def test_a_call_whose_deadline_passes_in_the_queue_is_not_run(model: ModelVersion) -> None:
+    """Queued behind a busy batch thread until its caller's deadline passes: DEADLINE_EXCEEDED,
+    and the model never sees its rows; a call without a deadline queued with it still runs."""
+    servable = model.servable
+    assert servable is not None
+    run = servable.run
+    sizes: list[int] = []
+    started, release = threading.Event(), threading.Event()
+
+    def blocking_run(signature: Any, inputs: dict[str, np.ndarray], aliases: Any) -> Any:
+        sizes.append(len(inputs["x"]))
+        started.set()
+        assert release.wait(20)
+        return run(signature, inputs, aliases)
+
+    servable.run = blocking_run  # type: ignore[method-assign]
+    model.reconfigure(batching(max_batch_size=8, batch_timeout_micros=0))
+
+    async def scenario() -> list[Reply]:
+        first = asyncio.ensure_future(model.predict(request(1)))
+        await asyncio.to_thread(started.wait, 20)
+        late = asyncio.ensure_future(model.predict(request(1), deadline=time.time() + 0.2))
+        patient = asyncio.ensure_future(model.predict(request(2)))
+        await asyncio.sleep(0.4)  # the deadline passes while both wait in the queue
+        release.set()
+        return await asyncio.gather(first, late, patient)
+
+    first, late, patient = asyncio.run(scenario())
+    assert y(first).tolist() == [[3.0]]
+    assert late.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    assert late.message == "Deadline Exceeded"
+    assert y(patient).tolist() == [[3.0], [3.0]]
+    assert sizes == [1, 2]
