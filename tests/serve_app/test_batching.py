@@ -13,6 +13,7 @@ from tensorflow_serving.apis import predict_pb2
 
 from compat.servable import Servable
 from tests.conftest import Server, start_server
+from tests.serve_app.test_metrics import PATH, PREFIX, Samples, scrape, total, wait_until
 
 ROUNDS = 6
 
@@ -26,6 +27,7 @@ def server(deeplab_base: Path) -> Server:  # type: ignore[misc]
         "batching.max_batch_size=8",
         "batching.batch_timeout_micros=20000",
         "batching.allowed_batch_sizes=2,4,8",
+        f"prometheus_path={PATH}",
         wait_for=("deeplab",),
     )
     yield s
@@ -87,11 +89,20 @@ def test_batched_equals_unbatched_for_mixed_shapes(server: Server, deeplab_base:
         response = stub.Predict(deeplab_request(images[i]), 60.0)
         return tf.make_ndarray(response.outputs["segmentation_map"])
 
+    before = scrape(server)
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(call, range(len(images))))
     for got, want in zip(results, expected, strict=True):
         assert got.shape == want.shape
         np.testing.assert_array_equal(got, want)
+    # Batches of more than one request formed: 48 one-image requests in fewer than 48 batches.
+    examples, batches = PREFIX + "batch_size_sum", PREFIX + "batch_size_count"
+
+    def delta(s: Samples, name: str) -> float:
+        return total(s, name, model="deeplab") - total(before, name, model="deeplab")
+
+    after = wait_until(server, lambda s: delta(s, examples) == 48, "48 batched examples")
+    assert delta(after, batches) < 48
 
 
 def test_padding_and_allowed_batch_sizes_give_exact_results(padding_server: Server) -> None:
