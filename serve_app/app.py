@@ -80,9 +80,16 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
     session = _session_options(args)
     num_gpus = num_gpus_per_replica(args)
     model_options = _model_deployment_options(args, num_gpus)
+    version_args = {
+        "warmup": args.enable_model_warmup,
+        "max_load_retries": args.max_load_retries,
+        "check_method_name": args.enable_signature_method_name_check,
+    }
     versions = []
     for model, deployed in sorted(plan.deployed.items()):
         for version, path in sorted(deployed.items()):
+            if args.colocate:
+                continue  # the ingress loads them (its user_config's "local")
             versions.append(
                 serve.deployment(ModelVersion)
                 .options(
@@ -93,15 +100,7 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
                     _internal=True,
                     **model_options,
                 )
-                .bind(
-                    model,
-                    version,
-                    path,
-                    session,
-                    warmup=args.enable_model_warmup,
-                    max_load_retries=args.max_load_retries,
-                    check_method_name=args.enable_signature_method_name_check,
-                )
+                .bind(model, version, path, session, **version_args)
             )
     manager = (
         serve.deployment(VersionManager)
@@ -116,21 +115,33 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
         )
         .bind(args.model_dump(mode="json"), plan.model_dump(mode="json"), _versions=versions)
     )
+    user_config: dict[str, Any] = {
+        "routing": plan.routing.model_dump(mode="json"),
+        "rest_api_timeout_in_ms": args.rest_api_timeout_in_ms,
+        "prometheus_path": args.prometheus_path,
+    }
+    actor_options: dict[str, Any] = {"num_cpus": 0.1}
+    local_options = None
+    if args.colocate:
+        user_config["local"] = {
+            deployment_name(m, v): [m, v, path]
+            for m, deployed in sorted(plan.deployed.items())
+            for v, path in sorted(deployed.items())
+        }
+        user_config["batching"] = args.batching.model_dump()
+        actor_options = model_options["ray_actor_options"]
+        local_options = {"session": session, **version_args}
     return (
         serve.deployment(Ingress)
         .options(
             name="Ingress",
             num_replicas=args.ingress_replicas,
-            version=_version("ingress"),
+            version=_version("ingress", args.colocate, actor_options, local_options),
             _internal=True,
-            ray_actor_options={"num_cpus": 0.1},
+            ray_actor_options=actor_options,
             max_ongoing_requests=1000,
             logging_config=_logging(args),
-            user_config={
-                "routing": plan.routing.model_dump(mode="json"),
-                "rest_api_timeout_in_ms": args.rest_api_timeout_in_ms,
-                "prometheus_path": args.prometheus_path,
-            },
+            user_config=user_config,
         )
-        .bind(manager)
+        .bind(manager, local_options)
     )

@@ -136,6 +136,11 @@ class AppArgs(BaseModel):
     """Experimental (Ray 2.60's direct ingress): the ingress replica itself listens on
     ``grpc_port`` and ``http_port``, skipping the proxy hop (Serve's proxy moves to free ports).
     One ingress replica; a restarted one waits for the port to be released."""
+    colocate: bool = False
+    """Experimental: each ingress replica loads the served versions itself and answers in its
+    own process, with no hop to a model deployment. Rollouts still load a new version before
+    routing to it; ``scaling`` resources then apply to the ingress, ``ingress_replicas`` sets
+    how many."""
     access_log: bool = False
     """Ray Serve's access-log line for every request in the proxy and in each replica it
     passes (TF Serving logs none); off, it saves each of them a log write per request."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 from ray import serve
 from ray.serve.exceptions import BackPressureError
@@ -34,6 +34,7 @@ from compat.inference import multi_inference_model_spec
 from compat.protos import get_model_status_pb2, inference_pb2
 from compat.routing import RoutingTable
 from serve_app import metrics
+from serve_app.model import LoadState, ModelVersion
 from serve_app.replies import RawMessage, Reply
 
 logger = logging.getLogger("ray.serve")
@@ -43,21 +44,50 @@ _HEAD = get_model_status_pb2.GetModelStatusRequest
 
 
 class Ingress:
-    """Routes TF Serving's gRPC and REST requests to model-version deployments."""
+    """Routes TF Serving's gRPC and REST requests to model-version deployments, or, co-located
+    (``colocate=true``), to the versions this replica loaded itself."""
 
-    def __init__(self, manager: DeploymentHandle) -> None:
+    def __init__(
+        self, manager: DeploymentHandle, local_options: dict[str, Any] | None = None
+    ) -> None:
         self._manager = manager
         self._table = RoutingTable()
         self._handles: dict[str, DeploymentHandle] = {}
         self._app_name = serve.get_replica_context().app_name
         self._rest = rest_api.RestApi(self)
         self.prometheus_path: str | None = None
+        self._local_options = local_options
+        """``ModelVersion`` keyword arguments when co-located, else None."""
+        self._local: dict[str, ModelVersion] = {}
 
-    def reconfigure(self, config: dict[str, Any]) -> None:
-        """The routing table arrives as user_config: one atomic swap per replica."""
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        """The routing table arrives as user_config: one atomic swap per replica. Co-located,
+        the versions to hold arrive with it: new ones load first (off the event loop, requests
+        keep flowing), then the table swaps, then dropped ones go (in-flight calls keep theirs)."""
+        if self._local_options is not None:
+            await self._load_local(config["local"], config["batching"])
         self._table = RoutingTable.model_validate(config["routing"])
         self.rest_timeout_s = config.get("rest_api_timeout_in_ms", 30000) / 1000 or None
         self.prometheus_path = config.get("prometheus_path")
+        if self._local_options is not None:
+            for target in set(self._local) - set(config["local"]):
+                logger.info("Unloading %s", target)
+                del self._local[target]  # closed once its last in-flight call is done
+
+    async def _load_local(self, wanted: dict[str, list[Any]], batching: dict[str, Any]) -> None:
+        assert self._local_options is not None
+        for target, (model, version, path) in wanted.items():
+            if target not in self._local:
+                self._local[target] = await asyncio.to_thread(
+                    ModelVersion, model, version, path, **self._local_options
+                )
+        for local in self._local.values():
+            local.reconfigure({"batching": batching})
+
+    def load_state(self, target: str) -> LoadState | None:
+        """A co-located version's load outcome (None: not held by this replica)."""
+        local = self._local.get(target)
+        return local.load_state() if local is not None else None
 
     def routing_epoch(self) -> int:
         return self._table.epoch
@@ -105,6 +135,15 @@ class Ingress:
     async def _call(
         self, target: str, method: str, args: tuple[Any, ...], deadline: float | None
     ) -> Reply:
+        local = self._local.get(target)
+        if local is not None:  # co-located: no hop
+            work = getattr(local, method)(*args, deadline=deadline)
+            if deadline is None:
+                return cast(Reply, await work)
+            try:
+                return cast(Reply, await asyncio.wait_for(work, deadline - time.time()))
+            except TimeoutError:
+                raise DeadlineExceeded("Deadline Exceeded") from None
         response = getattr(self._handle(target), method).remote(*args, deadline=deadline)
         if deadline is None:
             return await response

@@ -322,6 +322,9 @@ class VersionManager:
         s = self.status[model][version]
         name = deployment_name(model, version)
         deadline = time.monotonic() + LOAD_TIMEOUT_S
+        if self.args.colocate:
+            await self._await_loaded_locally(s, model, version)
+            return
         while time.monotonic() < deadline:
             status = await asyncio.to_thread(serve.status)
             app = status.applications.get(self._app_name)
@@ -337,7 +340,21 @@ class VersionManager:
             s.state, s.error_code, s.error_message = State.END, 4, "Timed out loading"
             return
         handle = serve.get_deployment_handle(name, self._app_name)
-        state = await handle.load_state.remote()
+        self._record_load(s, model, version, await handle.load_state.remote())
+
+    async def _await_loaded_locally(self, s: VersionStatus, model: str, version: int) -> None:
+        """Co-located: the ingress loads the version in its reconfigure; ask it until it has."""
+        ingress = serve.get_deployment_handle("Ingress", self._app_name)
+        deadline = time.monotonic() + LOAD_TIMEOUT_S
+        while time.monotonic() < deadline:
+            state = await ingress.load_state.remote(deployment_name(model, version))
+            if state is not None:
+                self._record_load(s, model, version, state)
+                return
+            await asyncio.sleep(0.2)
+        s.state, s.error_code, s.error_message = State.END, 4, "Timed out loading"
+
+    def _record_load(self, s: VersionStatus, model: str, version: int, state: Any) -> None:
         if state.ok:
             s.loaded = True
             logger.info("%s version %d loaded in %.2fs", model, version, state.load_seconds)

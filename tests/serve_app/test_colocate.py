@@ -1,0 +1,70 @@
+"""``colocate=true`` (with ``direct_ingress=true``, the fastest path): the ingress replica runs
+the model itself, and versions still roll out blue/green with zero failed requests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Server, start_server
+from tests.serve_app.test_rollout import MODEL, Load, State, publish_version, status, wait_state
+
+
+@pytest.fixture(scope="module")
+def base(deeplab_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("colocate") / MODEL
+    root.mkdir()
+    shutil.copytree(deeplab_base / "1", root / "1")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(base: Path) -> Iterator[Server]:
+    s = start_server(
+        f"model_name={MODEL}",
+        f"model_base_path={base}",
+        "file_system_poll_wait_seconds=0.5",
+        "colocate=true",
+        "direct_ingress=true",
+        "batching.enabled=true",
+        wait_for=(MODEL,),
+    )
+    yield s
+    s.stop()
+
+
+def test_the_ingress_runs_the_model(server: Server) -> None:
+    assert len(server.replicas("Ingress")) == 1
+    assert server.replicas(f"{MODEL}-v1") == []  # no model deployment
+    assert status(server)[1] == (State.AVAILABLE, "")
+
+
+def test_blue_green_in_the_ingress_under_load(server: Server, base: Path) -> None:
+    with Load(server) as load:
+        time.sleep(2)
+        assert load.versions_since(0) == {1}
+        publish_version(base, 1, 2)
+        available = wait_state(server, 2, State.AVAILABLE)
+        wait_state(server, 1, State.END)
+        first_new = min(t for calls in load.seen for (t, v) in calls if v == 2)
+        assert first_new >= available - 1.0  # routed only once AVAILABLE (status polled)
+        time.sleep(1)
+        assert load.versions_since(time.monotonic() - 0.5) == {2}
+        # A version that fails to load is never routed to; version 2 keeps serving.
+        (base / ".tmp-3").mkdir()
+        (base / ".tmp-3" / "saved_model.pb").write_bytes(b"not a SavedModel")
+        os.rename(base / ".tmp-3", base / "3")
+        wait_state(server, 3, State.END)
+        assert status(server)[3][1]  # its error is shown
+        assert status(server)[2][0] == State.AVAILABLE
+        time.sleep(1)
+        assert load.versions_since(time.monotonic() - 0.5) == {2}
+    assert load.failures == []
+    for calls in load.seen:
+        assert [v for _, v in calls] == sorted(v for _, v in calls)  # only forward
+    assert server.replicas(f"{MODEL}-v2") == []
