@@ -6,7 +6,8 @@ In one run, on this machine, one after another (never two servers at once, unles
 
 (a) ``inprocess``: ``Servable.run`` called directly at batch sizes 1..32: the limit, in examples/s;
 (b) ``plain``: ``loadtests.plain_server``, the leanest Python server (grpc.aio, same data plane);
-(c) ``ray-grpc``: ray-tfserving over gRPC, batching off and on (one boot per configuration);
+(c) ``ray-grpc``: ray-tfserving over gRPC, batching off and on, and the opt-in fast path
+    (``fast``: batching on, ``colocate=true direct_ingress=true``), one boot per configuration;
 (d) ``ray-rest``: the same servers over REST.
 
 Workloads: ``half_plus_two`` (x float [1, 1]: serving overhead) and ``deeplab128`` (a DeepLab
@@ -53,6 +54,8 @@ PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 SYSTEMS = ("inprocess", "plain", "ray-grpc", "ray-rest")
 WORKLOADS = ("half_plus_two", "deeplab128")
 BATCHING_ON = ("batching.max_batch_size=16", "batching.batch_timeout_micros=2000")
+FAST_PATH = "fast batching=on colocate=true direct_ingress=true"
+"""The opt-in configuration measured beside the defaults: model in the ingress, no proxy hop."""
 DEEPLAB_SIZE = 128
 MAX_REQUESTS = 200_000
 """Upper bound on requests recorded per cell (each cell is also bounded in time)."""
@@ -729,6 +732,8 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
         )
     batching = ns.batching if ns.batching is not None else defaults["batching"]
     ray_configs = [RayConfig(b, batching=b == "on") for b in batching]
+    if ns.batching is None and not ns.smoke:  # the opt-in fast path, beside the defaults
+        ray_configs.append(RayConfig.parse(FAST_PATH))
     ray_configs += [RayConfig.parse(v) for v in ns.variant]
     for rc in ray_configs:
         rc.args += ns.ray_arg

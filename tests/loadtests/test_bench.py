@@ -113,3 +113,14 @@ def test_variant_syntax_splits_environment_from_app_arguments() -> None:
         "x RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_DIRECT_INGRESS=0"
     ).direct_ingress
     assert RayConfig.parse("plain-off").app_args() == []
+
+
+def test_default_run_measures_the_fast_path_beside_the_defaults() -> None:
+    from loadtests.bench import parse_args
+
+    settings, _ = parse_args(["--quick"])
+    assert [rc.label for rc in settings.ray_configs] == ["off", "on", "fast"]
+    fast = settings.ray_configs[-1]
+    assert fast.batching and fast.direct_ingress and "colocate=true" in fast.app_args()
+    smoke, _ = parse_args(["--smoke"])
+    assert [rc.label for rc in smoke.ray_configs] == ["off"]
