@@ -34,7 +34,7 @@ class BatchingArgs(BaseModel):
     max_enqueued_batches: int = Field(default=100, ge=1)
     """Queue bound in batches; a request that needs one more is refused with UNAVAILABLE."""
     num_batch_threads: int = Field(default=1, ge=1)
-    """Batches run concurrently per replica (Ray's ``max_concurrent_batches``)."""
+    """Batches run concurrently per replica (TF Serving's batch threads)."""
     allowed_batch_sizes: list[int] = []
     """If set, a batch is padded up to the next allowed size (last == max_batch_size)."""
     pad_variable_length_inputs: bool = False

@@ -49,6 +49,24 @@ async def gather(m: ModelVersion, *sizes: int) -> list[Reply]:
     return await asyncio.gather(*(m.predict(request(n)) for n in sizes))
 
 
+def hold_model_runs(model: ModelVersion) -> tuple[list[int], threading.Event, threading.Event]:
+    """Every model run records its batch size, sets ``started`` and waits for ``release``."""
+    servable = model.servable
+    assert servable is not None
+    run = servable.run
+    sizes: list[int] = []
+    started, release = threading.Event(), threading.Event()
+
+    def held_run(signature: Any, inputs: dict[str, np.ndarray], aliases: Any) -> Any:
+        sizes.append(len(inputs["x"]))
+        started.set()
+        assert release.wait(20)
+        return run(signature, inputs, aliases)
+
+    servable.run = held_run  # type: ignore[method-assign]
+    return sizes, started, release
+
+
 def test_task_larger_than_a_batch_is_invalid_argument(model: ModelVersion) -> None:
     model.reconfigure(batching(max_batch_size=2))
     (reply,) = asyncio.run(gather(model, 3))
@@ -102,19 +120,7 @@ def test_num_batch_threads_changes_at_runtime(model: ModelVersion) -> None:
 def test_batch_fills_while_the_model_is_busy(model: ModelVersion) -> None:
     """TF Serving's queue: with every batch thread busy, arrivals wait in one open batch (even
     with a zero timeout) and run together once the thread is free."""
-    servable = model.servable
-    assert servable is not None
-    run = servable.run
-    sizes: list[int] = []
-    started, release = threading.Event(), threading.Event()
-
-    def blocking_run(signature: Any, inputs: dict[str, np.ndarray], aliases: Any) -> Any:
-        sizes.append(len(inputs["x"]))
-        started.set()
-        assert release.wait(20)
-        return run(signature, inputs, aliases)
-
-    servable.run = blocking_run  # type: ignore[method-assign]
+    sizes, started, release = hold_model_runs(model)
     model.reconfigure(batching(max_batch_size=8, batch_timeout_micros=0))
 
     async def scenario() -> list[Reply]:
@@ -133,19 +139,7 @@ def test_batch_fills_while_the_model_is_busy(model: ModelVersion) -> None:
 def test_a_call_whose_deadline_passes_in_the_queue_is_not_run(model: ModelVersion) -> None:
     """Queued behind a busy batch thread until its caller's deadline passes: DEADLINE_EXCEEDED,
     and the model never sees its rows; a call without a deadline queued with it still runs."""
-    servable = model.servable
-    assert servable is not None
-    run = servable.run
-    sizes: list[int] = []
-    started, release = threading.Event(), threading.Event()
-
-    def blocking_run(signature: Any, inputs: dict[str, np.ndarray], aliases: Any) -> Any:
-        sizes.append(len(inputs["x"]))
-        started.set()
-        assert release.wait(20)
-        return run(signature, inputs, aliases)
-
-    servable.run = blocking_run  # type: ignore[method-assign]
+    sizes, started, release = hold_model_runs(model)
     model.reconfigure(batching(max_batch_size=8, batch_timeout_micros=0))
 
     async def scenario() -> list[Reply]:
