@@ -326,26 +326,15 @@ def measure(
 
                 if system == "ray-rest":
                     assert target.http_base is not None
-                    load = clients.rest_load(
-                        f"{target.http_base}/v1/models/{w.model}:predict",
-                        w.rest_body(),
-                        c,
-                        settings.seconds,
-                        settings.warmup_s,
-                        MAX_REQUESTS,
-                        on_window=sample,
-                    )
+                    url = f"{target.http_base}/v1/models/{w.model}:predict"
+                    caller = clients.rest_caller(url, w.rest_body(), connections=c)
                 else:
-                    load = clients.grpc_load(
-                        target.grpc_target,
-                        PREDICT_METHOD,
-                        w.grpc_payload(),
-                        c,
-                        settings.seconds,
-                        settings.warmup_s,
-                        MAX_REQUESTS,
-                        on_window=sample,
+                    caller = clients.grpc_caller(
+                        target.grpc_target, PREDICT_METHOD, w.grpc_payload()
                     )
+                load = clients.closed_loop(
+                    caller, c, settings.seconds, settings.warmup_s, MAX_REQUESTS, on_window=sample
+                )
                 result = asyncio.run(load)
                 cores = (
                     procstat.cores_used(samples[0], samples[-1], result.wall_s)
@@ -700,8 +689,17 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     )
     parser.add_argument("--label", default="bench", help="file name stem of the outputs")
     ns = parser.parse_args(argv)
+    defaults: dict[str, Any] = dict(
+        seconds=8.0,
+        warmup_s=2.0,
+        inprocess_seconds=1.5,
+        batch_sizes=[1, 2, 4, 8, 16, 32],
+        concurrency=[1, 16],
+        workloads=list(WORKLOADS),
+        batching=["off", "on"],
+    )
     if ns.smoke:
-        defaults: dict[str, Any] = dict(
+        defaults.update(
             seconds=1.0,
             warmup_s=0.3,
             inprocess_seconds=0.2,
@@ -711,25 +709,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
             batching=["off"],
         )
     elif ns.quick:
-        defaults = dict(
-            seconds=3.0,
-            warmup_s=1.0,
-            inprocess_seconds=0.7,
-            batch_sizes=[1, 2, 4, 8, 16, 32],
-            concurrency=[1, 16],
-            workloads=list(WORKLOADS),
-            batching=["off", "on"],
-        )
-    else:
-        defaults = dict(
-            seconds=8.0,
-            warmup_s=2.0,
-            inprocess_seconds=1.5,
-            batch_sizes=[1, 2, 4, 8, 16, 32],
-            concurrency=[1, 16],
-            workloads=list(WORKLOADS),
-            batching=["off", "on"],
-        )
+        defaults.update(seconds=3.0, warmup_s=1.0, inprocess_seconds=0.7)
     batching = ns.batching if ns.batching is not None else defaults["batching"]
     ray_configs = [RayConfig(b, batching=b == "on") for b in batching]
     if ns.batching is None and not ns.smoke:  # the opt-in fast path, beside the defaults

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 
 #: Per-request deadline; a bench request never waits longer than this.
 CALL_TIMEOUT_S = 30.0
 #: After the window closes, outstanding requests get this long before they are cancelled.
 DRAIN_S = 5.0
+
+Call = Callable[[], Awaitable[None]]
+"""One request; raises on any failure."""
 
 
 @dataclass
@@ -44,16 +48,29 @@ class _Window:
 
 
 async def closed_loop(
-    call: Callable[[], Awaitable[None]],
+    caller: AbstractAsyncContextManager[Call],
     concurrency: int,
     seconds: float,
     warmup_s: float,
     max_requests: int,
     on_window: Callable[[], None] | None = None,
 ) -> LoadResult:
-    """Keep ``concurrency`` calls in flight for ``warmup_s`` (not recorded), then record for
-    ``seconds`` or until ``max_requests`` calls, whichever comes first. ``on_window``
-    is called just before the window opens and just after it closes (e.g. to sample CPU)."""
+    """Keep ``concurrency`` calls (from ``grpc_caller`` or ``rest_caller``) in flight for
+    ``warmup_s`` (not recorded), then record for ``seconds`` or until ``max_requests`` calls,
+    whichever comes first. ``on_window`` is called just before the window opens and just after
+    it closes (e.g. to sample CPU)."""
+    async with caller as call:
+        return await _closed_loop(call, concurrency, seconds, warmup_s, max_requests, on_window)
+
+
+async def _closed_loop(
+    call: Call,
+    concurrency: int,
+    seconds: float,
+    warmup_s: float,
+    max_requests: int,
+    on_window: Callable[[], None] | None,
+) -> LoadResult:
     loop = asyncio.get_running_loop()
     done = loop.create_future()
     state = _Window()
@@ -117,16 +134,8 @@ async def closed_loop(
     )
 
 
-async def grpc_load(
-    target: str,
-    method: str,
-    payload: bytes,
-    concurrency: int,
-    seconds: float,
-    warmup_s: float,
-    max_requests: int,
-    on_window: Callable[[], None] | None = None,
-) -> LoadResult:
+@asynccontextmanager
+async def grpc_caller(target: str, method: str, payload: bytes) -> AsyncIterator[Call]:
     """Unary calls of ``method`` (``/package.Service/Method``) with a pre-serialized request."""
     import grpc
 
@@ -140,22 +149,15 @@ async def grpc_load(
         async def call() -> None:
             await stub(payload, timeout=CALL_TIMEOUT_S)
 
-        return await closed_loop(call, concurrency, seconds, warmup_s, max_requests, on_window)
+        yield call
 
 
-async def rest_load(
-    url: str,
-    body: bytes,
-    concurrency: int,
-    seconds: float,
-    warmup_s: float,
-    max_requests: int,
-    on_window: Callable[[], None] | None = None,
-) -> LoadResult:
-    """POSTs of a ready JSON body over ``concurrency`` keep-alive connections."""
+@asynccontextmanager
+async def rest_caller(url: str, body: bytes, connections: int) -> AsyncIterator[Call]:
+    """POSTs of a ready JSON body over ``connections`` keep-alive connections."""
     import aiohttp
 
-    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    connector = aiohttp.TCPConnector(limit=connections, force_close=False)
     timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
     headers = {"Content-Type": "application/json"}
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -166,4 +168,4 @@ async def rest_load(
                 if response.status != 200:
                     raise RuntimeError(f"HTTP {response.status}: {text[:200]!r}")
 
-        return await closed_loop(call, concurrency, seconds, warmup_s, max_requests, on_window)
+        yield call
