@@ -147,13 +147,23 @@ def test_overload_answers_resource_exhausted_and_stays_healthy(slow_server: Serv
 
 def test_expired_deadline_is_deadline_exceeded(slow_server: Server) -> None:
     stub = slow_server.prediction_stub()
-    with ThreadPoolExecutor(2) as pool:
-        busy = pool.submit(stub.Predict, big_request(1024), 120.0)  # occupies the only slot
-        time.sleep(0.1)
-        with pytest.raises(grpc.RpcError) as info:
-            stub.Predict(big_request(16), 0.2)  # waits behind it until its deadline passes
-        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    small = big_request(16)
+    with ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(stub.Predict, big_request(1024), 120.0)  # will occupy the only slot
+        # The 12 MB request may still be on its way when a small one overtakes it and succeeds;
+        # once it runs, every small call waits behind it until its deadline passes.
+        codes = []
+        while not busy.done() and len(codes) < 200:
+            try:
+                stub.Predict(small, 0.2)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as e:
+                codes.append(e.code())
+                if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    break
         busy.result()
+    assert codes and codes[-1] == grpc.StatusCode.DEADLINE_EXCEEDED, codes
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED}, codes
     # REST: the server's own deadline (rest_api_timeout_in_ms=300) ends a slow request with 504.
     body = json.dumps({"instances": np.zeros((1, 640, 640, 3)).tolist()}).encode()
     req = urllib.request.Request(f"{slow_server.http_base}/v1/models/deeplab:predict", data=body)
