@@ -336,7 +336,9 @@ def test_reload_swaps_the_model_set_under_load(server: Server) -> None:
                 f"Servable not found for request: Latest({gone})",
             )
         reloaded_at = time.monotonic()
-        time.sleep(1.0)
+        until = reloaded_at + 60  # bounded: the client answers after the reload
+        while not (calls and calls[-1] > reloaded_at) and time.monotonic() < until:
+            time.sleep(0.05)
     finally:
         stop.set()
         thread.join(timeout=30)
