@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from loadtests import procstat
-from loadtests.bench import SYSTEMS, RayConfig, add_ratios
+from loadtests.bench import SYSTEMS, RayConfig, add_ratios, higher_limit
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,8 +47,17 @@ def test_smoke_run_measures_every_system(tmp_path: Path) -> None:
             assert cell["vs_inprocess"] > 0, cell
             assert cell["server_cpu_total"] > 0, cell
     assert cells[("ray-grpc", "off", 1)]["vs_plain"] > 0
+    limit = cells[("inprocess", None, None)]
+    assert limit["examples_per_s"] == max(limit["limit_runs"]) > 0  # before and after the servers
     assert (out / "bench.png").stat().st_size > 0
     assert "c/a" in run.stdout and "c/b" in run.stdout
+
+
+def test_the_limit_is_the_higher_of_its_two_measurements() -> None:
+    before = {"system": "inprocess", "examples_per_s": 300.0, "best_batch": 16}
+    after = {"system": "inprocess", "examples_per_s": 390.0, "best_batch": 8}
+    assert higher_limit(before, after) == {**after, "limit_runs": [300.0, 390.0]}
+    assert higher_limit(after, before) == {**after, "limit_runs": [390.0, 300.0]}
 
 
 def test_ratios_compare_examples_to_the_limit_and_requests_to_the_plain_server() -> None:
