@@ -11,7 +11,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,11 +24,12 @@ SERVE = str(Path(sys.executable).with_name("serve"))
 BOOT_TIMEOUT_S = 240.0
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (free now; good enough for a server started right after)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports free on 127.0.0.1 now, out of the ranges the kernel and Ray
+    pick from (see ``serve_app.launch.free_ports``)."""
+    from serve_app.launch import free_ports as pick
+
+    return pick("127.0.0.1", count)
 
 
 @dataclass
@@ -117,7 +117,7 @@ def start_server(
     """``serve run serve_app:app`` with ``args`` (``key=value``), free ports, its own RAY_TMPDIR;
     ``env`` is added to the environment (Ray's workers inherit it). Waits for ``wait_for``.
     """
-    grpc_port, http_port = free_port(), free_port()
+    grpc_port, http_port = free_ports(2)
     tmpdir = Path(tempfile.mkdtemp(prefix=tmp_prefix))
     log_path = tmpdir / "server.log"
     full_env = dict(os.environ, RAY_TMPDIR=str(tmpdir), PYTHONUNBUFFERED="1", **(env or {}))

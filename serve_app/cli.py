@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from serve_app.args import AppArgs
-from serve_app.launch import free_port
+from serve_app.launch import free_ports
 
 #: TF Serving flags that have no effect here; accepted so existing command lines keep working.
 _ACCEPTED_NOOPS = (
@@ -106,7 +106,7 @@ def to_app_args(ns: argparse.Namespace) -> AppArgs:
         "model_config_file": ns.model_config_file or None,
         "host": ns.host,
         "grpc_port": ns.port,
-        "http_port": ns.rest_api_port or free_port("127.0.0.1"),
+        "http_port": ns.rest_api_port or free_ports(ns.host, 1, exclude=(ns.port,))[0],
         "rest_api_timeout_in_ms": ns.rest_api_timeout_in_ms,
         "file_system_poll_wait_seconds": ns.file_system_poll_wait_seconds,
         "model_config_file_poll_wait_seconds": ns.model_config_file_poll_wait_seconds,

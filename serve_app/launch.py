@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +102,8 @@ def start_ray_and_serve(args: AppArgs) -> None:
             os.environ[f"RAY_SERVE_DIRECT_INGRESS_MIN_{protocol}_PORT"] = str(port)
             os.environ[f"RAY_SERVE_DIRECT_INGRESS_MAX_{protocol}_PORT"] = str(port + 1)
         os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
-        grpc_port = free_port(args.host) if grpc_port else 0
-        http_port = free_port(args.host)
+        proxy_grpc, http_port = free_ports(args.host, 2, exclude=(grpc_port, http_port))
+        grpc_port = proxy_grpc if grpc_port else 0
     if not ray.is_initialized():
         if args.host in LOOPBACK:
             # Ray swaps a loopback node address for the machine's network address unless it
@@ -142,11 +144,46 @@ def start_ray_and_serve(args: AppArgs) -> None:
     )
 
 
-def free_port(host: str) -> int:
-    """A TCP port free on ``host`` now (for a server started right after)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+PICKED_PORTS = range(20000, 30000)
+"""Where ``free_ports`` picks: above Ray's worker ports (10002-19999) and below the ports the kernel
+hands out for port 0 (Linux: 32768-60999), whence come Ray's own servers, Serve's replica gRPC ports
+and every outgoing connection. A port picked from that range before Ray starts could be taken by
+one of those before Serve binds it (seen in CI: "Failed to bind to address '127.0.0.1:42643'")."""
+
+
+def free_ports(host: str, count: int, exclude: Collection[int] = ()) -> list[int]:
+    """``count`` distinct TCP ports free on ``host`` now, from ``PICKED_PORTS`` minus the kernel's
+    ephemeral range and ``exclude`` (for a server started right after)."""
+    low, high = _ephemeral_range()
+    candidates = [p for p in PICKED_PORTS if not low <= p <= high and p not in exclude]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    held: list[socket.socket] = []
+    try:
+        for port in random.sample(candidates, min(len(candidates), 200)):
+            if len(held) == count:
+                break
+            s = socket.socket(family)
+            try:
+                s.bind((host, port))
+            except OSError:
+                s.close()
+                continue
+            held.append(s)
+        while len(held) < count:  # no candidate left: the kernel's choice
+            held.append(socket.socket(family))
+            held[-1].bind((host, 0))
+        return [int(s.getsockname()[1]) for s in held]
+    finally:
+        for s in held:
+            s.close()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def fail(error: Exception) -> int:

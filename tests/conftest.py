@@ -12,10 +12,10 @@ from typing import Any
 import grpc
 import pytest
 
-from loadtests.launcher import REPO, ServerProcess, free_port
+from loadtests.launcher import REPO, ServerProcess, free_ports
 from loadtests.launcher import start_server as launch
 
-__all__ = ["REPO", "TESTDATA", "Server", "free_port", "start_server"]
+__all__ = ["REPO", "TESTDATA", "Server", "free_ports", "start_server"]
 
 TESTDATA = (REPO.parent / "shared" / "testdata" / "tfserving").resolve()
 

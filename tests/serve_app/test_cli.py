@@ -29,7 +29,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from tests.conftest import REPO, TESTDATA, free_port
+from tests.conftest import REPO, TESTDATA, free_ports
 
 CLI = str(Path(sys.executable).with_name("ray-tfserving"))
 READY_LINE = "Running gRPC ModelServer at"
@@ -185,7 +185,7 @@ def test_invalid_flags_fail_like_tf_serving(flags: tuple[str, ...], message: str
 
 @pytest.fixture(scope="module")
 def single_model() -> Iterator[tuple[Cli, int, int]]:
-    port, rest_port = free_port(), free_port()
+    port, rest_port = free_ports(2)
     cli = run_cli(
         f"--port={port}",
         f"--rest_api_port={rest_port}",
@@ -256,7 +256,7 @@ def test_config_file_with_batching_and_polling(tmp_path: Path) -> None:
     )
     config = tmp_path / "good_model_config.conf"
     config.write_text(text)
-    port = free_port()
+    (port,) = free_ports(1)
     cli = run_cli(
         f"--port={port}",
         f"--model_config_file={config}",
@@ -298,7 +298,7 @@ def test_model_that_cannot_load_fails_startup() -> None:
     which and why (ServerCore::WaitUntilModelsAvailable's wording)."""
     started = time.monotonic()
     code, output = run_to_exit(
-        f"--port={free_port()}",
+        f"--port={free_ports(1)[0]}",
         f"--model_base_path={TESTDATA / 'bad_half_plus_two'}",
         timeout=BOOT_TIMEOUT_S,
     )
