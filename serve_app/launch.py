@@ -147,15 +147,16 @@ def start_ray_and_serve(args: AppArgs) -> None:
 PICKED_PORTS = range(20000, 30000)
 """Where ``free_ports`` picks: above Ray's worker ports (10002-19999) and below the ports the kernel
 hands out for port 0 (Linux: 32768-60999), whence come Ray's own servers, Serve's replica gRPC ports
-and every outgoing connection. A port picked from that range before Ray starts could be taken by
-one of those before Serve binds it (seen in CI: "Failed to bind to address '127.0.0.1:42643'")."""
+and every outgoing connection. A port the kernel gave us before Ray started could go to one of those
+before Serve bound it (seen in CI: "Failed to bind to address '127.0.0.1:42643'")."""
 
 
 def free_ports(host: str, count: int, exclude: Collection[int] = ()) -> list[int]:
     """``count`` distinct TCP ports free on ``host`` now, from ``PICKED_PORTS`` minus the kernel's
     ephemeral range and ``exclude`` (for a server started right after)."""
     low, high = _ephemeral_range()
-    candidates = [p for p in PICKED_PORTS if not low <= p <= high and p not in exclude]
+    excluded = set(exclude)
+    candidates = [p for p in PICKED_PORTS if not low <= p <= high and p not in excluded]
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     held: list[socket.socket] = []
     try:
