@@ -96,6 +96,17 @@ def deeplab_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base
 
 
+@pytest.fixture(scope="module")
+def deeplab_copy(deeplab_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A writable copy of ``deeplab_base`` for one test module (``<tmp>/deeplab/1``), for tests
+    that publish, break or remove versions."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("copy") / "deeplab"
+    shutil.copytree(deeplab_base / "1", root / "1")
+    return root
+
+
 @pytest.fixture(scope="session")
 def deeplab_training(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     """The default DeepLab training (about a minute on 2 cores), once per session: the base

@@ -3,8 +3,6 @@ the model itself, and versions still roll out blue/green with zero failed reques
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,22 +10,22 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Server, start_server
-from tests.serve_app.test_rollout import MODEL, Load, State, publish_version, status, wait_state
+from tests.serve_app.test_rollout import (
+    MODEL,
+    Load,
+    State,
+    publish_broken,
+    publish_version,
+    status,
+    wait_state,
+)
 
 
 @pytest.fixture(scope="module")
-def base(deeplab_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("colocate") / MODEL
-    root.mkdir()
-    shutil.copytree(deeplab_base / "1", root / "1")
-    return root
-
-
-@pytest.fixture(scope="module")
-def server(base: Path) -> Iterator[Server]:
+def server(deeplab_copy: Path) -> Iterator[Server]:
     s = start_server(
         f"model_name={MODEL}",
-        f"model_base_path={base}",
+        f"model_base_path={deeplab_copy}",
         "file_system_poll_wait_seconds=0.5",
         "colocate=true",
         "direct_ingress=true",
@@ -44,7 +42,8 @@ def test_the_ingress_runs_the_model(server: Server) -> None:
     assert status(server)[1] == (State.AVAILABLE, "")
 
 
-def test_blue_green_in_the_ingress_under_load(server: Server, base: Path) -> None:
+def test_blue_green_in_the_ingress_under_load(server: Server, deeplab_copy: Path) -> None:
+    base = deeplab_copy
     with Load(server) as load:
         assert load.versions_after(time.monotonic()) == {1}
         publish_version(base, 1, 2)
@@ -54,9 +53,7 @@ def test_blue_green_in_the_ingress_under_load(server: Server, base: Path) -> Non
         first_new = min(t for calls in load.seen for (t, v) in calls if v == 2)
         assert first_new >= available - 1.0  # routed only once AVAILABLE (status polled)
         # A version that fails to load is never routed to; version 2 keeps serving.
-        (base / ".tmp-3").mkdir()
-        (base / ".tmp-3" / "saved_model.pb").write_bytes(b"not a SavedModel")
-        os.rename(base / ".tmp-3", base / "3")
+        publish_broken(base, 3)
         wait_state(server, 3, State.END)
         assert status(server)[3][1]  # its error is shown
         assert status(server)[2][0] == State.AVAILABLE

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2, predict_pb2
 
@@ -27,6 +26,14 @@ def publish_version(base: Path, source: int, version: int) -> None:
     """Copy a version into place atomically (write a hidden dir, then rename), like the exporter."""
     tmp = base / f".tmp-{version}"
     shutil.copytree(base / str(source), tmp)
+    os.rename(tmp, base / str(version))
+
+
+def publish_broken(base: Path, version: int) -> None:
+    """Publish a version whose saved_model.pb is not a SavedModel (atomically, as above)."""
+    tmp = base / f".tmp-{version}"
+    tmp.mkdir()
+    (tmp / "saved_model.pb").write_bytes(b"not a SavedModel")
     os.rename(tmp, base / str(version))
 
 
@@ -119,20 +126,13 @@ class Load:
         return {v for calls in self.seen for (t, v) in calls if t >= t0}
 
 
-@pytest.fixture(scope="module")
-def base(deeplab_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("rollout") / MODEL
-    root.mkdir()
-    shutil.copytree(deeplab_base / "1", root / "1")
-    return root
-
-
 def rss_mb_of_replicas(server: Server) -> float:
     rows = [rss for _, rss, args in server.processes() if f"ServeReplica:default:{MODEL}-v" in args]
     return sum(rows) / 1024
 
 
-def test_blue_green_rollout_and_rollback_under_load(base: Path) -> None:
+def test_blue_green_rollout_and_rollback_under_load(deeplab_copy: Path) -> None:
+    base = deeplab_copy
     server = start_server(
         f"model_name={MODEL}",
         f"model_base_path={base}",
@@ -165,14 +165,11 @@ def test_blue_green_rollout_and_rollback_under_load(base: Path) -> None:
                 assert first_new >= available - 1.0  # status polled every 0.1 s
                 wait_replicas_gone(server, version - 1)  # blue is gone
             # A version that fails to load is never routed to; blue keeps serving.
-            broken = base / "4"
-            (base / ".tmp-4").mkdir()
-            (base / ".tmp-4" / "saved_model.pb").write_bytes(b"not a SavedModel")
-            os.rename(base / ".tmp-4", broken)
+            publish_broken(base, 4)
             wait_state(server, 4, State.END)
             assert status(server)[4][1]  # its error is shown
             assert status(server)[3][0] == State.AVAILABLE
-            shutil.rmtree(broken)
+            shutil.rmtree(base / "4")
             # Removing the newest version rolls back to the previous one.
             rollback = time.monotonic()
             shutil.rmtree(base / "3")
@@ -197,11 +194,9 @@ def test_blue_green_rollout_and_rollback_under_load(base: Path) -> None:
         server.stop()
 
 
-def test_resource_preserving_unloads_first(base: Path, tmp_path: Path) -> None:
+def test_resource_preserving_unloads_first(deeplab_base: Path, tmp_path: Path) -> None:
     root = tmp_path / MODEL
-    shutil.copytree(
-        base / sorted(p.name for p in base.iterdir() if p.name.isdigit())[0], root / "1"
-    )
+    shutil.copytree(deeplab_base / "1", root / "1")
     server = start_server(
         f"model_name={MODEL}",
         f"model_base_path={root}",
