@@ -1,4 +1,9 @@
-"""``build_app(args, plan) -> Application``: the only place ``.bind()`` is called."""
+"""``build_app(args, plan) -> Application``: the only place ``.bind()`` is called.
+
+The application: the serving replicas (``Ingress``, each holding the client ports and, by
+default, every served version), the version manager, and, for ``colocate=false``, one
+deployment per (model, version).
+"""
 
 from __future__ import annotations
 
@@ -120,7 +125,7 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
         "rest_api_timeout_in_ms": args.rest_api_timeout_in_ms,
         "prometheus_path": args.prometheus_path,
     }
-    actor_options: dict[str, Any] = {"num_cpus": 0.1}
+    actor_options: dict[str, Any] = {"num_cpus": args.serving_num_cpus}
     local_options = None
     if args.colocate:
         user_config["local"] = {
@@ -131,17 +136,26 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
         user_config["batching"] = args.batching.model_dump()
         actor_options = model_options["ray_actor_options"]
         local_options = {"session": session, **version_args}
+    listen = {
+        "host": args.host,
+        "grpc_port": args.grpc_port,
+        "http_port": args.http_port,
+        "shutdown_grace_s": args.shutdown_grace_s,
+    }
     return (
         serve.deployment(Ingress)
         .options(
             name="Ingress",
             num_replicas=args.ingress_replicas,
-            version=_version("ingress", args.colocate, actor_options, local_options),
+            version=_version("ingress", args.colocate, actor_options, local_options, listen),
             _internal=True,
             ray_actor_options=actor_options,
             max_ongoing_requests=1000,
+            # Serve's own wait after __del__: our listeners drain within shutdown_grace_s.
+            graceful_shutdown_timeout_s=args.shutdown_grace_s + 5,
+            health_check_period_s=5,
             logging_config=_logging(args),
             user_config=user_config,
         )
-        .bind(manager, local_options)
+        .bind(manager, local_options, listen)
     )

@@ -130,17 +130,20 @@ class AppArgs(BaseModel):
     """Dynamic batching knobs."""
     scaling: ScalingArgs = ScalingArgs()
     """Replica count, autoscaling and resources of model-version replicas."""
-    ingress_replicas: int = Field(default=1, ge=1)
-    """Replicas of the ingress deployment."""
-    direct_ingress: bool = False
-    """Experimental (Ray 2.60's direct ingress): the ingress replica itself listens on
-    ``grpc_port`` and ``http_port``, skipping the proxy hop (Serve's proxy moves to free ports).
-    One ingress replica; a restarted one waits for the port to be released."""
-    colocate: bool = False
-    """Experimental: each ingress replica loads the served versions itself and answers in its
-    own process, with no hop to a model deployment. Rollouts still load a new version before
-    routing to it; ``scaling`` resources then apply to the ingress, ``ingress_replicas`` sets
-    how many."""
+    ingress_replicas: int = Field(default=2, ge=1)
+    """Serving replicas: processes that each hold the client ports (``SO_REUSEPORT``) and run
+    the co-located models. Two by default, so that one that dies costs its own connections,
+    not the port (its replacement loads, then binds again)."""
+    colocate: bool = True
+    """Each serving replica loads the served versions itself and answers in its own process
+    (the default: one process per request). ``false`` puts each version in deployments of its
+    own, with ``scaling``'s replicas, resources and autoscaling, one hop away; ``scaling`` then
+    applies to those, and the serving replicas reserve ``serving_num_cpus`` each."""
+    serving_num_cpus: float = Field(default=0.1, gt=0)
+    """CPUs reserved per serving replica when the models run in their own deployments."""
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    """On a replica's shutdown, how long calls in flight get to finish after it stops taking
+    new connections."""
     access_log: bool = False
     """Ray Serve's access-log line for every request in the proxy and in each replica it
     passes (TF Serving logs none); off, it saves each of them a log write per request."""
@@ -156,7 +159,10 @@ class AppArgs(BaseModel):
     """Serve Prometheus metrics at this HTTP path (from ``--monitoring_config_file``)."""
 
     @model_validator(mode="after")
-    def _one_direct_ingress(self) -> AppArgs:
-        if self.direct_ingress and self.ingress_replicas != 1:
-            raise ValueError("direct_ingress serves the ports from one ingress replica")
+    def _colocated_scaling(self) -> AppArgs:
+        if self.colocate and self.scaling.num_replicas is None:
+            raise ValueError(
+                "autoscaling (scaling.num_replicas=None) applies to models in deployments of "
+                "their own: set colocate=false, or a fixed ingress_replicas"
+            )
         return self

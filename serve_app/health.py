@@ -7,7 +7,7 @@ from typing import Any
 from grpc_health.v1 import health_pb2
 
 from compat.errors import InvalidArgument, NotFound, ServingError
-from serve_app.grpc_services import SERVICES
+from serve_app.listeners import SERVICES
 from serve_app.replies import Reply
 
 #: "" is the whole server; the others are the services we register.

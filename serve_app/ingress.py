@@ -1,9 +1,16 @@
-"""The ingress deployment: every TF Serving RPC and REST route, each a thin hop into a replica.
+"""The serving replica: holds the client ports and answers every TF Serving RPC and REST route.
 
-gRPC methods are named after the RPCs (Ray's proxy calls them by name) and receive the raw
-request bytes (see ``grpc_services``). The ingress reads only the ModelSpec, resolves it against
-the routing table (TF Serving's errors for unknown models, versions and labels), and forwards
-the untouched bytes to the model-version replica, which decodes, runs and encodes once.
+Each replica of this deployment binds the client ports itself (``serve_app.listeners``, with
+``SO_REUSEPORT``, so several replicas per node share them), loads the served versions
+(``ModelVersion``, batching queue included) and runs them in its own process: one Python process
+between the client's socket and the model. Each request is parsed once, here; its ModelSpec is
+resolved against the routing table (TF Serving's errors for unknown models, versions and
+labels) and the parsed message goes to the version. Ray Serve keeps the lifecycle: it starts,
+health-checks and replaces replicas, and ships the routing table and the versions to hold as
+``user_config`` (blue/green: a replica loads a new version before its table routes to it).
+
+A model may instead run in deployments of its own (``colocate=false``: its own replicas,
+resources and autoscaling); the replica then forwards the request's bytes to them.
 """
 
 from __future__ import annotations
@@ -28,27 +35,42 @@ from compat.errors import (
     ServingError,
     Unavailable,
     from_code,
-    truncate,
 )
 from compat.inference import multi_inference_model_spec
-from compat.protos import get_model_status_pb2, inference_pb2
+from compat.protos import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    inference_pb2,
+    predict_pb2,
+    regression_pb2,
+)
 from compat.routing import RoutingTable
 from serve_app import metrics
+from serve_app.listeners import Listeners
 from serve_app.model import LoadState, ModelVersion
-from serve_app.replies import RawMessage, Reply
+from serve_app.replies import Reply
 
 logger = logging.getLogger("ray.serve")
 
-#: Parses just field 1 (``model_spec``) of any request that has it, skipping the payload.
-_HEAD = get_model_status_pb2.GetModelStatusRequest
+#: The request message of each model RPC (parsed once, in the serving replica).
+REQUEST_TYPES: dict[str, Any] = {
+    "predict": predict_pb2.PredictRequest,
+    "classify": classification_pb2.ClassificationRequest,
+    "regress": regression_pb2.RegressionRequest,
+    "metadata": get_model_metadata_pb2.GetModelMetadataRequest,
+    "multi_inference": inference_pb2.MultiInferenceRequest,
+}
 
 
 class Ingress:
-    """Routes TF Serving's gRPC and REST requests to model-version deployments, or, co-located
-    (``colocate=true``), to the versions this replica loaded itself."""
+    """Serves the client ports of one replica; routes to the versions it holds, or, for models
+    in their own deployments, to those."""
 
     def __init__(
-        self, manager: DeploymentHandle, local_options: dict[str, Any] | None = None
+        self,
+        manager: DeploymentHandle,
+        local_options: dict[str, Any] | None = None,
+        listen: dict[str, Any] | None = None,
     ) -> None:
         self._manager = manager
         self._table = RoutingTable()
@@ -56,14 +78,19 @@ class Ingress:
         self._app_name = serve.get_replica_context().app_name
         self._rest = rest_api.RestApi(self)
         self.prometheus_path: str | None = None
+        self.rest_timeout_s: float | None = 30.0
         self._local_options = local_options
         """``ModelVersion`` keyword arguments when co-located, else None."""
         self._local: dict[str, ModelVersion] = {}
+        self._listen = listen or {}
+        """``host``, ``grpc_port``, ``http_port``, ``shutdown_grace_s``: the client ports."""
+        self._listeners: Listeners | None = None
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         """The routing table arrives as user_config: one atomic swap per replica. Co-located,
         the versions to hold arrive with it: new ones load first (off the event loop, requests
-        keep flowing), then the table swaps, then dropped ones go (in-flight calls keep theirs)."""
+        keep flowing), then the table swaps, then dropped ones go (in-flight calls keep theirs).
+        The first time, the client ports are bound only once the versions are loaded."""
         if self._local_options is not None:
             await self._load_local(config["local"], config["batching"])
         self._table = RoutingTable.model_validate(config["routing"])
@@ -73,6 +100,12 @@ class Ingress:
             for target in set(self._local) - set(config["local"]):
                 logger.info("Unloading %s", target)
                 del self._local[target]  # closed once its last in-flight call is done
+        if self._listeners is None and self._listen:
+            listeners = Listeners(
+                self, self._listen["host"], self._listen["grpc_port"], self._listen["http_port"]
+            )
+            await listeners.start()
+            self._listeners = listeners
 
     async def _load_local(self, wanted: dict[str, list[Any]], batching: dict[str, Any]) -> None:
         assert self._local_options is not None
@@ -83,6 +116,18 @@ class Ingress:
                 )
         for local in self._local.values():
             local.reconfigure({"batching": batching})
+
+    def check_health(self) -> None:
+        """Serve's health check: a replica whose REST server stopped is replaced."""
+        if self._listeners is not None and not self._listeners.alive():
+            raise RuntimeError("the REST server of this replica stopped")
+
+    async def __del__(self) -> None:
+        """Serve's graceful shutdown: stop taking connections, let calls in flight finish."""
+        listeners, self._listeners = self._listeners, None
+        if listeners is not None:
+            await listeners.stop(float(self._listen.get("shutdown_grace_s", 10.0)))
+        metrics.flush()
 
     def load_state(self, target: str) -> LoadState | None:
         """A co-located version's load outcome (None: not held by this replica)."""
@@ -109,10 +154,11 @@ class Ingress:
         deadline: float | None = None,
         protocol: str = "grpc",
     ) -> Reply:
-        """Resolve ``spec`` and call ``method`` on the version's replica; errors as a Reply.
+        """Resolve ``spec`` and call ``method`` of the version; errors as a Reply.
 
-        A full replica queue answers RESOURCE_EXHAUSTED at once; a request still waiting when
-        the caller's deadline passes is cancelled (so it never runs) with DEADLINE_EXCEEDED.
+        ``args`` are the method's: a parsed request for a version held here, its bytes for one
+        in its own deployment (``_call`` serializes). A full queue answers RESOURCE_EXHAUSTED at
+        once; a call still waiting when the caller's deadline passes gets DEADLINE_EXCEEDED.
         Every call is counted in the request metrics (``serve_app.metrics``).
         """
         started = time.perf_counter()
@@ -144,7 +190,8 @@ class Ingress:
                 return cast(Reply, await asyncio.wait_for(work, deadline - time.time()))
             except TimeoutError:
                 raise DeadlineExceeded("Deadline Exceeded") from None
-        response = getattr(self._handle(target), method).remote(*args, deadline=deadline)
+        wire = tuple(a.SerializeToString() if hasattr(a, "SerializeToString") else a for a in args)
+        response = getattr(self._handle(target), method).remote(*wire, deadline=deadline)
         if deadline is None:
             return await response
         try:
@@ -160,71 +207,63 @@ class Ingress:
         except Exception as e:
             raise transport_error(e) from None
 
-    async def _manager_rpc(self, method: str, request: bytes, grpc_context: Any) -> RawMessage:
+    async def _manager_rpc(self, method: str, request: bytes) -> Reply:
         try:
-            reply = await self.call_manager(method, request)
+            return cast(Reply, await self.call_manager(method, request))
         except ServingError as e:
-            reply = Reply.error(e)
-        return _grpc_reply(reply, grpc_context)
+            return Reply.error(e)
 
-    async def _forward(self, raw: bytes, grpc_context: Any, method: str) -> RawMessage:
+    async def _forward(self, raw: bytes, deadline: float | None, method: str) -> Reply:
         try:
-            head = _HEAD.FromString(raw)
+            request = REQUEST_TYPES[method].FromString(raw)
+            spec = (
+                multi_inference_model_spec(request)
+                if method == "multi_inference"
+                else request.model_spec
+            )
+        except ServingError as e:
+            return Reply.error(e)
         except Exception:
-            return _grpc_reply(
-                Reply.error(InvalidArgument("Could not parse request")), grpc_context
-            )
-        if not head.HasField("model_spec"):
-            return _grpc_reply(Reply.error(InvalidArgument("Missing ModelSpec")), grpc_context)
-        deadline = getattr(grpc_context, "rtfs_deadline", None)
-        reply = await self.call_model(head.model_spec, method, raw, deadline=deadline)
-        return _grpc_reply(reply, grpc_context)
+            return Reply.error(InvalidArgument("Could not parse request"))
+        if method != "multi_inference" and not request.HasField("model_spec"):
+            return Reply.error(InvalidArgument("Missing ModelSpec"))
+        return await self.call_model(spec, method, request, deadline=deadline)
 
-    # --- tensorflow.serving.PredictionService ---------------------------------------------------
+    # --- tensorflow.serving.PredictionService: (request bytes, deadline) -> Reply -------------
 
-    async def Predict(self, request: bytes, grpc_context: Any) -> RawMessage:
-        return await self._forward(request, grpc_context, "predict")
+    async def Predict(self, raw: bytes, deadline: float | None) -> Reply:
+        return await self._forward(raw, deadline, "predict")
 
-    async def Classify(self, request: bytes, grpc_context: Any) -> RawMessage:
-        return await self._forward(request, grpc_context, "classify")
+    async def Classify(self, raw: bytes, deadline: float | None) -> Reply:
+        return await self._forward(raw, deadline, "classify")
 
-    async def Regress(self, request: bytes, grpc_context: Any) -> RawMessage:
-        return await self._forward(request, grpc_context, "regress")
+    async def Regress(self, raw: bytes, deadline: float | None) -> Reply:
+        return await self._forward(raw, deadline, "regress")
 
-    async def GetModelMetadata(self, request: bytes, grpc_context: Any) -> RawMessage:
-        return await self._forward(request, grpc_context, "metadata")
+    async def GetModelMetadata(self, raw: bytes, deadline: float | None) -> Reply:
+        return await self._forward(raw, deadline, "metadata")
 
-    async def MultiInference(self, request: bytes, grpc_context: Any) -> RawMessage:
-        try:
-            spec = multi_inference_model_spec(
-                inference_pb2.MultiInferenceRequest.FromString(request)
-            )
-        except Exception:
-            return _grpc_reply(
-                Reply.error(InvalidArgument("Could not parse request")), grpc_context
-            )
-        deadline = getattr(grpc_context, "rtfs_deadline", None)
-        reply = await self.call_model(spec, "multi_inference", request, deadline=deadline)
-        return _grpc_reply(reply, grpc_context)
+    async def MultiInference(self, raw: bytes, deadline: float | None) -> Reply:
+        return await self._forward(raw, deadline, "multi_inference")
 
     # --- tensorflow.serving.ModelService ----------------------------------------------------------
 
-    async def GetModelStatus(self, request: bytes, grpc_context: Any) -> RawMessage:
-        return await self._manager_rpc("get_status", request, grpc_context)
+    async def GetModelStatus(self, raw: bytes, deadline: float | None) -> Reply:
+        return await self._manager_rpc("get_status", raw)
 
-    async def HandleReloadConfigRequest(self, request: bytes, grpc_context: Any) -> RawMessage:
-        return await self._manager_rpc("reload_config", request, grpc_context)
+    async def HandleReloadConfigRequest(self, raw: bytes, deadline: float | None) -> Reply:
+        return await self._manager_rpc("reload_config", raw)
 
     # --- grpc.health.v1.Health ------------------------------------------------------------------
 
-    async def Check(self, request: bytes, grpc_context: Any) -> RawMessage:
+    async def Check(self, raw: bytes, deadline: float | None) -> Reply:
         from serve_app import health
 
-        return _grpc_reply(await health.check(self, request), grpc_context)
+        return await health.check(self, raw)
 
     # --- REST -----------------------------------------------------------------------------------
 
-    async def __call__(self, request: Request) -> Response:
+    async def rest(self, request: Request) -> Response:
         if self.prometheus_path and request.url.path == self.prometheus_path:
             try:
                 states = (await self.call_manager("snapshot"))["status"]
@@ -236,7 +275,7 @@ class Ingress:
 
 
 def transport_error(e: Exception) -> ServingError:
-    """What a failed call to a model replica tells the client: a gRPC failure between
+    """What a failed call to another deployment tells the client: a gRPC failure between
     deployments keeps its code and details (an oversized message is RESOURCE_EXHAUSTED), a
     replica that died or cannot be reached is UNAVAILABLE, anything else INTERNAL."""
     import grpc
@@ -248,14 +287,3 @@ def transport_error(e: Exception) -> ServingError:
     if isinstance(e, ActorDiedError | ActorUnavailableError):
         return Unavailable("The model's replica is unavailable; retry later")
     return Internal(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-
-
-def _grpc_reply(reply: Reply, grpc_context: Any) -> RawMessage:
-    """OK: the payload; otherwise the status code and TF Serving's message, with an empty reply."""
-    if reply.code:
-        from serve_app.replies import STATUS_BY_VALUE
-
-        grpc_context.set_code(STATUS_BY_VALUE[reply.code])
-        grpc_context.set_details(truncate(reply.message))
-        return RawMessage()
-    return RawMessage(reply.payload)

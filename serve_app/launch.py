@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.args import AppArgs, ModelArgs
-from serve_app.grpc_services import GRPC_HOST_ENV, SERVICER_FUNCTIONS
+from serve_app.grpc_services import GRPC_HOST_ENV
 from serve_app.plan import Plan
 from serve_app.repository import ModelPathError, aspired_versions, check_model_path, scan_versions
 
@@ -21,8 +21,9 @@ logger = logging.getLogger("ray.serve")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 RAY_SERVE_ENV = {
-    # Proxy -> ingress -> model calls over Serve's gRPC transport instead of Ray actor calls:
-    # measured 1.6-1.8x the throughput (loadtests/bench.py), payloads never go through plasma.
+    # Calls between deployments (serving replica -> version manager, or -> a model in its own
+    # deployment) over Serve's gRPC transport instead of Ray actor calls: measured 1.6-1.8x
+    # the throughput (loadtests/bench.py), payloads never go through plasma.
     "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
     # ... and as large as TF Serving accepts (INT_MAX), not gRPC's 4 MB default.
     "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1),
@@ -85,25 +86,15 @@ def initial_plan(args: AppArgs) -> Plan:
 
 
 def start_ray_and_serve(args: AppArgs) -> None:
-    """A local Ray bound to ``args.host`` (loopback by default) and Serve with both ports."""
+    """A local Ray bound to ``args.host`` (loopback by default) and Serve without proxies: the
+    serving replicas hold the client ports themselves (``serve_app.listeners``)."""
     import ray
     from ray import serve
-    from ray.serve.config import HTTPOptions, gRPCOptions
     from ray.serve.schema import LoggingConfig
 
     os.environ[GRPC_HOST_ENV] = args.host
     for key, value in RAY_SERVE_ENV.items():
         os.environ.setdefault(key, value)
-    grpc_port, http_port = args.grpc_port, args.http_port
-    if args.direct_ingress:
-        # The ingress replica takes the client-facing ports (Ray allocates them from
-        # range(MIN, MAX)); the proxy, which still starts, gets free ones.
-        for protocol, port in (("GRPC", grpc_port), ("HTTP", http_port)):
-            os.environ[f"RAY_SERVE_DIRECT_INGRESS_MIN_{protocol}_PORT"] = str(port)
-            os.environ[f"RAY_SERVE_DIRECT_INGRESS_MAX_{protocol}_PORT"] = str(port + 1)
-        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
-        proxy_grpc, http_port = free_ports(args.host, 2, exclude=(grpc_port, http_port))
-        grpc_port = proxy_grpc if grpc_port else 0
     if not ray.is_initialized():
         if args.host in LOOPBACK:
             # Ray swaps a loopback node address for the machine's network address unless it
@@ -131,16 +122,9 @@ def start_ray_and_serve(args: AppArgs) -> None:
                 },
             },
         )
-    grpc_options = gRPCOptions(
-        port=grpc_port,
-        grpc_servicer_functions=SERVICER_FUNCTIONS if grpc_port else [],
-        enable_reflection=False,
-    )
     serve.start(
-        proxy_location="HeadOnly",
-        http_options=HTTPOptions(host=args.host, port=http_port),
-        grpc_options=grpc_options,
-        logging_config=LoggingConfig(enable_access_log=args.access_log),  # the proxy's
+        proxy_location="Disabled",
+        logging_config=LoggingConfig(enable_access_log=args.access_log),
     )
 
 

@@ -33,10 +33,14 @@ Exported names carry Ray's ``ray_`` prefix: ``ray_tfserving_requests_total``,
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
 import json
 import logging
+import math
 import re
+import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -87,6 +91,12 @@ RAY_LABELS = frozenset(
 )
 EXACT_SUM = "_exact_sum"
 """Suffix of the counter that keeps a histogram's exact sum (see ``_Histogram``)."""
+PER_BUCKET = "_per_bucket"
+"""Suffix of a counter of observations per bucket (label ``le``, not cumulative) that ``merge``
+turns into the histogram of the name without it (see ``RequestRecorder``)."""
+FLUSH_INTERVAL_S = 1.0
+"""How often a replica hands the requests it counted to Ray's metrics (which reports them every
+``metrics_report_interval_ms``)."""
 FETCH_TIMEOUT_S = 5.0
 DEFAULT_SIGNATURE = "serving_default"
 _OK = StatusCode.OK.value[0]
@@ -108,10 +118,14 @@ class _Metrics:
             "Model requests answered with an error status.",
             tag_keys=REQUEST_LABELS,
         )
-        self.latency = _Histogram(
-            "tfserving_request_latency_seconds",
-            "Time from the ingress receiving a model request to its reply, in seconds.",
-            boundaries=LATENCY_BUCKETS,
+        self.latency_buckets = Counter(
+            "tfserving_request_latency_seconds" + PER_BUCKET,
+            "Model requests by the latency bucket (upper bound ``le``) they fell in.",
+            tag_keys=(*REQUEST_LABELS, "le"),
+        )
+        self.latency_sum = Counter(
+            "tfserving_request_latency_seconds" + EXACT_SUM,
+            "The exact sum of tfserving_request_latency_seconds.",
             tag_keys=REQUEST_LABELS,
         )
         self.batch_size = _Histogram(
@@ -178,6 +192,62 @@ def _never_raises(record: _F) -> _F:
     return guarded  # type: ignore[return-value]
 
 
+class RequestRecorder:
+    """Request counts, errors and latencies of this process, added up here and handed to Ray's
+    metrics by a background thread every ``FLUSH_INTERVAL_S``.
+
+    A Ray metric update validates its tags and crosses into Ray's C++ core: four of them per
+    request cost ~15% of a tiny model's throughput (measured with h2load on half_plus_two). Here
+    a request costs one dict update under an uncontended lock; the latency histogram travels as
+    one counter per bucket (``PER_BUCKET``) that ``merge`` turns back into a histogram.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, ...], list[Any]] = {}
+        self._thread: threading.Thread | None = None
+
+    def add(self, key: tuple[str, ...], error: bool, seconds: float) -> None:
+        with self._lock:
+            entry = self._pending.get(key)
+            if entry is None:
+                entry = self._pending[key] = [0, 0, 0.0, [0] * (len(LATENCY_BUCKETS) + 1)]
+            entry[0] += 1
+            entry[1] += error
+            entry[2] += seconds
+            entry[3][bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="rtfs-metrics", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(FLUSH_INTERVAL_S)
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand what was counted since the last flush to Ray's metrics."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        if not pending:
+            return
+        m = _metrics()
+        for key, (count, errors, total, buckets) in pending.items():
+            tags = dict(zip(REQUEST_LABELS, key, strict=True))
+            m.requests.inc(float(count), tags)
+            if errors:
+                m.errors.inc(float(errors), tags)
+            if total > 0:
+                m.latency_sum.inc(total, tags)
+            for bound, n in zip(_BUCKET_LABELS, buckets, strict=True):
+                if n:
+                    m.latency_buckets.inc(float(n), {**tags, "le": bound})
+
+
+_BUCKET_LABELS = [*(repr(float(b)) for b in LATENCY_BUCKETS), "+Inf"]
+_RECORDER = RequestRecorder()
+
+
 @_never_raises
 def record_request(
     model: str,
@@ -189,19 +259,20 @@ def record_request(
     seconds: float,
 ) -> None:
     """One answered model request; ``code`` is the gRPC status value (0 for OK)."""
-    tags = {
-        "model": model,
-        "version": "" if version is None else str(version),
-        "signature": signature,
-        "api": api,
-        "protocol": protocol,
-        "status": _status_name(code),
-    }
-    m = _metrics()
-    m.requests.inc(1.0, tags)
-    m.latency.observe(seconds, tags)
-    if code != _OK:
-        m.errors.inc(1.0, tags)
+    key = (
+        model,
+        "" if version is None else str(version),
+        signature,
+        api,
+        protocol,
+        _status_name(code),
+    )
+    _RECORDER.add(key, code != _OK, seconds)
+
+
+def flush() -> None:
+    """Hand the requests counted so far to Ray's metrics now (a replica shutting down)."""
+    _RECORDER.flush()
 
 
 @_never_raises
@@ -332,6 +403,8 @@ def merge(texts: Iterable[str]) -> list[Metric]:
             labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k not in RAY_LABELS))
             key = (sample.name, labels)
             totals[key] = totals.get(key, 0.0) + sample.value
+    for name in [n for n in families if n.endswith(PER_BUCKET)]:
+        _rebuild_histogram(families, sums, name)
     for name in [n for n in families if n.endswith(EXACT_SUM)]:
         exact = sums.pop(name)
         del families[name]
@@ -345,6 +418,42 @@ def merge(texts: Iterable[str]) -> list[Metric]:
         for (sample_name, labels), value in sorted(sums[name].items(), key=_sample_order):
             merged.add_sample(sample_name, dict(labels), value)
     return [families[name] for name in sorted(families)]
+
+
+def _rebuild_histogram(
+    families: dict[str, Metric],
+    sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]],
+    name: str,
+) -> None:
+    """A ``PER_BUCKET`` counter (observations per bucket) -> the cumulative histogram named
+    without the suffix (``_bucket``, ``_count``, and ``_sum`` filled from ``EXACT_SUM``)."""
+    base = name.removesuffix(PER_BUCKET)
+    family = families.pop(name)
+    per_bucket = sums.pop(name)
+    series: dict[tuple[tuple[str, str], ...], dict[float, float]] = {}
+    for (_, labels), value in per_bucket.items():
+        rest = tuple(kv for kv in labels if kv[0] != "le")
+        bound = next(float(v) for k, v in labels if k == "le")
+        counts = series.setdefault(rest, {})
+        counts[bound] = counts.get(bound, 0.0) + value
+    histogram: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for rest, counts in series.items():
+        running = 0.0
+        for bound, label in zip(
+            [*map(float, LATENCY_BUCKETS), math.inf], _BUCKET_LABELS, strict=True
+        ):
+            running += counts.get(bound, 0.0)
+            histogram[(base + "_bucket", tuple(sorted((*rest, ("le", label)))))] = running
+        histogram[(base + "_count", rest)] = running
+        histogram[(base + "_sum", rest)] = 0.0  # the exact sum replaces it below
+    families[base] = Metric(base, _REBUILT_HELP.get(base, family.documentation), "histogram")
+    sums[base] = histogram
+
+
+_REBUILT_HELP = {
+    PREFIX + "request_latency_seconds": "Time from the serving replica receiving a model "
+    "request to its reply, in seconds.",
+}
 
 
 def _ours(line: str) -> bool:

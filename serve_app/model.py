@@ -1,4 +1,5 @@
-"""The model-version deployment: one SavedModel version, its signatures, batching and warmup.
+"""One SavedModel version, its signatures, batching and warmup: held by each serving replica
+(``serve_app.ingress``), or the model-version deployment of a model in deployments of its own.
 
 A replica loads its version in ``__init__`` (retrying a bounded number of times), replays the
 version's warmup file, and only then reports healthy. A version that cannot load does not crash
@@ -46,7 +47,8 @@ class LoadState:
 
 
 class ModelVersion:
-    """Serves one (model, version). Methods take serialized requests and return ``Reply``."""
+    """Serves one (model, version). Methods take a parsed request (or
+    its bytes) and return ``Reply``."""
 
     def __init__(
         self,
@@ -151,9 +153,9 @@ class ModelVersion:
 
     # --- gRPC -------------------------------------------------------------------------------
 
-    async def predict(self, raw: bytes, deadline: float | None = None) -> Reply:
+    async def predict(self, raw: Any, deadline: float | None = None) -> Reply:
         async def work() -> bytes:
-            request = predict_pb2.PredictRequest.FromString(raw)
+            request = _parsed(predict_pb2.PredictRequest, raw)
             call = dataplane.prepare_predict(self._servable(), request, self.check_method_name)
             result = await self._run(call, deadline)
             if isinstance(result, ServingError):
@@ -163,17 +165,17 @@ class ModelVersion:
 
         return await self._guard(work)
 
-    async def metadata(self, raw: bytes, deadline: float | None = None) -> Reply:
+    async def metadata(self, raw: Any, deadline: float | None = None) -> Reply:
         async def work() -> bytes:
-            request = get_model_metadata_pb2.GetModelMetadataRequest.FromString(raw)
+            request = _parsed(get_model_metadata_pb2.GetModelMetadataRequest, raw)
             response = dataplane.metadata(self._servable(), request, self.model, self.version)
             return response.SerializeToString()
 
         return await self._guard(work)
 
-    async def classify(self, raw: bytes, deadline: float | None = None) -> Reply:
+    async def classify(self, raw: Any, deadline: float | None = None) -> Reply:
         async def work() -> bytes:
-            request = classification_pb2.ClassificationRequest.FromString(raw)
+            request = _parsed(classification_pb2.ClassificationRequest, raw)
             response = await self._offload(
                 inference.classify, self._servable(), request, self.model, self.version
             )
@@ -181,9 +183,9 @@ class ModelVersion:
 
         return await self._guard(work)
 
-    async def regress(self, raw: bytes, deadline: float | None = None) -> Reply:
+    async def regress(self, raw: Any, deadline: float | None = None) -> Reply:
         async def work() -> bytes:
-            request = regression_pb2.RegressionRequest.FromString(raw)
+            request = _parsed(regression_pb2.RegressionRequest, raw)
             response = await self._offload(
                 inference.regress, self._servable(), request, self.model, self.version
             )
@@ -191,9 +193,9 @@ class ModelVersion:
 
         return await self._guard(work)
 
-    async def multi_inference(self, raw: bytes, deadline: float | None = None) -> Reply:
+    async def multi_inference(self, raw: Any, deadline: float | None = None) -> Reply:
         async def work() -> bytes:
-            request = inference_pb2.MultiInferenceRequest.FromString(raw)
+            request = _parsed(inference_pb2.MultiInferenceRequest, raw)
             response = await self._offload(
                 inference.multi_inference, self._servable(), request, self.model, self.version
             )
@@ -250,6 +252,12 @@ class ModelVersion:
     def __del__(self) -> None:
         if getattr(self, "servable", None) is not None:
             self.servable.close()  # type: ignore[union-attr]
+
+
+def _parsed(message_type: Any, request: Any) -> Any:
+    """The request as a message: parsed by the serving replica already (co-located), or its
+    bytes (sent to this version's own deployment)."""
+    return message_type.FromString(request) if isinstance(request, bytes) else request
 
 
 def check_deadline(deadline: float | None) -> None:

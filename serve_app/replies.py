@@ -36,16 +36,4 @@ class Reply:
         return self.payload
 
 
-class RawMessage:
-    """Hands Ray Serve's gRPC path bytes that are already a serialized proto."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes = b"") -> None:
-        self.data = data
-
-    def SerializeToString(self) -> bytes:
-        return self.data
-
-
 STATUS_BY_VALUE = {c.value[0]: c for c in grpc.StatusCode}

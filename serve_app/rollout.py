@@ -343,10 +343,17 @@ class VersionManager:
         self._record_load(s, model, version, await handle.load_state.remote())
 
     async def _await_loaded_locally(self, s: VersionStatus, model: str, version: int) -> None:
-        """Co-located: the ingress loads the version in its reconfigure; ask it until it has."""
+        """Co-located: every serving replica loads the version in its reconfigure; once Serve
+        says they all have (the deployment is HEALTHY again), ask one of them how it went."""
         ingress = serve.get_deployment_handle("Ingress", self._app_name)
         deadline = time.monotonic() + LOAD_TIMEOUT_S
         while time.monotonic() < deadline:
+            status = await asyncio.to_thread(serve.status)
+            app = status.applications.get(self._app_name)
+            d = app.deployments.get("Ingress") if app else None
+            if d is None or d.status != "HEALTHY":
+                await asyncio.sleep(0.2)
+                continue
             state = await ingress.load_state.remote(deployment_name(model, version))
             if state is not None:
                 self._record_load(s, model, version, state)

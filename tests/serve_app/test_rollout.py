@@ -1,4 +1,6 @@
-"""Version lifecycle: new versions roll out blue/green under load with zero failed requests."""
+"""Version lifecycle with each version in deployments of its own (``colocate=false``): new
+versions roll out blue/green under load with zero failed requests (the default path, versions
+inside the serving replicas, is ``test_colocate``)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow_serving.apis import get_model_status_pb2, predict_pb2
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from tests.conftest import Server, start_server
 
@@ -84,7 +90,12 @@ class Load:
         ]
 
     def _run(self, index: int) -> None:
-        stub = self.server.prediction_stub()
+        # A channel (connection) per client, so that every serving replica gets some of them.
+        options = [("grpc.use_local_subchannel_pool", 1)]  # not one shared connection
+        with grpc.insecure_channel(self.server.grpc_target, options=options) as channel:
+            self._calls(index, prediction_service_pb2_grpc.PredictionServiceStub(channel))
+
+    def _calls(self, index: int, stub: prediction_service_pb2_grpc.PredictionServiceStub) -> None:
         request = predict_pb2.PredictRequest()
         request.model_spec.name = MODEL
         request.model_spec.signature_name = "predict_images"
@@ -137,6 +148,7 @@ def test_blue_green_rollout_and_rollback_under_load(deeplab_copy: Path) -> None:
         f"model_name={MODEL}",
         f"model_base_path={base}",
         "file_system_poll_wait_seconds=0.5",
+        "colocate=false",
         wait_for=(MODEL,),
     )
     try:
@@ -202,6 +214,7 @@ def test_resource_preserving_unloads_first(deeplab_base: Path, tmp_path: Path) -
         f"model_base_path={root}",
         "rollout=resource_preserving",
         "file_system_poll_wait_seconds=0.5",
+        "colocate=false",
         wait_for=(MODEL,),
     )
     try:

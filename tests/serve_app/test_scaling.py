@@ -1,4 +1,5 @@
-"""Autoscaling, backpressure and deadlines against live servers (no timing asserts)."""
+"""Autoscaling, backpressure and deadlines of models in deployments of their own
+(``colocate=false``), against live servers (no timing asserts)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ def half_plus_two_request() -> predict_pb2.PredictRequest:
 
 def test_autoscaling_goes_up_under_load_and_back(testdata: Path) -> None:
     server = start_server(
+        "colocate=false",
         "model_name=half_plus_two",
         f"model_base_path={testdata / 'saved_model_half_plus_two_cpu'}",
         "scaling.num_replicas=None",
@@ -88,6 +90,7 @@ def test_autoscaling_goes_up_under_load_and_back(testdata: Path) -> None:
 @pytest.fixture(scope="module")
 def slow_server(deeplab_base: Path) -> Server:  # type: ignore[misc]
     s = start_server(
+        "colocate=false",
         "model_name=deeplab",
         f"model_base_path={deeplab_base}",
         "scaling.max_ongoing_requests=1",
