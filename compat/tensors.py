@@ -4,7 +4,8 @@ Pure numpy + protobuf (no TensorFlow calls), so it is cheap enough for every req
 
 * ``tensor_content`` is little-endian raw bytes, decoded with ``np.frombuffer`` (zero-copy, so
   the array returned is read-only) and encoded with ``tobytes``;
-* typed ``*_val`` fields go through ``np.array(field)`` / ``field.extend(array.tolist())``.
+* typed ``*_val`` fields are read with ``np.array(field)`` and written as one packed field
+  that numpy serializes (``packed_field``; ``extend`` for a few values).
 
 One table drives both directions: for each ``DataType`` the numpy dtype, the typed field and the
 *carrier*, the numpy dtype the field's values are reinterpreted through (``half_val`` holds the
@@ -221,9 +222,61 @@ def from_numpy(
     arr = np.ascontiguousarray(arr, dtype=codec.dtype).reshape(-1)
     if tensor_content:
         proto.tensor_content = arr.tobytes()
-    else:
+    elif arr.size < _PACK_FROM:
         getattr(proto, codec.field).extend(arr.view(codec.carrier).tolist())
+    else:  # the same field, serialized by numpy and merged in: no Python int per value
+        proto.MergeFromString(packed_field(codec.field, arr.view(codec.carrier)))
     return proto
+
+
+_PACK_FROM = 64
+"""From this many values on, ``from_numpy`` writes a typed field with ``packed_field``."""
+
+#: Typed field -> (field number, wire kind): little-endian fixed-width bytes, or varints.
+_PACKED: dict[str, tuple[int, str]] = {
+    "float_val": (5, "<f4"),
+    "scomplex_val": (9, "<f4"),
+    "double_val": (6, "<f8"),
+    "dcomplex_val": (12, "<f8"),
+    "half_val": (13, "varint"),
+    "int_val": (7, "varint"),
+    "int64_val": (10, "varint"),
+    "bool_val": (11, "varint"),
+    "uint32_val": (16, "varint"),
+    "uint64_val": (17, "varint"),
+}
+
+
+def packed_field(field: str, values: np.ndarray) -> bytes:
+    """A packed repeated ``TensorProto`` field as protobuf serializes it (tag, length, values):
+    fixed-width values as raw little-endian bytes, integers as varints (negative ones as 10-byte
+    two's complement, as protobuf encodes int32 and int64)."""
+    number, kind = _PACKED[field]
+    if kind == "varint":
+        payload = varints(values.astype(np.int64, copy=False).view(np.uint64))
+    else:
+        payload = values.astype(kind, copy=False).tobytes()
+    return varints(np.array([(number << 3) | 2, len(payload)], np.uint64)) + payload
+
+
+def varints(values: np.ndarray) -> bytes:
+    """Base-128 varints of unsigned 64-bit values, vectorized."""
+    if values.size == 0:
+        return b""
+    if int(values.max()) < 0x80:  # one byte each: the common case of small labels and counts
+        return values.astype(np.uint8).tobytes()
+    lengths = np.ones(values.shape, np.int64)
+    for k in range(1, 10):
+        lengths += values >= np.uint64(1 << (7 * k))
+    starts = np.cumsum(lengths) - lengths
+    out = np.empty(int(lengths.sum()), np.uint8)
+    rest = values.copy()
+    for k in range(int(lengths.max())):
+        live = lengths > k
+        byte = (rest & np.uint64(0x7F)).astype(np.uint8) | ((lengths > k + 1) << 7).astype(np.uint8)
+        out[starts[live] + k] = byte[live]
+        rest >>= np.uint64(7)
+    return out.tobytes()
 
 
 def _to_bytes(value: object) -> bytes:

@@ -1,29 +1,33 @@
 """Side-by-side benchmark: in-process TF, a plain gRPC server, ray-tfserving over gRPC and REST.
 
-    python -m loadtests.bench [--quick | --smoke] [--seconds S] [--out results/bench]
+    python -m loadtests.bench [--quick | --smoke] [--seconds S] [--client h2load|python]
 
 In one run, on this machine, one after another (never two servers at once, unless ``--rounds``):
 
 (a) ``inprocess``: ``Servable.run`` called directly at batch sizes 1..32: the limit, in examples/s,
     measured before and again after the servers, the higher of the two kept;
-(b) ``plain``: ``loadtests.plain_server``, the leanest Python server (grpc.aio, same data plane);
-(c) ``ray-grpc``: ray-tfserving over gRPC, batching off and on, and the opt-in fast path
-    (``fast``: batching on, ``colocate=true direct_ingress=true``), one boot per configuration;
+(b) ``plain``: ``loadtests.plain_server``, the leanest Python server (grpc.aio, same data plane,
+    one process);
+(c) ``ray-grpc``: ray-tfserving's default configuration over gRPC, batching off and on
+    (TF Serving's ``--enable_batching`` with ``BATCHING_ON``), one boot per configuration;
 (d) ``ray-rest``: the same servers over REST.
 
 Workloads: ``half_plus_two`` (x float [1, 1]: serving overhead) and ``deeplab128`` (a DeepLab
 export called at 128x128 through ``predict_images``: compute), each at every ``--concurrency``
-(closed loop: that many requests in flight from one asyncio client). Each cell warms up, then
-measures for ``--seconds``. Prints a table (req/s, p50/p99 ms, client and server cores used, and
-the ratios to the in-process limit and to the plain server), the server's cores by process
-(proxy, ingress, replicas: where the CPU goes), and writes ``bench.json`` and ``bench.png``
-into ``--out``. On a shared machine, compare only figures of the same run.
+(closed loop: that many requests in flight, each on a connection of its own). The load comes from
+h2load (``loadtests.h2load``: nghttp2's C load generator, so the client hardly takes the server's
+cores; one checked Python call first) or, with ``--client python``, from one asyncio process.
+Each cell warms up, then measures for ``--seconds``. Prints a table (req/s, p50/p99 ms, client and
+server cores used, and the ratios to the in-process limit and to the plain server), the server's
+cores by process (serving replicas, version manager, Ray: where the CPU goes), and writes
+``bench.json`` and ``bench.png`` into ``--out``. On a shared machine, compare only figures of the
+same run.
 
 ``--variant "LABEL [batching=on] [ENV_VAR=value] [app.arg=value] ..."`` boots one more
 ray-tfserving configuration in the same run, to measure a tuning knob against the same
-baselines; ``--ray-env KEY=VALUE`` and ``--ray-arg key=value`` apply to every boot.
-``--rounds N`` boots every server at once and interleaves their cells N times (pooled), so that
-configurations compared on a noisy machine see the same noise.
+baselines (e.g. ``"one ingress_replicas=1"``); ``--ray-env KEY=VALUE`` and ``--ray-arg
+key=value`` apply to every boot. ``--rounds N`` boots every server at once and interleaves their
+cells N times (pooled), so that configurations compared on a noisy machine see the same noise.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from loadtests import clients, launcher, procstat
+from loadtests import clients, h2load, launcher, procstat
 
 REPO = launcher.REPO
 HALF_PLUS_TWO = REPO.parent / "shared" / "testdata" / "tfserving" / "saved_model_half_plus_two_cpu"
@@ -55,8 +59,6 @@ PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 SYSTEMS = ("inprocess", "plain", "ray-grpc", "ray-rest")
 WORKLOADS = ("half_plus_two", "deeplab128")
 BATCHING_ON = ("batching.max_batch_size=16", "batching.batch_timeout_micros=2000")
-FAST_PATH = "fast batching=on colocate=true direct_ingress=true"
-"""The opt-in configuration measured beside the defaults: model in the ingress, no proxy hop."""
 DEEPLAB_SIZE = 128
 MAX_REQUESTS = 200_000
 """Upper bound on requests recorded per cell (each cell is also bounded in time)."""
@@ -135,6 +137,8 @@ class Settings:
     systems: list[str]
     ray_configs: list[RayConfig]
     plain_args: list[str] = field(default_factory=list)
+    client: str = "h2load"
+    """``h2load`` (nghttp2's C load generator, when installed) or ``python`` (asyncio)."""
     rounds: int = 1
     """With more than one, every server is booted at once and their cells interleaved."""
 
@@ -166,25 +170,12 @@ class RayConfig:
                 config.args.append(token)
         return config
 
-    @property
-    def direct_ingress(self) -> bool:
-        """Ray's direct ingress (the ingress replica serves the client ports, no proxy hop): the
-        app's ``direct_ingress=true``, also asked for by ``RAY_SERVE_ENABLE_DIRECT_INGRESS=1`` or
-        ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``."""
-        if "direct_ingress=true" in self.args:
-            return True
-        explicit = self.env.get("RAY_SERVE_ENABLE_DIRECT_INGRESS")
-        if explicit is not None:
-            return explicit == "1"
-        return self.env.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1"
-
     def describe(self) -> str:
         return " ".join([*self.app_args(), *(f"{k}={v}" for k, v in self.env.items())])
 
     def app_args(self) -> list[str]:
         batching = ["batching.enabled=true", *BATCHING_ON] if self.batching else []
-        direct = ["direct_ingress=true"] if self.direct_ingress else []
-        return [*batching, *self.args, *[a for a in direct if a not in self.args]]
+        return [*batching, *self.args]
 
 
 # --- (a) in-process -----------------------------------------------------------------------------
@@ -332,18 +323,37 @@ def measure(
                 def sample(samples: list[procstat.Sample] = samples) -> None:
                     samples.append(procstat.session_cpu(target.session))
 
-                if system == "ray-rest":
+                rest = system == "ray-rest"
+                if rest:
                     assert target.http_base is not None
                     url = f"{target.http_base}/v1/models/{w.model}:predict"
                     caller = clients.rest_caller(url, w.rest_body(), connections=c)
                 else:
+                    url = f"http://{target.grpc_target}{PREDICT_METHOD}"
                     caller = clients.grpc_caller(
-                        target.grpc_target, PREDICT_METHOD, w.grpc_payload()
+                        target.grpc_target, PREDICT_METHOD, w.grpc_payload(), connections=c
                     )
-                load = clients.closed_loop(
-                    caller, c, settings.seconds, settings.warmup_s, MAX_REQUESTS, on_window=sample
-                )
-                result = asyncio.run(load)
+                if settings.client == "h2load":
+                    result = h2load.run(
+                        url,
+                        w.rest_body() if rest else w.grpc_payload(),
+                        grpc=not rest,
+                        concurrency=c,
+                        seconds=settings.seconds,
+                        warmup_s=settings.warmup_s,
+                        check=functools.partial(_one_call, caller),
+                        on_window=sample,
+                    )
+                else:
+                    load = clients.closed_loop(
+                        caller,
+                        c,
+                        settings.seconds,
+                        settings.warmup_s,
+                        MAX_REQUESTS,
+                        on_window=sample,
+                    )
+                    result = asyncio.run(load)
                 cores = (
                     procstat.cores_used(samples[0], samples[-1], result.wall_s)
                     if len(samples) == 2
@@ -351,6 +361,16 @@ def measure(
                 )
                 m.add(result, cores)
                 print(f"  {_row(m.cell(last_only=True))}", flush=True)
+
+
+def _one_call(caller: Any) -> None:
+    """One request through the Python client, which checks the answer (h2load cannot)."""
+
+    async def call() -> None:
+        async with caller as one:
+            await one()
+
+    asyncio.run(call())
 
 
 def boot_plain(workloads: list[Workload], settings: Settings, workdir: Path) -> Target:
@@ -706,6 +726,11 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
         help="measure every cell N times, all servers up at once and interleaved (A/B on a "
         "noisy machine); the cells pool the rounds",
     )
+    parser.add_argument(
+        "--client",
+        choices=("h2load", "python"),
+        help="load generator: h2load (C, the default where installed) or python (asyncio)",
+    )
     parser.add_argument("--label", default="bench", help="file name stem of the outputs")
     ns = parser.parse_args(argv)
     defaults: dict[str, Any] = dict(
@@ -731,8 +756,6 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
         defaults.update(seconds=3.0, warmup_s=1.0, inprocess_seconds=0.7)
     batching = ns.batching if ns.batching is not None else defaults["batching"]
     ray_configs = [RayConfig(b, batching=b == "on") for b in batching]
-    if ns.batching is None and not ns.smoke:  # the opt-in fast path, beside the defaults
-        ray_configs.append(RayConfig.parse(FAST_PATH))
     ray_configs += [RayConfig.parse(v) for v in ns.variant]
     for rc in ray_configs:
         rc.args += ns.ray_arg
@@ -747,6 +770,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
         systems=ns.systems or list(SYSTEMS),
         ray_configs=ray_configs,
         plain_args=ns.plain_arg,
+        client=ns.client or ("h2load" if h2load.available() else "python"),
         rounds=ns.rounds,
     )
     return settings, ns

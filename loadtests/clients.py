@@ -9,6 +9,7 @@ can be recognised.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -135,21 +136,36 @@ async def _closed_loop(
 
 
 @asynccontextmanager
-async def grpc_caller(target: str, method: str, payload: bytes) -> AsyncIterator[Call]:
-    """Unary calls of ``method`` (``/package.Service/Method``) with a pre-serialized request."""
+async def grpc_caller(
+    target: str, method: str, payload: bytes, connections: int = 1
+) -> AsyncIterator[Call]:
+    """Unary calls of ``method`` (``/package.Service/Method``) with a pre-serialized request,
+    spread round-robin over ``connections`` channels of their own (gRPC otherwise shares one
+    connection between channels to the same target), so that an L4 spread over several
+    serving processes sees them all, as with ``rest_caller``'s connections."""
     import grpc
 
     options = [
         ("grpc.max_receive_message_length", 64 << 20),
         ("grpc.max_send_message_length", 64 << 20),
+        ("grpc.use_local_subchannel_pool", 1),
     ]
-    async with grpc.aio.insecure_channel(target, options=options) as channel:
-        stub = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+    channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(connections)]
+    try:
+        stubs = itertools.cycle(
+            [
+                c.unary_unary(method, request_serializer=None, response_deserializer=None)
+                for c in channels
+            ]
+        )
 
         async def call() -> None:
-            await stub(payload, timeout=CALL_TIMEOUT_S)
+            await next(stubs)(payload, timeout=CALL_TIMEOUT_S)
 
         yield call
+    finally:
+        for channel in channels:
+            await channel.close()
 
 
 @asynccontextmanager

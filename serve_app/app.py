@@ -141,6 +141,7 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
         "grpc_port": args.grpc_port,
         "http_port": args.http_port,
         "shutdown_grace_s": args.shutdown_grace_s,
+        "replicas": args.ingress_replicas,
     }
     return (
         serve.deployment(Ingress)

@@ -148,7 +148,8 @@ class AppArgs(BaseModel):
     """Ray Serve's access-log line for every request in the proxy and in each replica it
     passes (TF Serving logs none); off, it saves each of them a log write per request."""
     intra_op_parallelism: int = Field(default=0, ge=0)
-    """TF intra-op threads per replica (0: TF's default)."""
+    """TF intra-op threads per replica (0: the node's cores shared out between the serving
+    replicas, at least one each; TF's own default would give every process every core)."""
     inter_op_parallelism: int = Field(default=0, ge=0)
     """TF inter-op threads per replica (0: TF's default)."""
     per_process_gpu_memory_fraction: float = Field(default=0.0, ge=0, le=1)

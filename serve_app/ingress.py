@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any, cast
 
@@ -79,7 +80,7 @@ class Ingress:
         self._rest = rest_api.RestApi(self)
         self.prometheus_path: str | None = None
         self.rest_timeout_s: float | None = 30.0
-        self._local_options = local_options
+        self._local_options = _share_cores(local_options, (listen or {}).get("replicas", 1))
         """``ModelVersion`` keyword arguments when co-located, else None."""
         self._local: dict[str, ModelVersion] = {}
         self._listen = listen or {}
@@ -272,6 +273,18 @@ class Ingress:
             body, content_type = await metrics.prometheus_text(states)
             return Response(body, media_type=content_type)
         return await self._rest.handle(request)
+
+
+def _share_cores(local_options: dict[str, Any] | None, replicas: int) -> dict[str, Any] | None:
+    """``intra_op_parallelism`` 0 (TF's default: every core, right for one process) becomes this
+    replica's share of the node's cores: the serving replicas each run their own TF, and each
+    taking every core oversubscribes them (measured on 2 cores, DeepLab 128 with batching and
+    two replicas: 365 -> 427 req/s)."""
+    if local_options is None or local_options["session"].get("intra_op_parallelism"):
+        return local_options
+    cores = len(os.sched_getaffinity(0))
+    session = {**local_options["session"], "intra_op_parallelism": max(1, cores // replicas)}
+    return {**local_options, "session": session}
 
 
 def transport_error(e: Exception) -> ServingError:

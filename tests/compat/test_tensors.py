@@ -260,3 +260,51 @@ def test_from_numpy_rejects_what_it_cannot_encode() -> None:
         tensors.from_numpy(np.array([object()], dtype=object))
     with pytest.raises(ValueError):
         tensors.from_numpy(np.array([1.0]), types_pb2.DT_RESOURCE)
+
+
+# --- typed fields written packed by numpy: the same bytes protobuf would write ------------------
+
+
+def _values(dtype: np.dtype, n: int, rng: np.random.Generator) -> np.ndarray:
+    if dtype.kind == "b":
+        return rng.integers(0, 2, n).astype(bool)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        values = rng.integers(info.min, info.max, n, dtype=dtype, endpoint=True)
+        values[:4] = [info.min, info.max, 0, 1]  # both ends: negative int32s take 10 bytes
+        return values
+    if dtype.kind == "c":
+        return (rng.standard_normal(n) + 1j * rng.standard_normal(n)).astype(dtype)
+    values = rng.standard_normal(n).astype(dtype)
+    values[:3] = [np.inf, -np.inf, np.nan]
+    return values
+
+
+@pytest.mark.parametrize("n", [64, 1000])
+@pytest.mark.parametrize(
+    "dt", [dt for dt, dtype in tensors.NUMPY_DTYPES.items() if dtype.kind != "O"]
+)
+def test_packed_typed_fields_are_what_protobuf_writes(
+    dt: int, n: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = _values(tensors.NUMPY_DTYPES[dt], n, np.random.default_rng(dt))
+    packed = tensors.from_numpy(values)
+    monkeypatch.setattr(tensors, "_PACK_FROM", 10**9)  # protobuf's own extend()
+    expected = tensors.from_numpy(values)
+    assert packed.SerializeToString() == expected.SerializeToString()
+    assert packed == expected
+    decoded = tensors.to_numpy(packed)
+    assert decoded.dtype == values.dtype
+    assert decoded.tobytes() == values.tobytes()  # bit for bit, NaNs included
+
+
+def test_varints_at_every_length() -> None:
+    values = np.array([0, 1, 127, 128, 300, 2**32 - 1, 2**63, 2**64 - 1], np.uint64)
+    expected = b""
+    for v in values.tolist():
+        while True:
+            byte, v = v & 0x7F, v >> 7
+            expected += bytes([byte | (0x80 if v else 0)])
+            if not v:
+                break
+    assert tensors.varints(values) == expected

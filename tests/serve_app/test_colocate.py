@@ -1,5 +1,5 @@
-"""``colocate=true`` (with ``direct_ingress=true``, the fastest path): the ingress replica runs
-the model itself, and versions still roll out blue/green with zero failed requests."""
+"""The default path (``colocate=true``): the serving replicas run the model themselves, and
+versions still roll out blue/green in every one of them with zero failed requests."""
 
 from __future__ import annotations
 
@@ -27,8 +27,6 @@ def server(deeplab_copy: Path) -> Iterator[Server]:
         f"model_name={MODEL}",
         f"model_base_path={deeplab_copy}",
         "file_system_poll_wait_seconds=0.5",
-        "colocate=true",
-        "direct_ingress=true",
         "batching.enabled=true",
         wait_for=(MODEL,),
     )
@@ -36,13 +34,13 @@ def server(deeplab_copy: Path) -> Iterator[Server]:
     s.stop()
 
 
-def test_the_ingress_runs_the_model(server: Server) -> None:
-    assert len(server.replicas("Ingress")) == 1
+def test_the_serving_replicas_run_the_model(server: Server) -> None:
+    assert len(server.replicas("Ingress")) == 2
     assert server.replicas(f"{MODEL}-v1") == []  # no model deployment
     assert status(server)[1] == (State.AVAILABLE, "")
 
 
-def test_blue_green_in_the_ingress_under_load(server: Server, deeplab_copy: Path) -> None:
+def test_blue_green_in_the_serving_replicas_under_load(server: Server, deeplab_copy: Path) -> None:
     base = deeplab_copy
     with Load(server) as load:
         assert load.versions_after(time.monotonic()) == {1}

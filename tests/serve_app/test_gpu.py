@@ -27,7 +27,7 @@ def test_two_replicas_share_one_gpu(deeplab_base: Path) -> None:
         f"model_base_path={deeplab_base}",
         "scaling.accelerator=gpu",
         "scaling.num_gpus=0.5",
-        "scaling.num_replicas=2",
+        "ingress_replicas=2",
         wait_for=("deeplab",),
     )
     try:
@@ -45,8 +45,8 @@ def test_two_replicas_share_one_gpu(deeplab_base: Path) -> None:
             check=True,
         ).stdout.split()
         replica_pids = subprocess.run(
-            ["pgrep", "-f", "ServeReplica:default:deeplab-v1"], capture_output=True, text=True
+            ["pgrep", "-f", "ServeReplica:default:Ingress"], capture_output=True, text=True
         ).stdout.split()
-        assert len(set(apps) & set(replica_pids)) == 2  # both replicas hold the one card
+        assert len(set(apps) & set(replica_pids)) == 2  # both serving replicas hold the card
     finally:
         server.stop()

@@ -64,7 +64,7 @@ def test_predict_future_and_output_filter(server: Server) -> None:
 
 
 def test_predict_beyond_grpcs_default_4mb(server: Server) -> None:
-    """24 MB each way through proxy, ingress and replica (TF Serving accepts up to 2 GB)."""
+    """24 MB each way through the serving replica (TF Serving accepts up to 2 GB)."""
     x = np.arange(6 * 2**20, dtype=np.float32).reshape(-1, 1)
     request = predict_pb2.PredictRequest()
     request.model_spec.name = MODEL
@@ -247,7 +247,7 @@ def test_every_port_is_loopback(server: Server) -> None:
     ours = [line for line in out.splitlines() if any(f"pid={p}," in line for p in pids)]
     assert any(f":{server.grpc_port} " in line for line in ours)
     assert any(f":{server.http_port} " in line for line in ours)
-    assert len(ours) > 5  # gcs, raylet, workers, proxy: all of Ray's listeners are in the session
+    assert len(ours) > 5  # gcs, raylet, workers, replicas: Ray's listeners are ours too
     for line in ours:
         local = line.split()[3]
         assert local.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")), line
