@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MODEL_BASE ?= models/deeplab
 
-.PHONY: install run model test lint bench loadtest clean
+.PHONY: install system-deps run model test lint bench loadtest clean
 
 install: $(VENV)/.installed
 
@@ -13,6 +13,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[test,load]"
 	touch $@
+
+# System tools the benchmark and its tests use: h2load (nghttp2's C load generator). Installed
+# with apt-get when missing and run as root (CI); otherwise the benchmark uses its Python client.
+system-deps:
+	@if command -v h2load >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client; \
+	else echo "h2load not found: apt-get install nghttp2-client (the benchmark falls back to Python)"; fi
 
 # Export the default DeepLab model (trained on synthetic images, ~1.5 min) unless a version exists.
 model: install
