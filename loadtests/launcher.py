@@ -1,4 +1,4 @@
-"""Boot ray-tfserving (``serve run serve_app:app ...``) as a subprocess on free loopback ports.
+"""Boot ray-tfserving (``serve run <Serve config>``) as a subprocess on free loopback ports.
 
 Each server gets its own ``RAY_TMPDIR`` (so it never joins another local Ray) and its own
 session (``start_new_session``), so ``stop`` can end Ray's gcs, raylet and workers with one
@@ -114,21 +114,28 @@ def start_server(
     timeout: float = BOOT_TIMEOUT_S,
     tmp_prefix: str = "rtfs-",
 ) -> ServerProcess:
-    """``serve run serve_app:app`` with ``args`` (``key=value``), free ports, its own RAY_TMPDIR;
+    """``serve run`` of a Serve config deploying ``serve_app:app`` with ``args`` (``key=value``),
+    free ports, its own RAY_TMPDIR;
     ``env`` is added to the environment (Ray's workers inherit it). Waits for ``wait_for``.
     """
+    import yaml
+
     grpc_port, http_port = free_ports(2)
     tmpdir = Path(tempfile.mkdtemp(prefix=tmp_prefix))
     log_path = tmpdir / "server.log"
-    full_env = dict(os.environ, RAY_TMPDIR=str(tmpdir), PYTHONUNBUFFERED="1", **(env or {}))
-    command = [
-        SERVE,
-        "run",
-        "serve_app:app",
-        f"grpc_port={grpc_port}",
-        f"http_port={http_port}",
-        *args,
-    ]
+    full_env = dict(
+        os.environ,
+        RAY_TMPDIR=str(tmpdir),
+        PYTHONUNBUFFERED="1",
+        # A single-machine Ray: every Ray server binds loopback (see serve_app.launch).
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+        **(env or {}),
+    )
+    app_args = dict(a.split("=", 1) for a in (f"grpc_port={grpc_port}", f"http_port={http_port}"))
+    app_args.update(a.split("=", 1) for a in args)
+    config = tmpdir / "serve.yaml"
+    config.write_text(yaml.safe_dump(serve_config_for(app_args)))
+    command = [SERVE, "run", str(config)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             command,
@@ -147,6 +154,22 @@ def start_server(
         server.stop()
         raise
     return server
+
+
+def serve_config_for(app_args: Mapping[str, str]) -> dict[str, object]:
+    """A Serve config (what ``ray-tfserving --print_serve_config`` writes) deploying
+    ``serve_app:app`` with ``key=value`` arguments, as ``serve deploy`` would."""
+    return {
+        "proxy_location": "Disabled",
+        "applications": [
+            {
+                "name": "default",
+                "import_path": "serve_app:app",
+                "route_prefix": None,
+                "args": dict(app_args),
+            }
+        ],
+    }
 
 
 @dataclass

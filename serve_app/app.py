@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Any
 
 from ray import serve
 from ray.serve import Application
 
 from serve_app.args import AppArgs
+from serve_app.grpc_services import GRPC_HOST_ENV
 from serve_app.ingress import Ingress
 from serve_app.model import ModelVersion
 from serve_app.plan import Plan, deployment_name
@@ -42,7 +44,11 @@ def _session_options(args: AppArgs) -> dict[str, Any]:
 def _model_deployment_options(args: AppArgs, num_gpus: float) -> dict[str, Any]:
     s = args.scaling
     options: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": num_gpus},
+        "ray_actor_options": {
+            "num_cpus": s.num_cpus,
+            "num_gpus": num_gpus,
+            "runtime_env": runtime_env(args),
+        },
         "max_ongoing_requests": s.max_ongoing_requests,
         "max_queued_requests": s.max_queued_requests,
         "user_config": {"batching": args.batching.model_dump()},
@@ -67,14 +73,43 @@ def _logging(args: AppArgs) -> dict[str, Any]:
     return {"enable_access_log": args.access_log}
 
 
+#: Ray Serve settings every replica needs (read when its process starts).
+RAY_SERVE_ENV = {
+    # Calls between deployments (serving replica -> version manager, or -> a model in its own
+    # deployment) over Serve's gRPC transport instead of Ray actor calls: measured 1.6-1.8x
+    # the throughput, payloads never go through plasma.
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+    # ... and as large as TF Serving accepts (INT_MAX), not gRPC's 4 MB default.
+    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1),
+}
+
+
+def runtime_env(args: AppArgs) -> dict[str, Any]:
+    """What every replica's process needs, wherever Ray starts it: carried the Ray way, in the
+    deployment's runtime_env (the environment of the process that deploys wins for Ray's own
+    settings, e.g. a lowered message limit in a test). On a loopback-only server, Serve's
+    inter-deployment gRPC servers are rebound from every interface to loopback
+    (``grpc_services.bind_grpc_to_host``); on a network they keep Ray's binding, which other
+    nodes must reach."""
+    env = {k: os.environ.get(k, v) for k, v in RAY_SERVE_ENV.items()}
+    env["TF_CPP_MIN_LOG_LEVEL"] = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
+    result: dict[str, Any] = {"env_vars": env}
+    if args.loopback:
+        env[GRPC_HOST_ENV] = args.host
+        result["worker_process_setup_hook"] = "serve_app.grpc_services.bind_grpc_to_host"
+    return result
+
+
 def num_gpus_per_replica(args: AppArgs) -> float:
-    """GPUs each model replica asks for: ``gpu`` always, ``auto`` when the cluster has one."""
+    """GPUs each model replica asks for: ``gpu`` always; ``auto`` when the Ray cluster has one
+    (known once connected: a builder that runs before ``ray.init``, as ``serve run``'s does,
+    deploys on CPU and the version manager redeploys on GPUs if the cluster has them)."""
     import ray
 
     accelerator = args.scaling.accelerator
     if accelerator == "cpu":
         return 0.0
-    if accelerator == "auto" and ray.is_initialized() and not ray.cluster_resources().get("GPU"):
+    if accelerator == "auto" and not (ray.is_initialized() and ray.cluster_resources().get("GPU")):
         return 0.0
     return args.scaling.num_gpus
 
@@ -114,7 +149,7 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
             num_replicas=1,
             version=_version("manager"),
             _internal=True,
-            ray_actor_options={"num_cpus": 0.05},
+            ray_actor_options={"num_cpus": 0.05, "runtime_env": runtime_env(args)},
             max_ongoing_requests=1000,
             logging_config=_logging(args),
         )
@@ -125,7 +160,10 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
         "rest_api_timeout_in_ms": args.rest_api_timeout_in_ms,
         "prometheus_path": args.prometheus_path,
     }
-    actor_options: dict[str, Any] = {"num_cpus": args.serving_num_cpus}
+    actor_options: dict[str, Any] = {
+        "num_cpus": args.serving_num_cpus,
+        "runtime_env": runtime_env(args),
+    }
     local_options = None
     if args.colocate:
         user_config["local"] = {

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
 
 class VersionPolicy(BaseModel):
     """TF Serving's ``model_version_policy``: which versions of a model to serve."""
@@ -110,10 +112,10 @@ class AppArgs(BaseModel):
     """Resolved model list (filled from the two options above by ``resolve_models``)."""
     host: str = "127.0.0.1"
     """Address Ray and both ports bind to; loopback unless you serve a network."""
-    grpc_port: int = Field(default=9000, ge=0, le=65535)
-    """gRPC port of the TF Serving API (0 disables gRPC)."""
-    http_port: int = Field(default=8000, ge=1, le=65535)
-    """HTTP port of the TF Serving REST API."""
+    grpc_port: int = Field(default=8500, ge=0, le=65535)
+    """gRPC port of the TF Serving API (TF Serving's 8500; 0 disables gRPC)."""
+    http_port: int = Field(default=8501, ge=0, le=65535)
+    """HTTP port of the TF Serving REST API (TF Serving's usual 8501; 0 disables REST)."""
     file_system_poll_wait_seconds: float = Field(default=1.0, ge=0)
     """How often base paths are scanned for new versions (0 disables polling)."""
     model_config_file_poll_wait_seconds: float = Field(default=0.0, ge=0)
@@ -158,6 +160,11 @@ class AppArgs(BaseModel):
     """Deadline of a REST request."""
     prometheus_path: str | None = None
     """Serve Prometheus metrics at this HTTP path (from ``--monitoring_config_file``)."""
+
+    @property
+    def loopback(self) -> bool:
+        """Serves this machine only: every port (Ray's too) binds loopback."""
+        return self.host in LOOPBACK
 
     @model_validator(mode="after")
     def _colocated_scaling(self) -> AppArgs:

@@ -9,6 +9,7 @@ version is AVAILABLE, exits non-zero on a bad config or path, and shuts down on 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from serve_app.args import AppArgs
-from serve_app.launch import free_ports
+from serve_app.launch import APP_NAME
 
 #: TF Serving flags that have no effect here; accepted so existing command lines keep working.
 _ACCEPTED_NOOPS = (
@@ -76,7 +77,22 @@ def parser() -> argparse.ArgumentParser:
     flag("--per_process_gpu_memory_fraction", type=float, default=0.0)
     flag("--host", default="127.0.0.1", help="address to bind (ray-tfserving; loopback default)")
     flag("--accelerator", choices=["auto", "cpu", "gpu"], default="auto", help="ray-tfserving")
-    flag("--num_replicas", type=int, default=1, help="replicas per model version (ray-tfserving)")
+    flag("--num_gpus", type=float, default=1.0, help="GPUs per replica, fractional shares a card")
+    flag("--serving_replicas", type=int, default=2, help="processes holding the ports and models")
+    flag("--num_replicas", type=int, default=1, help="replicas per model version, --colocate=false")
+    flag("--colocate", type=_bool, nargs="?", const=True, default=True, help="models in-process")
+    flag(
+        "--ray_address",
+        default=os.environ.get("RAY_ADDRESS") or None,
+        help="join this Ray cluster (default: $RAY_ADDRESS; none: an embedded local Ray)",
+    )
+    flag(
+        "--resource_wait_seconds",
+        type=float,
+        default=60.0,
+        help="how long replicas may wait for resources (e.g. a GPU) before startup fails",
+    )
+    flag("--print_serve_config", action="store_true", help="print the Serve config and exit")
     flag("--max_num_load_retries", type=int, default=None, help="load retries after a failure")
     flag("--version", action="store_true", help="print the version and exit")
     for name in _ACCEPTED_NOOPS:
@@ -106,7 +122,7 @@ def to_app_args(ns: argparse.Namespace) -> AppArgs:
         "model_config_file": ns.model_config_file or None,
         "host": ns.host,
         "grpc_port": ns.port,
-        "http_port": ns.rest_api_port or free_ports(ns.host, 1, exclude=(ns.port,))[0],
+        "http_port": ns.rest_api_port,  # 0: no REST, as in TF Serving
         "rest_api_timeout_in_ms": ns.rest_api_timeout_in_ms,
         "file_system_poll_wait_seconds": ns.file_system_poll_wait_seconds,
         "model_config_file_poll_wait_seconds": ns.model_config_file_poll_wait_seconds,
@@ -117,7 +133,13 @@ def to_app_args(ns: argparse.Namespace) -> AppArgs:
         "inter_op_parallelism": ns.tensorflow_inter_op_parallelism
         or ns.tensorflow_session_parallelism,
         "per_process_gpu_memory_fraction": ns.per_process_gpu_memory_fraction,
-        "scaling": {"accelerator": ns.accelerator, "num_replicas": ns.num_replicas},
+        "scaling": {
+            "accelerator": ns.accelerator,
+            "num_gpus": ns.num_gpus,
+            "num_replicas": ns.num_replicas,
+        },
+        "ingress_replicas": ns.serving_replicas,
+        "colocate": ns.colocate,
     }
     if ns.max_num_load_retries is not None:
         values["max_load_retries"] = ns.max_num_load_retries
@@ -132,20 +154,36 @@ def to_app_args(ns: argparse.Namespace) -> AppArgs:
     return AppArgs.model_validate(values)
 
 
-def wait_until_ready(stop: threading.Event, timeout_s: float = 600.0) -> str | None:
+def wait_until_ready(
+    stop: threading.Event,
+    accelerator: str = "auto",
+    timeout_s: float = 600.0,
+    resource_wait_s: float = 60.0,
+) -> str | None:
     """Block until every model's newest version is AVAILABLE (None) or say why not.
 
     Like TF Serving's startup (ServerCore::WaitUntilModelsAvailable), a model whose versions all
-    failed to load ends the wait with its error instead of waiting out the timeout.
+    failed to load ends the wait with its error instead of waiting out the timeout. Replicas the
+    cluster cannot place (a GPU no node has) end it after ``resource_wait_s`` with Serve's
+    account of what they need; a signal ends it at once.
     """
     from ray import serve
 
-    manager = serve.get_deployment_handle("VersionManager", "default")
+    manager = serve.get_deployment_handle("VersionManager", APP_NAME)
     deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
     while time.monotonic() < deadline:
-        if manager.ready.remote().result():
-            return None
-        failed = _failed_models(manager, manager.snapshot.remote().result())
+        if stop.is_set():
+            return "CANCELLED: interrupted while waiting for models to load"
+        unplaced = _unschedulable(serve.status())
+        if unplaced and time.monotonic() - started > resource_wait_s:
+            return f"UNAVAILABLE: {_gpu_hint(accelerator)}{unplaced}"
+        try:
+            if manager.ready.remote().result(timeout_s=2.0):
+                return None
+            failed = _failed_models(manager, manager.snapshot.remote().result(timeout_s=10.0))
+        except TimeoutError:  # the version manager is not up yet
+            failed = []
         if failed:
             return (
                 f"UNKNOWN: {len(failed)} model(s) did not become available: {{{''.join(failed)}}}"
@@ -153,6 +191,27 @@ def wait_until_ready(stop: threading.Event, timeout_s: float = 600.0) -> str | N
         if stop.wait(0.5):
             return "CANCELLED: interrupted while waiting for models to load"
     return f"UNKNOWN: models did not become AVAILABLE within {timeout_s:.0f}s"
+
+
+def _unschedulable(status: Any) -> str:
+    """Serve's message for deployments whose replicas wait for resources no node offers."""
+    app = status.applications.get(APP_NAME)
+    if app is None:
+        return ""
+    return " ".join(
+        d.message for d in app.deployments.values() if "to be scheduled" in (d.message or "")
+    )
+
+
+def _gpu_hint(accelerator: str) -> str:
+    import ray
+
+    if accelerator == "gpu" and not ray.cluster_resources().get("GPU"):
+        return (
+            "--accelerator=gpu, but no node of the Ray cluster has a GPU (use --accelerator=auto "
+            "or cpu, or add GPU nodes). "
+        )
+    return ""
 
 
 def _failed_models(manager: Any, snapshot: dict[str, Any]) -> list[str]:
@@ -195,6 +254,22 @@ def _version() -> str:
     )
 
 
+class _Stop:
+    """SIGINT and SIGTERM at any moment: while starting, they interrupt what runs (Ray's
+    start, a deploy, a wait); once serving, they end the serving loop; during cleanup they are
+    only noted, so that cleanup finishes."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.interrupting = True
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.event.set()
+        if self.interrupting:
+            self.interrupting = False
+            raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     ns, unknown = p.parse_known_args(argv)
@@ -208,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from compat.errors import InvalidArgument, ServingError
-    from serve_app.launch import fail, prepare, start_ray_and_serve
+    from serve_app.launch import fail, prepare, serve_config, start_ray_and_serve
 
     try:
         args = to_app_args(ns)
@@ -216,32 +291,63 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(e)
     except ValidationError as e:  # e.g. allowed_batch_sizes not ending at max_batch_size
         return fail(InvalidArgument(str(e)))
+    if ns.print_serve_config:
+        import yaml
+
+        print(yaml.safe_dump(serve_config(args), sort_keys=False), end="")
+        return 0
     args, plan = prepare(args)
-    from ray import serve
-
-    from serve_app.app import build_app
-
-    start_ray_and_serve(args)
-
-    stop = threading.Event()
+    stop = _Stop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, stop)
+    started = False
     try:
-        serve.run(build_app(args, plan), name="default", route_prefix="/")
-        problem = wait_until_ready(stop)
+        start_ray_and_serve(args, ns.ray_address)
+        started = True
+        from ray import serve
+
+        from serve_app.app import build_app
+
+        target = serve.RunTarget(target=build_app(args, plan), name=APP_NAME, route_prefix=None)
+        serve.run_many([target], wait_for_applications_running=False)
+        problem = wait_until_ready(
+            stop.event, args.scaling.accelerator, resource_wait_s=ns.resource_wait_seconds
+        )
         if problem is not None:
             print(f"ray-tfserving: Failed to start server. Error: {problem}", file=sys.stderr)
             return 1
-        print(f"Running gRPC ModelServer at {args.host}:{args.grpc_port} ...", flush=True)
-        if ns.rest_api_port:
+        if args.grpc_port:
+            print(f"Running gRPC ModelServer at {args.host}:{args.grpc_port} ...", flush=True)
+        if args.http_port:
             print(f"Exporting HTTP/REST API at:{args.host}:{args.http_port} ...", flush=True)
-        while not stop.wait(1.0):
+        while not stop.event.wait(1.0):
             pass
         return 0
+    except KeyboardInterrupt:
+        if started:
+            return 0
+        print("ray-tfserving: interrupted while starting", file=sys.stderr)
+        return 1
     finally:
-        import ray
+        stop.interrupting = False
+        _shut_down(joined=bool(ns.ray_address), started=started)
 
-        serve.shutdown()
+
+def _shut_down(joined: bool, started: bool) -> None:
+    """Leave nothing behind: on a cluster we joined, our application (the cluster stays); an
+    embedded Ray, all of it."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    from ray import serve
+
+    try:
+        if joined:
+            serve.delete(APP_NAME)
+        elif started:
+            serve.shutdown()
+    finally:
         ray.shutdown()
 
 

@@ -1,4 +1,5 @@
-"""Turning arguments into a running Serve instance: shared by ``serve run`` and the CLI."""
+"""From arguments to a running server: the pure builder ``serve run`` and ``serve deploy`` call,
+the generated Serve config, and the CLI's start (join a cluster, or an embedded local Ray)."""
 
 from __future__ import annotations
 
@@ -12,23 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.args import AppArgs, ModelArgs
-from serve_app.grpc_services import GRPC_HOST_ENV
 from serve_app.plan import Plan
 from serve_app.repository import ModelPathError, aspired_versions, check_model_path, scan_versions
 
 logger = logging.getLogger("ray.serve")
 
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
-RAY_SERVE_ENV = {
-    # Calls between deployments (serving replica -> version manager, or -> a model in its own
-    # deployment) over Serve's gRPC transport instead of Ray actor calls: measured 1.6-1.8x
-    # the throughput (loadtests/bench.py), payloads never go through plasma.
-    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
-    # ... and as large as TF Serving accepts (INT_MAX), not gRPC's 4 MB default.
-    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1),
-}
-"""Ray Serve settings every process of a server we start inherits; the environment wins."""
+APP_NAME = "default"
+"""The one Serve application (``serve run``'s default name)."""
 
 
 def parse_cli_args(raw: dict[str, Any]) -> AppArgs:
@@ -85,47 +76,61 @@ def initial_plan(args: AppArgs) -> Plan:
     return plan
 
 
-def start_ray_and_serve(args: AppArgs) -> None:
-    """A local Ray bound to ``args.host`` (loopback by default) and Serve without proxies: the
-    serving replicas hold the client ports themselves (``serve_app.listeners``)."""
+def start_ray_and_serve(args: AppArgs, address: str | None = None) -> None:
+    """Join the Ray cluster at ``address``, or start an embedded local Ray when there is none
+    (bound to loopback unless ``args.host`` serves a network); then Serve without proxies: the
+    serving replicas hold the client ports themselves (``serve_app.listeners``). What every
+    replica needs travels in the deployments' runtime_env (``app.runtime_env``)."""
     import ray
     from ray import serve
     from ray.serve.schema import LoggingConfig
 
-    os.environ[GRPC_HOST_ENV] = args.host
-    for key, value in RAY_SERVE_ENV.items():
-        os.environ.setdefault(key, value)
     if not ray.is_initialized():
-        if args.host in LOOPBACK:
-            # Ray swaps a loopback node address for the machine's network address unless it
-            # believes it is a single-machine (non-cluster) install: every Ray server then binds
-            # 127.0.0.1. Child processes (raylet, workers) read the same variable.
-            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-            import ray._private.ray_constants as ray_constants
+        if address:
+            ray.init(address=address, namespace="serve", logging_level=logging.WARNING)
+        else:
+            if args.loopback:
+                # Ray swaps a loopback node address for the machine's network address unless
+                # it believes it is a single-machine install: then every Ray server binds
+                # 127.0.0.1. Ray's child processes (raylet, workers) read the variable.
+                os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+                import ray._private.ray_constants as ray_constants
 
-            ray_constants.ENABLE_RAY_CLUSTER = False
-        repo_root = str(Path(__file__).resolve().parent.parent)
-        ray.init(
-            address="local",
-            namespace="serve",
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            runtime_env={
-                "worker_process_setup_hook": "serve_app.grpc_services.bind_grpc_to_host",
-                "env_vars": {
-                    **{k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")},
-                    GRPC_HOST_ENV: args.host,
-                    "PYTHONPATH": os.pathsep.join(
-                        p for p in (repo_root, os.environ.get("PYTHONPATH", "")) if p
-                    ),
-                    "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-                },
-            },
-        )
+                ray_constants.ENABLE_RAY_CLUSTER = False
+            ray.init(
+                address="local",
+                namespace="serve",
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+            )
     serve.start(
         proxy_location="Disabled",
         logging_config=LoggingConfig(enable_access_log=args.access_log),
     )
+
+
+def serve_config(args: AppArgs) -> dict[str, Any]:
+    """The Serve config (``ServeDeploySchema``) that deploys ``args`` with ``serve deploy`` or
+    ``serve run``: the same typed arguments the CLI and the builder use, paths made absolute."""
+    values = args.model_dump(mode="json", exclude_defaults=True, exclude={"models"})
+    if args.model_config_file:
+        values["model_config_file"] = str(Path(args.model_config_file).resolve())
+        values.pop("model_name", None)
+        values.pop("model_base_path", None)
+    else:
+        values["model_name"] = args.model_name
+        values["model_base_path"] = str(Path(args.model_base_path).resolve())
+    return {
+        "proxy_location": "Disabled",
+        "applications": [
+            {
+                "name": APP_NAME,
+                "import_path": "serve_app:app",
+                "route_prefix": None,
+                "args": values,
+            }
+        ],
+    }
 
 
 PICKED_PORTS = range(20000, 30000)
@@ -197,7 +202,9 @@ def prepare(args: AppArgs) -> tuple[AppArgs, Plan]:
 
 
 def application_from_cli_args(raw: dict[str, Any]) -> Any:
-    """What ``serve run serve_app:app ...`` deploys."""
+    """What ``serve run serve_app:app key=value ...`` and a Serve config's ``serve_app:app``
+    build. Pure: no ``ray.init``, no ``serve.start``, no environment writes, since on a cluster
+    Serve's controller runs it."""
     from pydantic import ValidationError
 
     from serve_app.app import build_app
@@ -208,5 +215,4 @@ def application_from_cli_args(raw: dict[str, Any]) -> Any:
         print(f"ray-tfserving: invalid arguments:\n{e}", file=sys.stderr)
         raise SystemExit(2) from None
     args, plan = prepare(args)
-    start_ray_and_serve(args)
     return build_app(args, plan)
