@@ -131,8 +131,10 @@ def start_server(
         RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
         **(env or {}),
     )
-    app_args = dict(a.split("=", 1) for a in (f"grpc_port={grpc_port}", f"http_port={http_port}"))
-    app_args.update(a.split("=", 1) for a in args)
+    app_args = {"grpc_port": str(grpc_port), "http_port": str(http_port)}
+    for arg in args:
+        key, _, value = arg.partition("=")
+        app_args[key] = value
     config = tmpdir / "serve.yaml"
     config.write_text(yaml.safe_dump(serve_config_for(app_args)))
     command = [SERVE, "run", str(config)]
