@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SERVE = str(Path(sys.executable).with_name("serve"))
@@ -158,20 +159,14 @@ def start_server(
     return server
 
 
-def serve_config_for(app_args: Mapping[str, str]) -> dict[str, object]:
+def serve_config_for(app_args: Mapping[str, str]) -> dict[str, Any]:
     """A Serve config (what ``ray-tfserving --print_serve_config`` writes) deploying
     ``serve_app:app`` with ``key=value`` arguments, as ``serve deploy`` would."""
-    return {
-        "proxy_location": "Disabled",
-        "applications": [
-            {
-                "name": "default",
-                "import_path": "serve_app:app",
-                "route_prefix": None,
-                "args": dict(app_args),
-            }
-        ],
-    }
+    from serve_app.launch import parse_cli_args, serve_config
+
+    config = serve_config(parse_cli_args(dict(app_args)))
+    config["applications"][0]["args"] = dict(app_args)  # as given: the builder parses them
+    return config
 
 
 @dataclass

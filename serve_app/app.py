@@ -1,8 +1,9 @@
 """``build_app(args, plan) -> Application``: the only place ``.bind()`` is called.
 
 The application: the serving replicas (``Ingress``, each holding the client ports and, by
-default, every served version), the version manager, and, for ``colocate=false``, one
-deployment per (model, version).
+default, every served version), the version manager, and one deployment per (model, version)
+of the models that run in deployments of their own (``own_deployments``, or every model with
+``colocate=false``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from serve_app.args import AppArgs
+from serve_app.args import AppArgs, ScalingArgs
 from serve_app.grpc_services import GRPC_HOST_ENV
 from serve_app.ingress import Ingress
 from serve_app.model import ModelVersion
@@ -32,23 +33,19 @@ def _version(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _session_options(args: AppArgs) -> dict[str, Any]:
+def _session_options(args: AppArgs, scaling: ScalingArgs) -> dict[str, Any]:
     return {
         "intra_op_parallelism": args.intra_op_parallelism,
         "inter_op_parallelism": args.inter_op_parallelism,
         "per_process_gpu_memory_fraction": args.per_process_gpu_memory_fraction,
-        "allow_gpu": args.scaling.accelerator != "cpu",
+        "allow_gpu": scaling.accelerator != "cpu",
     }
 
 
-def _model_deployment_options(args: AppArgs, num_gpus: float) -> dict[str, Any]:
-    s = args.scaling
+def _model_deployment_options(args: AppArgs, s: ScalingArgs) -> dict[str, Any]:
+    num_gpus = num_gpus_per_replica(s)
     options: dict[str, Any] = {
-        "ray_actor_options": {
-            "num_cpus": s.num_cpus,
-            "num_gpus": num_gpus,
-            "runtime_env": runtime_env(args),
-        },
+        "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": num_gpus},
         "max_ongoing_requests": s.max_ongoing_requests,
         "max_queued_requests": s.max_queued_requests,
         "user_config": {"batching": args.batching.model_dump()},
@@ -85,9 +82,11 @@ RAY_SERVE_ENV = {
 
 
 def runtime_env(args: AppArgs) -> dict[str, Any]:
-    """What every replica's process needs, wherever Ray starts it: carried the Ray way, in the
-    deployment's runtime_env (the environment of the process that deploys wins for Ray's own
-    settings, e.g. a lowered message limit in a test). On a loopback-only server, Serve's
+    """What every replica's process needs, wherever Ray starts it, as the job's or the Serve
+    application's runtime_env (the CLI's ``ray.init``, the generated Serve config): at that
+    level the version manager's own redeploys inherit exactly the same, so Serve never takes a
+    rebuilt application for a new version. Ray's settings from the deploying process's
+    environment win (e.g. a lowered message limit in a test). On a loopback-only server, Serve's
     inter-deployment gRPC servers are rebound from every interface to loopback
     (``grpc_services.bind_grpc_to_host``); on a network they keep Ray's binding, which other
     nodes must reach."""
@@ -100,45 +99,45 @@ def runtime_env(args: AppArgs) -> dict[str, Any]:
     return result
 
 
-def num_gpus_per_replica(args: AppArgs) -> float:
+def num_gpus_per_replica(scaling: ScalingArgs) -> float:
     """GPUs each model replica asks for: ``gpu`` always; ``auto`` when the Ray cluster has one
     (known once connected: a builder that runs before ``ray.init``, as ``serve run``'s does,
     deploys on CPU and the version manager redeploys on GPUs if the cluster has them)."""
     import ray
 
-    accelerator = args.scaling.accelerator
+    accelerator = scaling.accelerator
     if accelerator == "cpu":
         return 0.0
     if accelerator == "auto" and not (ray.is_initialized() and ray.cluster_resources().get("GPU")):
         return 0.0
-    return args.scaling.num_gpus
+    return scaling.num_gpus
 
 
 def build_app(args: AppArgs, plan: Plan) -> Application:
     """The application for a plan: one deployment per deployed (model, version), the version
     manager, and the ingress whose routing table is its ``user_config``."""
-    session = _session_options(args)
-    num_gpus = num_gpus_per_replica(args)
-    model_options = _model_deployment_options(args, num_gpus)
     version_args = {
         "warmup": args.enable_model_warmup,
         "max_load_retries": args.max_load_retries,
         "check_method_name": args.enable_signature_method_name_check,
     }
     versions = []
+    local: dict[str, list[Any]] = {}
     for model, deployed in sorted(plan.deployed.items()):
+        scaling = args.own_scaling(model)
         for version, path in sorted(deployed.items()):
-            if args.colocate:
-                continue  # the ingress loads them (its user_config's "local")
+            if scaling is None:  # the serving replicas load it (their user_config's "local")
+                local[deployment_name(model, version)] = [model, version, path]
+                continue
+            session = _session_options(args, scaling)
+            options = _model_deployment_options(args, scaling)
             versions.append(
                 serve.deployment(ModelVersion)
                 .options(
                     name=deployment_name(model, version),
-                    version=_version(
-                        model, version, path, session, model_options["ray_actor_options"]
-                    ),
+                    version=_version(model, version, path, session, options["ray_actor_options"]),
                     _internal=True,
-                    **model_options,
+                    **options,
                 )
                 .bind(model, version, path, session, **version_args)
             )
@@ -149,7 +148,7 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
             num_replicas=1,
             version=_version("manager"),
             _internal=True,
-            ray_actor_options={"num_cpus": 0.05, "runtime_env": runtime_env(args)},
+            ray_actor_options={"num_cpus": 0.05},
             max_ongoing_requests=1000,
             logging_config=_logging(args),
         )
@@ -160,20 +159,13 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
         "rest_api_timeout_in_ms": args.rest_api_timeout_in_ms,
         "prometheus_path": args.prometheus_path,
     }
-    actor_options: dict[str, Any] = {
-        "num_cpus": args.serving_num_cpus,
-        "runtime_env": runtime_env(args),
-    }
+    actor_options: dict[str, Any] = {"num_cpus": args.serving_num_cpus}
     local_options = None
-    if args.colocate:
-        user_config["local"] = {
-            deployment_name(m, v): [m, v, path]
-            for m, deployed in sorted(plan.deployed.items())
-            for v, path in sorted(deployed.items())
-        }
+    if args.colocate:  # the serving replicas hold models: they take the models' resources
+        user_config["local"] = local
         user_config["batching"] = args.batching.model_dump()
-        actor_options = model_options["ray_actor_options"]
-        local_options = {"session": session, **version_args}
+        actor_options = _model_deployment_options(args, args.scaling)["ray_actor_options"]
+        local_options = {"session": _session_options(args, args.scaling), **version_args}
     listen = {
         "host": args.host,
         "grpc_port": args.grpc_port,

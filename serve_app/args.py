@@ -141,6 +141,10 @@ class AppArgs(BaseModel):
     (the default: one process per request). ``false`` puts each version in deployments of its
     own, with ``scaling``'s replicas, resources and autoscaling, one hop away; ``scaling`` then
     applies to those, and the serving replicas reserve ``serving_num_cpus`` each."""
+    own_deployments: dict[str, ScalingArgs] = {}
+    """Models that run in deployments of their own, each with its own replicas, resources and
+    autoscaling (a GPU model beside CPU ones, say), one hop from the serving replicas; the
+    others run inside the serving replicas, with ``scaling``'s resources."""
     serving_num_cpus: float = Field(default=0.1, gt=0)
     """CPUs reserved per serving replica when the models run in their own deployments."""
     shutdown_grace_s: float = Field(default=10.0, ge=0)
@@ -160,6 +164,13 @@ class AppArgs(BaseModel):
     """Deadline of a REST request."""
     prometheus_path: str | None = None
     """Serve Prometheus metrics at this HTTP path (from ``--monitoring_config_file``)."""
+
+    def own_scaling(self, model: str) -> ScalingArgs | None:
+        """The scaling of ``model``'s own deployments; None when it runs in the serving
+        replicas."""
+        if model in self.own_deployments:
+            return self.own_deployments[model]
+        return None if self.colocate else self.scaling
 
     @property
     def loopback(self) -> bool:

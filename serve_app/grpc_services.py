@@ -18,11 +18,12 @@ def bind_grpc_to_host() -> None:
     """Ray worker setup hook: make Serve's gRPC servers bind ``$RAY_TFSERVING_GRPC_HOST``.
 
     Ray 2.60 binds ``[::]:<port>`` (every interface) for the gRPC proxy and for each replica's
-    inter-deployment server, with no option to change it; we bind loopback by default. Runs in
-    every Ray worker process before any Serve code.
+    inter-deployment server, with no option to change it; we bind loopback by default. Runs as
+    the job's worker setup hook (the CLI) and whenever ``serve_app`` is imported in a worker
+    whose runtime_env set the variable (a Serve config's application).
     """
     host = os.environ.get(GRPC_HOST_ENV)
-    if not host:
+    if not host:  # not set: a network server, or not a worker of ours
         return
     from ray.serve._private import default_impl, replica
 

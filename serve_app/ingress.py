@@ -27,7 +27,6 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response
 
-from compat import rest_api
 from compat.errors import (
     DeadlineExceeded,
     Internal,
@@ -46,12 +45,15 @@ from compat.protos import (
     regression_pb2,
 )
 from compat.routing import RoutingTable
-from serve_app import metrics
+from serve_app import metrics, rest
 from serve_app.listeners import Listeners
-from serve_app.model import LoadState, ModelVersion
+from serve_app.model import ModelVersion
 from serve_app.replies import Reply
 
 logger = logging.getLogger("ray.serve")
+
+REPORT_INTERVAL_S = 1.0
+"""How often a serving replica tells the version manager what it holds (a heartbeat)."""
 
 #: The request message of each model RPC (parsed once, in the serving replica).
 REQUEST_TYPES: dict[str, Any] = {
@@ -77,7 +79,7 @@ class Ingress:
         self._table = RoutingTable()
         self._handles: dict[str, DeploymentHandle] = {}
         self._app_name = serve.get_replica_context().app_name
-        self._rest = rest_api.RestApi(self)
+        self._rest = rest.RestApi(self)
         self.prometheus_path: str | None = None
         self.rest_timeout_s: float | None = 30.0
         self._local_options = _share_cores(local_options, (listen or {}).get("replicas", 1))
@@ -86,6 +88,8 @@ class Ingress:
         self._listen = listen or {}
         """``host``, ``grpc_port``, ``http_port``, ``shutdown_grace_s``: the client ports."""
         self._listeners: Listeners | None = None
+        self._replica = serve.get_replica_context().replica_id.to_full_id_str()
+        self._heartbeat: asyncio.Task[None] | None = None
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         """The routing table arrives as user_config: one atomic swap per replica. Co-located,
@@ -107,6 +111,26 @@ class Ingress:
             )
             await listeners.start()
             self._listeners = listeners
+        await self._report()
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.get_running_loop().create_task(self._report_forever())
+
+    async def _report(self) -> None:
+        """Tell the version manager which routing table and versions this replica holds: it
+        moves a rollout on only once every serving replica has them."""
+        loads = {target: local.load_state() for target, local in self._local.items()}
+        try:
+            await asyncio.wait_for(
+                self._manager.report_replica.remote(self._replica, self._table.epoch, loads),
+                REPORT_INTERVAL_S * 2,
+            )
+        except Exception as e:  # the manager restarting: the next heartbeat tells it
+            logger.debug("Reporting to the version manager failed: %s", e)
+
+    async def _report_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REPORT_INTERVAL_S)
+            await self._report()
 
     async def _load_local(self, wanted: dict[str, list[Any]], batching: dict[str, Any]) -> None:
         assert self._local_options is not None
@@ -125,18 +149,12 @@ class Ingress:
 
     async def __del__(self) -> None:
         """Serve's graceful shutdown: stop taking connections, let calls in flight finish."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         listeners, self._listeners = self._listeners, None
         if listeners is not None:
             await listeners.stop(float(self._listen.get("shutdown_grace_s", 10.0)))
         metrics.flush()
-
-    def load_state(self, target: str) -> LoadState | None:
-        """A co-located version's load outcome (None: not held by this replica)."""
-        local = self._local.get(target)
-        return local.load_state() if local is not None else None
-
-    def routing_epoch(self) -> int:
-        return self._table.epoch
 
     def _handle(self, target: str) -> DeploymentHandle:
         handle = self._handles.get(target)

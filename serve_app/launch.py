@@ -49,10 +49,15 @@ def resolve_models(args: AppArgs) -> AppArgs:
         models = models_from_config(model_config.read_file(args.model_config_file))
     else:
         models = [ModelArgs(name=args.model_name, base_path=args.model_base_path)]
-    resolved = [
-        m.model_copy(update={"base_path": str(Path(m.base_path).resolve())}) for m in models
-    ]
+    resolved = [m.model_copy(update={"base_path": absolute(m.base_path)}) for m in models]
     return args.model_copy(update={"models": resolved})
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute; an object-store URI as it is."""
+    from serve_app import store
+
+    return path if store.is_remote(path) else str(Path(path).resolve())
 
 
 def initial_plan(args: AppArgs) -> Plan:
@@ -80,14 +85,21 @@ def start_ray_and_serve(args: AppArgs, address: str | None = None) -> None:
     """Join the Ray cluster at ``address``, or start an embedded local Ray when there is none
     (bound to loopback unless ``args.host`` serves a network); then Serve without proxies: the
     serving replicas hold the client ports themselves (``serve_app.listeners``). What every
-    replica needs travels in the deployments' runtime_env (``app.runtime_env``)."""
+    replica needs travels in the job's runtime_env (``app.runtime_env``)."""
     import ray
     from ray import serve
     from ray.serve.schema import LoggingConfig
 
+    from serve_app.app import runtime_env
+
     if not ray.is_initialized():
         if address:
-            ray.init(address=address, namespace="serve", logging_level=logging.WARNING)
+            ray.init(
+                address=address,
+                namespace="serve",
+                logging_level=logging.WARNING,
+                runtime_env=runtime_env(args),
+            )
         else:
             if args.loopback:
                 # Ray swaps a loopback node address for the machine's network address unless
@@ -102,6 +114,7 @@ def start_ray_and_serve(args: AppArgs, address: str | None = None) -> None:
                 namespace="serve",
                 include_dashboard=False,
                 logging_level=logging.WARNING,
+                runtime_env=runtime_env(args),
             )
     serve.start(
         proxy_location="Disabled",
@@ -119,7 +132,9 @@ def serve_config(args: AppArgs) -> dict[str, Any]:
         values.pop("model_base_path", None)
     else:
         values["model_name"] = args.model_name
-        values["model_base_path"] = str(Path(args.model_base_path).resolve())
+        values["model_base_path"] = absolute(args.model_base_path)
+    from serve_app.app import runtime_env
+
     return {
         "proxy_location": "Disabled",
         "applications": [
@@ -127,6 +142,7 @@ def serve_config(args: AppArgs) -> dict[str, Any]:
                 "name": APP_NAME,
                 "import_path": "serve_app:app",
                 "route_prefix": None,
+                "runtime_env": runtime_env(args),
                 "args": values,
             }
         ],

@@ -1,7 +1,8 @@
 """One SavedModel version, its signatures, batching and warmup: held by each serving replica
 (``serve_app.ingress``), or the model-version deployment of a model in deployments of its own.
 
-A replica loads its version in ``__init__`` (retrying a bounded number of times), replays the
+A replica loads its version in ``__init__`` (retrying a bounded number of times; a version in an
+object store is first downloaded into the node's cache, ``serve_app.store``), replays the
 version's warmup file, and only then reports healthy. A version that cannot load does not crash
 the replica (that would fail the whole Serve application): it keeps the error, answers every
 call with it, and the version manager reads it, marks the version END with that error and never
@@ -29,7 +30,7 @@ from compat.protos import (
 )
 from compat.servable import Servable, SessionOptions
 from compat.warmup import replay_warmup
-from serve_app import metrics
+from serve_app import metrics, store
 from serve_app.args import BatchingArgs
 from serve_app.batching import BatchScheduler, batchable
 from serve_app.replies import Reply
@@ -76,9 +77,10 @@ class ModelVersion:
         started = time.monotonic()
         for attempt in range(max_load_retries + 1):
             try:
-                self.servable = Servable(path, SessionOptions(**session))
+                local = str(store.fetch(path)) if store.is_remote(path) else path
+                self.servable = Servable(local, SessionOptions(**session))
                 if warmup:
-                    replay_warmup(self.servable, path, model, version)
+                    replay_warmup(self.servable, local, model, version)
                 self.error = None
                 break
             except ServingError as e:

@@ -1,10 +1,12 @@
-"""Version discovery over ``base_path``, as TF Serving's FileSystemStoragePathSource does it."""
+"""Version discovery over ``base_path``, as TF Serving's FileSystemStoragePathSource does it:
+a local or shared filesystem, or an object store (``serve_app.store``)."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+from serve_app import store
 from serve_app.args import ModelArgs, VersionPolicy
 
 logger = logging.getLogger("ray.serve")
@@ -14,14 +16,20 @@ class ModelPathError(ValueError):
     """A model's base path is missing or holds no version: startup refuses it by name."""
 
 
-def scan_versions(base_path: str | Path) -> dict[int, Path]:
+_SCANNER = store.Scanner()
+
+
+def scan_versions(base_path: str | Path) -> dict[int, str]:
     """Numeric children of ``base_path`` that hold a ``saved_model.pb`` (``00000123`` is 123).
 
     A directory still being written (no ``saved_model.pb`` yet) is not a version yet; an
     exporter that renames a finished temporary directory into place is picked up atomically.
+    In an object store, a version is one once whole and unchanged since the previous scan.
     """
+    if store.is_remote(base_path):
+        return _SCANNER.ready(str(base_path))
     base = Path(base_path)
-    found: dict[int, Path] = {}
+    found: dict[int, str] = {}
     try:
         children = list(base.iterdir())
     except OSError:
@@ -30,20 +38,22 @@ def scan_versions(base_path: str | Path) -> dict[int, Path]:
         if not child.name.isdigit() or not child.is_dir():
             continue
         if (child / "saved_model.pb").is_file() or (child / "saved_model.pbtxt").is_file():
-            found[int(child.name)] = child
+            found[int(child.name)] = str(child)
     return found
 
 
-def scan_all_numeric(base_path: str | Path) -> dict[int, Path]:
+def scan_all_numeric(base_path: str | Path) -> dict[int, str]:
     """Every numeric child directory, complete or not (a broken model still gets a status)."""
+    if store.is_remote(base_path):
+        return _SCANNER.numeric(str(base_path))
     base = Path(base_path)
     try:
-        return {int(c.name): c for c in base.iterdir() if c.name.isdigit() and c.is_dir()}
+        return {int(c.name): str(c) for c in base.iterdir() if c.name.isdigit() and c.is_dir()}
     except OSError:
         return {}
 
 
-def aspired_versions(available: dict[int, Path], policy: VersionPolicy) -> dict[int, Path]:
+def aspired_versions(available: dict[int, str], policy: VersionPolicy) -> dict[int, str]:
     """The versions the policy wants served, out of those on disk."""
     if policy.kind == "all":
         return dict(available)
@@ -55,6 +65,14 @@ def aspired_versions(available: dict[int, Path], policy: VersionPolicy) -> dict[
 
 def check_model_path(model: ModelArgs) -> None:
     """Refuse a base path that does not exist or holds no numeric version directory."""
+    if store.is_remote(model.base_path):
+        if not scan_all_numeric(model.base_path):
+            raise ModelPathError(
+                f"Model '{model.name}': no numeric version under {model.base_path!r} (or it "
+                "cannot be read with this node's credentials; expected "
+                "<base_path>/<version>/saved_model.pb)."
+            )
+        return
     base = Path(model.base_path)
     if not base.is_dir():
         raise ModelPathError(

@@ -26,6 +26,7 @@ from compat import model_config
 from compat.errors import InvalidArgument, NotFound, ServingError
 from compat.protos import get_model_status_pb2, model_management_pb2, status_pb2
 from compat.routing import Canary, ModelRoutes
+from serve_app import store
 from serve_app.args import AppArgs, ModelArgs, VersionPolicy
 from serve_app.plan import Plan, deployment_name
 from serve_app.replies import Reply
@@ -37,13 +38,30 @@ State = get_model_status_pb2.ModelVersionStatus.State
 LOAD_TIMEOUT_S = 600.0
 
 
+REPORT_TTL_S = 5.0
+"""A serving replica that has not reported for this long is taken for gone."""
+
+
+@dataclass
+class ReplicaReport:
+    """What a serving replica last said it holds."""
+
+    epoch: int
+    """The routing table's epoch."""
+    loads: dict[str, Any]
+    """Co-located version (deployment name) -> its ``LoadState``."""
+    at: float
+    """When (monotonic)."""
+
+
 @dataclass
 class VersionStatus:
     state: int
     error_code: int = 0
     error_message: str = ""
     path: str = ""
-    mtime: float = 0.0
+    stamp: str = ""
+    """What the version's directory looked like when it was loaded (see ``_stamp``)."""
     loaded: bool = False
     """Loaded and warmed up; becomes AVAILABLE once the ingress routes to it."""
 
@@ -65,6 +83,8 @@ class VersionManager:
         self._label_weights: dict[str, tuple[str, float]] = {}
         """Model -> (label, weight): that label's share of ``latest`` traffic (canary)."""
         self._app_name = serve.get_replica_context().app_name
+        self._reports: dict[str, ReplicaReport] = {}
+        """Serving replica -> what it last reported holding (``report_replica``)."""
         self._started = False
         self._task = asyncio.get_event_loop().create_task(self._poll_forever())
 
@@ -96,7 +116,17 @@ class VersionManager:
         self.args.models = models
 
     async def _settle_initial(self) -> None:
-        """The versions deployed with the app: learn whether each loaded."""
+        """The versions deployed with the app: learn whether each loaded.
+
+        First the application is deployed again from here, before any version is AVAILABLE,
+        for two reasons: an application deployed from a Serve config (``serve deploy``) carries
+        the config's code version on every deployment instead of ours, so the first redeploy
+        from here would otherwise restart every replica later, under load; and with
+        ``accelerator=auto``, a builder that ran before Ray was connected could not see the
+        cluster's GPUs. Serve changes nothing when the versions already match (the CLI's
+        deploy); otherwise this replica, too, is replaced, and its successor finds them
+        matching."""
+        await self._apply(self.plan.copy_deep())
         for model, versions in list(self.plan.deployed.items()):
             for v in list(versions):
                 await self._await_loaded(model, v)
@@ -129,9 +159,14 @@ class VersionManager:
                 statuses[v] = VersionStatus(
                     State.END,
                     error_code=5,  # NOT_FOUND, what TF's SavedModel reader says
-                    error_message="Could not find SavedModel .pb or .pbtxt at supplied export "
-                    f"directory path: {path}. Check that the directory exists and that you have "
-                    "the right permissions for accessing it.",
+                    error_message=(
+                        f"The SavedModel at {path} is not complete (files still being uploaded, "
+                        "or missing); it is loaded once whole"
+                        if store.is_remote(path)
+                        else "Could not find SavedModel .pb or .pbtxt at supplied export "
+                        f"directory path: {path}. Check that the directory exists and that you "
+                        "have the right permissions for accessing it."
+                    ),
                     path=str(path),
                 )
         deployed = self.plan.deployed.get(name, {})
@@ -160,25 +195,25 @@ class VersionManager:
             plan = self.plan.copy_deep()
             await self._route_and_apply(plan)
 
-    def _aspired(self, model: ModelArgs, on_disk: dict[int, Path]) -> dict[int, Path]:
+    def _aspired(self, model: ModelArgs, on_disk: dict[int, str]) -> dict[int, str]:
         """The policy applied to the versions on disk that have not failed to load."""
         loadable = {v: p for v, p in on_disk.items() if not self._gave_up(model.name, v, p)}
         return aspired_versions(loadable, model.version_policy)
 
-    def _gave_up(self, model: str, version: int, path: Path) -> bool:
+    def _gave_up(self, model: str, version: int, path: str) -> bool:
         """A version that failed to load is retried only if its directory changed."""
         s = self.status.get(model, {}).get(version)
         if s is None or s.state != State.END or not s.error_code:
             return False
-        return s.mtime == _mtime(path)
+        return s.stamp == _stamp(path)
 
-    async def _add(self, model: str, versions: dict[int, Path]) -> None:
+    async def _add(self, model: str, versions: dict[int, str]) -> None:
         """Deploy green next to blue, wait until loaded, then route to it."""
         plan = self.plan.copy_deep()
         for v, path in versions.items():
             plan.deployed.setdefault(model, {})[v] = str(path)
             self.status.setdefault(model, {})[v] = VersionStatus(
-                State.LOADING, path=str(path), mtime=_mtime(path)
+                State.LOADING, path=str(path), stamp=_stamp(path)
             )
             logger.info("Loading %s version %d from %s", model, v, path)
         await self._apply(plan)
@@ -279,14 +314,16 @@ class VersionManager:
         from serve_app.app import build_app
 
         app = build_app(self.args, plan)
-        target = serve.RunTarget(target=app, name=self._app_name, route_prefix="/")
-        await asyncio.to_thread(serve.run_many, [target], wait_for_applications_running=False)
+        target = serve.RunTarget(target=app, name=self._app_name, route_prefix=None)
         self.plan = plan
-        await self._await_settled(plan)
+        # AVAILABLE as the routing table that routes to them ships (they are loaded): a client
+        # may be answered by them from now on, and not before.
         self._mark_available()
+        await asyncio.to_thread(serve.run_many, [target], wait_for_applications_running=False)
+        await self._await_settled(plan)
 
     def _mark_available(self) -> None:
-        """Versions the ingress now routes to are AVAILABLE to clients (not before)."""
+        """Loaded versions the routing table routes to are AVAILABLE to clients."""
         for model, routes in self.plan.routing.models.items():
             for v in routes.versions:
                 s = self.status.get(model, {}).get(v)
@@ -296,7 +333,6 @@ class VersionManager:
 
     async def _await_settled(self, plan: Plan) -> None:
         deadline = time.monotonic() + LOAD_TIMEOUT_S
-        ingress = serve.get_deployment_handle("Ingress", self._app_name)
         while time.monotonic() < deadline:
             status = await asyncio.to_thread(serve.status)
             app = status.applications.get(self._app_name)
@@ -307,13 +343,12 @@ class VersionManager:
                     d.status == "HEALTHY" for n, d in app.deployments.items() if n in names
                 )
                 gone = not (set(app.deployments) - names)
-                if healthy and gone:
-                    try:
-                        epoch = await ingress.routing_epoch.remote()
-                    except Exception:
-                        epoch = -1
-                    if epoch >= plan.routing.epoch:
-                        return
+                if (
+                    healthy
+                    and gone
+                    and self._all_serving_replicas(lambda r: r.epoch >= plan.routing.epoch)
+                ):
+                    return
             await asyncio.sleep(0.2)
         logger.warning("Application did not settle within %.0fs", LOAD_TIMEOUT_S)
 
@@ -322,7 +357,7 @@ class VersionManager:
         s = self.status[model][version]
         name = deployment_name(model, version)
         deadline = time.monotonic() + LOAD_TIMEOUT_S
-        if self.args.colocate:
+        if self.args.own_scaling(model) is None:
             await self._await_loaded_locally(s, model, version)
             return
         while time.monotonic() < deadline:
@@ -343,20 +378,18 @@ class VersionManager:
         self._record_load(s, model, version, await handle.load_state.remote())
 
     async def _await_loaded_locally(self, s: VersionStatus, model: str, version: int) -> None:
-        """Co-located: every serving replica loads the version in its reconfigure; once Serve
-        says they all have (the deployment is HEALTHY again), ask one of them how it went."""
-        ingress = serve.get_deployment_handle("Ingress", self._app_name)
+        """Co-located: every serving replica loads the version in its reconfigure and reports
+        how it went; AVAILABLE once all of them hold it, END with the error if one failed."""
+        target = deployment_name(model, version)
         deadline = time.monotonic() + LOAD_TIMEOUT_S
         while time.monotonic() < deadline:
-            status = await asyncio.to_thread(serve.status)
-            app = status.applications.get(self._app_name)
-            d = app.deployments.get("Ingress") if app else None
-            if d is None or d.status != "HEALTHY":
-                await asyncio.sleep(0.2)
-                continue
-            state = await ingress.load_state.remote(deployment_name(model, version))
-            if state is not None:
-                self._record_load(s, model, version, state)
+            live = self._live_reports()
+            failed = [r.loads[target] for r in live if target in r.loads and not r.loads[target].ok]
+            if failed:
+                self._record_load(s, model, version, failed[0])
+                return
+            if self._all_serving_replicas(lambda r: target in r.loads):
+                self._record_load(s, model, version, live[0].loads[target])
                 return
             await asyncio.sleep(0.2)
         s.state, s.error_code, s.error_message = State.END, 4, "Timed out loading"
@@ -368,6 +401,24 @@ class VersionManager:
         else:
             s.state, s.error_code, s.error_message = State.END, 9, state.message
             logger.error("%s version %d failed to load: %s", model, version, state.message)
+
+    # --- what the serving replicas hold -------------------------------------------------------
+
+    def report_replica(self, replica: str, epoch: int, loads: dict[str, Any]) -> None:
+        """A serving replica's heartbeat: its routing epoch and the versions it holds."""
+        self._reports[replica] = ReplicaReport(epoch, loads, time.monotonic())
+
+    def _live_reports(self) -> list[ReplicaReport]:
+        """Reports of the serving replicas alive now (a dead one stops reporting)."""
+        now = time.monotonic()
+        for replica in [r for r, rep in self._reports.items() if now - rep.at > REPORT_TTL_S]:
+            del self._reports[replica]
+        return list(self._reports.values())
+
+    def _all_serving_replicas(self, check: Any) -> bool:
+        """``check`` holds for every live serving replica, and all of them have reported."""
+        live = self._live_reports()
+        return len(live) >= self.args.ingress_replicas and all(check(r) for r in live)
 
     # --- RPCs ----------------------------------------------------------------------------------
 
@@ -479,11 +530,14 @@ class VersionManager:
         }
 
 
-def _mtime(path: Path | str) -> float:
+def _stamp(path: Path | str) -> str:
+    """A directory's mtime, or an object-store version's listing fingerprint."""
+    if store.is_remote(path):
+        return store.stamp(str(path))
     try:
-        return os.stat(path).st_mtime
+        return str(os.stat(path).st_mtime)
     except OSError:
-        return 0.0
+        return ""
 
 
 def models_from_config(config: Any) -> list[ModelArgs]:

@@ -311,3 +311,76 @@ def test_model_that_cannot_load_fails_startup() -> None:
     ), output[-4000:]
     assert READY_LINE not in output
     assert time.monotonic() - started < BOOT_TIMEOUT_S
+
+
+# --- startup faults end, and signals are honoured while starting ----------------------------
+
+
+def session_processes(cli: Cli) -> list[str]:
+    """Command lines of every process still in the CLI's session (its Ray included)."""
+    out = subprocess.run(
+        ["ps", "-eo", "sid=,args="], capture_output=True, text=True, check=True
+    ).stdout
+    return [
+        line.split(None, 1)[1]
+        for line in out.splitlines()
+        if int(line.split(None, 1)[0]) == cli.process.pid
+    ]
+
+
+def test_accelerator_gpu_without_a_gpu_fails_startup_and_says_why() -> None:
+    """No node has a GPU: the serving replicas can never be placed. The server exits non-zero
+    within its bound (--resource_wait_seconds, 60 s by default; the run_to_exit timeout of
+    120 s fails the test past it) and names the problem and what the replicas need."""
+    started = time.monotonic()
+    code, output = run_to_exit(
+        f"--port={free_ports(1)[0]}",
+        f"--model_base_path={TESTDATA / 'saved_model_half_plus_two_cpu'}",
+        "--accelerator=gpu",
+        timeout=120,
+    )
+    assert code != 0, output[-3000:]
+    assert "Failed to start server. Error: UNAVAILABLE: --accelerator=gpu, but no node" in output
+    assert "to be scheduled" in output and "'GPU': 1.0" in output, output[-3000:]
+    print(f"\n--accelerator=gpu without a GPU: exit {code} after {time.monotonic() - started:.0f}s")
+
+
+@pytest.mark.parametrize(
+    ("sig", "after"),
+    [(signal.SIGINT, "ray_start"), (signal.SIGTERM, "waiting_for_resources")],
+)
+def test_a_signal_while_starting_stops_everything(sig: int, after: str) -> None:
+    """SIGINT while Ray starts, or SIGTERM while a replica waits for a GPU that no node has:
+    the server exits, and within 30 s nothing of its session is left (Ray's processes too)."""
+    (port,) = free_ports(1)
+    cli = run_cli(
+        f"--port={port}",
+        f"--model_base_path={TESTDATA / 'saved_model_half_plus_two_cpu'}",
+        "--accelerator=gpu",
+        "--resource_wait_seconds=600",
+    )
+    try:
+        deadline = time.monotonic() + 120
+        if after == "ray_start":
+            while not any("gcs_server" in p for p in session_processes(cli)):
+                assert time.monotonic() < deadline and cli.process.poll() is None, cli.output
+                time.sleep(0.05)
+        else:
+            while not any(
+                "ServeReplica:default:VersionManager" in p for p in session_processes(cli)
+            ):
+                assert time.monotonic() < deadline and cli.process.poll() is None, cli.output
+                time.sleep(0.2)
+            time.sleep(2)  # the serving replicas are pending: no GPU
+        signalled = time.monotonic()
+        cli.process.send_signal(sig)
+        cli.wait_exit(30)
+        while session_processes(cli) and time.monotonic() - signalled < 30:
+            time.sleep(0.2)
+        assert session_processes(cli) == [], cli.output[-3000:]
+        print(
+            f"\n{signal.Signals(sig).name} during {after}: all gone after "
+            f"{time.monotonic() - signalled:.1f}s"
+        )
+    finally:
+        cli.stop()

@@ -1,11 +1,11 @@
-"""TF Serving's REST API over the same routing and replicas as gRPC.
+"""The REST transport: TF Serving's REST API over the same routing and versions as gRPC.
 
 Paths, messages and status codes follow ``http_server.cc`` (only ``(?i)/v1/.*`` is the API;
 gRPC code -> HTTP status through the one table in ``compat.errors``), ``http_rest_api_util.cc``
 (the two path regexes, percent-decoded model names and labels, version parsing) and
 ``http_rest_api_handler.cc`` (dispatch: a path that parses but names no known method stays
 ``Malformed request: <METHOD> <path>``, 400). Bodies are JSON, gzip-encoded when the request says
-so; the model-version replica decodes them (``ModelVersion.rest``), so the ingress only reads
+so; the model version decodes them (``ModelVersion.rest``), so the transport only reads
 the path.
 
 ``RestApi`` needs a backend with ``call_model(spec, method, *args, deadline=, protocol=)`` (resolve

@@ -1,0 +1,203 @@
+"""Model base paths in an object store (``s3://bucket/prefix``, ``gs://bucket/prefix``).
+
+Every node of a cluster must read the models: a shared filesystem path needs nothing here; an
+object-store URI is read with fsspec (s3fs for S3 and S3-compatible stores, gcsfs for GCS when
+installed). Credentials come the standard way, never from a request: AWS's environment
+variables, profile or instance role (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` for an
+S3-compatible store), Google's application default credentials.
+
+- **Versions** are the numeric "directories" under the base path (``<base>/<version>/...``).
+- **A half-uploaded version is never loaded.** Objects of a version appear one by one, so a
+  version is *ready* only when its SavedModel is whole (``saved_model.pb`` or ``.pbtxt``,
+  ``variables/variables.index`` when there are variables, and every shard
+  ``variables.data-0000i-of-0000N``) and its listing (names, sizes, ETags) is the same as at the
+  previous scan, a poll apart: an upload in progress changes it.
+- **Each replica downloads** a version into a local cache (``$RAY_TFSERVING_CACHE``, else the
+  temp dir), into a temporary directory first, checks every file's size against the listing,
+  then renames it into place; a version already in the cache is used as it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("ray.serve")
+
+SCHEMES = ("s3://", "gs://", "gcs://")
+_SHARD = re.compile(r"variables/variables\.data-(\d+)-of-(\d+)$")
+_COMPLETE = ".complete"
+"""Written last into a cached version; a cache entry without it is not used."""
+
+
+def is_remote(path: str | os.PathLike[str]) -> bool:
+    return str(path).startswith(SCHEMES)
+
+
+def _filesystem(url: str) -> tuple[Any, str]:
+    """(fsspec filesystem, path without the scheme) for ``url``."""
+    import fsspec
+
+    options: dict[str, Any] = {}
+    if url.startswith("s3://"):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            options["endpoint_url"] = endpoint
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **options)
+    except ImportError as e:  # gcsfs not installed
+        raise ValueError(f"{url}: {e}") from None
+    return fs, path.rstrip("/")
+
+
+@dataclass
+class Listing:
+    """A version's objects: path relative to the version -> (size, ETag or checksum)."""
+
+    files: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    @property
+    def whole(self) -> bool:
+        """Every file the SavedModel needs is there (see the module docstring)."""
+        names = set(self.files)
+        if not names & {"saved_model.pb", "saved_model.pbtxt"}:
+            return False
+        shards = [m for m in map(_SHARD.search, names) if m]
+        if not shards:  # a model without variables, or shards still missing
+            return "variables/variables.index" not in names
+        total = int(shards[0].group(2))
+        present = {int(m.group(1)) for m in shards if int(m.group(2)) == total}
+        return "variables/variables.index" in names and present == set(range(total))
+
+    @property
+    def fingerprint(self) -> str:
+        blob = repr(sorted(self.files.items())).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def list_versions(base_url: str) -> dict[int, Listing]:
+    """Every numeric version under ``base_url`` with its objects (empty if none or unreadable)."""
+    try:
+        fs, root = _filesystem(base_url)
+        found = fs.find(root, detail=True)
+    except (OSError, ValueError) as e:
+        logger.warning("Cannot list %s: %s", base_url, e)
+        return {}
+    versions: dict[int, Listing] = {}
+    for key, info in found.items():
+        rel = key[len(root) :].lstrip("/")
+        version, _, inner = rel.partition("/")
+        if not version.isdigit() or not inner or info.get("type") == "directory":
+            continue
+        tag = str(info.get("ETag") or info.get("etag") or info.get("md5Hash") or "")
+        versions.setdefault(int(version), Listing()).files[inner] = (int(info["size"]), tag)
+    return versions
+
+
+def version_url(base_url: str, version: int, listed_as: str | None = None) -> str:
+    return f"{base_url.rstrip('/')}/{listed_as or version}"
+
+
+class Scanner:
+    """Ready versions of remote base paths: whole, and listed the same at two scans in a row."""
+
+    def __init__(self) -> None:
+        self._previous: dict[str, dict[int, str]] = {}
+
+    def ready(self, base_url: str) -> dict[int, str]:
+        """Version -> its URL, for the versions ready now."""
+        listings = list_versions(base_url)
+        seen = {v: listing.fingerprint for v, listing in listings.items() if listing.whole}
+        before = self._previous.get(base_url, {})
+        self._previous[base_url] = seen
+        names = _version_names(base_url)
+        return {
+            v: version_url(base_url, v, names.get(v))
+            for v, fingerprint in seen.items()
+            if before.get(v) == fingerprint
+        }
+
+    def numeric(self, base_url: str) -> dict[int, str]:
+        """Every numeric version present, ready or not."""
+        names = _version_names(base_url)
+        return {v: version_url(base_url, v, names.get(v)) for v in list_versions(base_url)}
+
+
+def _version_names(base_url: str) -> dict[int, str]:
+    """Version -> its name in the store (``00000123`` stays ``00000123``)."""
+    try:
+        fs, root = _filesystem(base_url)
+        entries = fs.ls(root, detail=False, refresh=True)
+    except (OSError, ValueError):
+        return {}
+    names = {}
+    for entry in entries:
+        name = str(entry).rstrip("/").rsplit("/", 1)[-1]
+        if name.isdigit():
+            names[int(name)] = name
+    return names
+
+
+def stamp(url: str) -> str:
+    """What changes when a version's objects change (a failed version is retried then)."""
+    base, _, version = url.rstrip("/").rpartition("/")
+    listing = list_versions(base).get(int(version)) if version.isdigit() else None
+    return listing.fingerprint if listing else ""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("RAY_TFSERVING_CACHE") or Path(tempfile.gettempdir()) / "rtfs-cache")
+
+
+def fetch(url: str, retries: int = 3) -> Path:
+    """A local copy of the version at ``url``: downloaded atomically and checked, or cached."""
+    base, _, version = url.rstrip("/").rpartition("/")
+    listing = list_versions(base).get(int(version))
+    if listing is None or not listing.whole:
+        raise FileNotFoundError(f"{url} holds no complete SavedModel")
+    key = hashlib.sha256(f"{url}#{listing.fingerprint}".encode()).hexdigest()[:24]
+    final = cache_root() / key
+    if (final / _COMPLETE).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fs, root = _filesystem(url)
+    for attempt in range(retries):
+        tmp = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+        try:
+            started = time.monotonic()
+            for rel in listing.files:
+                target = tmp / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fs.get_file(f"{root}/{rel}", str(target))
+            _verify(tmp, listing)
+            (tmp / _COMPLETE).write_text(listing.fingerprint)
+            try:
+                os.rename(tmp, final)
+            except OSError:  # another replica on this node was first
+                shutil.rmtree(tmp, ignore_errors=True)
+                if not (final / _COMPLETE).is_file():
+                    raise
+            logger.info("Downloaded %s in %.2fs", url, time.monotonic() - started)
+            return final
+        except (OSError, ValueError) as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if attempt == retries - 1:
+                raise
+            logger.warning("Downloading %s failed (%s); retrying", url, e)
+    raise AssertionError("unreachable")
+
+
+def _verify(local: Path, listing: Listing) -> None:
+    for rel, (size, _) in listing.files.items():
+        actual = (local / rel).stat().st_size
+        if actual != size:
+            raise ValueError(f"{rel}: {actual} bytes downloaded, {size} listed")

@@ -1,0 +1,182 @@
+"""Models served from ``s3://``: a real S3 endpoint on loopback (moto's standalone server, an HTTP
+S3 API, not a patched client), written with boto3 and read by the server with its credentials
+from the environment. A version uploaded later rolls out under load; one whose upload is not
+finished is never loaded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from serve_app import store
+from tests.conftest import TESTDATA, Server, free_ports, start_server
+from tests.serve_app.test_serving_path import Load, predict_request
+
+BUCKET = "models"
+PREFIX = "half_plus_two"
+SOURCE = TESTDATA / "saved_model_half_plus_two_cpu" / "00000123"
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    (port,) = free_ports(1)
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        client(url).create_bucket(Bucket=BUCKET)
+        yield url
+    finally:
+        moto.stop()
+
+
+def client(url: str) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=url,
+        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        region_name=CREDENTIALS["AWS_DEFAULT_REGION"],
+    )
+
+
+def upload(url: str, version: str, skip: tuple[str, ...] = ()) -> list[str]:
+    """Upload SOURCE as ``<PREFIX>/<version>/``, but for the files named in ``skip``."""
+    s3 = client(url)
+    sent = []
+    for path in sorted(SOURCE.rglob("*")):
+        rel = path.relative_to(SOURCE).as_posix()
+        if path.is_file() and rel not in skip:
+            s3.upload_file(str(path), BUCKET, f"{PREFIX}/{version}/{rel}")
+            sent.append(rel)
+    return sent
+
+
+@pytest.fixture
+def environment(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    for key, value in {**CREDENTIALS, "AWS_ENDPOINT_URL_S3": endpoint}.items():
+        monkeypatch.setenv(key, value)
+    return endpoint
+
+
+# --- the store, against the endpoint --------------------------------------------------------
+
+
+SHARD = "variables/variables.data-00000-of-00001"
+
+
+@pytest.mark.parametrize(
+    ("files", "whole"),
+    [
+        ({"saved_model.pb", "variables/variables.index", SHARD}, True),
+        ({"saved_model.pb"}, True),  # a model without variables
+        ({"saved_model.pb", "variables/variables.index"}, False),  # shards not there yet
+        ({"variables/variables.index", SHARD}, False),  # the graph not there yet
+        (
+            {
+                "saved_model.pb",
+                "variables/variables.index",
+                "variables/variables.data-00000-of-00002",
+            },
+            False,
+        ),
+    ],
+)
+def test_a_version_is_whole_only_with_every_file(files: set[str], whole: bool) -> None:
+    assert store.Listing({f: (1, "") for f in files}).whole is whole
+
+
+def test_scanner_waits_for_a_stable_listing(
+    environment: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAY_TFSERVING_CACHE", str(tmp_path / "cache"))
+    base = f"s3://{BUCKET}/scan"
+    s3 = client(environment)
+    scanner = store.Scanner()
+    for path in sorted(SOURCE.rglob("*")):
+        if path.is_file():
+            rel = path.relative_to(SOURCE).as_posix()
+            s3.upload_file(str(path), BUCKET, f"scan/7/{rel}")
+    assert scanner.ready(base) == {}  # whole, but not yet seen twice
+    assert scanner.ready(base) == {7: f"{base}/7"}
+    s3.put_object(Bucket=BUCKET, Key="scan/7/assets.extra/new", Body=b"x")  # still uploading
+    assert scanner.ready(base) == {}
+    local = store.fetch(f"{base}/7") if scanner.ready(base) else None
+    assert (
+        local is not None
+        and (local / "saved_model.pb").read_bytes() == (SOURCE / "saved_model.pb").read_bytes()
+    )
+    assert (local / "assets.extra" / "new").read_bytes() == b"x"
+    assert store.fetch(f"{base}/7") == local  # cached, not fetched again
+
+
+# --- a live server --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    upload(endpoint, "00000123")
+    cache = tmp_path_factory.mktemp("model-cache")
+    s = start_server(
+        "model_name=half_plus_two",
+        f"model_base_path=s3://{BUCKET}/{PREFIX}",
+        "file_system_poll_wait_seconds=0.5",
+        wait_for=("half_plus_two",),
+        env={**CREDENTIALS, "AWS_ENDPOINT_URL_S3": endpoint, "RAY_TFSERVING_CACHE": str(cache)},
+    )
+    yield s
+    s.stop()
+
+
+def states(server: Server) -> dict[int, int]:
+    from tensorflow_serving.apis import get_model_status_pb2
+
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = "half_plus_two"
+    response = server.model_stub().GetModelStatus(request, 10.0)
+    return {s.version: s.state for s in response.model_version_status}
+
+
+def test_served_from_s3(server: Server) -> None:
+    response = server.prediction_stub().Predict(predict_request(), 10.0)
+    assert response.outputs["y"].float_val == [3.0]
+    assert response.model_spec.version.value == 123
+
+
+def test_an_unfinished_upload_is_never_loaded_and_the_finished_one_rolls_out(
+    server: Server, endpoint: str
+) -> None:
+    available, end = 30, 40
+    with Load(server) as load:
+        load.wait_ok_after(time.monotonic(), 50)
+        upload(endpoint, "124", skip=(SHARD,))  # the weights are still on their way
+        deadline = time.monotonic() + 8  # 16 polls of the manager
+        while time.monotonic() < deadline:
+            assert states(server).get(124) in (None, end)  # never LOADING, never AVAILABLE
+            time.sleep(0.25)
+        assert "Loading half_plus_two version 124" not in server.log()
+        client(endpoint).upload_file(str(SOURCE / SHARD), BUCKET, f"{PREFIX}/124/{SHARD}")
+        deadline = time.monotonic() + 180
+        while states(server) != {124: available, 123: end}:
+            assert time.monotonic() < deadline, states(server)
+            time.sleep(0.25)
+        load.wait_ok_after(time.monotonic(), 50)
+    failed = [c for c in load.calls if c[2] != grpc.StatusCode.OK]
+    assert failed == [] and load.wrong == []
+    response = server.prediction_stub().Predict(predict_request(), 10.0)
+    assert response.model_spec.version.value == 124
