@@ -9,6 +9,7 @@ version is AVAILABLE, exits non-zero on a bad config or path, and shuts down on 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -304,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         start_ray_and_serve(args, ns.ray_address)
         started = True
+        for sig in (signal.SIGINT, signal.SIGTERM):  # Ray's core worker put absl's in place
+            signal.signal(sig, stop)
         from ray import serve
 
         from serve_app.app import build_app
@@ -335,20 +338,40 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _shut_down(joined: bool, started: bool) -> None:
     """Leave nothing behind: on a cluster we joined, our application (the cluster stays); an
-    embedded Ray, all of it."""
+    embedded Ray, all of it, its agents included (the raylet starts them and they outlive it
+    for a while otherwise)."""
+    import psutil
     import ray
 
-    if not ray.is_initialized():
-        return
-    from ray import serve
-
+    own = _descendants() if not joined else []
     try:
-        if joined:
-            serve.delete(APP_NAME)
-        elif started:
-            serve.shutdown()
+        if ray.is_initialized():
+            from ray import serve
+
+            try:
+                if joined:
+                    serve.delete(APP_NAME)
+                elif started:
+                    serve.shutdown()
+            finally:
+                ray.shutdown()
     finally:
-        ray.shutdown()
+        _, alive = psutil.wait_procs(own, timeout=SHUTDOWN_GRACE_S)
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+
+
+SHUTDOWN_GRACE_S = 10.0
+"""How long the embedded Ray's processes get to exit on their own before they are killed."""
+
+
+def _descendants() -> list[Any]:
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        return list(psutil.Process().children(recursive=True))
+    return []
 
 
 if __name__ == "__main__":

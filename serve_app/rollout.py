@@ -315,15 +315,14 @@ class VersionManager:
 
         app = build_app(self.args, plan)
         target = serve.RunTarget(target=app, name=self._app_name, route_prefix=None)
-        self.plan = plan
-        # AVAILABLE as the routing table that routes to them ships (they are loaded): a client
-        # may be answered by them from now on, and not before.
-        self._mark_available()
         await asyncio.to_thread(serve.run_many, [target], wait_for_applications_running=False)
+        self.plan = plan
         await self._await_settled(plan)
+        self._mark_available()
 
     def _mark_available(self) -> None:
-        """Loaded versions the routing table routes to are AVAILABLE to clients."""
+        """Versions every serving replica now routes to are AVAILABLE to clients (not before:
+        a client told AVAILABLE is served by any replica)."""
         for model, routes in self.plan.routing.models.items():
             for v in routes.versions:
                 s = self.status.get(model, {}).get(v)
@@ -332,24 +331,25 @@ class VersionManager:
                     logger.info("%s version %d is AVAILABLE", model, v)
 
     async def _await_settled(self, plan: Plan) -> None:
+        """Every serving replica routes with ``plan``'s table (their reports say so as soon as
+        their reconfigure ends), every model deployment of the plan is HEALTHY and no other is
+        left (Serve's status)."""
         deadline = time.monotonic() + LOAD_TIMEOUT_S
+        names = {deployment_name(m, v) for m, vs in plan.deployed.items() for v in vs}
+        names |= {"Ingress", "VersionManager"}
         while time.monotonic() < deadline:
-            status = await asyncio.to_thread(serve.status)
-            app = status.applications.get(self._app_name)
-            if app is not None:
-                names = {deployment_name(m, v) for m, vs in plan.deployed.items() for v in vs}
-                names |= {"Ingress", "VersionManager"}
-                healthy = all(
-                    d.status == "HEALTHY" for n, d in app.deployments.items() if n in names
-                )
-                gone = not (set(app.deployments) - names)
-                if (
-                    healthy
-                    and gone
-                    and self._all_serving_replicas(lambda r: r.epoch >= plan.routing.epoch)
-                ):
-                    return
-            await asyncio.sleep(0.2)
+            if self._all_serving_replicas(lambda r: r.epoch >= plan.routing.epoch):
+                status = await asyncio.to_thread(serve.status)
+                app = status.applications.get(self._app_name)
+                if app is not None:
+                    healthy = all(
+                        d.status == "HEALTHY"
+                        for n, d in app.deployments.items()
+                        if n in names and n != "Ingress"
+                    )
+                    if healthy and not set(app.deployments) - names:
+                        return
+            await asyncio.sleep(0.05)
         logger.warning("Application did not settle within %.0fs", LOAD_TIMEOUT_S)
 
     async def _await_loaded(self, model: str, version: int) -> None:

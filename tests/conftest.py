@@ -43,7 +43,7 @@ class Server(ServerProcess):
         """(pid, RSS in KB, command line) of every process of this server: its session holds
         Ray's gcs, raylet and workers, and nothing of any other server on the machine."""
         out = subprocess.run(
-            ["ps", "-eo", "pid=,sid=,rss=,args="], capture_output=True, text=True, check=True
+            ["ps", "-wweo", "pid=,sid=,rss=,args="], capture_output=True, text=True, check=True
         ).stdout
         rows = []
         for line in out.splitlines():

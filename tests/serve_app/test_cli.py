@@ -319,7 +319,7 @@ def test_model_that_cannot_load_fails_startup() -> None:
 def session_processes(cli: Cli) -> list[str]:
     """Command lines of every process still in the CLI's session (its Ray included)."""
     out = subprocess.run(
-        ["ps", "-eo", "sid=,args="], capture_output=True, text=True, check=True
+        ["ps", "-wweo", "sid=,args="], capture_output=True, text=True, check=True
     ).stdout
     return [
         line.split(None, 1)[1]

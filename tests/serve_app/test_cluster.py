@@ -107,7 +107,7 @@ def flags(port: int, rest_port: int, base: Path, address: str) -> list[str]:
 
 
 def replica_pids() -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-wweo", "pid=,args="], capture_output=True, text=True).stdout
     return [
         int(line.split()[0])
         for line in out.splitlines()
@@ -132,16 +132,19 @@ def publish(base: Path, version: int) -> None:
 
 
 def wait_version(port: int, version: int, timeout: float = 180.0) -> None:
+    from tensorflow_serving.apis import get_model_status_pb2
+
     from tests.serve_app.test_cli import model_status
 
+    state = get_model_status_pb2.ModelVersionStatus
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         try:
             statuses = {s.version: s.state for s in model_status(port, MODEL).model_version_status}
             last = statuses
-            if statuses.get(version) == 30 and all(  # AVAILABLE, and the others gone
-                s == 40 for v, s in statuses.items() if v != version
+            if statuses.get(version) == state.AVAILABLE and all(
+                s == state.END for v, s in statuses.items() if v != version
             ):
                 return
         except grpc.RpcError as e:

@@ -161,7 +161,10 @@ def test_served_from_s3(server: Server) -> None:
 def test_an_unfinished_upload_is_never_loaded_and_the_finished_one_rolls_out(
     server: Server, endpoint: str
 ) -> None:
-    available, end = 30, 40
+    from tensorflow_serving.apis import get_model_status_pb2
+
+    state = get_model_status_pb2.ModelVersionStatus
+    available, end = state.AVAILABLE, state.END
     with Load(server) as load:
         load.wait_ok_after(time.monotonic(), 50)
         upload(endpoint, "124", skip=(SHARD,))  # the weights are still on their way
