@@ -115,6 +115,16 @@ def _uvicorn_server(app: Any) -> Any:
     return Server(config)
 
 
+def placement() -> str:
+    """Where Ray put this process: its replica, node and GPUs (for the log)."""
+    import ray
+    from ray import serve
+
+    replica = serve.get_replica_context().replica_id.unique_id
+    node = ray.get_runtime_context().get_node_id()[:8]
+    return f"replica {replica}, node {node}, GPUs {ray.get_gpu_ids()}"
+
+
 class Listeners:
     """The gRPC server and the REST server of one serving replica."""
 
@@ -154,11 +164,12 @@ class Listeners:
                     raise RuntimeError(f"the REST server on port {self.http_port} stopped")
                 await asyncio.sleep(0.01)
         logger.info(
-            "Serving gRPC on %s:%s and REST on %s:%s",
+            "Serving gRPC on %s:%s and REST on %s:%s (%s)",
             self.host,
             self.grpc_port or "-",
             self.host,
             self.http_port or "-",
+            placement(),
         )
 
     async def _asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -85,10 +85,10 @@ class Cli:
         return code
 
 
-def run_cli(*flags: str) -> Cli:
+def run_cli(*flags: str, env: dict[str, str] | None = None) -> Cli:
     """``ray-tfserving <flags>`` with its own RAY_TMPDIR, in its own session."""
     tmpdir = Path(tempfile.mkdtemp(prefix="rtfs-cli-"))
-    env = dict(os.environ, RAY_TMPDIR=str(tmpdir), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, RAY_TMPDIR=str(tmpdir), PYTHONUNBUFFERED="1", **(env or {}))
     process = subprocess.Popen(
         [CLI, *flags],
         cwd=REPO,

@@ -10,6 +10,7 @@ TensorFlow falls back to the CPU (the GPU is only declared), as the developers' 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from tests.conftest import REPO, TESTDATA, free_ports
 from tests.serve_app.test_cli import predict, run_cli
 from tests.serve_app.test_serving_path import Load, listeners
 
-MODEL = "default"
+MODEL = "half_plus_two"  # the name test_serving_path.Load asks for
 SERVE = str(Path(sys.executable).with_name("serve"))
 CLI = str(Path(sys.executable).with_name("ray-tfserving"))
 
@@ -51,6 +52,9 @@ def cluster() -> Iterator[RayCluster]:
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
     temp = tempfile.mkdtemp(prefix="rtfs-cluster-")
+    previous_tmpdir = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = temp  # Ray's address file and sessions: this cluster's own
+    os.makedirs(os.path.join(temp, "ray"))
     dashboard_port, gcs_port = free_ports(2)
     cluster = Cluster(
         initialize_head=True,
@@ -58,7 +62,7 @@ def cluster() -> Iterator[RayCluster]:
             "num_cpus": 1,
             "num_gpus": 0,
             "node_ip_address": "127.0.0.1",
-            "temp_dir": temp,
+            "temp_dir": os.path.join(temp, "ray"),
             "include_dashboard": True,  # serve deploy talks to the dashboard's REST API
             "dashboard_host": "127.0.0.1",
             "dashboard_port": dashboard_port,
@@ -83,6 +87,10 @@ def cluster() -> Iterator[RayCluster]:
         if ray.is_initialized():
             ray.shutdown()
         cluster.shutdown()
+        if previous_tmpdir is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = previous_tmpdir
         shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -117,12 +125,6 @@ def replica_pids() -> list[int]:
 
 def parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def visible_gpus(pid: int) -> str:
-    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    values = [e.split(b"=", 1)[1] for e in env if e.startswith(b"CUDA_VISIBLE_DEVICES=")]
-    return values[0].decode() if values else ""
 
 
 def publish(base: Path, version: int) -> None:
@@ -163,7 +165,10 @@ class _Server:
 def rollout_under_load(port: int, base: Path, version: int) -> int:
     """Publish ``version`` under load; the calls answered (every one must succeed)."""
     with Load(_Server(f"127.0.0.1:{port}")) as load:  # type: ignore[arg-type]
-        load.wait_ok_after(time.monotonic(), 50)
+        try:
+            load.wait_ok_after(time.monotonic(), 50)
+        except TimeoutError:
+            raise AssertionError(f"no load: {sorted({c[2] for c in load.calls})}") from None
         publish(base, version)
         wait_version(port, version)
         load.wait_ok_after(time.monotonic(), 50)
@@ -176,7 +181,7 @@ def test_the_cli_joins_the_cluster_and_puts_gpu_replicas_on_the_worker(
     cluster: RayCluster, base_path: Path
 ) -> None:
     port, rest_port = free_ports(2)
-    cli = run_cli(*flags(port, rest_port, base_path, cluster.address))
+    cli = run_cli(*flags(port, rest_port, base_path, cluster.address), env={"RAY_DEDUP_LOGS": "0"})
     try:
         cli.wait_ready()
         pids = replica_pids()
@@ -184,7 +189,14 @@ def test_the_cli_joins_the_cluster_and_puts_gpu_replicas_on_the_worker(
         # Both serving replicas ask for half a GPU: the worker, the only node with one, runs
         # both, and Ray hands both the same card.
         assert {parent(p) for p in pids} == {cluster.worker_raylet}
-        assert {visible_gpus(p) for p in pids} == {"0"}
+        # Each replica says what Ray gave it: both the same (the only) GPU.
+        pattern = re.compile(r"replica (\w+), node \w+, GPUs (\[[^]]*\])")
+        deadline = time.monotonic() + 30  # Ray forwards replica logs to the driver in batches
+        while len(dict(pattern.findall(cli.output))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        gpus = dict(pattern.findall(cli.output))
+        assert len(gpus) == 2 and len(set(gpus.values())) == 1, cli.output[-3000:]
+        assert set(gpus.values()) in ({"[0]"}, {"['0']"})
         # Every listener on loopback; the replicas hold the client ports.
         for p in (port, rest_port):
             held = listeners(p)
