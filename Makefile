@@ -30,8 +30,9 @@ model: install
 		$(BIN)/python -m export --base-path $(MODEL_BASE) --version 1; \
 	fi
 
+# The CLI: an embedded Ray bound to loopback, TF Serving's ports, Ctrl-C ends everything.
 run: model
-	$(BIN)/serve run serve_app:app
+	$(BIN)/ray-tfserving --model_name=deeplab --model_base_path=$(MODEL_BASE) --port=8500 --rest_api_port=8501
 
 lint: install
 	$(BIN)/ruff check .

@@ -95,6 +95,8 @@ def run(
     first_error = "" if out.returncode == 0 else (out.stderr or out.stdout)[-300:]
     if errors and not first_error:
         first_error = f"{errors} non-2xx answers"
+    if not latencies and not first_error:  # e.g. its one connection was refused or reset
+        first_error = "no request completed: " + out.stdout[-300:]
     return LoadResult(
         requests=len(latencies) - errors,
         errors=errors,

@@ -1,7 +1,7 @@
 """Locust users for ray-tfserving (or any TF Serving): ``GrpcUser`` and ``RestUser``.
 
     locust -f loadtests/locustfile.py --headless -u 8 -r 8 -t 20s \\
-        --payload deeplab --image-size 64 --grpc-port 9000 --rest-port 8000 [GrpcUser] [RestUser]
+        --payload deeplab --image-size 64 --grpc-port 8500 --rest-port 8501 [GrpcUser] [RestUser]
 
 Both users send the same Predict (see :mod:`loadtests.payloads`) and read the same options,
 which locust adds to its own command line (``events.init_command_line_parser``):
@@ -9,8 +9,8 @@ which locust adds to its own command line (``events.init_command_line_parser``):
 * workload: ``--payload deeplab|half_plus_two``, ``--model``, ``--signature``,
   ``--image-size``, ``--batch``, ``--seed``, or ``--request-file`` (a recorded PredictRequest,
   binary or ``.pbtxt``, or a ``.json`` REST body);
-* target: ``--target-host`` (default 127.0.0.1), ``--grpc-port`` (9000), ``--rest-port``
-  (8000); locust's ``--host`` (a URL), when given, is the REST base instead;
+* target: ``--target-host`` (default 127.0.0.1), ``--grpc-port`` (8500), ``--rest-port``
+  (8501); locust's ``--host`` (a URL), when given, is the REST base instead;
 * pacing: ``--wait-min`` / ``--wait-max`` seconds between a user's requests (default 0: each
   user is a closed loop), or ``--rate R``: R requests/s in total over all users of this locust
   process, released by one shared pacer (a user waits for the next free slot; slots are never
@@ -99,8 +99,8 @@ def add_arguments(parser: Any) -> None:
         "REST body (.json) instead of --payload",
     )
     group.add_argument("--target-host", default="127.0.0.1", help="server address")
-    group.add_argument("--grpc-port", type=int, default=9000, help="gRPC port (default 9000)")
-    group.add_argument("--rest-port", type=int, default=8000, help="REST port (default 8000)")
+    group.add_argument("--grpc-port", type=int, default=8500, help="gRPC port (default 8500)")
+    group.add_argument("--rest-port", type=int, default=8501, help="REST port (default 8501)")
     group.add_argument(
         "--wait-min",
         type=float,

@@ -81,7 +81,7 @@ def build(
     batch: int = 1,
     seed: int = 7,
     request_file: str = "",
-    grpc_target: str = "127.0.0.1:9000",
+    grpc_target: str = "127.0.0.1:8500",
 ) -> Payload:
     """Build the payload the options describe. ``request_file`` wins over ``payload``; empty
     ``model`` / ``signature`` mean the payload's own (a recorded request's model spec, or

@@ -8,8 +8,10 @@ of the models that run in deployments of their own (``own_deployments``, or ever
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
 import os
 from typing import Any
 
@@ -22,6 +24,8 @@ from serve_app.ingress import Ingress
 from serve_app.model import ModelVersion
 from serve_app.plan import Plan, deployment_name
 from serve_app.rollout import VersionManager
+
+logger = logging.getLogger("ray.serve")
 
 #: Bumped with the package: replicas of an older build are replaced on redeploy.
 CODE_VERSION = "0.1.0"
@@ -108,9 +112,22 @@ def num_gpus_per_replica(scaling: ScalingArgs) -> float:
     accelerator = scaling.accelerator
     if accelerator == "cpu":
         return 0.0
-    if accelerator == "auto" and not (ray.is_initialized() and ray.cluster_resources().get("GPU")):
-        return 0.0
+    if accelerator == "auto":
+        gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
+        if not gpus:
+            return 0.0
+        _say_auto(gpus, scaling.num_gpus)
     return scaling.num_gpus
+
+
+@functools.cache
+def _say_auto(gpus: float, num_gpus: float) -> None:
+    """Logged once per process (the builder runs at every rollout step)."""
+    logger.info(
+        "accelerator=auto: the Ray cluster has %g GPUs; model replicas ask for %g each",
+        gpus,
+        num_gpus,
+    )
 
 
 def build_app(args: AppArgs, plan: Plan) -> Application:

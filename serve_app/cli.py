@@ -1,7 +1,7 @@
 """``ray-tfserving``: tensorflow_model_server's command line, served by Ray Serve.
 
 The flags keep TF Serving's names and defaults (model_servers/main.cc), so
-``tensorflow_model_server --port=9000 --model_name=deeplab --model_base_path=...`` works with only
+``tensorflow_model_server --port=8500 --model_name=deeplab --model_base_path=...`` works with only
 the program name changed. Like TF Serving, it reports ready only once every model's newest
 version is AVAILABLE, exits non-zero on a bad config or path, and shuts down on Ctrl-C/SIGTERM.
 """

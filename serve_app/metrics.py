@@ -1,13 +1,14 @@
-"""Prometheus metrics: recorded with Ray's metrics API where they happen, served by the ingress.
+"""Prometheus metrics: recorded with Ray's metrics API where they happen, served by any replica.
 
-Design. A request crosses three kinds of processes (Ray's proxy, an ingress replica, a
-model-version replica), any of which may have several replicas on several nodes. Each value is
-recorded once, in the process that knows it, with ``ray.util.metrics``:
+Design. A request is answered by one serving replica (``serve_app.ingress``), or forwarded from
+it to a model's own deployment; any of them may have several replicas on several nodes. Each
+value is recorded once, in the process that knows it, with ``ray.util.metrics``:
 
-* the ingress records every model request (count, latency, errors) labelled with model,
-  version, signature, API, protocol and status: it is the one place that sees both transports,
-  the resolved version and the final status, for three metric updates (~10 us) per request;
-* a model-version replica records its load latency once and, with batching, the number of
+* the serving replica records every model request (count, errors, latency) labelled with model,
+  version, signature, API, protocol and status: it sees both transports, the resolved version
+  and the final status. It adds them up in-process (``RequestRecorder``: one dict update per
+  request) and hands them to Ray every second, the latency histogram as per-bucket counters;
+* a replica holding a version records its load latency once and, with batching, the number of
   examples each batch gathers (only it sees batches).
 
 Ray's per-node metrics agent (part of the dashboard agent, which runs even with the dashboard

@@ -332,8 +332,8 @@ class VersionManager:
 
     async def _await_settled(self, plan: Plan) -> None:
         """Every serving replica routes with ``plan``'s table (their reports say so as soon as
-        their reconfigure ends), every model deployment of the plan is HEALTHY and no other is
-        left (Serve's status)."""
+        their reconfigure ends), every deployment of the plan is HEALTHY and no other is left
+        (Serve's status)."""
         deadline = time.monotonic() + LOAD_TIMEOUT_S
         names = {deployment_name(m, v) for m, vs in plan.deployed.items() for v in vs}
         names |= {"Ingress", "VersionManager"}
@@ -342,10 +342,10 @@ class VersionManager:
                 status = await asyncio.to_thread(serve.status)
                 app = status.applications.get(self._app_name)
                 if app is not None:
+                    # Ingress too: replicas of an older version are still being stopped while
+                    # it is UPDATING (a client could connect to one that is about to go).
                     healthy = all(
-                        d.status == "HEALTHY"
-                        for n, d in app.deployments.items()
-                        if n in names and n != "Ingress"
+                        d.status == "HEALTHY" for n, d in app.deployments.items() if n in names
                     )
                     if healthy and not set(app.deployments) - names:
                         return
