@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from ray import serve
@@ -85,7 +86,7 @@ RAY_SERVE_ENV = {
 }
 
 
-def runtime_env(args: AppArgs) -> dict[str, Any]:
+def runtime_env(args: AppArgs, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """What every replica's process needs, wherever Ray starts it, as the job's or the Serve
     application's runtime_env (the CLI's ``ray.init``, the generated Serve config): at that
     level the version manager's own redeploys inherit exactly the same, so Serve never takes a
@@ -93,9 +94,10 @@ def runtime_env(args: AppArgs) -> dict[str, Any]:
     environment win (e.g. a lowered message limit in a test). On a loopback-only server, Serve's
     inter-deployment gRPC servers are rebound from every interface to loopback
     (``grpc_services.bind_grpc_to_host``); on a network they keep Ray's binding, which other
-    nodes must reach."""
-    env = {k: os.environ.get(k, v) for k, v in RAY_SERVE_ENV.items()}
-    env["TF_CPP_MIN_LOG_LEVEL"] = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
+    nodes must reach. ``environ`` is where those settings are read (the generated cluster files
+    pass an empty one: they must not depend on the process that writes them)."""
+    env = {k: environ.get(k, v) for k, v in RAY_SERVE_ENV.items()}
+    env["TF_CPP_MIN_LOG_LEVEL"] = environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
     result: dict[str, Any] = {"env_vars": env}
     if args.loopback:
         env[GRPC_HOST_ENV] = args.host

@@ -8,7 +8,7 @@ import os
 import random
 import socket
 import sys
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +122,7 @@ def start_ray_and_serve(args: AppArgs, address: str | None = None) -> None:
     )
 
 
-def serve_config(args: AppArgs) -> dict[str, Any]:
+def serve_config(args: AppArgs, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """The Serve config (``ServeDeploySchema``) that deploys ``args`` with ``serve deploy`` or
     ``serve run``: the same typed arguments the CLI and the builder use, paths made absolute."""
     values = args.model_dump(mode="json", exclude_defaults=True, exclude={"models"})
@@ -142,7 +142,7 @@ def serve_config(args: AppArgs) -> dict[str, Any]:
                 "name": APP_NAME,
                 "import_path": "serve_app:app",
                 "route_prefix": None,
-                "runtime_env": runtime_env(args),
+                "runtime_env": runtime_env(args, environ),
                 "args": values,
             }
         ],

@@ -57,7 +57,8 @@ PIP = [
 
 
 def serve_yaml(args: AppArgs = CLUSTER_ARGS) -> str:
-    return yaml.safe_dump(serve_config(args), sort_keys=False)
+    """The Serve config with Ray's and TensorFlow's defaults (not this process's environment)."""
+    return yaml.safe_dump(serve_config(args, environ={}), sort_keys=False)
 
 
 def rayservice(args: AppArgs = CLUSTER_ARGS) -> dict[str, Any]:
