@@ -300,7 +300,8 @@ def _share_cores(local_options: dict[str, Any] | None, replicas: int) -> dict[st
     two replicas: 365 -> 427 req/s)."""
     if local_options is None or local_options["session"].get("intra_op_parallelism"):
         return local_options
-    cores = len(os.sched_getaffinity(0))
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere every core
+    cores = len(affinity(0)) if affinity else (os.cpu_count() or 1)
     session = {**local_options["session"], "intra_op_parallelism": max(1, cores // replicas)}
     return {**local_options, "session": session}
 
