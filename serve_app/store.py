@@ -64,6 +64,8 @@ class Listing:
     """A version's objects: path relative to the version -> (size, ETag or checksum)."""
 
     files: dict[str, tuple[int, str]] = field(default_factory=dict)
+    name: str = ""
+    """The version's name in the store (``00000123`` stays ``00000123``)."""
 
     @property
     def whole(self) -> bool:
@@ -99,12 +101,13 @@ def list_versions(base_url: str) -> dict[int, Listing]:
         if not version.isdigit() or not inner or info.get("type") == "directory":
             continue
         tag = str(info.get("ETag") or info.get("etag") or info.get("md5Hash") or "")
-        versions.setdefault(int(version), Listing()).files[inner] = (int(info["size"]), tag)
+        listing = versions.setdefault(int(version), Listing(name=version))
+        listing.files[inner] = (int(info["size"]), tag)
     return versions
 
 
-def version_url(base_url: str, version: int, listed_as: str | None = None) -> str:
-    return f"{base_url.rstrip('/')}/{listed_as or version}"
+def version_url(base_url: str, listing: Listing) -> str:
+    return f"{base_url.rstrip('/')}/{listing.name}"
 
 
 class Scanner:
@@ -119,32 +122,15 @@ class Scanner:
         seen = {v: listing.fingerprint for v, listing in listings.items() if listing.whole}
         before = self._previous.get(base_url, {})
         self._previous[base_url] = seen
-        names = _version_names(base_url)
         return {
-            v: version_url(base_url, v, names.get(v))
+            v: version_url(base_url, listings[v])
             for v, fingerprint in seen.items()
             if before.get(v) == fingerprint
         }
 
     def numeric(self, base_url: str) -> dict[int, str]:
         """Every numeric version present, ready or not."""
-        names = _version_names(base_url)
-        return {v: version_url(base_url, v, names.get(v)) for v in list_versions(base_url)}
-
-
-def _version_names(base_url: str) -> dict[int, str]:
-    """Version -> its name in the store (``00000123`` stays ``00000123``)."""
-    try:
-        fs, root = _filesystem(base_url)
-        entries = fs.ls(root, detail=False, refresh=True)
-    except (OSError, ValueError):
-        return {}
-    names = {}
-    for entry in entries:
-        name = str(entry).rstrip("/").rsplit("/", 1)[-1]
-        if name.isdigit():
-            names[int(name)] = name
-    return names
+        return {v: version_url(base_url, ls) for v, ls in list_versions(base_url).items()}
 
 
 def stamp(url: str) -> str:
