@@ -179,9 +179,18 @@ class AppArgs(BaseModel):
 
     @model_validator(mode="after")
     def _colocated_scaling(self) -> AppArgs:
+        # scaling's replica count would be ignored: with colocate the models run in the
+        # serving replicas, whose number is ingress_replicas. Refuse rather than ignore it.
         if self.colocate and self.scaling.num_replicas is None:
             raise ValueError(
                 "autoscaling (scaling.num_replicas=None) applies to models in deployments of "
                 "their own: set colocate=false, or a fixed ingress_replicas"
+            )
+        if self.colocate and self.scaling.num_replicas != 1:
+            raise ValueError(
+                f"scaling.num_replicas={self.scaling.num_replicas} (--num_replicas) sets the "
+                "replicas of models in deployments of their own (colocate=false or "
+                "own_deployments); with colocate the models run in the serving replicas: set "
+                "ingress_replicas (--serving_replicas)"
             )
         return self

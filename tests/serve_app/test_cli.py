@@ -171,8 +171,13 @@ def test_missing_model_path_fails_clearly() -> None:
             f"Invalid protobuf file: '{TESTDATA / 'bad_model_config.txt'}'. Error parsing "
             "text-format tensorflow.serving.ModelServerConfig: 1:1 :",
         ),
+        (
+            (f"--model_base_path={TESTDATA / 'saved_model_half_plus_two_cpu'}", "--num_replicas=3"),
+            "scaling.num_replicas=3 (--num_replicas) sets the replicas of models in deployments "
+            "of their own",
+        ),
     ],
-    ids=["no-model", "batching-file-without-batching", "bad-config-file"],
+    ids=["no-model", "batching-file-without-batching", "bad-config-file", "num-replicas-colocated"],
 )
 def test_invalid_flags_fail_like_tf_serving(flags: tuple[str, ...], message: str) -> None:
     code, output = run_to_exit(*flags)
