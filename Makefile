@@ -39,7 +39,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy compat serve_app export loadtests
 
-test: lint
+test: system-deps lint
 	$(BIN)/python -m pytest -q -rs
 
 bench: install
