@@ -20,9 +20,10 @@ import binascii
 import json
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
+import orjson
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -86,6 +87,48 @@ def parse_json(body: bytes | str | Json) -> dict[str, Json]:
     return doc
 
 
+class _FastDoc(dict):
+    """A Predict body parsed by orjson (:func:`parse_predict_json`).
+
+    orjson reads integers beyond 64 bits as doubles and cannot tell whether a leaf was a
+    ``true``; so only :func:`_numeric` reads its tensors (it refuses what could differ), and
+    everything else reads :func:`exact`'s parse, the reference one.
+    """
+
+    body: bytes
+    has_bools: bool
+    """``true`` or ``false`` appears in the body (perhaps in a string)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:  # to another process: the body, parsed there
+        return (parse_predict_json, (self.body,))
+
+
+def parse_predict_json(body: bytes | str | Json) -> dict[str, Json]:
+    """:func:`parse_json` for Predict bodies, faster on big numeric tensors.
+
+    orjson parses first (2.6 ms against the standard library's 4.5 ms for a 128x128x3 image);
+    any body it refuses (NaN, Infinity, lone surrogates, a BOM, every malformed body) goes
+    through :func:`parse_json`, so errors are the reference parser's.
+    """
+    if not isinstance(body, bytes | bytearray | memoryview):
+        return parse_json(body)
+    raw = bytes(body)
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return parse_json(raw)
+    if not isinstance(doc, dict):
+        return parse_json(raw)
+    fast = _FastDoc(doc)
+    fast.body, fast.has_bools = raw, b"true" in raw or b"false" in raw
+    return fast
+
+
+def exact(doc: dict[str, Json]) -> dict[str, Json]:
+    """The document as the reference parser reads it (a :class:`_FastDoc` is parsed again)."""
+    return parse_json(doc.body) if isinstance(doc, _FastDoc) else doc
+
+
 def _loads(text: str) -> Json:
     if not text:
         raise InvalidArgument("JSON Parse error: The document is empty")
@@ -133,7 +176,7 @@ def signature_name(doc: Mapping[str, Json]) -> str:
     name = doc.get("signature_name", "")
     if not isinstance(name, str):
         raise InvalidArgument(
-            f"JSON Value: {_pretty(doc)} not formatted correctly. "
+            f"JSON Value: {_pretty(exact(dict(doc)))} not formatted correctly. "
             "'signature_name' key must be a string value."
         )
     return name
@@ -477,6 +520,41 @@ def _tensor_fast(value: Json, dtype: int) -> np.ndarray | None:
     return collected.astype(target, copy=False).reshape(shape)
 
 
+def _numeric(value: Json, dtype: int) -> np.ndarray | None:
+    """A numeric tensor straight from orjson's lists: numpy infers int64 (every leaf an
+    integer) or float64 (some a double). None unless that is certainly the reference's tensor:
+    int64 within the dtype's range (or, for floating dtypes, within the lossless integers);
+    float64 only for floating dtypes and only within their lossless integers (a leaf that
+    orjson turned from a huge integer into a double is beyond that, and goes the exact way).
+    Leaves that are ``true``/``false`` are excluded by the caller (``_FastDoc.has_bools``)."""
+    spec = _JSON_IN.get(dtype)
+    target = NUMPY_DTYPES.get(dtype)
+    if spec is None or target is None or target.kind not in "fiu" or not isinstance(value, list):
+        return None
+    try:
+        array = np.array(value)
+    except (ValueError, OverflowError):  # ragged, or beyond every numpy dtype
+        return None
+    if array.size == 0:
+        return None
+    if spec.lossless is not None:
+        bounds = (-spec.lossless.max_int, spec.lossless.max_int)
+    elif spec.bounds is not None and array.dtype == np.int64:
+        bounds = spec.bounds
+    else:
+        return None
+    if array.dtype == np.int64:
+        if not (bounds[0] <= int(array.min()) and int(array.max()) <= bounds[1]):
+            return None
+    elif array.dtype == np.float64:
+        finite = array[np.isfinite(array)]
+        if finite.size and float(np.abs(finite).max()) > bounds[1]:
+            return None
+    else:
+        return None
+    return array.astype(target, copy=False)
+
+
 def _ints_within(ints: list[int], bounds: tuple[int, int]) -> bool:
     for dtype in (np.int64, np.uint64):
         try:
@@ -580,8 +658,11 @@ class _Instances:
             )
 
 
-def _instances_fast(instances: list, inputs: Mapping[str, TensorSpec]) -> dict | None:
-    """Whole-batch numpy decoding when every instance is well-formed (else None)."""
+def _instances_fast(
+    instances: list, inputs: Mapping[str, TensorSpec], numeric_only: bool = False
+) -> dict | None:
+    """Whole-batch numpy decoding when every instance is well-formed (else None);
+    ``numeric_only`` for orjson's lists (:func:`_numeric` alone)."""
     names = sorted(inputs)
     if not _is_element_object(instances[0]):
         if len(names) > 1:
@@ -594,7 +675,8 @@ def _instances_fast(instances: list, inputs: Mapping[str, TensorSpec]) -> dict |
         columns = {name: [e[name] for e in instances] for name in names}
     out = {}
     for name, column in columns.items():
-        tensor = _tensor_fast(column, inputs[name].dtype)
+        dtype = inputs[name].dtype
+        tensor = _numeric(column, dtype) if numeric_only else _tensor_fast(column, dtype)
         if tensor is None:
             return None
         out[name] = tensor
@@ -610,8 +692,15 @@ def decode_predict_request(
     it, see :func:`signature_name`). Row format is ``{"instances": [...]}``: a list of values
     (single input) or of objects with one key per input, batched along a new first dim.
     Columnar is ``{"inputs": value}`` or ``{"inputs": {alias: value}}``.
+    A body from :func:`parse_predict_json` is read by :func:`_numeric` when it can be; else
+    by the reference parser's document.
     """
-    doc = parse_json(body)
+    doc = body if isinstance(body, _FastDoc) else parse_json(body)
+    if isinstance(doc, _FastDoc):
+        numeric = _decode_numeric(doc, signature.inputs)
+        if numeric is not None:
+            return numeric
+        doc = exact(doc)
     name = signature_name(doc)
     if not signature.inputs:
         raise InvalidArgument(f"Failed to get input map for signature: {name or 'DEFAULT'}")
@@ -634,6 +723,36 @@ def decode_predict_request(
     if has_inputs:
         return _decode_columnar(doc["inputs"], signature.inputs), False
     raise InvalidArgument("Missing 'inputs' or 'instances' key")
+
+
+def _decode_numeric(
+    doc: _FastDoc, inputs: Mapping[str, TensorSpec]
+) -> tuple[dict[str, np.ndarray], bool] | None:
+    """The well-formed numeric request, from orjson's document (None: go the exact way)."""
+    if doc.has_bools or not inputs or ("instances" in doc) == ("inputs" in doc):
+        return None
+    if "instances" in doc:
+        instances = doc["instances"]
+        if not isinstance(instances, list) or not instances:
+            return None
+        decoded = _instances_fast(instances, inputs, numeric_only=True)
+        return None if decoded is None else (decoded, True)
+    value, names = doc["inputs"], sorted(inputs)
+    if isinstance(value, dict):
+        if _is_b64(value) or not set(names) <= set(value):
+            return None
+        columns = {name: value[name] for name in names}
+    elif len(names) == 1:
+        columns = {names[0]: value}
+    else:
+        return None
+    out = {}
+    for name, column in columns.items():
+        tensor = _numeric(column, inputs[name].dtype)
+        if tensor is None:
+            return None
+        out[name] = tensor
+    return out, False
 
 
 def _decode_columnar(value: Json, inputs: Mapping[str, TensorSpec]) -> dict[str, np.ndarray]:
@@ -758,7 +877,9 @@ def encode_predict_response(outputs: Mapping[str, np.ndarray], row_format: bool)
         raise InvalidArgument("Cannot convert empty tensor map to JSON")
     arrays = {name: np.asarray(outputs[name]) for name in sorted(outputs)}
     if not row_format:
-        texts = {name: _nest(_tokens(name, a), a.shape)[0] for name, a in arrays.items()}
+        texts = {
+            name: _fast_text(a) or _nest(_tokens(name, a), a.shape)[0] for name, a in arrays.items()
+        }
         return '{"outputs":' + _join(texts) + "}"
     batch = -1
     for name, array in arrays.items():
@@ -770,12 +891,29 @@ def encode_predict_response(outputs: Mapping[str, np.ndarray], row_format: bool)
                 f"expecting: {batch}"
             )
         batch = array.shape[0]
-    rows = {name: _nest(_tokens(name, a), a.shape, keep=1) for name, a in arrays.items()}
+    if len(arrays) == 1 and (text := _fast_text(next(iter(arrays.values())))):
+        return '{"predictions":' + text + "}"
+    rows = {name: _rows(name, a) for name, a in arrays.items()}
     if len(rows) == 1:
         items = next(iter(rows.values()))
     else:
         items = [_join({name: r[i] for name, r in rows.items()}) for i in range(batch)]
     return '{"predictions":[' + ",".join(items) + "]}"
+
+
+def _fast_text(array: np.ndarray) -> str | None:
+    """orjson's text of a non-empty integer or bool array: the tokens' text, byte for byte
+    (16384 int64: 0.04 ms against 1.3 ms), or None."""
+    if array.dtype.kind not in "iub" or array.size == 0 or array.ndim == 0:
+        return None
+    return orjson.dumps(np.ascontiguousarray(array), option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+def _rows(name: str, array: np.ndarray) -> list[str]:
+    """The JSON text of each entry along dim 0."""
+    if array.ndim > 1 and _fast_text(array[:1]) is not None:
+        return [cast(str, _fast_text(row)) for row in array]
+    return _nest(_tokens(name, array), array.shape, keep=1)
 
 
 def _join(texts: Mapping[str, str]) -> str:
