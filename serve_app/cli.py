@@ -218,8 +218,8 @@ def _gpu_hint(accelerator: str) -> str:
 def _failed_models(manager: Any, snapshot: dict[str, Any]) -> list[str]:
     """``{name: m version: v} due to error: CODE: message}, `` for each model whose every known
     version ended with a load error (TF Serving's wording)."""
+    from compat.errors import CODE_NAMES
     from compat.protos import get_model_status_pb2
-    from serve_app.replies import STATUS_BY_VALUE
 
     failed = []
     for name, versions in snapshot["status"].items():
@@ -228,14 +228,14 @@ def _failed_models(manager: Any, snapshot: dict[str, Any]) -> list[str]:
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = name
         reply = manager.get_status.remote(request.SerializeToString()).result()
-        if reply.code:
+        if not reply.ok:
             continue
         response = get_model_status_pb2.GetModelStatusResponse.FromString(reply.payload)
         errors = [s for s in response.model_version_status if s.status.error_code]
         if len(errors) != len(response.model_version_status) or not errors:
             continue
         newest = errors[0]  # newest first
-        code = STATUS_BY_VALUE.get(newest.status.error_code)
+        code = CODE_NAMES.get(newest.status.error_code)
         failed.append(
             f"{{{{name: {name} version: {newest.version}}} due to error: "
             f"{code.name if code else newest.status.error_code}: "

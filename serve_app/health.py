@@ -7,20 +7,20 @@ from typing import Any
 from grpc_health.v1 import health_pb2
 
 from compat.errors import InvalidArgument, NotFound, ServingError
+from serve_app.calls import ModelReply
 from serve_app.listeners import SERVICES
-from serve_app.replies import Reply
 
 #: "" is the whole server; the others are the services we register.
 KNOWN_SERVICES = {"", *SERVICES}
 
 
-async def check(ingress: Any, raw: bytes) -> Reply:
+async def check(ingress: Any, raw: bytes) -> ModelReply:
     try:
         request = health_pb2.HealthCheckRequest.FromString(raw)
     except Exception:
-        return Reply.error(InvalidArgument("Could not parse HealthCheckRequest"))
+        return ModelReply.error(InvalidArgument("Could not parse HealthCheckRequest"))
     if request.service not in KNOWN_SERVICES:
-        return Reply.error(NotFound(f"Unknown service: {request.service}"))
+        return ModelReply.error(NotFound(f"Unknown service: {request.service}"))
     try:
         ready = await ingress.call_manager("ready")
     except ServingError:  # the version manager cannot answer: not serving
@@ -30,4 +30,4 @@ async def check(ingress: Any, raw: bytes) -> Reply:
         if ready
         else health_pb2.HealthCheckResponse.NOT_SERVING
     )
-    return Reply(payload=health_pb2.HealthCheckResponse(status=status).SerializeToString())
+    return ModelReply(payload=health_pb2.HealthCheckResponse(status=status).SerializeToString())

@@ -30,39 +30,21 @@ from starlette.responses import Response
 from compat.errors import (
     DeadlineExceeded,
     Internal,
-    InvalidArgument,
     ResourceExhausted,
     ServingError,
     Unavailable,
     from_code,
 )
-from compat.inference import multi_inference_model_spec
-from compat.protos import (
-    classification_pb2,
-    get_model_metadata_pb2,
-    inference_pb2,
-    predict_pb2,
-    regression_pb2,
-)
 from compat.routing import RoutingTable
 from serve_app import metrics, rest
+from serve_app.calls import Api, ModelCall, ModelReply, grpc_call
 from serve_app.listeners import Listeners
 from serve_app.model import ModelVersion
-from serve_app.replies import Reply
 
 logger = logging.getLogger("ray.serve")
 
 REPORT_INTERVAL_S = 1.0
 """How often a serving replica tells the version manager what it holds (a heartbeat)."""
-
-#: The request message of each model RPC (parsed once, in the serving replica).
-REQUEST_TYPES: dict[str, Any] = {
-    "predict": predict_pb2.PredictRequest,
-    "classify": classification_pb2.ClassificationRequest,
-    "regress": regression_pb2.RegressionRequest,
-    "metadata": get_model_metadata_pb2.GetModelMetadataRequest,
-    "multi_inference": inference_pb2.MultiInferenceRequest,
-}
 
 
 class Ingress:
@@ -165,56 +147,48 @@ class Ingress:
 
     # --- the one forwarding path, shared by gRPC and REST ------------------------------------
 
-    async def call_model(
-        self,
-        spec: Any,
-        method: str,
-        *args: Any,
-        deadline: float | None = None,
-        protocol: str = "grpc",
-    ) -> Reply:
-        """Resolve ``spec`` and call ``method`` of the version; errors as a Reply.
+    async def call_model(self, call: ModelCall) -> ModelReply:
+        """Resolve the call's model spec and answer it from the version; errors as a reply.
 
-        ``args`` are the method's: a parsed request for a version held here, its bytes for one
-        in its own deployment (``_call`` serializes). A full queue answers RESOURCE_EXHAUSTED at
-        once; a call still waiting when the caller's deadline passes gets DEADLINE_EXCEEDED.
-        Every call is counted in the request metrics (``serve_app.metrics``).
+        A version held here answers in this process; one in its own deployment gets the call
+        through Serve (``ModelCall`` pickles its request as bytes). A full queue answers
+        RESOURCE_EXHAUSTED at once; a call still waiting when the caller's deadline passes gets
+        DEADLINE_EXCEEDED. Every call is counted in the request metrics (``serve_app.metrics``).
         """
         started = time.perf_counter()
         version = None
         try:
-            route = self._table.resolve(spec)
+            route = self._table.resolve(call.spec)
             version = route.version
-            reply = await self._call(route.target, method, args, deadline)
+            reply = await self._call(route.target, call)
         except ServingError as e:
-            reply = Reply.error(e)
+            reply = ModelReply.error(e)
         except BackPressureError:
-            reply = Reply.error(ResourceExhausted("The model's request queue is full; retry later"))
+            reply = ModelReply.error(
+                ResourceExhausted("The model's request queue is full; retry later")
+            )
         except Exception as e:  # never a Ray traceback to the client
-            reply = Reply.error(transport_error(e))
-        metrics.record_model_call(
-            spec, method, args, protocol, version, reply.code, time.perf_counter() - started
-        )
+            reply = ModelReply.error(transport_error(e))
+        metrics.record_model_call(call, version, reply.code, time.perf_counter() - started)
         return reply
 
-    async def _call(
-        self, target: str, method: str, args: tuple[Any, ...], deadline: float | None
-    ) -> Reply:
+    async def _call(self, target: str, call: ModelCall) -> ModelReply:
+        deadline = call.deadline
         local = self._local.get(target)
         if local is not None:  # co-located: no hop
-            work = getattr(local, method)(*args, deadline=deadline)
             if deadline is None:
-                return cast(Reply, await work)
+                return await local.call(call)
             try:
-                return cast(Reply, await asyncio.wait_for(work, deadline - time.time()))
+                return await asyncio.wait_for(local.call(call), deadline - time.time())
             except TimeoutError:
                 raise DeadlineExceeded("Deadline Exceeded") from None
-        wire = tuple(a.SerializeToString() if hasattr(a, "SerializeToString") else a for a in args)
-        response = getattr(self._handle(target), method).remote(*wire, deadline=deadline)
+        response = self._handle(target).call.remote(call)
         if deadline is None:
-            return await response
+            return cast(ModelReply, await response)
         try:
-            return await asyncio.wait_for(asyncio.shield(response), deadline - time.time())
+            return cast(
+                ModelReply, await asyncio.wait_for(asyncio.shield(response), deadline - time.time())
+            )
         except TimeoutError:
             response.cancel()
             raise DeadlineExceeded("Deadline Exceeded") from None
@@ -226,56 +200,47 @@ class Ingress:
         except Exception as e:
             raise transport_error(e) from None
 
-    async def _manager_rpc(self, method: str, request: bytes) -> Reply:
+    async def _manager_rpc(self, method: str, request: bytes) -> ModelReply:
         try:
-            return cast(Reply, await self.call_manager(method, request))
+            return cast(ModelReply, await self.call_manager(method, request))
         except ServingError as e:
-            return Reply.error(e)
+            return ModelReply.error(e)
 
-    async def _forward(self, raw: bytes, deadline: float | None, method: str) -> Reply:
+    async def _forward(self, api: Api, raw: bytes, deadline: float | None) -> ModelReply:
         try:
-            request = REQUEST_TYPES[method].FromString(raw)
-            spec = (
-                multi_inference_model_spec(request)
-                if method == "multi_inference"
-                else request.model_spec
-            )
+            call = grpc_call(api, raw, deadline)
         except ServingError as e:
-            return Reply.error(e)
-        except Exception:
-            return Reply.error(InvalidArgument("Could not parse request"))
-        if method != "multi_inference" and not request.HasField("model_spec"):
-            return Reply.error(InvalidArgument("Missing ModelSpec"))
-        return await self.call_model(spec, method, request, deadline=deadline)
+            return ModelReply.error(e)
+        return await self.call_model(call)
 
-    # --- tensorflow.serving.PredictionService: (request bytes, deadline) -> Reply -------------
+    # --- tensorflow.serving.PredictionService: (request bytes, deadline) -> ModelReply --------
 
-    async def Predict(self, raw: bytes, deadline: float | None) -> Reply:
-        return await self._forward(raw, deadline, "predict")
+    async def Predict(self, raw: bytes, deadline: float | None) -> ModelReply:
+        return await self._forward(Api.PREDICT, raw, deadline)
 
-    async def Classify(self, raw: bytes, deadline: float | None) -> Reply:
-        return await self._forward(raw, deadline, "classify")
+    async def Classify(self, raw: bytes, deadline: float | None) -> ModelReply:
+        return await self._forward(Api.CLASSIFY, raw, deadline)
 
-    async def Regress(self, raw: bytes, deadline: float | None) -> Reply:
-        return await self._forward(raw, deadline, "regress")
+    async def Regress(self, raw: bytes, deadline: float | None) -> ModelReply:
+        return await self._forward(Api.REGRESS, raw, deadline)
 
-    async def GetModelMetadata(self, raw: bytes, deadline: float | None) -> Reply:
-        return await self._forward(raw, deadline, "metadata")
+    async def GetModelMetadata(self, raw: bytes, deadline: float | None) -> ModelReply:
+        return await self._forward(Api.METADATA, raw, deadline)
 
-    async def MultiInference(self, raw: bytes, deadline: float | None) -> Reply:
-        return await self._forward(raw, deadline, "multi_inference")
+    async def MultiInference(self, raw: bytes, deadline: float | None) -> ModelReply:
+        return await self._forward(Api.MULTI_INFERENCE, raw, deadline)
 
     # --- tensorflow.serving.ModelService ----------------------------------------------------------
 
-    async def GetModelStatus(self, raw: bytes, deadline: float | None) -> Reply:
+    async def GetModelStatus(self, raw: bytes, deadline: float | None) -> ModelReply:
         return await self._manager_rpc("get_status", raw)
 
-    async def HandleReloadConfigRequest(self, raw: bytes, deadline: float | None) -> Reply:
+    async def HandleReloadConfigRequest(self, raw: bytes, deadline: float | None) -> ModelReply:
         return await self._manager_rpc("reload_config", raw)
 
     # --- grpc.health.v1.Health ------------------------------------------------------------------
 
-    async def Check(self, raw: bytes, deadline: float | None) -> Reply:
+    async def Check(self, raw: bytes, deadline: float | None) -> ModelReply:
         from serve_app import health
 
         return await health.check(self, raw)

@@ -28,7 +28,7 @@ from typing import Any
 import grpc
 
 from compat.errors import truncate
-from serve_app.replies import STATUS_BY_VALUE, Reply
+from serve_app.calls import ModelReply
 
 logger = logging.getLogger("ray.serve")
 
@@ -42,12 +42,12 @@ SERVICES: dict[str, tuple[str, ...]] = {
     HEALTH_SERVICE: ("Check",),
 }
 """Every RPC we answer: the backend has a coroutine of the same name, ``(raw, deadline) ->
-Reply``."""
+ModelReply``."""
 
 MAX_MESSAGE_BYTES = 2**31 - 1
 """TF Serving's gRPC server accepts messages up to INT_MAX (main.cc sets no smaller limit)."""
 
-RpcFunction = Callable[[bytes, float | None], Awaitable[Reply]]
+RpcFunction = Callable[[bytes, float | None], Awaitable[ModelReply]]
 
 
 def _rpc_handler(function: RpcFunction) -> grpc.RpcMethodHandler:
@@ -55,8 +55,8 @@ def _rpc_handler(function: RpcFunction) -> grpc.RpcMethodHandler:
         remaining = context.time_remaining()
         deadline = time.time() + remaining if remaining is not None else None
         reply = await function(raw, deadline)
-        if reply.code:
-            context.set_code(STATUS_BY_VALUE[reply.code])
+        if not reply.ok:
+            context.set_code(reply.code)
             context.set_details(truncate(reply.message))
             return b""
         return reply.payload

@@ -36,10 +36,8 @@ from __future__ import annotations
 import asyncio
 import bisect
 import functools
-import json
 import logging
 import math
-import re
 import threading
 import time
 import urllib.request
@@ -50,7 +48,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from compat.errors import CODE_NAMES, StatusCode
+from compat.errors import StatusCode
+from serve_app.calls import Api, ModelCall
 
 logger = logging.getLogger("ray.serve")
 
@@ -100,7 +99,6 @@ FLUSH_INTERVAL_S = 1.0
 ``metrics_report_interval_ms``)."""
 FETCH_TIMEOUT_S = 5.0
 DEFAULT_SIGNATURE = "serving_default"
-_OK = StatusCode.OK.value[0]
 
 
 class _Metrics:
@@ -256,19 +254,19 @@ def record_request(
     signature: str,
     api: str,
     protocol: str,
-    code: int,
+    code: StatusCode,
     seconds: float,
 ) -> None:
-    """One answered model request; ``code`` is the gRPC status value (0 for OK)."""
+    """One answered model request, with its gRPC status."""
     key = (
         model,
         "" if version is None else str(version),
         signature,
         api,
         protocol,
-        _status_name(code),
+        code.name,
     )
-    _RECORDER.add(key, code != _OK, seconds)
+    _RECORDER.add(key, code is not StatusCode.OK, seconds)
 
 
 def flush() -> None:
@@ -278,20 +276,14 @@ def flush() -> None:
 
 @_never_raises
 def record_model_call(
-    spec: Any,
-    method: str,
-    args: Sequence[Any],
-    protocol: str,
-    version: int | None,
-    code: int,
-    seconds: float,
+    call: ModelCall, version: int | None, code: StatusCode, seconds: float
 ) -> None:
-    """``Ingress.call_model``'s call: REST's ``rest(verb, body)`` or a gRPC method name."""
-    if method == "rest":
-        api, signature = str(args[0]), rest_signature(args[1])
+    """``Ingress.call_model``'s call: labels from the parsed call (``serve_app.calls``)."""
+    if call.api in (Api.METADATA, Api.MULTI_INFERENCE):
+        signature = ""
     else:
-        api, signature = method, grpc_signature(spec, method)
-    record_request(str(spec.name), version, signature, api, protocol, code, seconds)
+        signature = call.signature or DEFAULT_SIGNATURE
+    record_request(str(call.spec.name), version, signature, call.api, call.wire, code, seconds)
 
 
 @_never_raises
@@ -315,41 +307,6 @@ def _rows(inputs: dict[str, Any]) -> int:
         shape = getattr(value, "shape", ())
         return int(shape[0]) if shape else 1
     return 1
-
-
-@functools.cache
-def _status_name(code: int) -> str:
-    return CODE_NAMES.get(code, StatusCode.UNKNOWN).name
-
-
-# --- labels the ingress reads without decoding a request -------------------------------------
-
-_SIGNATURE_VALUE = re.compile(rb'\s*:\s*"((?:[^"\\]|\\.){0,256})"')
-_SIGNATURE_KEY = b'"signature_name"'
-
-
-def grpc_signature(spec: Any, api: str) -> str:
-    """The signature a gRPC request names in its ModelSpec (``serving_default`` if none)."""
-    if api in ("metadata", "multi_inference"):
-        return ""
-    return str(spec.signature_name) or DEFAULT_SIGNATURE
-
-
-def rest_signature(body: bytes) -> str:
-    """The ``signature_name`` a REST body names, found without parsing the JSON (the replica
-    does that): the first ``"signature_name": "<string>"`` member, else ``serving_default``."""
-    at = body.find(_SIGNATURE_KEY)
-    for _ in range(4):  # a few false hits (e.g. a string value "signature_name"), then give up
-        if at < 0:
-            return DEFAULT_SIGNATURE
-        m = _SIGNATURE_VALUE.match(body, at + len(_SIGNATURE_KEY))
-        if m is not None:
-            try:
-                return str(json.loads(b'"' + m.group(1) + b'"'))
-            except ValueError:
-                return ""
-        at = body.find(_SIGNATURE_KEY, at + 1)
-    return ""
 
 
 # --- the scrape --------------------------------------------------------------------------------

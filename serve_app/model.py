@@ -15,25 +15,22 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
+
+import grpc
+import numpy as np
 
 from compat import dataplane, inference, json_codec
 from compat.errors import DeadlineExceeded, InvalidArgument, ServingError, Unavailable
-from compat.protos import (
-    classification_pb2,
-    get_model_metadata_pb2,
-    inference_pb2,
-    predict_pb2,
-    regression_pb2,
-)
 from compat.servable import Servable, SessionOptions
 from compat.warmup import replay_warmup
 from serve_app import metrics, store
 from serve_app.args import BatchingArgs
 from serve_app.batching import BatchScheduler, batchable
-from serve_app.replies import Reply
+from serve_app.calls import Api, ModelCall, ModelReply, Wire
 
 logger = logging.getLogger("ray.serve")
 
@@ -48,8 +45,7 @@ class LoadState:
 
 
 class ModelVersion:
-    """Serves one (model, version). Methods take a parsed request (or
-    its bytes) and return ``Reply``."""
+    """Serves one (model, version): ``call`` takes a ``ModelCall`` and answers a ``ModelReply``."""
 
     def __init__(
         self,
@@ -132,137 +128,113 @@ class ModelVersion:
 
     # --- running ----------------------------------------------------------------------------
 
-    async def _run(self, call: dataplane.PredictCall, deadline: float | None) -> Any:
+    async def _run(
+        self, call: dataplane.PredictCall, deadline: float | None
+    ) -> dict[str, np.ndarray]:
+        """One Predict's run: through the batching queue when it can be batched."""
         check_deadline(deadline)
         if self.batching.enabled:
             call.deadline = deadline
             if batchable(call):
-                return await self._batches.submit(call)
+                result = await self._batches.submit(call)
+                if isinstance(result, ServingError):
+                    raise result
+                return cast(dict[str, np.ndarray], result)
         servable = self._servable()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self._pool, servable.run, call.signature, call.inputs, call.output_aliases
         )
 
-    async def _guard(self, work) -> Reply:  # type: ignore[no-untyped-def]
+    # --- the one entry: a ModelCall in, a ModelReply out -----------------------------------
+
+    async def call(self, call: ModelCall) -> ModelReply:
+        """Answer ``call`` (``serve_app.calls``); every failure is a status, never an exception."""
         try:
-            return Reply(payload=await work())
+            return ModelReply(payload=await _HANDLERS[call.api](self, call))
         except ServingError as e:
-            return Reply.error(e)
+            return ModelReply.error(e)
         except Exception as e:  # never let an exception escape to Ray
             logger.exception("Unexpected error in %s version %s", self.model, self.version)
-            return Reply(code=13, message=f"{type(e).__name__}: {e}")
+            return ModelReply(code=grpc.StatusCode.INTERNAL, message=f"{type(e).__name__}: {e}")
 
-    # --- gRPC -------------------------------------------------------------------------------
+    async def _predict(self, call: ModelCall) -> bytes:
+        servable = self._servable()
+        if call.wire is Wire.REST:
+            return await self._predict_json(servable, call)
+        prepared = dataplane.prepare_predict(servable, call.request, self.check_method_name)
+        prepared.outputs = await self._run(prepared, call.deadline)
+        return dataplane.finish_predict(prepared, self.model, self.version).SerializeToString()
 
-    async def predict(self, raw: Any, deadline: float | None = None) -> Reply:
-        async def work() -> bytes:
-            request = _parsed(predict_pb2.PredictRequest, raw)
-            call = dataplane.prepare_predict(self._servable(), request, self.check_method_name)
-            result = await self._run(call, deadline)
-            if isinstance(result, ServingError):
-                raise result
-            call.outputs = result
-            return dataplane.finish_predict(call, self.model, self.version).SerializeToString()
+    async def _predict_json(self, servable: Servable, call: ModelCall) -> bytes:
+        """REST Predict: the JSON document's tensors decoded against the signature, TF Serving's
+        JSON out (``compat.json_codec``)."""
+        doc = call.request
+        requested = json_codec.signature_name(doc)
+        name = dataplane.signature_name(requested)
+        if name not in servable.signatures:  # REST's wording (http_rest_api_handler.cc)
+            raise InvalidArgument(f'Serving signature name: "{name}" not found in signature def')
+        inputs, row_format = json_codec.decode_predict_request(doc, servable.signatures[name])
+        prepared = dataplane.prepare_predict_arrays(
+            servable, requested, inputs, check_method_name=self.check_method_name
+        )
+        outputs = await self._run(prepared, call.deadline)
+        ordered = {a: outputs[a] for a in prepared.output_aliases}
+        return json_codec.encode_predict_response(ordered, row_format).encode()
 
-        return await self._guard(work)
+    async def _metadata(self, call: ModelCall) -> bytes:
+        """GetModelMetadata; REST asks for the message too (``serve_app.rest`` prints it)."""
+        response = dataplane.metadata(self._servable(), call.request, self.model, self.version)
+        return response.SerializeToString()
 
-    async def metadata(self, raw: Any, deadline: float | None = None) -> Reply:
-        async def work() -> bytes:
-            request = _parsed(get_model_metadata_pb2.GetModelMetadataRequest, raw)
-            response = dataplane.metadata(self._servable(), request, self.model, self.version)
-            return response.SerializeToString()
+    async def _classify(self, call: ModelCall) -> bytes:
+        response = await self._offload(inference.classify, call)
+        if call.wire is Wire.REST:
+            return json_codec.encode_classify_response(response.result).encode()
+        return response.SerializeToString()
 
-        return await self._guard(work)
+    async def _regress(self, call: ModelCall) -> bytes:
+        response = await self._offload(inference.regress, call)
+        if call.wire is Wire.REST:
+            return json_codec.encode_regress_response(response.result).encode()
+        return response.SerializeToString()
 
-    async def classify(self, raw: Any, deadline: float | None = None) -> Reply:
-        async def work() -> bytes:
-            request = _parsed(classification_pb2.ClassificationRequest, raw)
-            response = await self._offload(
-                inference.classify, self._servable(), request, self.model, self.version
-            )
-            return response.SerializeToString()
+    async def _multi_inference(self, call: ModelCall) -> bytes:
+        response = await self._offload(inference.multi_inference, call)
+        return response.SerializeToString()
 
-        return await self._guard(work)
-
-    async def regress(self, raw: Any, deadline: float | None = None) -> Reply:
-        async def work() -> bytes:
-            request = _parsed(regression_pb2.RegressionRequest, raw)
-            response = await self._offload(
-                inference.regress, self._servable(), request, self.model, self.version
-            )
-            return response.SerializeToString()
-
-        return await self._guard(work)
-
-    async def multi_inference(self, raw: Any, deadline: float | None = None) -> Reply:
-        async def work() -> bytes:
-            request = _parsed(inference_pb2.MultiInferenceRequest, raw)
-            response = await self._offload(
-                inference.multi_inference, self._servable(), request, self.model, self.version
-            )
-            return response.SerializeToString()
-
-        return await self._guard(work)
-
-    async def _offload(self, fn, *args):  # type: ignore[no-untyped-def]
+    async def _offload(self, fn: Callable[..., Any], call: ModelCall) -> Any:
+        """Classify, Regress and MultiInference run whole in the model's pool."""
+        check_deadline(call.deadline)
+        servable = self._servable()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._pool, functools.partial(fn, *args, check_method_name=self.check_method_name)
+            self._pool,
+            functools.partial(
+                fn,
+                servable,
+                call.request,
+                self.model,
+                self.version,
+                check_method_name=self.check_method_name,
+            ),
         )
-
-    # --- REST -------------------------------------------------------------------------------
-
-    async def rest(self, verb: str, body: bytes, deadline: float | None = None) -> Reply:
-        """``:predict``, ``:classify`` and ``:regress`` with TF Serving's JSON in and out."""
-
-        async def work() -> bytes:
-            servable = self._servable()
-            doc = json_codec.parse_json(body)
-            requested = json_codec.signature_name(doc)
-            if verb == "predict":
-                name = dataplane.signature_name(requested)
-                if name not in servable.signatures:  # REST's wording (http_rest_api_handler.cc)
-                    raise InvalidArgument(
-                        f'Serving signature name: "{name}" not found in signature def'
-                    )
-                signature = servable.signatures[name]
-                inputs, row_format = json_codec.decode_predict_request(doc, signature)
-                call = dataplane.prepare_predict_arrays(
-                    servable, requested, inputs, check_method_name=self.check_method_name
-                )
-                result = await self._run(call, deadline)
-                if isinstance(result, ServingError):
-                    raise result
-                ordered = {a: result[a] for a in call.output_aliases}
-                return json_codec.encode_predict_response(ordered, row_format).encode()
-            inputs_proto = json_codec.decode_examples_request(doc)
-            if verb == "classify":
-                creq = classification_pb2.ClassificationRequest(input=inputs_proto)
-                creq.model_spec.signature_name = requested
-                cresp = await self._offload(
-                    inference.classify, servable, creq, self.model, self.version
-                )
-                return json_codec.encode_classify_response(cresp.result).encode()
-            rreq = regression_pb2.RegressionRequest(input=inputs_proto)
-            rreq.model_spec.signature_name = requested
-            rresp = await self._offload(inference.regress, servable, rreq, self.model, self.version)
-            return json_codec.encode_regress_response(rresp.result).encode()
-
-        return await self._guard(work)
 
     def __del__(self) -> None:
         if getattr(self, "servable", None) is not None:
             self.servable.close()  # type: ignore[union-attr]
 
 
-def _parsed(message_type: Any, request: Any) -> Any:
-    """The request as a message: parsed by the serving replica already (co-located), or its
-    bytes (sent to this version's own deployment)."""
-    return message_type.FromString(request) if isinstance(request, bytes) else request
-
-
 def check_deadline(deadline: float | None) -> None:
     """A request whose caller has given up is not run (TF Serving answers the same)."""
     if deadline is not None and time.time() >= deadline:
         raise DeadlineExceeded("Deadline Exceeded")
+
+
+_HANDLERS: dict[Api, Callable[[ModelVersion, ModelCall], Awaitable[bytes]]] = {
+    Api.PREDICT: ModelVersion._predict,
+    Api.CLASSIFY: ModelVersion._classify,
+    Api.REGRESS: ModelVersion._regress,
+    Api.METADATA: ModelVersion._metadata,
+    Api.MULTI_INFERENCE: ModelVersion._multi_inference,
+}

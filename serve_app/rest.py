@@ -5,11 +5,11 @@ gRPC code -> HTTP status through the one table in ``compat.errors``), ``http_res
 (the two path regexes, percent-decoded model names and labels, version parsing) and
 ``http_rest_api_handler.cc`` (dispatch: a path that parses but names no known method stays
 ``Malformed request: <METHOD> <path>``, 400). Bodies are JSON, gzip-encoded when the request says
-so; the model version decodes them (``ModelVersion.rest``), so the transport only reads
-the path.
+so. The body is parsed here, once, into a ``ModelCall`` (``rest_call``); the version decodes
+Predict's tensors against its signature and writes the JSON answer.
 
-``RestApi`` needs a backend with ``call_model(spec, method, *args, deadline=, protocol=)`` (resolve
-a ModelSpec and call a model-version replica, errors as a reply with a gRPC code) and
+``RestApi`` needs a backend with ``call_model(ModelCall) -> ModelReply`` (resolve the call's
+ModelSpec and answer it from the version, errors as a reply with a gRPC code) and
 ``call_manager(method, *args)``; an optional ``rest_timeout_s`` attribute is the REST deadline
 (``--rest_api_timeout_in_ms``).
 """
@@ -29,13 +29,20 @@ from starlette.responses import Response
 
 from compat import json_codec
 from compat.errors import (
-    CODE_NAMES,
     HTTP_STATUS,
     InvalidArgument,
     ServingError,
     StatusCode,
 )
-from compat.protos import get_model_metadata_pb2, get_model_status_pb2, model_pb2
+from compat.protos import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    regression_pb2,
+)
+from serve_app import metrics
+from serve_app.calls import Api, ModelCall, ModelReply, Wire
 
 #: HttpRestApiHandler::kPathRegex: everything else is not the REST API (404, no JSON).
 _API_PATH = re.compile(r"(?i)/v1/.*", re.ASCII | re.DOTALL)
@@ -55,20 +62,10 @@ _INFERENCE_VERBS = ("classify", "regress", "predict")
 #: traffic for ``latest``, e.g. ``POST /admin/models/deeplab/labels/canary/weight {"weight": 0.1}``.
 _LABEL_WEIGHT = re.compile(r"/admin/models/([^/:]+)/labels/([^/:]+)/weight", re.ASCII)
 _INT64_MAX = 2**63 - 1
-#: Routing errors a REST request can get before its body is read; TF Serving parses the JSON
-#: first, so a malformed body wins over them (see ``_body_error``).
-_ROUTING_CODES = {StatusCode.NOT_FOUND.value[0], StatusCode.INVALID_ARGUMENT.value[0]}
 
 
 class Backend(Protocol):
-    async def call_model(
-        self,
-        spec: Any,
-        method: str,
-        *args: Any,
-        deadline: float | None = None,
-        protocol: str = "grpc",
-    ) -> Any: ...
+    async def call_model(self, call: ModelCall) -> ModelReply: ...
 
     async def call_manager(self, method: str, *args: Any) -> Any: ...
 
@@ -90,7 +87,7 @@ class RestApi:
                 return Response("Not Found", status_code=404, media_type="text/plain")
             return await self._dispatch(request, request.method, path)
         except ServingError as e:  # the backend's errors too (a replica it could not reach)
-            return error_response(e.code.value[0], e.message)
+            return error_response(e.code, e.message)
 
     async def _label_weight(self, request: Request, model: str, label: str) -> Response:
         doc = json_codec.parse_json(await request.body())
@@ -98,7 +95,7 @@ class RestApi:
         if not isinstance(weight, int | float) or isinstance(weight, bool):
             raise InvalidArgument("'weight' must be a number between 0 and 1")
         reply = await self.backend.call_manager("set_label_weight", model, label, float(weight))
-        if reply.code:
+        if not reply.ok:
             return error_response(reply.code, reply.message)
         return Response(reply.payload, status_code=200, media_type="application/json")
 
@@ -128,37 +125,43 @@ class RestApi:
         raise malformed
 
     async def _infer(self, request: Request, spec: model_pb2.ModelSpec, verb: str) -> Response:
+        """The body is parsed here, once, before the model is looked up (TF Serving's
+        ``FillPredictRequestFromJson`` parses and checks ``signature_name`` before
+        ``GetServableHandle``; the classify/regress fillers convert the whole body first): a
+        malformed body wins over an unknown model. Predict's tensors are decoded by the
+        version, against its signature."""
+        started = time.perf_counter()
         body = await request.body()
         if "gzip" in request.headers.get("content-encoding", ""):
             body = gunzip(body)
         timeout = getattr(self.backend, "rest_timeout_s", None)
         deadline = time.time() + timeout if timeout else None
-        reply = await self.backend.call_model(
-            spec, "rest", verb, body, deadline=deadline, protocol="rest"
-        )
-        if reply.code:
-            code, message = reply.code, reply.message
-            if code in _ROUTING_CODES:
-                body_error = _body_error(verb, body)
-                if body_error is not None:
-                    code, message = body_error.code.value[0], body_error.message
-            return error_response(code, message)
+        try:
+            call = rest_call(Api(verb), spec, body, deadline)
+        except ServingError as e:
+            metrics.record_request(
+                spec.name, None, "", verb, Wire.REST, e.code, time.perf_counter() - started
+            )
+            raise
+        reply = await self.backend.call_model(call)
+        if not reply.ok:
+            return error_response(reply.code, reply.message)
         return Response(reply.payload, status_code=200, media_type="application/json")
 
     async def _status(self, spec: model_pb2.ModelSpec) -> Response:
         raw = get_model_status_pb2.GetModelStatusRequest(model_spec=spec).SerializeToString()
         reply = await self.backend.call_manager("get_status", raw)
-        if reply.code:
+        if not reply.ok:
             return error_response(reply.code, reply.message)
         response = get_model_status_pb2.GetModelStatusResponse.FromString(reply.payload)
         return _json(status_json(response))
 
     async def _metadata(self, spec: model_pb2.ModelSpec) -> Response:
-        raw = get_model_metadata_pb2.GetModelMetadataRequest(
+        request = get_model_metadata_pb2.GetModelMetadataRequest(
             model_spec=spec, metadata_field=["signature_def"]
-        ).SerializeToString()
-        reply = await self.backend.call_model(spec, "metadata", raw, protocol="rest")
-        if reply.code:
+        )
+        reply = await self.backend.call_model(ModelCall(Api.METADATA, spec, request, Wire.REST))
+        if not reply.ok:
             return error_response(reply.code, reply.message)
         response = get_model_metadata_pb2.GetModelMetadataResponse.FromString(reply.payload)
         return _json(metadata_json(response))
@@ -204,21 +207,25 @@ def gunzip(body: bytes) -> bytes:
         return b""
 
 
-def _body_error(verb: str, body: bytes) -> ServingError | None:
-    """The error TF Serving finds in the body before it looks the servable up, if any.
-
-    ``FillPredictRequestFromJson`` parses the document and checks ``signature_name`` before
-    ``GetServableHandle``; ``FillClassificationRequestFromJson`` / ``...Regression...`` convert
-    the whole body first. Only called on a routing error (never on the success path).
-    """
-    try:
-        if verb == "predict":
-            json_codec.signature_name(json_codec.parse_json(body))
-        else:
-            json_codec.decode_examples_request(body)
-    except ServingError as e:
-        return e
-    return None
+def rest_call(
+    api: Api, spec: model_pb2.ModelSpec, body: bytes, deadline: float | None
+) -> ModelCall:
+    """A ``:predict``, ``:classify`` or ``:regress`` body as a call (errors: json_tensor.cc's).
+    Classify and Regress become the gRPC request messages, so both transports run one path."""
+    if api is Api.PREDICT:
+        doc = json_codec.parse_predict_json(body)
+        json_codec.signature_name(doc)
+        return ModelCall(api, spec, doc, Wire.REST, deadline)
+    doc = json_codec.parse_json(body)
+    signature = json_codec.signature_name(doc)
+    examples = json_codec.decode_examples_request(doc)
+    message = (
+        classification_pb2.ClassificationRequest
+        if api is Api.CLASSIFY
+        else regression_pb2.RegressionRequest
+    )(model_spec=spec, input=examples)
+    message.model_spec.signature_name = signature
+    return ModelCall(api, message.model_spec, message, Wire.REST, deadline)
 
 
 def status_json(response: get_model_status_pb2.GetModelStatusResponse) -> str:
@@ -244,9 +251,9 @@ def _pretty_proto_json(value: Any) -> str:
     return json.dumps(value, indent=1, ensure_ascii=False) + "\n"
 
 
-def error_response(code: int, message: str) -> Response:
+def error_response(code: StatusCode, message: str) -> Response:
     """``MakeJsonFromStatus`` (rapidjson's PrettyWriter) with ``ToHTTPStatusCode``'s status."""
-    status = HTTP_STATUS.get(CODE_NAMES.get(code, StatusCode.UNKNOWN), 500)
+    status = HTTP_STATUS.get(code, 500)
     return _json('{\n    "error": ' + json.dumps(message, ensure_ascii=False) + "\n}", status)
 
 

@@ -23,13 +23,13 @@ from typing import Any
 from ray import serve
 
 from compat import model_config
-from compat.errors import InvalidArgument, NotFound, ServingError
+from compat.errors import InvalidArgument, NotFound, ServingError, StatusCode
 from compat.protos import get_model_status_pb2, model_management_pb2, status_pb2
 from compat.routing import Canary, ModelRoutes
 from serve_app import store
 from serve_app.args import AppArgs, ModelArgs, VersionPolicy
+from serve_app.calls import ModelReply
 from serve_app.plan import Plan, deployment_name
-from serve_app.replies import Reply
 from serve_app.repository import aspired_versions, scan_all_numeric, scan_versions
 
 logger = logging.getLogger("ray.serve")
@@ -158,7 +158,7 @@ class VersionManager:
             if v not in on_disk and v not in self.plan.deployed.get(name, {}):
                 statuses[v] = VersionStatus(
                     State.END,
-                    error_code=5,  # NOT_FOUND, what TF's SavedModel reader says
+                    error_code=StatusCode.NOT_FOUND.value[0],  # TF's SavedModel reader's
                     error_message=(
                         f"The SavedModel at {path} is not complete (files still being uploaded, "
                         "or missing); it is loaded once whole"
@@ -286,21 +286,23 @@ class VersionManager:
             return None
         return Canary(version=version, weight=weight)
 
-    async def set_label_weight(self, model: str, label: str, weight: float) -> Reply:
+    async def set_label_weight(self, model: str, label: str, weight: float) -> ModelReply:
         """Send ``weight`` of the requests for ``latest`` to ``label``'s version, now."""
         if not 0.0 <= weight <= 1.0:
-            return Reply.error(InvalidArgument("'weight' must be a number between 0 and 1"))
+            return ModelReply.error(InvalidArgument("'weight' must be a number between 0 and 1"))
         async with self._lock:
             routes = self.plan.routing.models.get(model)
             if routes is None:
-                return Reply.error(NotFound(f"Could not find any versions of model {model}"))
+                return ModelReply.error(NotFound(f"Could not find any versions of model {model}"))
             if label not in routes.labels:
-                return Reply.error(InvalidArgument(f"Unrecognized servable version label: {label}"))
+                return ModelReply.error(
+                    InvalidArgument(f"Unrecognized servable version label: {label}")
+                )
             self._label_weights[model] = (label, weight)
             plan = self.plan.copy_deep()
             await self._route_and_apply(plan)
         body = {"model": model, "label": label, "version": routes.labels[label], "weight": weight}
-        return Reply(payload=json.dumps(body).encode())
+        return ModelReply(payload=json.dumps(body).encode())
 
     async def _route_and_apply(
         self, plan: Plan, exclude: dict[str, set[int]] | None = None, drop_model: str | None = None
@@ -422,15 +424,15 @@ class VersionManager:
 
     # --- RPCs ----------------------------------------------------------------------------------
 
-    def get_status(self, raw: bytes) -> Reply:
+    def get_status(self, raw: bytes) -> ModelReply:
         """GetModelStatus: every version of the model, newest first."""
         try:
             request = get_model_status_pb2.GetModelStatusRequest.FromString(raw)
             if not request.HasField("model_spec"):
                 raise InvalidArgument("Missing ModelSpec")
-            return Reply(payload=self.model_status(request.model_spec).SerializeToString())
+            return ModelReply(payload=self.model_status(request.model_spec).SerializeToString())
         except ServingError as e:
-            return Reply.error(e)
+            return ModelReply.error(e)
 
     def model_status(self, spec: Any) -> get_model_status_pb2.GetModelStatusResponse:
         name = spec.name
@@ -472,7 +474,7 @@ class VersionManager:
                 return False
         return True
 
-    async def reload_config(self, raw: bytes) -> Reply:
+    async def reload_config(self, raw: bytes) -> ModelReply:
         """HandleReloadConfigRequest: the new config replaces the old, then waits for loads."""
         request = model_management_pb2.ReloadConfigRequest.FromString(raw)
         response = model_management_pb2.ReloadConfigResponse()
@@ -490,9 +492,7 @@ class VersionManager:
             response.status.CopyFrom(
                 status_pb2.StatusProto(error_code=e.code.value[0], error_message=e.message)
             )
-            return Reply(
-                payload=response.SerializeToString(), code=e.code.value[0], message=e.message
-            )
+            return ModelReply(payload=response.SerializeToString(), code=e.code, message=e.message)
         async with self._lock:
             # As ServerCore::ReloadConfig: labels are checked against the versions AVAILABLE
             # now, before any model changes; an invalid label leaves the served models as they
@@ -503,11 +503,12 @@ class VersionManager:
                 self.args.model_config_file = None
                 await self._reconcile()
         if bad_labels:
-            status = status_pb2.StatusProto(error_code=9, error_message=bad_labels)
+            code = StatusCode.FAILED_PRECONDITION
+            status = status_pb2.StatusProto(error_code=code.value[0], error_message=bad_labels)
             response.status.CopyFrom(status)
-            return Reply(payload=response.SerializeToString(), code=9, message=bad_labels)
+            return ModelReply(payload=response.SerializeToString(), code=code, message=bad_labels)
         response.status.CopyFrom(status_pb2.StatusProto(error_code=0))
-        return Reply(payload=response.SerializeToString())
+        return ModelReply(payload=response.SerializeToString())
 
     def _invalid_labels(self, models: list[ModelArgs]) -> str:
         for m in models:

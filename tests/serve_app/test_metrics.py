@@ -150,7 +150,8 @@ def test_request_counters_move_with_traffic(server: Server) -> None:
         model=MODEL, signature="classify_x_to_y", api="classify", protocol="rest", status="OK"
     )
     not_found = dict(model=MODEL, version="", protocol="rest", status="NOT_FOUND")
-    bad_json = dict(model=MODEL, version="123", protocol="rest", status="INVALID_ARGUMENT")
+    # a body that does not parse fails before any version is resolved (as in TF Serving)
+    bad_json = dict(model=MODEL, version="", protocol="rest", status="INVALID_ARGUMENT")
     before = scrape(server)
 
     for _ in range(5):
@@ -220,13 +221,15 @@ def test_merge_sums_processes_and_keeps_exact_sums() -> None:
 @pytest.mark.parametrize(
     ("body", "signature"),
     [
-        (b'{"signature_name": "classify_x_to_y", "examples": []}', "classify_x_to_y"),
         (b'{"instances": ["signature_name"], "signature_name" :"a\\"b"}', 'a"b'),
-        (b'{"instances": [1.0]}', "serving_default"),
-        (b'{"signature_name": 7, "instances": [1.0]}', "serving_default"),
+        (b'{"instances": [1.0]}', ""),
+        (b'{"signature_name": "", "instances": [1.0]}', ""),
     ],
 )
-def test_rest_signature_label(body: bytes, signature: str) -> None:
-    from serve_app.metrics import rest_signature
+def test_a_rest_calls_signature_comes_from_its_parsed_body(body: bytes, signature: str) -> None:
+    from compat.protos import model_pb2
+    from serve_app.calls import Api
+    from serve_app.rest import rest_call
 
-    assert rest_signature(body) == signature
+    call = rest_call(Api.PREDICT, model_pb2.ModelSpec(name="m"), body, None)
+    assert call.signature == signature

@@ -16,8 +16,8 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
+from serve_app.calls import Api, ModelCall, ModelReply
 from serve_app.model import ModelVersion
-from serve_app.replies import Reply
 
 
 @pytest.fixture
@@ -29,24 +29,24 @@ def model(testdata: Path) -> Iterator[ModelVersion]:
     m.servable.close()  # type: ignore[union-attr]
 
 
-def request(rows: int) -> bytes:
+def request(rows: int, deadline: float | None = None) -> ModelCall:
     r = predict_pb2.PredictRequest()
     r.model_spec.name = "half_plus_two"
     r.inputs["x"].CopyFrom(tf.make_tensor_proto(np.full((rows, 1), 2.0, np.float32)))
-    return r.SerializeToString()
+    return ModelCall(Api.PREDICT, r.model_spec, r, deadline=deadline)
 
 
 def batching(**knobs: Any) -> dict[str, Any]:
     return {"batching": {"enabled": True, **knobs}}
 
 
-def y(reply: Reply) -> np.ndarray:
+def y(reply: ModelReply) -> np.ndarray:
     response = predict_pb2.PredictResponse.FromString(reply.raise_for_status())
     return tf.make_ndarray(response.outputs["y"])
 
 
-async def gather(m: ModelVersion, *sizes: int) -> list[Reply]:
-    return await asyncio.gather(*(m.predict(request(n)) for n in sizes))
+async def gather(m: ModelVersion, *sizes: int) -> list[ModelReply]:
+    return await asyncio.gather(*(m.call(request(n)) for n in sizes))
 
 
 def hold_model_runs(model: ModelVersion) -> tuple[list[int], threading.Event, threading.Event]:
@@ -70,7 +70,7 @@ def hold_model_runs(model: ModelVersion) -> tuple[list[int], threading.Event, th
 def test_task_larger_than_a_batch_is_invalid_argument(model: ModelVersion) -> None:
     model.reconfigure(batching(max_batch_size=2))
     (reply,) = asyncio.run(gather(model, 3))
-    assert reply.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert reply.code == grpc.StatusCode.INVALID_ARGUMENT
     assert reply.message == "Task size 3 is larger than maximum input batch size 2"
 
 
@@ -83,7 +83,7 @@ def test_full_batch_queue_is_unavailable_with_tf_servings_message(model: ModelVe
     first, second, third = asyncio.run(gather(model, 1, 1, 1))
     np.testing.assert_array_equal(y(first), [[3.0]])
     np.testing.assert_array_equal(y(second), [[3.0]])
-    assert third.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert third.code == grpc.StatusCode.UNAVAILABLE
     assert third.message == (
         "The batch scheduling queue to which this task was submitted is full; "
         "currently 1 batches enqueued and max_enqueued_batches is 1"
@@ -106,7 +106,7 @@ def test_num_batch_threads_changes_at_runtime(model: ModelVersion) -> None:
 
     model.reconfigure(batching(max_batch_size=1, batch_timeout_micros=0))
 
-    async def scenario() -> list[Reply]:
+    async def scenario() -> list[ModelReply]:
         assert [y(r).tolist() for r in await gather(model, 1)] == [[[3.0]]]  # one thread runs
         model.reconfigure(batching(max_batch_size=1, batch_timeout_micros=0, num_batch_threads=2))
         servable.run = meeting_run  # type: ignore[method-assign]
@@ -123,10 +123,10 @@ def test_batch_fills_while_the_model_is_busy(model: ModelVersion) -> None:
     sizes, started, release = hold_model_runs(model)
     model.reconfigure(batching(max_batch_size=8, batch_timeout_micros=0))
 
-    async def scenario() -> list[Reply]:
-        first = asyncio.ensure_future(model.predict(request(1)))
+    async def scenario() -> list[ModelReply]:
+        first = asyncio.ensure_future(model.call(request(1)))
         await asyncio.to_thread(started.wait, 20)  # the only batch thread is busy
-        rest = [asyncio.ensure_future(model.predict(request(1))) for _ in range(5)]
+        rest = [asyncio.ensure_future(model.call(request(1))) for _ in range(5)]
         await asyncio.sleep(0)  # each reaches the queue
         release.set()
         return await asyncio.gather(first, *rest)
@@ -142,18 +142,18 @@ def test_a_call_whose_deadline_passes_in_the_queue_is_not_run(model: ModelVersio
     sizes, started, release = hold_model_runs(model)
     model.reconfigure(batching(max_batch_size=8, batch_timeout_micros=0))
 
-    async def scenario() -> list[Reply]:
-        first = asyncio.ensure_future(model.predict(request(1)))
+    async def scenario() -> list[ModelReply]:
+        first = asyncio.ensure_future(model.call(request(1)))
         await asyncio.to_thread(started.wait, 20)
-        late = asyncio.ensure_future(model.predict(request(1), deadline=time.time() + 0.2))
-        patient = asyncio.ensure_future(model.predict(request(2)))
+        late = asyncio.ensure_future(model.call(request(1, deadline=time.time() + 0.2)))
+        patient = asyncio.ensure_future(model.call(request(2)))
         await asyncio.sleep(0.4)  # the deadline passes while both wait in the queue
         release.set()
         return await asyncio.gather(first, late, patient)
 
     first, late, patient = asyncio.run(scenario())
     assert y(first).tolist() == [[3.0]]
-    assert late.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    assert late.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert late.message == "Deadline Exceeded"
     assert y(patient).tolist() == [[3.0], [3.0]]
     assert sizes == [1, 2]

@@ -1,0 +1,126 @@
+"""The typed contract between the transports and a model version: ``ModelCall`` in,
+``ModelReply`` out.
+
+A transport (gRPC in ``serve_app.listeners`` / ``serve_app.ingress``, REST in
+``serve_app.rest``) parses the request once into a ``ModelCall``: which API, the parsed request,
+the wire format the answer goes back in, and the caller's deadline. The model spec is read once,
+from the parsed request. The version (``serve_app.model.ModelVersion.call``) answers a
+``ModelReply``: the response already encoded for that wire, or a status. Status travels as data,
+never as an exception: an exception that crosses a Ray call costs a traceback, and status is
+converted to gRPC or HTTP only at the edge (``compat.errors``).
+
+Both are plain picklable values, so the same call goes to a version held in the serving replica
+or to one in a deployment of its own.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from compat.errors import ServingError, from_code
+from compat.inference import multi_inference_model_spec
+from compat.protos import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    inference_pb2,
+    model_pb2,
+    predict_pb2,
+    regression_pb2,
+)
+
+
+class Api(enum.StrEnum):
+    """The model RPCs of PredictionService (the value is the metrics' ``api`` label)."""
+
+    PREDICT = "predict"
+    CLASSIFY = "classify"
+    REGRESS = "regress"
+    METADATA = "metadata"
+    MULTI_INFERENCE = "multi_inference"
+
+
+class Wire(enum.StrEnum):
+    """How the reply's payload is encoded (and the metrics' ``protocol`` label)."""
+
+    GRPC = "grpc"
+    """The serialized response message."""
+    REST = "rest"
+    """TF Serving's REST JSON (``compat.json_codec``)."""
+
+
+#: The request message of each API; a gRPC request's bytes parse into it.
+REQUEST_TYPES: dict[Api, Any] = {
+    Api.PREDICT: predict_pb2.PredictRequest,
+    Api.CLASSIFY: classification_pb2.ClassificationRequest,
+    Api.REGRESS: regression_pb2.RegressionRequest,
+    Api.METADATA: get_model_metadata_pb2.GetModelMetadataRequest,
+    Api.MULTI_INFERENCE: inference_pb2.MultiInferenceRequest,
+}
+
+
+@dataclass
+class ModelCall:
+    """One parsed call to a model version."""
+
+    api: Api
+    spec: model_pb2.ModelSpec
+    """The model spec, read once from the request (MultiInference: its tasks' common spec)."""
+    request: Any
+    """The request message of ``api``. REST Predict carries the parsed JSON document instead
+    (``compat.json_codec.parse_predict_json``: its tensors are decoded against the signature,
+    which only the version has); REST Classify and Regress carry the request message built
+    from the JSON's examples."""
+    wire: Wire = Wire.GRPC
+    deadline: float | None = None
+    """Wall-clock time (``time.time()``) after which the caller no longer waits."""
+
+    @property
+    def signature(self) -> str:
+        """The requested signature name ("" for the default), for the metrics."""
+        if self.wire is Wire.REST and self.api is Api.PREDICT:
+            name = self.request.get("signature_name", "")
+            return name if isinstance(name, str) else ""
+        return str(self.spec.signature_name)
+
+
+def grpc_call(api: Api, raw: bytes, deadline: float | None) -> ModelCall:
+    """A gRPC request's bytes as a call; TF Serving's errors for what does not parse."""
+    from compat.errors import InvalidArgument
+
+    try:
+        request = REQUEST_TYPES[api].FromString(raw)
+    except Exception:
+        raise InvalidArgument("Could not parse request") from None
+    if api is Api.MULTI_INFERENCE:
+        spec = multi_inference_model_spec(request)
+    elif not request.HasField("model_spec"):
+        raise InvalidArgument("Missing ModelSpec")
+    else:
+        spec = request.model_spec
+    return ModelCall(api, spec, request, Wire.GRPC, deadline)
+
+
+@dataclass(frozen=True)
+class ModelReply:
+    """An encoded response (proto bytes or JSON) or a status with TF Serving's message."""
+
+    payload: bytes = b""
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    message: str = ""
+
+    @classmethod
+    def error(cls, e: ServingError) -> ModelReply:
+        return cls(code=e.code, message=e.message)
+
+    @property
+    def ok(self) -> bool:
+        return self.code is grpc.StatusCode.OK
+
+    def raise_for_status(self) -> bytes:
+        if not self.ok:
+            raise from_code(self.code, self.message)
+        return self.payload
