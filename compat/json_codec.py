@@ -941,11 +941,6 @@ def encode_regress_response(result: regression_pb2.RegressionResult) -> str:
     return '{"results":[' + ",".join(write_decimal(r.value) for r in result.regressions) + "]}"
 
 
-def encode_error(message: str) -> str:
-    """MakeJsonFromStatus(): ``{"error": message}``."""
-    return '{"error":' + _string(message) + "}"
-
-
 # ------------------------------------------------------------ classify/regress examples
 
 _FEATURE_KIND_NAMES = {"bytes_list": "bytes", "float_list": "float", "int64_list": "int64"}

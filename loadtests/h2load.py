@@ -14,6 +14,7 @@ Debian/Ubuntu: ``apt-get install nghttp2-client``.
 
 from __future__ import annotations
 
+import collections
 import resource
 import shutil
 import struct
@@ -85,7 +86,8 @@ def run(
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if on_window:
             on_window()
-        latencies, errors = _read_log(log)
+        latencies, statuses = _read_log(log)
+    errors = sum(statuses.values())
     # The warm-up included: an upper bound of the client's CPU in the window.
     cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * (
         seconds / (seconds + warmup_s)
@@ -94,7 +96,7 @@ def run(
     wall = seconds
     first_error = "" if out.returncode == 0 else (out.stderr or out.stdout)[-300:]
     if errors and not first_error:
-        first_error = f"{errors} non-2xx answers"
+        first_error = f"{errors} non-2xx answers (status: count {dict(statuses)})"
     if not latencies and not first_error:  # e.g. its one connection was refused or reset
         first_error = "no request completed: " + out.stdout[-300:]
     return LoadResult(
@@ -107,10 +109,11 @@ def run(
     )
 
 
-def _read_log(path: Path) -> tuple[list[float], int]:
-    """(latency ms of every request, how many were not 2xx) from h2load's ``--log-file``."""
+def _read_log(path: Path) -> tuple[list[float], collections.Counter[int]]:
+    """(latency ms of every request, the count of each status that was not 2xx) from h2load's
+    ``--log-file``."""
     latencies: list[float] = []
-    errors = 0
+    errors: collections.Counter[int] = collections.Counter()
     if not path.exists():
         return latencies, errors
     for line in path.read_text().splitlines():
@@ -119,6 +122,6 @@ def _read_log(path: Path) -> tuple[list[float], int]:
             continue
         status, micros = int(cols[1]), int(cols[2])
         if not 200 <= status < 300:
-            errors += 1
+            errors[status] += 1
         latencies.append(micros / 1000)
     return latencies, errors

@@ -819,10 +819,6 @@ def test_classification_and_regression_results() -> None:
     ).message == ("Cannot convert empty RegressionResults to JSON")
 
 
-def test_error_body() -> None:
-    assert json.loads(json_codec.encode_error('bad "x"\n')) == {"error": 'bad "x"\n'}
-
-
 def test_parse_json_variants() -> None:
     assert json_codec.parse_json(b'\xef\xbb\xbf{"a": 1}') == {"a": 1}  # UTF-8 BOM skipped
     assert json_codec.parse_json({"a": 1}) == {"a": 1}
