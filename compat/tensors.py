@@ -145,6 +145,13 @@ def _from_field(values: Sequence, codec: _Codec, count: int) -> np.ndarray:
     return _fill(flat, count, codec.dtype)
 
 
+MAX_FILL_BYTES = 64 << 20
+"""The most a tensor may grow beyond the values it carries (TF's repeat-the-last-value rule):
+a request can never make the server allocate far beyond its own size. ``make_tensor_proto(0.0,
+shape=[1, 2048, 2048, 3])`` (48 MiB from one value) passes; a declared shape of 10^12 elements
+with one value is refused before anything is allocated."""
+
+
 def _fill(flat: np.ndarray, count: int, dtype: np.dtype) -> np.ndarray:
     """TF's FromProtoField: repeat the last value, or zeros when there are none."""
     size = flat.size
@@ -152,6 +159,12 @@ def _fill(flat: np.ndarray, count: int, dtype: np.dtype) -> np.ndarray:
         return flat
     if size > count:
         raise ValueError(f"{size} values for a tensor of {count} elements")
+    itemsize = 8 if dtype.kind == "O" else dtype.itemsize
+    if (count - size) * itemsize > MAX_FILL_BYTES:
+        raise ValueError(
+            f"{size} values for a tensor of {count} elements: it would grow beyond "
+            f"{MAX_FILL_BYTES} bytes"
+        )
     if size == 0:
         return np.full(count, b"", dtype=object) if dtype.kind == "O" else np.zeros(count, dtype)
     out = np.empty(count, dtype=dtype)

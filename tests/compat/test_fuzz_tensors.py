@@ -1,0 +1,195 @@
+"""Hostile TensorProtos and PredictRequests, by hypothesis, through the data plane in-process.
+
+Every input either decodes to exactly what TensorFlow's own ``Tensor::FromProto`` gives
+(``tf.io.parse_tensor`` as the oracle), or is refused with ValueError (the data plane turns that
+into TF Serving's ``INVALID_ARGUMENT: tensor parsing error: <alias>``); nothing else escapes, and
+no input makes the decoder allocate far beyond the request's own size (``MAX_FILL_BYTES``).
+The seed is fixed (``derandomize``) and the number of examples bounded; set
+``RTFS_FUZZ_EXAMPLES`` for a longer run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+tf = pytest.importorskip("tensorflow")
+
+from compat import dataplane, tensors  # noqa: E402
+from compat.errors import ServingError  # noqa: E402
+from compat.protos import predict_pb2, tensor_pb2, types_pb2  # noqa: E402
+from compat.signatures import Signature, TensorSpec  # noqa: E402
+
+pytestmark = pytest.mark.unit
+
+EXAMPLES = int(os.environ.get("RTFS_FUZZ_EXAMPLES", "300"))
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
+DTYPES = [
+    types_pb2.DT_FLOAT,
+    types_pb2.DT_DOUBLE,
+    types_pb2.DT_INT32,
+    types_pb2.DT_INT64,
+    types_pb2.DT_UINT8,
+    types_pb2.DT_BOOL,
+    types_pb2.DT_STRING,
+    types_pb2.DT_HALF,
+]
+dims = st.one_of(
+    st.integers(0, 4),
+    st.sampled_from([-1, -(2**40), 10**6, 10**12, 2**62]),
+)
+
+
+@st.composite
+def hostile_tensor(draw: st.DrawFn) -> tensor_pb2.TensorProto:
+    proto = tensor_pb2.TensorProto()
+    proto.dtype = draw(st.one_of(st.sampled_from(DTYPES), st.integers(0, 200)))
+    for size in draw(st.lists(dims, max_size=4)):
+        proto.tensor_shape.dim.add().size = size
+    if draw(st.booleans()):
+        proto.tensor_shape.unknown_rank = draw(st.booleans())
+    kind = draw(st.sampled_from(["content", "float", "int", "string", "none"]))
+    if kind == "content":
+        proto.tensor_content = draw(st.binary(max_size=64))
+    elif kind == "float":
+        proto.float_val.extend(draw(st.lists(st.floats(width=32), max_size=8)))
+    elif kind == "int":
+        proto.int_val.extend(draw(st.lists(st.integers(-(2**31), 2**31 - 1), max_size=8)))
+    elif kind == "string":
+        proto.string_val.extend(draw(st.lists(st.binary(max_size=16), max_size=4)))
+    return proto
+
+
+def _tf_decodes(proto: tensor_pb2.TensorProto) -> np.ndarray | None:
+    """TensorFlow's own decoding, or None where it refuses (or would allocate too much)."""
+    try:
+        shape = tensors.shape_of(proto)
+    except ValueError:
+        return None
+    if math.prod(shape) > 4096:
+        return None  # not asked of TF: it would really allocate it
+    try:
+        return tf.io.parse_tensor(proto.SerializeToString(), tf.as_dtype(proto.dtype)).numpy()
+    except Exception:
+        return None
+
+
+def _surplus(proto: tensor_pb2.TensorProto) -> bool:
+    """More values than elements (``test_tensors.STRICTER_THAN_TF``: refused on purpose)."""
+    count = math.prod(tensors.shape_of(proto))
+    if proto.tensor_content:
+        return count == 0
+    field = tensors._CODECS[proto.dtype].field
+    return len(getattr(proto, field)) > count
+
+
+@FUZZ
+@given(hostile_tensor())
+def test_hostile_tensors_decode_as_tensorflow_or_are_refused(
+    proto: tensor_pb2.TensorProto,
+) -> None:
+    tracemalloc.start()
+    try:
+        try:
+            ours: np.ndarray | None = tensors.to_numpy(proto)
+        except ValueError:
+            ours = None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak <= tensors.MAX_FILL_BYTES + (1 << 20) + 64 * proto.ByteSize()
+    decoded = _tf_decodes(proto)
+    if ours is None:
+        # refused where TF decodes: only dtypes no signature here takes (quantized, resource,
+        # variant) and the surplus TF's C++ decoder silently drops
+        assert decoded is None or proto.dtype not in tensors.NUMPY_DTYPES or _surplus(proto)
+        return
+    if decoded is not None:
+        expected = np.asarray(decoded, dtype=object if ours.dtype.kind == "O" else None)
+        assert ours.shape == expected.shape
+        if ours.dtype.kind == "O":
+            assert ours.tolist() == expected.tolist()
+        else:
+            np.testing.assert_array_equal(ours, expected.astype(ours.dtype))
+
+
+def test_a_shape_of_a_trillion_elements_with_one_value_is_refused_before_allocating() -> None:
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
+    for size in (10**6, 10**6):
+        proto.tensor_shape.dim.add().size = size
+    for content in ({"float_val": [1.0]}, {"tensor_content": b"\0\0\0\0"}, {}):
+        trial = tensor_pb2.TensorProto()
+        trial.CopyFrom(proto)
+        for field, value in content.items():
+            if field == "float_val":
+                trial.float_val.extend(value)  # type: ignore[arg-type]
+            else:
+                trial.tensor_content = value  # type: ignore[assignment]
+        tracemalloc.start()
+        with pytest.raises(ValueError):
+            tensors.to_numpy(trial)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak < 1 << 20
+
+
+def test_a_broadcast_within_the_bound_is_tensorflows() -> None:
+    proto = tf.make_tensor_proto(0.5, shape=[1, 64, 64, 3])
+    np.testing.assert_array_equal(tensors.to_numpy(proto), tf.make_ndarray(proto))
+
+
+SIGNATURE = Signature(
+    "serving_default",
+    "tensorflow/serving/predict",
+    {"x": TensorSpec("x:0", types_pb2.DT_FLOAT, (-1, 1))},
+    {"y": TensorSpec("y:0", types_pb2.DT_FLOAT, (-1, 1))},
+)
+
+
+class _Servable:
+    """Just enough of compat.servable.Servable for request validation."""
+
+    signatures = {"serving_default": SIGNATURE}
+
+    def signature(self, name: str) -> Signature:
+        from compat.errors import FailedPrecondition
+
+        if name not in self.signatures:
+            raise FailedPrecondition(f'Serving signature key "{name}" not found.')
+        return self.signatures[name]
+
+
+@FUZZ
+@given(
+    st.dictionaries(st.sampled_from(["x", "y", "", "../x"]), hostile_tensor(), max_size=2),
+    st.sampled_from(["", "serving_default", "nope", "../../etc"]),
+    st.lists(st.sampled_from(["y", "z", ""]), max_size=2),
+)
+def test_hostile_predict_requests_get_a_serving_error_or_decode(
+    inputs: dict[str, tensor_pb2.TensorProto], signature: str, output_filter: list[str]
+) -> None:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "m"
+    request.model_spec.signature_name = signature
+    for alias, proto in inputs.items():
+        request.inputs[alias].CopyFrom(proto)
+    request.output_filter.extend(output_filter)
+    try:
+        call = dataplane.prepare_predict(_Servable(), request)  # type: ignore[arg-type]
+    except ServingError as e:
+        assert e.message
+        return
+    assert set(call.inputs) == {"x"}
+    assert call.output_aliases == ["y"]
