@@ -143,4 +143,4 @@ def test_h2load_frames_and_reads_its_log(tmp_path: Path) -> None:
     assert grpc_frame(b"abc") == b"\x00\x00\x00\x00\x03abc"
     log = tmp_path / "log.tsv"
     log.write_text("1796120733697212\t200\t4427\n1796120733696687\t503\t5011\n")
-    assert _read_log(log) == ([4.427, 5.011], 1)
+    assert _read_log(log) == ([4.427, 5.011], {503: 1})  # the count of each non-2xx status
