@@ -138,6 +138,7 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
     version_args = {
         "warmup": args.enable_model_warmup,
         "max_load_retries": args.max_load_retries,
+        "load_retry_interval_s": args.load_retry_interval_s,
         "check_method_name": args.enable_signature_method_name_check,
     }
     versions = []
@@ -189,6 +190,10 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
         "host": args.host,
         "grpc_port": args.grpc_port,
         "http_port": args.http_port,
+        "max_request_bytes": args.max_request_bytes,
+        "grpc_health_service": args.grpc_health_service,
+        "admin_host": args.admin_host,
+        "admin_port": args.admin_port,
         "shutdown_grace_s": args.shutdown_grace_s,
         "replicas": args.ingress_replicas,
     }

@@ -116,6 +116,20 @@ class AppArgs(BaseModel):
     """gRPC port of the TF Serving API (TF Serving's 8500; 0 disables gRPC)."""
     http_port: int = Field(default=8501, ge=0, le=65535)
     """HTTP port of the TF Serving REST API (TF Serving's usual 8501; 0 disables REST)."""
+    max_request_bytes: int = Field(default=2**31 - 1, ge=1, le=2**31 - 1)
+    """The largest request either port takes: a larger gRPC message is RESOURCE_EXHAUSTED, a
+    larger REST body (or a gzip body that inflates beyond it) is 413, each with a message that
+    says so. TF Serving's own limit (INT_MAX) by default."""
+    grpc_health_service: bool = True
+    """Serve ``grpc.health.v1.Health`` on the gRPC port (``--enable_grpc_healthcheck_service``;
+    on here by default, off in TF Serving); it says SERVING once every model's newest version
+    is AVAILABLE, NOT_SERVING before and while draining."""
+    admin_port: int = Field(default=0, ge=0, le=65535)
+    """Port of ray-tfserving's runtime admin routes (a label's share of ``latest``:
+    ``POST /admin/models/{m}/labels/{l}/weight``); 0, the default, turns them off. They are never
+    on the REST port: whoever reaches that port reaches only TF Serving's API."""
+    admin_host: str = "127.0.0.1"
+    """Address the admin port binds to: loopback by default, whatever ``host`` is."""
     file_system_poll_wait_seconds: float = Field(default=1.0, ge=0)
     """How often base paths are scanned for new versions (0 disables polling)."""
     model_config_file_poll_wait_seconds: float = Field(default=0.0, ge=0)
@@ -128,6 +142,10 @@ class AppArgs(BaseModel):
     """Refuse signatures whose method_name does not fit the RPC (TF Serving's flag, off)."""
     max_load_retries: int = Field(default=2, ge=0)
     """Extra attempts to load a version that failed before it is given up (END with error)."""
+    load_retry_interval_s: float = Field(default=0.0, ge=0)
+    """The wait between two attempts to load a version (``--load_retry_interval_micros``).
+    0, at once, by default: TF Serving waits a minute, with 5 retries, before a version that
+    cannot load is given up; here ``max_load_retries`` (2) attempts follow at once."""
     batching: BatchingArgs = BatchingArgs()
     """Dynamic batching knobs."""
     scaling: ScalingArgs = ScalingArgs()

@@ -87,14 +87,22 @@ class ModelCall:
         return str(self.spec.signature_name)
 
 
+def parse_request(message_type: Any, raw: bytes) -> Any:
+    """A gRPC request's bytes as its message. Bytes that are no such message are INTERNAL, as
+    TF Serving's gRPC server (C++ gRPC's deserializer) answers them."""
+    from compat.errors import Internal
+
+    try:
+        return message_type.FromString(raw)
+    except Exception:
+        raise Internal(f"Could not parse request as {message_type.DESCRIPTOR.full_name}") from None
+
+
 def grpc_call(api: Api, raw: bytes, deadline: float | None) -> ModelCall:
     """A gRPC request's bytes as a call; TF Serving's errors for what does not parse."""
     from compat.errors import InvalidArgument
 
-    try:
-        request = REQUEST_TYPES[api].FromString(raw)
-    except Exception:
-        raise InvalidArgument("Could not parse request") from None
+    request = parse_request(REQUEST_TYPES[api], raw)
     if api is Api.MULTI_INFERENCE:
         spec = multi_inference_model_spec(request)
     elif not request.HasField("model_spec"):

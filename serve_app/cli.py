@@ -21,25 +21,33 @@ from typing import Any
 from serve_app.args import AppArgs
 from serve_app.launch import APP_NAME
 
-#: TF Serving flags that have no effect here; accepted so existing command lines keep working.
-_ACCEPTED_NOOPS = (
-    "grpc_max_threads",
-    "grpc_channel_arguments",
-    "ssl_config_file",
-    "platform_config_file",
-    "saved_model_tags",
-    "grpc_socket_path",
-    "rest_api_num_threads",
-    "xla_cpu_compilation_enabled",
-    "enable_profiler",
-    "remove_unused_fields_from_bundle_metagraph",
-    "load_retry_interval_micros",
-    "flush_filesystem_caches",
-    "use_tflite_model",
+#: TF Serving flags about its C++ server's threads and memory, with no counterpart here: the
+#: ports are served by grpc.aio and uvicorn on each serving replica's event loop, and the
+#: metagraph and file-system caches are Python's. Accepted, with any value, so that existing
+#: command lines keep working; what each does here is the comment.
+_NO_EFFECT = {
+    "grpc_max_threads": "grpc.aio serves every call on the replica's event loop",
+    "rest_api_num_threads": "uvicorn serves every request on the replica's event loop",
+    "remove_unused_fields_from_bundle_metagraph": "a memory saving of TF Serving's loader",
+    "flush_filesystem_caches": "a memory saving of TF Serving's loader",
     # Labels named in the startup config are accepted once their versions load (as with this
     # flag set); a reload may still only label AVAILABLE versions.
-    "allow_version_labels_for_unavailable_models",
-)
+    "allow_version_labels_for_unavailable_models": "labels in the startup config always are",
+}
+
+#: TF Serving flags asking for what is not served here: (TF Serving's default, why). Their
+#: default value is accepted; anything else is refused at startup with the reason, rather than
+#: silently serving something else (plaintext for a TLS config, say).
+_REFUSED = {
+    "ssl_config_file": ("", "TLS is not served yet; terminate TLS in front of the server"),
+    "grpc_socket_path": ("", "no Unix socket is served (every serving replica shares --port)"),
+    "platform_config_file": ("", "platform configs are not read; use the flags"),
+    "grpc_channel_arguments": ("", "gRPC channel arguments cannot be set"),
+    "saved_model_tags": ("serve", "only the 'serve' MetaGraph is loaded"),
+    "use_tflite_model": ("false", "TFLite models are not served"),
+    "xla_cpu_compilation_enabled": ("false", "XLA JIT compilation is not enabled here"),
+    "enable_profiler": ("false", "no ProfilerService is served"),
+}
 
 
 def _bool(text: str) -> bool:
@@ -79,6 +87,18 @@ def parser() -> argparse.ArgumentParser:
     flag("--host", default="127.0.0.1", help="address to bind (ray-tfserving; loopback default)")
     flag("--accelerator", choices=["auto", "cpu", "gpu"], default="auto", help="ray-tfserving")
     flag("--num_gpus", type=float, default=1.0, help="GPUs per replica, fractional shares a card")
+    flag(
+        "--max_request_bytes",
+        type=int,
+        default=2**31 - 1,
+        help="largest gRPC message / REST body taken (TF Serving: INT_MAX)",
+    )
+    flag(
+        "--admin_port",
+        type=int,
+        default=0,
+        help="ray-tfserving's admin routes (canary weights) on this loopback port; 0: off",
+    )
     flag("--serving_replicas", type=int, default=2, help="processes holding the ports and models")
     flag("--num_replicas", type=int, default=1, help="replicas per model version, --colocate=false")
     flag("--colocate", type=_bool, nargs="?", const=True, default=True, help="models in-process")
@@ -93,12 +113,42 @@ def parser() -> argparse.ArgumentParser:
         default=60.0,
         help="how long replicas may wait for resources (e.g. a GPU) before startup fails",
     )
+    flag(
+        "--drain_seconds",
+        type=float,
+        default=5.0,
+        help="on SIGTERM, how long health says NOT_SERVING while requests are still served, "
+        "before the ports close (calls in flight then get shutdown_grace_s to finish)",
+    )
     flag("--print_serve_config", action="store_true", help="print the Serve config and exit")
     flag("--max_num_load_retries", type=int, default=None, help="load retries after a failure")
     flag("--version", action="store_true", help="print the version and exit")
-    for name in _ACCEPTED_NOOPS:
+    flag(
+        "--load_retry_interval_micros",
+        type=int,
+        default=None,
+        help="wait between load retries (default: at once; TF Serving's is 1 min)",
+    )
+    for name in (*_NO_EFFECT, *_REFUSED):
         flag(f"--{name}", default=None, help=argparse.SUPPRESS)
     return p
+
+
+def _refused_flags(ns: argparse.Namespace) -> list[str]:
+    """``--flag=value: why`` for each flag in ``_REFUSED`` set to other than its default."""
+    refused = []
+    for name, (default, why) in _REFUSED.items():
+        value = getattr(ns, name)
+        if value is None:
+            continue
+        normal = value.strip().lower() if default in ("true", "false") else value.strip()
+        if normal in ("1", "yes"):
+            normal = "true"
+        elif normal in ("0", "no"):
+            normal = "false"
+        if normal != default:
+            refused.append(f"--{name}={value}: {why}")
+    return refused
 
 
 def to_app_args(ns: argparse.Namespace) -> AppArgs:
@@ -112,6 +162,9 @@ def to_app_args(ns: argparse.Namespace) -> AppArgs:
         raise InvalidArgument(
             "Both server_options.model_base_path and server_options.model_config_file are empty!"
         )
+    refused = _refused_flags(ns)
+    if refused:
+        raise InvalidArgument("Not supported by ray-tfserving: " + "; ".join(refused))
     if ns.batching_parameters_file and not ns.enable_batching:
         raise InvalidArgument(
             "server_options.batching_parameters_file is set without setting "
@@ -124,6 +177,9 @@ def to_app_args(ns: argparse.Namespace) -> AppArgs:
         "host": ns.host,
         "grpc_port": ns.port,
         "http_port": ns.rest_api_port,  # 0: no REST, as in TF Serving
+        "admin_port": ns.admin_port,
+        "grpc_health_service": ns.enable_grpc_healthcheck_service,
+        "max_request_bytes": ns.max_request_bytes,
         "rest_api_timeout_in_ms": ns.rest_api_timeout_in_ms,
         "file_system_poll_wait_seconds": ns.file_system_poll_wait_seconds,
         "model_config_file_poll_wait_seconds": ns.model_config_file_poll_wait_seconds,
@@ -144,6 +200,8 @@ def to_app_args(ns: argparse.Namespace) -> AppArgs:
     }
     if ns.max_num_load_retries is not None:
         values["max_load_retries"] = ns.max_num_load_retries
+    if ns.load_retry_interval_micros is not None:
+        values["load_retry_interval_s"] = ns.load_retry_interval_micros / 1e6
     if ns.enable_batching:
         values["batching"] = (
             read_batching_parameters(ns.batching_parameters_file)
@@ -263,8 +321,14 @@ class _Stop:
     def __init__(self) -> None:
         self.event = threading.Event()
         self.interrupting = True
+        self.signals: list[int] = []
+        self.again = threading.Event()
+        """A second signal: stop draining now."""
 
     def __call__(self, signum: int, frame: Any) -> None:
+        self.signals.append(signum)
+        if self.event.is_set():
+            self.again.set()
         self.event.set()
         if self.interrupting:
             self.interrupting = False
@@ -323,8 +387,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"Running gRPC ModelServer at {args.host}:{args.grpc_port} ...", flush=True)
         if args.http_port:
             print(f"Exporting HTTP/REST API at:{args.host}:{args.http_port} ...", flush=True)
+        stop.interrupting = False  # serving: a signal ends the loop below, then drain, shutdown
         while not stop.event.wait(1.0):
             pass
+        if stop.signals[:1] == [signal.SIGTERM] and ns.drain_seconds > 0:
+            _drain(ns.drain_seconds, stop.again)
         return 0
     except KeyboardInterrupt:
         if started:
@@ -334,6 +401,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         stop.interrupting = False
         _shut_down(joined=bool(ns.ray_address), started=started)
+
+
+def _drain(seconds: float, again: threading.Event) -> None:
+    """SIGTERM: health NOT_SERVING and readiness 503 for ``seconds`` while requests are still
+    answered (load balancers take the server out), then the shutdown closes the ports; a second
+    signal ends the wait."""
+    from ray import serve
+
+    try:
+        manager = serve.get_deployment_handle("VersionManager", APP_NAME)
+        manager.drain.remote().result(timeout_s=5.0)
+    except Exception as e:  # the manager gone: nothing to tell the load balancers
+        print(f"ray-tfserving: could not mark the server as draining: {e}", file=sys.stderr)
+        return
+    print(f"ray-tfserving: draining for {seconds:g}s (health NOT_SERVING)", flush=True)
+    again.wait(seconds)
 
 
 def _shut_down(joined: bool, started: bool) -> None:

@@ -10,8 +10,9 @@ from compat.errors import InvalidArgument, NotFound, ServingError
 from serve_app.calls import ModelReply
 from serve_app.listeners import SERVICES
 
-#: "" is the whole server; the others are the services we register.
-KNOWN_SERVICES = {"", *SERVICES}
+#: "" is the whole server; the others are the services we register, by their full names and by
+#: the short names TF Serving's health service knows them by (server.cc).
+KNOWN_SERVICES = {"", *SERVICES, "ModelService", "PredictionService"}
 
 
 async def check(ingress: Any, raw: bytes) -> ModelReply:

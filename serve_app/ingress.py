@@ -38,7 +38,7 @@ from compat.errors import (
 from compat.routing import RoutingTable
 from serve_app import metrics, rest
 from serve_app.calls import Api, ModelCall, ModelReply, grpc_call
-from serve_app.listeners import Listeners
+from serve_app.listeners import MAX_MESSAGE_BYTES, Listeners
 from serve_app.model import ModelVersion
 
 logger = logging.getLogger("ray.serve")
@@ -68,7 +68,10 @@ class Ingress:
         """``ModelVersion`` keyword arguments when co-located, else None."""
         self._local: dict[str, ModelVersion] = {}
         self._listen = listen or {}
-        """``host``, ``grpc_port``, ``http_port``, ``shutdown_grace_s``: the client ports."""
+        """``host``, ``grpc_port``, ``http_port``, ``admin_host``, ``admin_port``,
+        ``max_request_bytes``, ``shutdown_grace_s``: the ports."""
+        self.max_request_bytes: int = self._listen.get("max_request_bytes", MAX_MESSAGE_BYTES)
+        """The largest gRPC message and REST body taken (``max_request_bytes``)."""
         self._listeners: Listeners | None = None
         self._replica = serve.get_replica_context().replica_id.to_full_id_str()
         self._heartbeat: asyncio.Task[None] | None = None
@@ -89,7 +92,16 @@ class Ingress:
                 del self._local[target]  # closed once its last in-flight call is done
         if self._listeners is None and self._listen:
             listeners = Listeners(
-                self, self._listen["host"], self._listen["grpc_port"], self._listen["http_port"]
+                self,
+                self._listen["host"],
+                self._listen["grpc_port"],
+                self._listen["http_port"],
+                admin=(
+                    self._listen.get("admin_host", "127.0.0.1"),
+                    self._listen.get("admin_port", 0),
+                ),
+                max_request_bytes=self.max_request_bytes,
+                health=self._listen.get("grpc_health_service", True),
             )
             await listeners.start()
             self._listeners = listeners
@@ -256,6 +268,10 @@ class Ingress:
             body, content_type = await metrics.prometheus_text(states)
             return Response(body, media_type=content_type)
         return await self._rest.handle(request)
+
+    async def admin(self, request: Request) -> Response:
+        """The admin port (``admin_port``): ray-tfserving's runtime routes, nothing else."""
+        return await self._rest.handle_admin(request)
 
 
 def _share_cores(local_options: dict[str, Any] | None, replicas: int) -> dict[str, Any] | None:

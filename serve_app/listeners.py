@@ -22,7 +22,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -65,13 +65,15 @@ def _rpc_handler(function: RpcFunction) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(handle)
 
 
-def grpc_handlers(backend: Any) -> list[grpc.GenericRpcHandler]:
+def grpc_handlers(
+    backend: Any, services: Iterable[str] = tuple(SERVICES)
+) -> list[grpc.GenericRpcHandler]:
     """One generic handler per service, each method bound to ``backend.<Method>``."""
     return [
         grpc.method_handlers_generic_handler(
-            service, {m: _rpc_handler(getattr(backend, m)) for m in methods}
+            service, {m: _rpc_handler(getattr(backend, m)) for m in SERVICES[service]}
         )
-        for service, methods in SERVICES.items()
+        for service in services
     ]
 
 
@@ -126,16 +128,32 @@ def placement() -> str:
 
 
 class Listeners:
-    """The gRPC server and the REST server of one serving replica."""
+    """The gRPC server, the REST server and (when enabled) the admin server of one serving
+    replica."""
 
-    def __init__(self, backend: Any, host: str, grpc_port: int, http_port: int) -> None:
+    def __init__(
+        self,
+        backend: Any,
+        host: str,
+        grpc_port: int,
+        http_port: int,
+        admin: tuple[str, int] = ("127.0.0.1", 0),
+        max_request_bytes: int = MAX_MESSAGE_BYTES,
+        health: bool = True,
+    ) -> None:
         self.backend = backend
         self.host = host
         self.grpc_port = grpc_port
         self.http_port = http_port
+        self.admin_host, self.admin_port = admin
+        """The admin routes' address (``admin_port``; 0: off)."""
+        self.max_request_bytes = max_request_bytes
+        """The largest gRPC message taken (gRPC answers RESOURCE_EXHAUSTED beyond it)."""
+        self.services = [s for s in SERVICES if health or s != HEALTH_SERVICE]
+        """The gRPC services registered (``grpc_health_service``: Health or not)."""
         self._grpc: grpc.aio.Server | None = None
-        self._http: Any = None
-        self._http_task: asyncio.Task[None] | None = None
+        self._http: list[Any] = []
+        self._http_tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         """Bind both ports (0 disables one) and serve; raises if a port cannot be bound."""
@@ -143,34 +161,40 @@ class Listeners:
             server = grpc.aio.server(
                 options=[
                     ("grpc.so_reuseport", 1),
-                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.max_receive_message_length", self.max_request_bytes),
                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ]
             )
-            server.add_generic_rpc_handlers(grpc_handlers(self.backend))
+            server.add_generic_rpc_handlers(grpc_handlers(self.backend, self.services))
             host = f"[{self.host}]" if ":" in self.host else self.host
             server.add_insecure_port(f"{host}:{self.grpc_port}")  # raises if it cannot bind
             await server.start()
             self._grpc = server
         if self.http_port:
-            sock = reuseport_socket(self.host, self.http_port)
-            self._http = _uvicorn_server(self._asgi)
-            self._http_task = asyncio.get_running_loop().create_task(
-                self._http.serve(sockets=[sock])
-            )
-            while not self._http.started:
-                if self._http_task.done():
-                    self._http_task.result()  # raises what stopped it
-                    raise RuntimeError(f"the REST server on port {self.http_port} stopped")
-                await asyncio.sleep(0.01)
+            await self._serve_http(self.host, self.http_port, self._asgi)
+        if self.admin_port:
+            await self._serve_http(self.admin_host, self.admin_port, self._admin_asgi)
         logger.info(
-            "Serving gRPC on %s:%s and REST on %s:%s (%s)",
+            "Serving gRPC on %s:%s and REST on %s:%s%s (%s)",
             self.host,
             self.grpc_port or "-",
             self.host,
             self.http_port or "-",
+            f", admin routes on {self.admin_host}:{self.admin_port}" if self.admin_port else "",
             placement(),
         )
+
+    async def _serve_http(self, host: str, port: int, app: Any) -> None:
+        sock = reuseport_socket(host, port)
+        server = _uvicorn_server(app)
+        task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+        self._http.append(server)
+        self._http_tasks.append(task)
+        while not server.started:
+            if task.done():
+                task.result()  # raises what stopped it
+                raise RuntimeError(f"the HTTP server on port {port} stopped")
+            await asyncio.sleep(0.01)
 
     async def _asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         from starlette.requests import Request
@@ -180,16 +204,24 @@ class Listeners:
         response = await self.backend.rest(Request(scope, receive))
         await response(scope, receive, send)
 
+    async def _admin_asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        from starlette.requests import Request
+
+        if scope["type"] != "http":
+            return
+        response = await self.backend.admin(Request(scope, receive))
+        await response(scope, receive, send)
+
     def alive(self) -> bool:
-        """Both servers still serving (the replica's health check)."""
-        return self._http_task is None or not self._http_task.done()
+        """Every HTTP server still serving (the replica's health check)."""
+        return not any(task.done() for task in self._http_tasks)
 
     async def stop(self, grace_s: float) -> None:
         """Stop taking connections; calls in flight get up to ``grace_s`` to finish."""
-        if self._http is not None:
-            self._http.should_exit = True
+        for server in self._http:
+            server.should_exit = True
         if self._grpc is not None:
             await self._grpc.stop(grace_s)
-        if self._http_task is not None:
+        for task in self._http_tasks:
             with contextlib.suppress(asyncio.TimeoutError, Exception):
-                await asyncio.wait_for(self._http_task, grace_s + 1)
+                await asyncio.wait_for(task, grace_s + 1)

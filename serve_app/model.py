@@ -55,6 +55,7 @@ class ModelVersion:
         session: dict[str, Any],
         warmup: bool = True,
         max_load_retries: int = 0,
+        load_retry_interval_s: float = 0.0,
         check_method_name: bool = False,
     ) -> None:
         self.model = model
@@ -72,6 +73,8 @@ class ModelVersion:
         )
         started = time.monotonic()
         for attempt in range(max_load_retries + 1):
+            if attempt:
+                time.sleep(load_retry_interval_s)
             try:
                 local = str(store.fetch(path)) if store.is_remote(path) else path
                 self.servable = Servable(local, SessionOptions(**session))

@@ -16,7 +16,6 @@ ModelSpec and answer it from the version, errors as a reply with a gRPC code) an
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 import time
@@ -58,10 +57,12 @@ _MODEL_STATUS = re.compile(
     re.ASCII,
 )
 _INFERENCE_VERBS = ("classify", "regress", "predict")
-#: ray-tfserving's own route (beyond TF Serving, so outside /v1): a label's share of the
-#: traffic for ``latest``, e.g. ``POST /admin/models/deeplab/labels/canary/weight {"weight": 0.1}``.
+#: ray-tfserving's own route (beyond TF Serving), served only on the admin port (``admin_port``,
+#: off by default): a label's share of the traffic for ``latest``, e.g.
+#: ``POST /admin/models/deeplab/labels/canary/weight {"weight": 0.1}``.
 _LABEL_WEIGHT = re.compile(r"/admin/models/([^/:]+)/labels/([^/:]+)/weight", re.ASCII)
 _INT64_MAX = 2**63 - 1
+_INT32_MAX = 2**31 - 1
 
 
 class Backend(Protocol):
@@ -81,16 +82,26 @@ class RestApi:
         try:
             if path in ("/healthz", "/readyz"):
                 return await self._health(path)
-            if (m := _LABEL_WEIGHT.fullmatch(path)) and request.method in ("POST", "PUT"):
-                return await self._label_weight(request, unquote(m[1]), unquote(m[2]))
             if not _API_PATH.fullmatch(path):
                 return Response("Not Found", status_code=404, media_type="text/plain")
             return await self._dispatch(request, request.method, path)
         except ServingError as e:  # the backend's errors too (a replica it could not reach)
             return error_response(e.code, e.message)
 
+    async def handle_admin(self, request: Request) -> Response:
+        """The admin port: ray-tfserving's runtime routes (``admin_port``), nothing else."""
+        path = request_path(request)
+        try:
+            if (m := _LABEL_WEIGHT.fullmatch(path)) and request.method in ("POST", "PUT"):
+                return await self._label_weight(request, unquote(m[1]), unquote(m[2]))
+            return Response("Not Found", status_code=404, media_type="text/plain")
+        except ServingError as e:
+            return error_response(e.code, e.message)
+        except TooLarge as e:
+            return _json(error_text(str(e)), 413)
+
     async def _label_weight(self, request: Request, model: str, label: str) -> Response:
-        doc = json_codec.parse_json(await request.body())
+        doc = json_codec.parse_json(await read_body(request, 1 << 20))
         weight = doc.get("weight")
         if not isinstance(weight, int | float) or isinstance(weight, bool):
             raise InvalidArgument("'weight' must be a number between 0 and 1")
@@ -131,9 +142,13 @@ class RestApi:
         malformed body wins over an unknown model. Predict's tensors are decoded by the
         version, against its signature."""
         started = time.perf_counter()
-        body = await request.body()
-        if "gzip" in request.headers.get("content-encoding", ""):
-            body = gunzip(body)
+        limit = getattr(self.backend, "max_request_bytes", None) or _INT32_MAX
+        try:
+            body = await read_body(request, limit)
+            if "gzip" in request.headers.get("content-encoding", ""):
+                body = gunzip(body, limit)
+        except TooLarge as e:
+            return _json(error_text(str(e)), 413)
         timeout = getattr(self.backend, "rest_timeout_s", None)
         deadline = time.time() + timeout if timeout else None
         try:
@@ -198,12 +213,54 @@ def model_spec(name: str, version: str | None, label: str | None) -> model_pb2.M
     return spec
 
 
-def gunzip(body: bytes) -> bytes:
+class TooLarge(Exception):
+    """A body beyond ``max_request_bytes``: 413, never read or inflated whole."""
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it is known to exceed ``limit`` bytes (its Content-Length,
+    or the bytes received so far)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise TooLarge(
+            f"Request body of {declared} bytes is larger than the limit of {limit} bytes "
+            "(max_request_bytes)"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(
+                f"Request body is larger than the limit of {limit} bytes (max_request_bytes)"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def gunzip(body: bytes, limit: int = _INT32_MAX) -> bytes:
     """Content-Encoding: gzip. A body that does not decompress reads as empty, as in TF
-    Serving's ``EvHTTPRequest::ReadRequestGzipBytes`` (the JSON parser then says so)."""
+    Serving's ``EvHTTPRequest::ReadRequestGzipBytes`` (the JSON parser then says so); one that
+    would inflate beyond ``limit`` bytes is refused before it does."""
+    out: list[bytes] = []
+    size = 0
+    rest = body
     try:
-        return gzip.decompress(body)
-    except (OSError, EOFError, zlib.error):
+        while True:
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            chunk = inflater.decompress(rest, limit - size + 1)
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge(
+                    f"Request body inflates beyond the limit of {limit} bytes (max_request_bytes)"
+                )
+            out.append(chunk)
+            if not inflater.eof:
+                return b""  # truncated
+            rest = inflater.unused_data
+            if not rest:
+                return b"".join(out)
+    except zlib.error:
         return b""
 
 
@@ -253,8 +310,12 @@ def _pretty_proto_json(value: Any) -> str:
 
 def error_response(code: StatusCode, message: str) -> Response:
     """``MakeJsonFromStatus`` (rapidjson's PrettyWriter) with ``ToHTTPStatusCode``'s status."""
-    status = HTTP_STATUS.get(code, 500)
-    return _json('{\n    "error": ' + json.dumps(message, ensure_ascii=False) + "\n}", status)
+    return _json(error_text(message), HTTP_STATUS.get(code, 500))
+
+
+def error_text(message: str) -> str:
+    """``{"error": message}`` as rapidjson's PrettyWriter writes it."""
+    return '{\n    "error": ' + json.dumps(message, ensure_ascii=False) + "\n}"
 
 
 def _json(text: str, status: int = 200) -> Response:

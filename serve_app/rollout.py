@@ -28,7 +28,7 @@ from compat.protos import get_model_status_pb2, model_management_pb2, status_pb2
 from compat.routing import Canary, ModelRoutes
 from serve_app import store
 from serve_app.args import AppArgs, ModelArgs, VersionPolicy
-from serve_app.calls import ModelReply
+from serve_app.calls import ModelReply, parse_request
 from serve_app.plan import Plan, deployment_name
 from serve_app.repository import aspired_versions, scan_all_numeric, scan_versions
 
@@ -86,6 +86,8 @@ class VersionManager:
         self._reports: dict[str, ReplicaReport] = {}
         """Serving replica -> what it last reported holding (``report_replica``)."""
         self._started = False
+        self._draining = False
+        """Set on SIGTERM (``drain``): readiness and health say not serving, requests still are."""
         self._task = asyncio.get_event_loop().create_task(self._poll_forever())
 
     # --- background loop ---------------------------------------------------------------------
@@ -427,7 +429,7 @@ class VersionManager:
     def get_status(self, raw: bytes) -> ModelReply:
         """GetModelStatus: every version of the model, newest first."""
         try:
-            request = get_model_status_pb2.GetModelStatusRequest.FromString(raw)
+            request = parse_request(get_model_status_pb2.GetModelStatusRequest, raw)
             if not request.HasField("model_spec"):
                 raise InvalidArgument("Missing ModelSpec")
             return ModelReply(payload=self.model_status(request.model_spec).SerializeToString())
@@ -461,9 +463,17 @@ class VersionManager:
             raise NotFound(f"Could not find version {wanted} of model {name}")
         return response
 
+    def drain(self) -> None:
+        """The server is about to stop: from now on readiness (``/readyz``) is 503 and gRPC
+        health NOT_SERVING, so load balancers send new traffic elsewhere; requests are still
+        answered until the ports close."""
+        logger.info("Draining: readiness and health now say not serving")
+        self._draining = True
+
     def ready(self) -> bool:
-        """True when every configured model's newest aspired version is AVAILABLE."""
-        if not self._started:
+        """True when every configured model's newest aspired version is AVAILABLE (and the
+        server is not draining)."""
+        if not self._started or self._draining:
             return False
         for model in self.args.models:
             aspired = aspired_versions(scan_versions(model.base_path), model.version_policy)
@@ -476,7 +486,10 @@ class VersionManager:
 
     async def reload_config(self, raw: bytes) -> ModelReply:
         """HandleReloadConfigRequest: the new config replaces the old, then waits for loads."""
-        request = model_management_pb2.ReloadConfigRequest.FromString(raw)
+        try:
+            request = parse_request(model_management_pb2.ReloadConfigRequest, raw)
+        except ServingError as e:
+            return ModelReply.error(e)
         response = model_management_pb2.ReloadConfigResponse()
         try:
             if request.config.WhichOneof("config") != "model_config_list":  # model_service_impl.cc

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from compat import json_codec
-from compat.errors import InvalidArgument, NotFound, ServingError
+from compat.errors import NotFound, ServingError
 from compat.protos import classification_pb2, inference_pb2, model_pb2, predict_pb2
 from serve_app.calls import Api, ModelCall, ModelReply, Wire, grpc_call
 from serve_app.rest import error_response, rest_call
@@ -31,13 +31,23 @@ def test_grpc_bytes_become_a_call_with_the_spec_read_once() -> None:
 
 
 @pytest.mark.parametrize(
-    ("raw", "message"),
-    [(b"\xff\xff", "Could not parse request"), (b"", "Missing ModelSpec")],
+    ("raw", "code", "message"),
+    [
+        # C++ gRPC's deserializer, in front of TF Serving's handlers, answers INTERNAL
+        (
+            b"\xff\xff",
+            grpc.StatusCode.INTERNAL,
+            "Could not parse request as tensorflow.serving.PredictRequest",
+        ),
+        (b"", grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec"),
+    ],
 )
-def test_grpc_bytes_that_are_no_request_get_tf_servings_errors(raw: bytes, message: str) -> None:
-    with pytest.raises(InvalidArgument) as e:
+def test_grpc_bytes_that_are_no_request_get_tf_servings_errors(
+    raw: bytes, code: grpc.StatusCode, message: str
+) -> None:
+    with pytest.raises(ServingError) as e:
         grpc_call(Api.PREDICT, raw, None)
-    assert e.value.message == message
+    assert (e.value.code, e.value.message) == (code, message)
 
 
 def test_multi_inference_takes_its_tasks_common_spec() -> None:
@@ -115,3 +125,20 @@ def test_every_api_has_a_request_type_and_a_call_round_trips() -> None:
     assert set(REQUEST_TYPES) == set(Api)
     call = ModelCall(Api.METADATA, SPEC, REQUEST_TYPES[Api.METADATA](model_spec=SPEC))
     assert pickle.loads(pickle.dumps(call)) == call
+
+
+def test_gzip_bodies_inflate_within_the_limit_only() -> None:
+    import gzip
+
+    from serve_app.rest import TooLarge, gunzip
+
+    body = b'{"instances": [1.0]}'
+    assert gunzip(gzip.compress(body)) == body
+    assert gunzip(gzip.compress(body) + gzip.compress(body)) == body + body  # two members
+    assert gunzip(gzip.compress(body)[:-4]) == b""  # truncated: empty, as TF Serving reads it
+    assert gunzip(b"not gzip") == b""
+    bomb = gzip.compress(b"0" * (8 << 20))  # 8 KiB that inflate to 8 MiB
+    assert len(bomb) < 16 << 10
+    with pytest.raises(TooLarge, match="inflates beyond the limit of 1048576 bytes"):
+        gunzip(bomb, 1 << 20)
+    assert len(gunzip(bomb, 8 << 20)) == 8 << 20

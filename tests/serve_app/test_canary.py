@@ -12,9 +12,10 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
-from tests.conftest import Server, start_server
+from tests.conftest import Server, free_ports, start_server
 
 CALLS = 200
+ADMIN_PORT = free_ports(1)[0]
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +27,17 @@ def server(testdata: Path, tmp_path_factory: pytest.TempPathFactory) -> Server: 
         "model_version_policy { all {} } version_labels { key: 'canary' value: 123 }"
     )
     config.write_text(f"model_config_list {{ config {{ {entry} }} }}")
-    s = start_server(f"model_config_file={config}", wait_for=("hp2",))
+    s = start_server(f"model_config_file={config}", f"admin_port={ADMIN_PORT}", wait_for=("hp2",))
     yield s
     s.stop()
 
 
-def set_weight(server: Server, label: str, weight: object, model: str = "hp2") -> tuple[int, dict]:
+def set_weight(
+    server: Server, label: str, weight: object, model: str = "hp2", base: str = ""
+) -> tuple[int, dict]:
+    """``POST /admin/models/{model}/labels/{label}/weight`` on the admin port (or ``base``)."""
     request = urllib.request.Request(
-        f"{server.http_base}/admin/models/{model}/labels/{label}/weight",
+        f"{base or f'http://127.0.0.1:{ADMIN_PORT}'}/admin/models/{model}/labels/{label}/weight",
         data=json.dumps({"weight": weight}).encode(),
         method="POST",
     )
@@ -41,7 +45,10 @@ def set_weight(server: Server, label: str, weight: object, model: str = "hp2") -
         with urllib.request.urlopen(request, timeout=120) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+        body = e.read()
+        return e.code, json.loads(body) if e.headers.get_content_type() == "application/json" else {
+            "text": body.decode()
+        }
 
 
 def versions_seen(server: Server, **spec: object) -> Counter[int]:
@@ -82,3 +89,13 @@ def test_weight_errors(server: Server) -> None:
     assert set_weight(server, "canary", "half")[0] == 400
     assert set_weight(server, "canary", 0.5, model="missing")[0] == 404
     assert set_weight(server, "canary", 0)[0] == 200
+
+
+def test_the_admin_routes_are_only_on_the_admin_port(server: Server) -> None:
+    """The REST port serves TF Serving's API only: whoever reaches it cannot move traffic."""
+    assert set_weight(server, "canary", 0.5, base=server.http_base) == (404, {"text": "Not Found"})
+    status, _ = set_weight(server, "canary", 0.5, base=f"http://127.0.0.1:{ADMIN_PORT}/v1")
+    assert status == 404
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORT}/v1/models/hp2", timeout=30)
+    assert e.value.code == 404  # TF Serving's API is not on the admin port

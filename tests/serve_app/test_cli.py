@@ -389,3 +389,107 @@ def test_a_signal_while_starting_stops_everything(sig: int, after: str) -> None:
         )
     finally:
         cli.stop()
+
+
+def test_sigterm_drains_then_lets_calls_in_flight_finish(tmp_path: Path) -> None:
+    """SIGTERM under load: health says NOT_SERVING at once while calls are still answered for
+    --drain_seconds; then the ports close, the calls in flight finish, and the server exits 0
+    with nothing of its session left. Calls take ~0.2 s (a batch waits for its timeout), so
+    several are in flight when the ports close."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    batching = tmp_path / "batching.txt"
+    batching.write_text(
+        "max_batch_size { value: 64 } batch_timeout_micros { value: 200000 } "
+        "num_batch_threads { value: 2 }"
+    )
+    (port,) = free_ports(1)
+    cli = run_cli(
+        f"--port={port}",
+        "--model_name=half_plus_two",
+        f"--model_base_path={TESTDATA / 'saved_model_half_plus_two_cpu'}",
+        "--enable_batching",
+        f"--batching_parameters_file={batching}",
+        "--drain_seconds=3",
+    )
+    calls: list[tuple[float, float, grpc.StatusCode]] = []
+    health: list[tuple[float, int]] = []
+    done = threading.Event()
+
+    def load() -> None:
+        channel = grpc.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        )
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "half_plus_two"
+        request.inputs["x"].dtype = types_pb2.DT_FLOAT
+        request.inputs["x"].tensor_shape.dim.add().size = 1
+        request.inputs["x"].float_val.append(2.0)
+        deadline = time.monotonic() + 120
+        while not done.is_set() and time.monotonic() < deadline:
+            started = time.monotonic()
+            try:
+                stub.Predict(request, timeout=10)
+                code = grpc.StatusCode.OK
+            except grpc.RpcError as e:
+                code = e.code()
+                time.sleep(0.05)
+            calls.append((started, time.monotonic(), code))
+        channel.close()
+
+    def watch_health() -> None:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        stub = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + 120
+        while not done.is_set() and time.monotonic() < deadline:
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+            except grpc.RpcError:
+                status = -1
+            health.append((time.monotonic(), status))
+            time.sleep(0.1)
+        channel.close()
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    threads.append(threading.Thread(target=watch_health))
+    try:
+        cli.wait_ready()
+        for t in threads:
+            t.start()
+        time.sleep(3)
+        assert health and health[-1][1] == health_pb2.HealthCheckResponse.SERVING
+        signalled = time.monotonic()
+        cli.process.send_signal(signal.SIGTERM)
+        assert cli.wait_exit(60) == 0, cli.output[-3000:]
+        exited = time.monotonic()
+        while session_processes(cli) and time.monotonic() - signalled < 40:
+            time.sleep(0.2)
+        assert session_processes(cli) == [], cli.output[-3000:]
+    finally:
+        done.set()
+        for t in threads:
+            if t.is_alive():
+                t.join(30)
+        cli.stop()
+    not_serving = next(
+        t for t, s in health if t > signalled and s == health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    failed = [c for c in calls if c[2] != grpc.StatusCode.OK]
+    assert failed, "no call failed once the ports closed"
+    closed = min(start for start, _, _ in failed)
+    in_flight = [c for c in calls if c[0] < closed < c[1]]
+    served_while_draining = [c for c in calls if c[0] > not_serving and c[1] < closed]
+    assert not_serving - signalled < 2.0
+    assert closed - signalled > 2.5  # the drain window: --drain_seconds=3
+    assert served_while_draining and all(c[2] == grpc.StatusCode.OK for c in served_while_draining)
+    assert all(c[2] == grpc.StatusCode.OK for c in calls if c[1] < closed)
+    assert {c[2] for c in failed} <= {grpc.StatusCode.UNAVAILABLE}
+    completed = [c for c in in_flight if c[2] == grpc.StatusCode.OK]
+    assert completed, f"in flight at close: {in_flight}"
+    print(
+        f"\nSIGTERM: NOT_SERVING after {not_serving - signalled:.2f}s, "
+        f"{len(served_while_draining)} calls served while draining, ports closed after "
+        f"{closed - signalled:.1f}s, {len(completed)} of {len(in_flight)} calls in flight "
+        f"completed, exit 0 after {exited - signalled:.1f}s"
+    )

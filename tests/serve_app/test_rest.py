@@ -326,6 +326,9 @@ def test_outside_the_api_is_not_found(server: Server) -> None:
     for path in ("/v2/models/default", "/monitoring/prometheus/metrics", "/"):
         answer = call(server, path)
         assert answer.status == 404, path
+    # the admin routes are off by default, and never on the REST port (admin_port)
+    answer = post(server, "/admin/models/default/labels/stable/weight", {"weight": 1.0})
+    assert (answer.status, answer.text) == (404, "Not Found")
     assert ok_json(post(server, "/v1/models/default:predict", {"instances": [2.0]})) == {
         "predictions": [3.0]
     }

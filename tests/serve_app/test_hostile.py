@@ -1,0 +1,232 @@
+"""Hostile input against a live server, by hypothesis, over gRPC and REST.
+
+Each hostile request (bytes that are no request, requests of the wrong type, mutated
+PredictRequests with hostile tensors, hostile model names and paths, malformed, truncated,
+gzip-bombed or mis-typed REST bodies) must get a TF Serving-style status well within its
+deadline; a valid request follows each one and must give the right answer; and no serving
+replica may die (the same processes serve before and after). The seed is fixed and the examples
+bounded; ``RTFS_FUZZ_EXAMPLES`` runs more.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import os
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tensorflow_serving.apis import predict_pb2
+
+from tests.compat.test_fuzz_tensors import hostile_tensor
+from tests.conftest import Server, start_server
+
+EXAMPLES = int(os.environ.get("RTFS_FUZZ_EXAMPLES", "120"))
+DEADLINE_S = 10.0
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
+#: Every status a hostile request may get: the ones TF Serving answers bad input with (and
+#: INTERNAL for bytes that are no request message, as C++ gRPC's deserializer answers them:
+#: ``raw_call`` allows it with that message only).
+BAD_INPUT = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNIMPLEMENTED,
+}
+NAMES = st.sampled_from(
+    ["half_plus_two", "", "../half_plus_two", "%2e%2e", "/etc/passwd", "ha\u0301lf", "a" * 300]
+)
+METHODS = [
+    "/tensorflow.serving.PredictionService/Predict",
+    "/tensorflow.serving.PredictionService/Classify",
+    "/tensorflow.serving.PredictionService/Regress",
+    "/tensorflow.serving.PredictionService/GetModelMetadata",
+    "/tensorflow.serving.PredictionService/MultiInference",
+    "/tensorflow.serving.ModelService/GetModelStatus",
+]
+
+
+@pytest.fixture(scope="module")
+def server(testdata: Path) -> Server:  # type: ignore[misc]
+    base = testdata / "saved_model_half_plus_two_cpu"
+    s = start_server(
+        "model_name=half_plus_two", f"model_base_path={base}", wait_for=("half_plus_two",)
+    )
+    s.pids_before = {pid for pid, _ in s.replicas("Ingress")}  # type: ignore[attr-defined]
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def channel(server: Server) -> grpc.Channel:  # type: ignore[misc]
+    with grpc.insecure_channel(server.grpc_target) as c:
+        yield c
+
+
+def valid_predict(channel: grpc.Channel) -> None:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "half_plus_two"
+    request.inputs["x"].dtype = 1  # DT_FLOAT
+    request.inputs["x"].tensor_shape.dim.add().size = 1
+    request.inputs["x"].float_val.append(2.0)
+    call = channel.unary_unary(
+        METHODS[0],
+        request_serializer=predict_pb2.PredictRequest.SerializeToString,
+        response_deserializer=predict_pb2.PredictResponse.FromString,
+    )
+    assert list(call(request, timeout=DEADLINE_S).outputs["y"].float_val) == [3.0]
+
+
+def raw_call(channel: grpc.Channel, method: str, payload: bytes) -> grpc.StatusCode:
+    call = channel.unary_unary(method)  # bytes in, bytes out
+    started = time.monotonic()
+    try:
+        call(payload, timeout=DEADLINE_S)
+        code = grpc.StatusCode.OK
+    except grpc.RpcError as e:
+        code, details = e.code(), e.details() or ""
+        assert details, f"{code} without a message"
+        assert "Traceback" not in details
+        if code == grpc.StatusCode.INTERNAL and details.startswith("Could not parse request"):
+            code = grpc.StatusCode.INVALID_ARGUMENT  # bytes that are no request: see BAD_INPUT
+    assert time.monotonic() - started < DEADLINE_S / 2, f"{method} took the deadline"
+    return code
+
+
+@st.composite
+def hostile_predict(draw: st.DrawFn) -> bytes:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = draw(NAMES)
+    if draw(st.booleans()):
+        request.model_spec.version.value = draw(st.sampled_from([0, 1, 123, -5, 2**62]))
+    if draw(st.booleans()):
+        request.model_spec.signature_name = draw(st.sampled_from(["", "nope", "../x"]))
+    for alias in draw(st.lists(st.sampled_from(["x", "y", ""]), max_size=2, unique=True)):
+        request.inputs[alias].CopyFrom(draw(hostile_tensor()))
+    wire = request.SerializeToString()
+    cut = draw(st.sampled_from([None, 1, len(wire) // 2]))
+    return wire if cut is None else wire[:cut]
+
+
+@FUZZ
+@given(
+    st.sampled_from(METHODS),
+    st.one_of(hostile_predict(), st.binary(max_size=256)),
+)
+def test_hostile_grpc_requests_get_a_status_and_the_server_stays_correct(
+    server: Server, channel: grpc.Channel, method: str, payload: bytes
+) -> None:
+    code = raw_call(channel, method, payload)
+    assert code in BAD_INPUT | {grpc.StatusCode.OK}, code
+    valid_predict(channel)
+
+
+def rest(server: Server, method: str, path: str, body: bytes, headers: dict[str, str]) -> int:
+    host, port = server.http_base.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=DEADLINE_S)
+    started = time.monotonic()
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        answer = connection.getresponse()
+        text = answer.read()
+    finally:
+        connection.close()
+    assert time.monotonic() - started < DEADLINE_S / 2, f"{path} took the deadline"
+    if answer.status != 200 and path.startswith("/v1/"):
+        error = json.loads(text)["error"]  # TF Serving's {"error": ...}, never a traceback
+        assert isinstance(error, str) and "Traceback" not in error
+    return answer.status
+
+
+json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False),
+    st.text(max_size=8),
+    st.fixed_dictionaries({"b64": st.sampled_from(["AAAA", "not b64!", ""])}),
+)
+json_value = st.recursive(
+    json_leaf,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(["x", "instances", "inputs"]), children, max_size=3)
+    ),
+    max_leaves=20,
+)
+
+
+@st.composite
+def hostile_body(draw: st.DrawFn) -> tuple[bytes, dict[str, str]]:
+    kind = draw(st.sampled_from(["json", "bytes", "truncated", "deep", "nan", "gzip", "empty"]))
+    headers = {"Content-Type": draw(st.sampled_from(["application/json", "text/plain", ""]))}
+    if kind == "json":
+        body = json.dumps(
+            draw(
+                st.dictionaries(
+                    st.sampled_from(
+                        ["instances", "inputs", "signature_name", "examples", "context"]
+                    ),
+                    json_value,
+                )
+            )
+        ).encode()
+    elif kind == "bytes":
+        body = draw(st.binary(max_size=256))
+    elif kind == "truncated":
+        whole = json.dumps({"instances": draw(st.lists(st.floats(-1, 1), max_size=10))})
+        body = whole[: draw(st.integers(0, len(whole)))].encode()
+    elif kind == "deep":
+        depth = draw(st.sampled_from([100, 5000, 100_000]))
+        body = b'{"instances": ' + b"[" * depth + b"1" + b"]" * depth + b"}"
+    elif kind == "nan":
+        body = b'{"instances": [NaN, Infinity, -Infinity]}'
+    elif kind == "gzip":
+        body = gzip.compress(b'{"instances": [' + b"1," * 1000 + b"1]}")
+        headers["Content-Encoding"] = "gzip"
+        if draw(st.booleans()):
+            body = body[: len(body) // 2]
+    else:
+        body = b""
+    return body, {k: v for k, v in headers.items() if v}
+
+
+@FUZZ
+@given(
+    st.sampled_from(["predict", "classify", "regress"]),
+    NAMES,
+    st.sampled_from(["", "/versions/123", "/versions/99999999999999999999", "/labels/x%2F"]),
+    hostile_body(),
+)
+def test_hostile_rest_requests_get_a_status_and_the_server_stays_correct(
+    server: Server,
+    channel: grpc.Channel,
+    verb: str,
+    name: str,
+    version: str,
+    body: tuple[bytes, dict[str, str]],
+) -> None:
+    from urllib.parse import quote
+
+    path = f"/v1/models/{quote(name, safe='%./')}{version}:{verb}"
+    status = rest(server, "POST", path, *body)
+    assert status in {200, 400, 404, 413, 429, 501}, (path, status)
+    good = json.dumps({"instances": [2.0]}).encode()
+    assert rest(server, "POST", "/v1/models/half_plus_two:predict", good, {}) == 200
+
+
+def test_no_serving_replica_died(server: Server, channel: grpc.Channel) -> None:
+    """Runs after the fuzzing above (same module, file order)."""
+    valid_predict(channel)
+    assert {pid for pid, _ in server.replicas("Ingress")} == server.pids_before  # type: ignore[attr-defined]
