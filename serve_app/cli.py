@@ -114,6 +114,12 @@ def parser() -> argparse.ArgumentParser:
         help="how long replicas may wait for resources (e.g. a GPU) before startup fails",
     )
     flag(
+        "--model_load_timeout_seconds",
+        type=float,
+        default=600.0,
+        help="how long startup waits for every model's newest version to be AVAILABLE",
+    )
+    flag(
         "--drain_seconds",
         type=float,
         default=5.0,
@@ -218,13 +224,15 @@ def wait_until_ready(
     accelerator: str = "auto",
     timeout_s: float = 600.0,
     resource_wait_s: float = 60.0,
+    models: Sequence[Any] = (),
 ) -> str | None:
     """Block until every model's newest version is AVAILABLE (None) or say why not.
 
     Like TF Serving's startup (ServerCore::WaitUntilModelsAvailable), a model whose versions all
     failed to load ends the wait with its error instead of waiting out the timeout. Replicas the
     cluster cannot place (a GPU no node has) end it after ``resource_wait_s`` with Serve's
-    account of what they need; a signal ends it at once.
+    account of what they need; a signal ends it at once. At ``timeout_s`` the answer names each
+    of ``models`` (``ModelArgs``) that is not AVAILABLE yet, and where it stands.
     """
     from ray import serve
 
@@ -249,7 +257,25 @@ def wait_until_ready(
             )
         if stop.wait(0.5):
             return "CANCELLED: interrupted while waiting for models to load"
-    return f"UNKNOWN: models did not become AVAILABLE within {timeout_s:.0f}s"
+    try:
+        states = manager.snapshot.remote().result(timeout_s=10.0)["status"]
+    except Exception:
+        states = {}
+    waiting = [_where(model, states.get(model.name, {})) for model in models]
+    return (
+        f"DEADLINE_EXCEEDED: models did not become AVAILABLE within {timeout_s:g}s "
+        f"(--model_load_timeout_seconds): {'; '.join(w for w in waiting if w)}"
+    )
+
+
+def _where(model: Any, versions: dict[Any, str]) -> str:
+    """``name: where it stands`` for a model whose newest version is not AVAILABLE, else ""."""
+    if not versions:
+        return f"{model.name}: no version found under {model.base_path}"
+    newest = max(versions, key=int)
+    if versions[newest] == "AVAILABLE":
+        return ""
+    return f"{model.name}: version {newest} is {versions[newest]}"
 
 
 def _unschedulable(status: Any) -> str:
@@ -378,7 +404,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         target = serve.RunTarget(target=build_app(args, plan), name=APP_NAME, route_prefix=None)
         serve.run_many([target], wait_for_applications_running=False)
         problem = wait_until_ready(
-            stop.event, args.scaling.accelerator, resource_wait_s=ns.resource_wait_seconds
+            stop.event,
+            args.scaling.accelerator,
+            timeout_s=ns.model_load_timeout_seconds,
+            resource_wait_s=ns.resource_wait_seconds,
+            models=args.models,
         )
         if problem is not None:
             print(f"ray-tfserving: Failed to start server. Error: {problem}", file=sys.stderr)

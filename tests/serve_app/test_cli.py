@@ -493,3 +493,36 @@ def test_sigterm_drains_then_lets_calls_in_flight_finish(tmp_path: Path) -> None
         f"{closed - signalled:.1f}s, {len(completed)} of {len(in_flight)} calls in flight "
         f"completed, exit 0 after {exited - signalled:.1f}s"
     )
+
+
+def test_a_model_that_never_loads_ends_startup_at_its_bound(tmp_path: Path) -> None:
+    """A version whose load never ends (its variables index is a FIFO nobody writes, as a hung
+    network file system looks): startup ends at --model_load_timeout_seconds, non-zero, naming
+    the model and where it stands, and leaves nothing running."""
+    empty = tmp_path / "m"
+    shutil.copytree(TESTDATA / "saved_model_half_plus_two_cpu" / "00000123", empty / "1")
+    (empty / "1" / "variables" / "variables.index").unlink()
+    os.mkfifo(empty / "1" / "variables" / "variables.index")
+    started = time.monotonic()
+    cli = run_cli(
+        f"--port={free_ports(1)[0]}",
+        "--model_name=m",
+        f"--model_base_path={empty}",
+        "--model_load_timeout_seconds=15",
+    )
+    try:
+        code = cli.wait_exit(180)
+        cli._seen.wait(10)
+        took = time.monotonic() - started
+        assert code == 1, cli.output[-3000:]
+        assert (
+            "Failed to start server. Error: DEADLINE_EXCEEDED: models did not become AVAILABLE "
+            "within 15s (--model_load_timeout_seconds): m: version 1 is LOADING"
+        ) in cli.output, cli.output[-3000:]
+        deadline = time.monotonic() + 30
+        while session_processes(cli) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert session_processes(cli) == []
+        print(f"\na model that never loads: exit {code} after {took:.0f}s")
+    finally:
+        cli.stop()
