@@ -34,6 +34,8 @@ class LoadResult:
     latencies_ms: list[float] = field(default_factory=list)
     client_cpu_s: float = 0.0
     first_error: str = ""
+    statuses: dict[int, int] = field(default_factory=dict)
+    """HTTP status -> count, for those that were not 2xx (h2load only)."""
 
     @property
     def throughput(self) -> float:

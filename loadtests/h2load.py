@@ -106,6 +106,7 @@ def run(
         latencies_ms=latencies,
         client_cpu_s=cpu,
         first_error=first_error,
+        statuses=dict(statuses),
     )
 
 

@@ -191,6 +191,7 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
         "grpc_port": args.grpc_port,
         "http_port": args.http_port,
         "max_request_bytes": args.max_request_bytes,
+        "max_concurrent_requests": args.max_concurrent_requests,
         "grpc_health_service": args.grpc_health_service,
         "admin_host": args.admin_host,
         "admin_port": args.admin_port,

@@ -116,6 +116,10 @@ class AppArgs(BaseModel):
     """gRPC port of the TF Serving API (TF Serving's 8500; 0 disables gRPC)."""
     http_port: int = Field(default=8501, ge=0, le=65535)
     """HTTP port of the TF Serving REST API (TF Serving's usual 8501; 0 disables REST)."""
+    max_concurrent_requests: int = Field(default=1024, ge=1)
+    """Requests in flight per serving replica, gRPC and REST together (health and status
+    excepted): beyond it a request is answered at once with RESOURCE_EXHAUSTED (REST 429)
+    rather than queued, so that overload costs neither memory nor everyone's latency."""
     max_request_bytes: int = Field(default=2**31 - 1, ge=1, le=2**31 - 1)
     """The largest request either port takes: a larger gRPC message is RESOURCE_EXHAUSTED, a
     larger REST body (or a gzip body that inflates beyond it) is 413, each with a message that

@@ -88,6 +88,12 @@ def parser() -> argparse.ArgumentParser:
     flag("--accelerator", choices=["auto", "cpu", "gpu"], default="auto", help="ray-tfserving")
     flag("--num_gpus", type=float, default=1.0, help="GPUs per replica, fractional shares a card")
     flag(
+        "--max_concurrent_requests",
+        type=int,
+        default=1024,
+        help="requests in flight per serving replica; beyond: RESOURCE_EXHAUSTED / 429 at once",
+    )
+    flag(
         "--max_request_bytes",
         type=int,
         default=2**31 - 1,
@@ -186,6 +192,7 @@ def to_app_args(ns: argparse.Namespace) -> AppArgs:
         "admin_port": ns.admin_port,
         "grpc_health_service": ns.enable_grpc_healthcheck_service,
         "max_request_bytes": ns.max_request_bytes,
+        "max_concurrent_requests": ns.max_concurrent_requests,
         "rest_api_timeout_in_ms": ns.rest_api_timeout_in_ms,
         "file_system_poll_wait_seconds": ns.file_system_poll_wait_seconds,
         "model_config_file_poll_wait_seconds": ns.model_config_file_poll_wait_seconds,

@@ -102,6 +102,7 @@ class Ingress:
                 ),
                 max_request_bytes=self.max_request_bytes,
                 health=self._listen.get("grpc_health_service", True),
+                max_concurrent_requests=self._listen.get("max_concurrent_requests", 1024),
             )
             await listeners.start()
             self._listeners = listeners

@@ -47,14 +47,54 @@ ModelReply``."""
 MAX_MESSAGE_BYTES = 2**31 - 1
 """TF Serving's gRPC server accepts messages up to INT_MAX (main.cc sets no smaller limit)."""
 
+#: Answered whatever the load: health and status, so that an overloaded server is seen as
+#: overloaded, not as dead.
+UNBOUNDED = {"Check", "GetModelStatus"}
+
 RpcFunction = Callable[[bytes, float | None], Awaitable[ModelReply]]
 
 
-def _rpc_handler(function: RpcFunction) -> grpc.RpcMethodHandler:
+class Admission:
+    """The bound on requests in flight in one serving replica (``max_concurrent_requests``),
+    gRPC and REST together: beyond it a request is answered at once with RESOURCE_EXHAUSTED
+    (REST: 429), as TF Serving's gRPC server answers when its threads are all busy, instead of
+    queueing without bound (memory and latency grow with the queue)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self.refused = 0
+
+    def message(self) -> str:
+        return (
+            f"The server is overloaded: {self.in_flight} requests in flight in this replica "
+            f"(max_concurrent_requests={self.limit}); retry later"
+        )
+
+    def enter(self) -> bool:
+        if self.in_flight >= self.limit:
+            self.refused += 1
+            return False
+        self.in_flight += 1
+        return True
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+
+def _rpc_handler(function: RpcFunction, admission: Admission | None) -> grpc.RpcMethodHandler:
     async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        remaining = context.time_remaining()
-        deadline = time.time() + remaining if remaining is not None else None
-        reply = await function(raw, deadline)
+        if admission is not None and not admission.enter():
+            context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+            context.set_details(admission.message())
+            return b""
+        try:
+            remaining = context.time_remaining()
+            deadline = time.time() + remaining if remaining is not None else None
+            reply = await function(raw, deadline)
+        finally:
+            if admission is not None:
+                admission.leave()
         if not reply.ok:
             context.set_code(reply.code)
             context.set_details(truncate(reply.message))
@@ -66,12 +106,17 @@ def _rpc_handler(function: RpcFunction) -> grpc.RpcMethodHandler:
 
 
 def grpc_handlers(
-    backend: Any, services: Iterable[str] = tuple(SERVICES)
+    backend: Any, services: Iterable[str] = tuple(SERVICES), admission: Admission | None = None
 ) -> list[grpc.GenericRpcHandler]:
-    """One generic handler per service, each method bound to ``backend.<Method>``."""
+    """One generic handler per service, each method bound to ``backend.<Method>``; every
+    method but ``UNBOUNDED`` goes through ``admission``."""
     return [
         grpc.method_handlers_generic_handler(
-            service, {m: _rpc_handler(getattr(backend, m)) for m in SERVICES[service]}
+            service,
+            {
+                m: _rpc_handler(getattr(backend, m), None if m in UNBOUNDED else admission)
+                for m in SERVICES[service]
+            },
         )
         for service in services
     ]
@@ -140,6 +185,7 @@ class Listeners:
         admin: tuple[str, int] = ("127.0.0.1", 0),
         max_request_bytes: int = MAX_MESSAGE_BYTES,
         health: bool = True,
+        max_concurrent_requests: int = 1024,
     ) -> None:
         self.backend = backend
         self.host = host
@@ -149,6 +195,7 @@ class Listeners:
         """The admin routes' address (``admin_port``; 0: off)."""
         self.max_request_bytes = max_request_bytes
         """The largest gRPC message taken (gRPC answers RESOURCE_EXHAUSTED beyond it)."""
+        self.admission = Admission(max_concurrent_requests)
         self.services = [s for s in SERVICES if health or s != HEALTH_SERVICE]
         """The gRPC services registered (``grpc_health_service``: Health or not)."""
         self._grpc: grpc.aio.Server | None = None
@@ -165,7 +212,9 @@ class Listeners:
                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ]
             )
-            server.add_generic_rpc_handlers(grpc_handlers(self.backend, self.services))
+            server.add_generic_rpc_handlers(
+                grpc_handlers(self.backend, self.services, self.admission)
+            )
             host = f"[{self.host}]" if ":" in self.host else self.host
             server.add_insecure_port(f"{host}:{self.grpc_port}")  # raises if it cannot bind
             await server.start()
@@ -201,7 +250,17 @@ class Listeners:
 
         if scope["type"] != "http":
             return
-        response = await self.backend.rest(Request(scope, receive))
+        if scope["path"] in ("/healthz", "/readyz", self.backend.prometheus_path):
+            response = await self.backend.rest(Request(scope, receive))
+        elif not self.admission.enter():
+            from serve_app.rest import error_response
+
+            response = error_response(grpc.StatusCode.RESOURCE_EXHAUSTED, self.admission.message())
+        else:
+            try:
+                response = await self.backend.rest(Request(scope, receive))
+            finally:
+                self.admission.leave()
         await response(scope, receive, send)
 
     async def _admin_asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -1,9 +1,12 @@
-"""Request-size limits on a live server: ``max_request_bytes`` on both ports.
+"""Limits on a live server: request size (``max_request_bytes``) and requests in flight
+(``max_concurrent_requests``), on both ports.
 
-A gRPC message beyond the limit is RESOURCE_EXHAUSTED (gRPC's own check, before the message is
-parsed); a REST body beyond it is 413, whether it says so in Content-Length, arrives chunked, or
-is a gzip body that would inflate beyond it. Requests within the limit are served, and the
-server answers correctly afterwards.
+A gRPC message beyond the size limit is RESOURCE_EXHAUSTED (gRPC's own check, before the message
+is parsed); a REST body beyond it is 413, whether it says so in Content-Length, arrives chunked,
+or is a gzip body that would inflate beyond it. Under a flood far beyond what the server can
+answer, requests beyond the in-flight bound are answered at once with RESOURCE_EXHAUSTED (REST
+429), the serving processes' memory stays bounded, health keeps answering, and the server is
+correct afterwards. Every load loop is bounded in time and count.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from tensorflow_serving.apis import predict_pb2
 from tests.conftest import Server, start_server
 
 LIMIT = 64 << 10
+IN_FLIGHT = 8
+"""max_concurrent_requests per serving replica (two replicas)."""
+FLOOD_S = 20.0
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +37,7 @@ def server(testdata: Path) -> Server:  # type: ignore[misc]
         "model_name=half_plus_two",
         f"model_base_path={base}",
         f"max_request_bytes={LIMIT}",
+        f"max_concurrent_requests={IN_FLIGHT}",
         wait_for=("half_plus_two",),
     )
     yield s
@@ -103,3 +110,101 @@ def test_gzip_body_that_inflates_beyond_the_limit_is_413(server: Server) -> None
     assert status == 413
     assert "inflates beyond the limit" in json.loads(text)["error"]
     assert post(server, body, {"Content-Type": "application/json"})[0] == 200
+
+
+def rss_mb(server: Server) -> dict[int, float]:
+    import psutil
+
+    return {
+        pid: psutil.Process(pid).memory_info().rss / 2**20 for pid, _ in server.replicas("Ingress")
+    }
+
+
+def test_a_grpc_flood_is_refused_at_once_and_costs_no_memory(server: Server) -> None:
+    """512 calls kept in flight for FLOOD_S seconds, against a bound of 2 x IN_FLIGHT."""
+    import asyncio
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "half_plus_two"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.full((4, 1), 2.0, np.float32)))
+    before = rss_mb(server)
+    outcomes: dict[grpc.StatusCode, list[float]] = {}
+    health: list[int] = []
+
+    async def flood() -> None:
+        channels = [
+            grpc.aio.insecure_channel(
+                server.grpc_target, options=[("grpc.use_local_subchannel_pool", 1)]
+            )
+            for _ in range(8)
+        ]
+        stubs = [prediction_service_pb2_grpc.PredictionServiceStub(c) for c in channels]
+        end = asyncio.get_running_loop().time() + FLOOD_S
+
+        async def client(i: int) -> None:
+            loop = asyncio.get_running_loop()
+            for _ in range(100_000):  # bounded; the clock ends it first
+                if loop.time() > end:
+                    return
+                started = loop.time()
+                try:
+                    await stubs[i % len(stubs)].Predict(request, timeout=10)
+                    code = grpc.StatusCode.OK
+                except grpc.aio.AioRpcError as e:
+                    code = e.code()
+                outcomes.setdefault(code, []).append(loop.time() - started)
+
+        async def watch() -> None:
+            stub = health_pb2_grpc.HealthStub(channels[0])
+            loop = asyncio.get_running_loop()
+            while loop.time() < end:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                health.append(reply.status)
+                await asyncio.sleep(0.5)
+
+        await asyncio.gather(watch(), *(client(i) for i in range(512)))
+        for c in channels:
+            await c.close()
+
+    asyncio.run(flood())
+    after = rss_mb(server)
+    ok = outcomes.get(grpc.StatusCode.OK, [])
+    refused = outcomes.get(grpc.StatusCode.RESOURCE_EXHAUSTED, [])
+    assert set(outcomes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, {
+        k: len(v) for k, v in outcomes.items()
+    }
+    assert ok and refused
+    refused_p99 = sorted(refused)[int(len(refused) * 0.99)]
+    ok_p99 = sorted(ok)[int(len(ok) * 0.99)]
+    assert refused_p99 < 2.0  # answered at once, not after a queue
+    assert health and set(health) == {health_pb2.HealthCheckResponse.SERVING}
+    assert set(after) == set(before)  # no serving replica died
+    growth = max(after[pid] - before[pid] for pid in before)
+    assert growth < 150, (before, after)
+    assert list(predict(server, 1).outputs["y"].float_val) == [3.0]
+    print(
+        f"\ngRPC flood, {FLOOD_S:.0f}s of 512 calls in flight: {len(ok)} OK (p99 {ok_p99:.3f}s), "
+        f"{len(refused)} RESOURCE_EXHAUSTED (p99 {refused_p99:.3f}s), "
+        f"RSS growth {growth:+.0f} MiB, health SERVING throughout"
+    )
+
+
+def test_a_rest_flood_is_429_at_once(server: Server) -> None:
+    """h2load: 64 connections for 10 s, against a bound of 2 x IN_FLIGHT; only 200 and 429."""
+    from loadtests import h2load
+
+    if not h2load.available():
+        pytest.fail("h2load not installed: make system-deps")
+    body = json.dumps({"instances": [2.0, 3.0]}).encode()
+    url = f"{server.http_base}/v1/models/half_plus_two:predict"
+    result = h2load.run(
+        url, body, grpc=False, concurrency=64, seconds=10, warmup_s=1, check=lambda: None
+    )
+    assert result.requests > 0
+    assert set(result.statuses) == {429}, result.statuses  # refused, and nothing else failed
+    p99 = sorted(result.latencies_ms)[int(len(result.latencies_ms) * 0.99)]
+    assert post(server, json.dumps({"instances": [2.0]}).encode(), {})[0] == 200
+    print(f"\nREST flood: {result.requests} OK, {result.statuses[429]} 429, p99 {p99:.1f} ms")
