@@ -54,7 +54,7 @@ import numpy as np
 from loadtests import clients, h2load, launcher, procstat
 
 REPO = launcher.REPO
-HALF_PLUS_TWO = REPO.parent / "shared" / "testdata" / "tfserving" / "saved_model_half_plus_two_cpu"
+HALF_PLUS_TWO = launcher.HALF_PLUS_TWO
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 SYSTEMS = ("inprocess", "plain", "ray-grpc", "ray-rest")
 WORKLOADS = ("half_plus_two", "deeplab128")

@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+TESTDATA = REPO.parent / "shared" / "testdata" / "tfserving"
+"""TF Serving's own test models (``../shared/testdata/tfserving`` beside the repository)."""
+HALF_PLUS_TWO = TESTDATA / "saved_model_half_plus_two_cpu"
 SERVE = str(Path(sys.executable).with_name("serve"))
 BOOT_TIMEOUT_S = 240.0
 

@@ -146,7 +146,7 @@ class RestApi:
         try:
             body = await read_body(request, limit)
             if "gzip" in request.headers.get("content-encoding", ""):
-                body = gunzip(body, limit)
+                body = gunzip(body, min(limit, max(INFLATE_FLOOR, INFLATE_RATIO * len(body))))
         except TooLarge as e:
             return _json(error_text(str(e)), 413)
         timeout = getattr(self.backend, "rest_timeout_s", None)
@@ -211,6 +211,12 @@ def model_spec(name: str, version: str | None, label: str | None) -> model_pb2.M
     elif label:
         spec.version_label = unquote(label)
     return spec
+
+
+INFLATE_RATIO = 100
+"""A gzip body may inflate to at most this many times its size (or ``INFLATE_FLOOR``, and
+never beyond ``max_request_bytes``): JSON compresses 5-20x, a gzip bomb 1000x."""
+INFLATE_FLOOR = 16 << 20
 
 
 class TooLarge(Exception):

@@ -526,3 +526,43 @@ def test_a_model_that_never_loads_ends_startup_at_its_bound(tmp_path: Path) -> N
         print(f"\na model that never loads: exit {code} after {took:.0f}s")
     finally:
         cli.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_rolling_out_stops_everything(sig: int, tmp_path: Path) -> None:
+    """A new version is loading (its load hangs: a FIFO for its variables index) when the
+    signal comes: the server exits 0 and within 30 s nothing of its session is left."""
+    base = tmp_path / "m"
+    shutil.copytree(TESTDATA / "saved_model_half_plus_two_cpu" / "00000123", base / "1")
+    (port,) = free_ports(1)
+    cli = run_cli(
+        f"--port={port}",
+        "--model_name=m",
+        f"--model_base_path={base}",
+        "--file_system_poll_wait_seconds=0.5",
+        "--drain_seconds=1",
+    )
+    try:
+        cli.wait_ready()
+        shutil.copytree(base / "1", base / "2")
+        (base / "2" / "variables" / "variables.index").unlink()
+        os.mkfifo(base / "2" / "variables" / "variables.index")
+        deadline = time.monotonic() + 60
+        while True:
+            states = {s.version: s.state for s in model_status(port, "m").model_version_status}
+            if states.get(2) == get_model_status_pb2.ModelVersionStatus.LOADING:
+                break
+            assert time.monotonic() < deadline, states
+            time.sleep(0.3)
+        signalled = time.monotonic()
+        cli.process.send_signal(sig)
+        assert cli.wait_exit(40) == 0, cli.output[-3000:]
+        while session_processes(cli) and time.monotonic() - signalled < 30:
+            time.sleep(0.2)
+        assert session_processes(cli) == [], cli.output[-3000:]
+        print(
+            f"\n{signal.Signals(sig).name} while version 2 loads: all gone after "
+            f"{time.monotonic() - signalled:.1f}s"
+        )
+    finally:
+        cli.stop()

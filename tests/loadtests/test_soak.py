@@ -1,0 +1,20 @@
+"""The soak run, short (``python -m loadtests.soak --minutes 30`` is the long one): valid,
+hostile and rollout load at once against a live server lose nothing and leak nothing."""
+
+from __future__ import annotations
+
+from loadtests import soak
+
+
+def test_a_short_soak_loses_nothing_and_stays_bounded() -> None:
+    report = soak.run(seconds=45, rollout_every_s=12, clients=3, warmup_s=5)
+    counts = report["counts"]
+    assert counts.get("grpc ok", 0) > 1000 and counts.get("rest ok", 0) > 100, counts
+    assert counts.get("rollout", 0) >= 3, counts
+    assert sum(v for k, v in counts.items() if k.startswith("hostile")) > 100, counts
+    assert report["valid_failures"] == {}, counts
+    assert report["hostile_misses"] == {}, counts
+    assert report["replaced_processes"] == [], report  # no process died or restarted
+    ingress = {k: v for k, v in report["rss_growth_mib"].items() if "Ingress" in k}
+    assert ingress and max(ingress.values()) < 200, report["rss_growth_mib"]
+    print(f"\nshort soak: {counts}; Ingress RSS growth (MiB): {ingress}")
