@@ -49,7 +49,8 @@ class Wire(enum.StrEnum):
     GRPC = "grpc"
     """The serialized response message."""
     REST = "rest"
-    """TF Serving's REST JSON (``compat.json_codec``)."""
+    """TF Serving's REST JSON (``compat.json_codec``); GetModelMetadata answers its message
+    either way (``serve_app.rest`` prints it as TF Serving's status JSON)."""
 
 
 #: The request message of each API; a gRPC request's bytes parse into it.

@@ -333,6 +333,18 @@ def session_processes(cli: Cli) -> list[str]:
     ]
 
 
+def signal_until_gone(cli: Cli, sig: int, exit_within: float = 30.0) -> tuple[int, float]:
+    """Send ``sig``: (exit status, seconds until nothing of the CLI's session is left), which
+    must be within 30 s of its exit's bound."""
+    signalled = time.monotonic()
+    cli.process.send_signal(sig)
+    code = cli.wait_exit(exit_within)
+    while session_processes(cli) and time.monotonic() - signalled < exit_within:
+        time.sleep(0.2)
+    assert session_processes(cli) == [], cli.output[-3000:]
+    return code, time.monotonic() - signalled
+
+
 def test_accelerator_gpu_without_a_gpu_fails_startup_and_says_why() -> None:
     """No node has a GPU: the serving replicas can never be placed. The server exits non-zero
     within its bound (--resource_wait_seconds, 60 s by default; the run_to_exit timeout of
@@ -377,16 +389,8 @@ def test_a_signal_while_starting_stops_everything(sig: int, after: str) -> None:
                 assert time.monotonic() < deadline and cli.process.poll() is None, cli.output
                 time.sleep(0.2)
             time.sleep(2)  # the serving replicas are pending: no GPU
-        signalled = time.monotonic()
-        cli.process.send_signal(sig)
-        cli.wait_exit(30)
-        while session_processes(cli) and time.monotonic() - signalled < 30:
-            time.sleep(0.2)
-        assert session_processes(cli) == [], cli.output[-3000:]
-        print(
-            f"\n{signal.Signals(sig).name} during {after}: all gone after "
-            f"{time.monotonic() - signalled:.1f}s"
-        )
+        _, took = signal_until_gone(cli, sig)
+        print(f"\n{signal.Signals(sig).name} during {after}: all gone after {took:.1f}s")
     finally:
         cli.stop()
 
@@ -554,15 +558,8 @@ def test_a_signal_while_rolling_out_stops_everything(sig: int, tmp_path: Path) -
                 break
             assert time.monotonic() < deadline, states
             time.sleep(0.3)
-        signalled = time.monotonic()
-        cli.process.send_signal(sig)
-        assert cli.wait_exit(40) == 0, cli.output[-3000:]
-        while session_processes(cli) and time.monotonic() - signalled < 30:
-            time.sleep(0.2)
-        assert session_processes(cli) == [], cli.output[-3000:]
-        print(
-            f"\n{signal.Signals(sig).name} while version 2 loads: all gone after "
-            f"{time.monotonic() - signalled:.1f}s"
-        )
+        code, took = signal_until_gone(cli, sig)
+        assert code == 0, cli.output[-3000:]
+        print(f"\n{signal.Signals(sig).name} while version 2 loads: all gone after {took:.1f}s")
     finally:
         cli.stop()

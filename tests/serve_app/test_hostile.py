@@ -114,6 +114,13 @@ def hostile_predict(draw: st.DrawFn) -> bytes:
         request.model_spec.signature_name = draw(st.sampled_from(["", "nope", "../x"]))
     for alias in draw(st.lists(st.sampled_from(["x", "y", ""]), max_size=2, unique=True)):
         request.inputs[alias].CopyFrom(draw(hostile_tensor()))
+    if draw(st.integers(0, 7)) == 0:  # a huge string tensor where a float is expected
+        big = request.inputs["x"]
+        big.Clear()
+        big.dtype = 7  # DT_STRING
+        count, size = draw(st.sampled_from([(1, 1 << 20), (10_000, 10), (2, 0)]))
+        big.tensor_shape.dim.add().size = count
+        big.string_val.extend([b"s" * size] * count)
     wire = request.SerializeToString()
     cut = draw(st.sampled_from([None, 1, len(wire) // 2]))
     return wire if cut is None else wire[:cut]
