@@ -35,18 +35,20 @@ _NO_EFFECT = {
     "allow_version_labels_for_unavailable_models": "labels in the startup config always are",
 }
 
-#: TF Serving flags asking for what is not served here: (TF Serving's default, why). Their
-#: default value is accepted; anything else is refused at startup with the reason, rather than
-#: silently serving something else (plaintext for a TLS config, say).
-_REFUSED = {
-    "ssl_config_file": ("", "TLS is not served yet; terminate TLS in front of the server"),
-    "grpc_socket_path": ("", "no Unix socket is served (every serving replica shares --port)"),
-    "platform_config_file": ("", "platform configs are not read; use the flags"),
-    "grpc_channel_arguments": ("", "gRPC channel arguments cannot be set"),
-    "saved_model_tags": ("serve", "only the 'serve' MetaGraph is loaded"),
-    "use_tflite_model": ("false", "TFLite models are not served"),
-    "xla_cpu_compilation_enabled": ("false", "XLA JIT compilation is not enabled here"),
-    "enable_profiler": ("false", "no ProfilerService is served"),
+#: TF Serving flags asking for what is not served here: (the values that ask for nothing we
+#: lack, why). Those values are accepted (TF Serving's defaults, but for --enable_profiler,
+#: which is on there: no ProfilerService is served here, so only =false is); anything else is
+#: refused at startup with the reason, rather than silently serving something else (plaintext
+#: for a TLS config, say).
+_REFUSED: dict[str, tuple[tuple[str, ...], str]] = {
+    "ssl_config_file": (("",), "TLS is not served yet; terminate TLS in front of the server"),
+    "grpc_socket_path": (("",), "no Unix socket is served (every serving replica shares --port)"),
+    "platform_config_file": (("",), "platform configs are not read; use the flags"),
+    "grpc_channel_arguments": (("",), "gRPC channel arguments cannot be set"),
+    "saved_model_tags": (("", "serve"), "only the 'serve' MetaGraph is loaded"),
+    "use_tflite_model": (("false",), "TFLite models are not served"),
+    "xla_cpu_compilation_enabled": (("false",), "XLA JIT compilation is not enabled here"),
+    "enable_profiler": (("false",), "no ProfilerService is served"),
 }
 
 
@@ -147,18 +149,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _refused_flags(ns: argparse.Namespace) -> list[str]:
-    """``--flag=value: why`` for each flag in ``_REFUSED`` set to other than its default."""
+    """``--flag=value: why`` for each flag in ``_REFUSED`` set to a value it does not accept."""
     refused = []
-    for name, (default, why) in _REFUSED.items():
+    for name, (accepted, why) in _REFUSED.items():
         value = getattr(ns, name)
         if value is None:
             continue
-        normal = value.strip().lower() if default in ("true", "false") else value.strip()
-        if normal in ("1", "yes"):
-            normal = "true"
-        elif normal in ("0", "no"):
-            normal = "false"
-        if normal != default:
+        normal = value.strip()
+        if accepted == ("false",):  # a boolean flag
+            normal = {"1": "true", "yes": "true", "0": "false", "no": "false"}.get(
+                normal.lower(), normal.lower()
+            )
+        if normal not in accepted:
             refused.append(f"--{name}={value}: {why}")
     return refused
 

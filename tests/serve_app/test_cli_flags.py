@@ -21,17 +21,19 @@ def app_args(*flags: str):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("name", sorted(cli._REFUSED))
 def test_a_flag_asking_for_what_is_not_served_is_refused_with_the_reason(name: str) -> None:
-    default, why = cli._REFUSED[name]
-    value = "true" if default == "false" else "x"
+    accepted, why = cli._REFUSED[name]
+    value = "true" if accepted == ("false",) else "x"
     with pytest.raises(InvalidArgument) as e:
         app_args(f"--{name}={value}")
     assert e.value.message == f"Not supported by ray-tfserving: --{name}={value}: {why}"
 
 
 @pytest.mark.parametrize("name", sorted(cli._REFUSED))
-def test_tf_servings_default_of_a_refused_flag_is_accepted(name: str) -> None:
-    default, _ = cli._REFUSED[name]
-    app_args(f"--{name}={default}")
+def test_the_values_asking_for_nothing_missing_are_accepted(name: str) -> None:
+    for value in cli._REFUSED[name][0]:
+        app_args(f"--{name}={value}")
+    if cli._REFUSED[name][0] == ("false",):
+        app_args(f"--{name}=0")
 
 
 def test_every_refusal_is_named_at_once() -> None:
