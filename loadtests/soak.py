@@ -202,8 +202,9 @@ def _rollouts(base: Path, every_s: float, end: float, tally: Tally) -> None:
         tally.add("rollout")
 
 
-def rss_by_process(server: ServerProcess) -> dict[str, float]:
-    """RSS in MiB of every process in the server's session, by ``pid name``."""
+def rss_by_process(server: ServerProcess) -> dict[int, tuple[str, float]]:
+    """Every process in the server's session: pid -> (its title, RSS in MiB). Ray retitles a
+    worker with the task it runs, so the pid, not the title, says which process it is."""
     import psutil
 
     out = {}
@@ -211,10 +212,9 @@ def rss_by_process(server: ServerProcess) -> dict[str, float]:
         try:
             if process.pid != server.process.pid and _session(process.pid) != server.process.pid:
                 continue
-            title = " ".join(" ".join(process.info["cmdline"] or [process.info["name"]]).split())[
-                :60
-            ]
-            out[f"{process.pid} {title}"] = round(process.memory_info().rss / 2**20, 1)
+            words = " ".join(process.info["cmdline"] or [process.info["name"]]).split()
+            rss = round(process.memory_info().rss / 2**20, 1)
+            out[process.pid] = (" ".join(words)[:60], rss)
         except (psutil.Error, OSError):
             continue
     return out
@@ -262,8 +262,14 @@ def run(seconds: float, rollout_every_s: float, clients: int, warmup_s: float) -
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
     counts = dict(tally.counts)
+
+    def label(pid: int) -> str:
+        return f"{pid} {rss_start[pid][0]}"
+
     growth = {
-        name: round(rss_end[name] - rss_start[name], 1) for name in rss_start if name in rss_end
+        label(pid): round(rss_end[pid][1] - rss_start[pid][1], 1)
+        for pid in rss_start
+        if pid in rss_end
     }
     return {
         "seconds": round(time.monotonic() - started, 1),
@@ -276,10 +282,10 @@ def run(seconds: float, rollout_every_s: float, clients: int, warmup_s: float) -
             for k, v in counts.items()
             if k.startswith(("hostile answered", "hostile hung", "hostile 5xx"))
         },
-        "rss_start_mib": rss_start,
-        "rss_end_mib": rss_end,
+        "rss_start_mib": {label(pid): rss for pid, (_, rss) in rss_start.items()},
+        "rss_end_mib": {f"{pid} {title}": rss for pid, (title, rss) in rss_end.items()},
         "rss_growth_mib": growth,
-        "replaced_processes": sorted(set(rss_start) ^ set(rss_end)),
+        "gone_processes": sorted(label(pid) for pid in set(rss_start) - set(rss_end)),
     }
 
 

@@ -128,7 +128,9 @@ def test_errors_keep_tf_servings_codes(server: Server) -> None:
         server.channel.unary_unary("/tensorflow.serving.PredictionService/Predict")(
             b"\xff\xff\xff", timeout=10.0
         )
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # bytes that are no PredictRequest: INTERNAL, as C++ gRPC's deserializer answers in TF Serving
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert info.value.details() == "Could not parse request as tensorflow.serving.PredictRequest"
 
 
 def test_both_serving_replicas_take_connections_on_one_port(server: Server) -> None:
