@@ -205,7 +205,10 @@ def test_a_rest_flood_is_429_at_once(server: Server) -> None:
         url, body, grpc=False, concurrency=64, seconds=FLOOD_S, warmup_s=1, check=lambda: None
     )
     assert result.requests > 0
-    assert set(result.statuses) == {429}, result.statuses  # refused, and nothing else failed
+    # refused, and nothing else failed; h2load logs status 0 for the calls it cuts off when its
+    # window ends (at most one per connection)
+    assert set(result.statuses) - {0} == {429}, result.statuses
+    assert result.statuses.get(0, 0) <= 64, result.statuses
     p99 = sorted(result.latencies_ms)[int(len(result.latencies_ms) * 0.99)]
     assert post(server, json.dumps({"instances": [2.0]}).encode(), {})[0] == 200
     offered = (result.requests + result.errors) / result.requests
