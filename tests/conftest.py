@@ -53,9 +53,15 @@ class Server(ServerProcess):
         return rows
 
     def replicas(self, deployment: str) -> list[tuple[int, int]]:
-        """(pid, RSS in KB) of the live replica processes of one deployment of this server."""
+        """(pid, RSS in KB) of the live replica processes of one deployment of this server.
+        Ray retitles a replica with the method it is running (``...:Ingress.handle_request``),
+        so a busy replica's title has the deployment and then a dot."""
         name = f"ray::ServeReplica:default:{deployment}"
-        return [(pid, rss) for pid, rss, args in self.processes() if args.split()[0] == name]
+        return [
+            (pid, rss)
+            for pid, rss, args in self.processes()
+            if (title := args.split()[0]) == name or title.startswith(name + ".")
+        ]
 
     def stop(self) -> None:
         if "channel" in self.__dict__:
