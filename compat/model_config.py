@@ -21,6 +21,8 @@ class ModelEntry:
     num_versions: int = 1
     versions: list[int] = field(default_factory=list)
     labels: dict[str, int] = field(default_factory=dict)
+    request_log: dict[str, object] | None = None
+    """From ``logging_config``: ``filename_prefix`` and ``sampling_rate``."""
 
 
 def parse_text(text: str, path: str | Path = "") -> model_server_config_pb2.ModelServerConfig:
@@ -66,6 +68,8 @@ def entries(config: model_server_config_pb2.ModelServerConfig) -> list[ModelEntr
             raise InvalidArgument(f"Unsupported model_platform {c.model_platform!r} for {c.name}")
         seen.add(c.name)
         entry = ModelEntry(name=c.name, base_path=c.base_path, labels=dict(c.version_labels))
+        if c.HasField("logging_config"):
+            entry.request_log = request_log(c.name, c.logging_config)
         which = c.model_version_policy.WhichOneof("policy_choice")
         if which == "all":
             entry.policy = "all"
@@ -76,3 +80,28 @@ def entries(config: model_server_config_pb2.ModelServerConfig) -> list[ModelEntr
             entry.num_versions = c.model_version_policy.latest.num_versions or 1
         result.append(entry)
     return result
+
+
+LOG_COLLECTOR_TYPES = ("tfrecord",)
+"""``log_collector_config.type`` values served: TFRecord files of PredictionLog."""
+
+
+def request_log(model: str, config: object) -> dict[str, object] | None:
+    """A ``logging_config`` -> the request log's settings; None when it samples nothing. An
+    unknown collector type, or one without a file prefix, is INVALID_ARGUMENT (open-source TF
+    Serving registers no collector, so it refuses every type)."""
+    collector = config.log_collector_config  # type: ignore[attr-defined]
+    sampling = config.sampling_config  # type: ignore[attr-defined]
+    if config.HasField("custom_logging_config"):  # type: ignore[attr-defined]
+        raise InvalidArgument(f"Model {model}: custom_logging_config is not supported")
+    if collector.type not in LOG_COLLECTOR_TYPES:
+        raise InvalidArgument(
+            f"Model {model}: log collector type {collector.type!r} is not supported; the "
+            f"supported types: {', '.join(LOG_COLLECTOR_TYPES)}"
+        )
+    if not collector.filename_prefix:
+        raise InvalidArgument(f"Model {model}: log_collector_config has no filename_prefix")
+    rate = sampling.sampling_rate
+    if not 0.0 <= rate <= 1.0:
+        raise InvalidArgument(f"Model {model}: sampling_rate {rate} is not within [0, 1]")
+    return {"filename_prefix": collector.filename_prefix, "sampling_rate": rate}

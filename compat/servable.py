@@ -64,6 +64,7 @@ class Servable:
 
     def __init__(self, path: str | os.PathLike[str], options: SessionOptions | None = None):
         import tensorflow as tf
+        from tensorflow.python.util import deprecation
 
         self.path = str(path)
         options = options or SessionOptions()
@@ -85,7 +86,9 @@ class Servable:
         self._graph = tf.Graph()
         self._session = tf.compat.v1.Session(graph=self._graph, config=config)
         try:
-            with self._graph.as_default():
+            # TF Serving's loader is TF1's (a Session per version); its deprecation notice
+            # says nothing to a server's operator
+            with self._graph.as_default(), deprecation.silence():
                 tf.compat.v1.saved_model.loader.load(self._session, [SERVE_TAG], self.path)
         except Exception as e:
             self._session.close()

@@ -1,12 +1,14 @@
-"""TF Serving's BatchingParameters and MonitoringConfig text files.
+"""TF Serving's BatchingParameters, MonitoringConfig and SSLConfig text files.
 
-The tensorflow-serving-api wheel ships neither ``session_bundle_config.proto`` nor
-``monitoring_config.proto``, so their messages are declared here from TF Serving's .proto files
-(field names and numbers as there) and parsed with protobuf's own ``text_format``.
+The tensorflow-serving-api wheel ships none of ``session_bundle_config.proto``,
+``monitoring_config.proto`` and ``ssl_config.proto``, so their messages are declared here from
+TF Serving's .proto files (field names and numbers as there) and parsed with protobuf's own
+``text_format``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,14 @@ def _build() -> dict[str, Any]:
         type_name=".tensorflow.serving.PrometheusConfig",
         label=_F.LABEL_OPTIONAL,
     )
+    ssl = fd.message_type.add(name="SSLConfig")
+    for number, name, kind in [
+        (1, "server_key", _F.TYPE_STRING),
+        (2, "server_cert", _F.TYPE_STRING),
+        (3, "custom_ca", _F.TYPE_STRING),
+        (4, "client_verify", _F.TYPE_BOOL),
+    ]:
+        ssl.field.add(name=name, number=number, type=kind, label=_F.LABEL_OPTIONAL)
     pool = descriptor_pool.DescriptorPool()
     pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
     pool.Add(fd)
@@ -70,13 +80,14 @@ def _build() -> dict[str, Any]:
         name: message_factory.GetMessageClass(
             pool.FindMessageTypeByName(f"tensorflow.serving.{name}")
         )
-        for name in ("BatchingParameters", "MonitoringConfig")
+        for name in ("BatchingParameters", "MonitoringConfig", "SSLConfig")
     }
 
 
 _MESSAGES = _build()
 BatchingParameters = _MESSAGES["BatchingParameters"]
 MonitoringConfig = _MESSAGES["MonitoringConfig"]
+SSLConfig = _MESSAGES["SSLConfig"]
 
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 
@@ -117,3 +128,53 @@ def read_prometheus_path(path: str | Path) -> str | None:
     if not prometheus.enable:
         return None
     return prometheus.path or DEFAULT_PROMETHEUS_PATH
+
+
+@dataclass(frozen=True)
+class Tls:
+    """An SSLConfig: the server's PEM key and certificate, the CA that client certificates must
+    chain to, and whether a client must present one (mutual TLS)."""
+
+    server_key: str
+    server_cert: str
+    custom_ca: str = ""
+    client_verify: bool = False
+
+
+def read_ssl_config(path: str | Path) -> Tls:
+    """SSLConfig text (``--ssl_config_file``) -> ``Tls``, checked as far as a server can be
+    before it binds: a key and a certificate that belong together, a CA that parses, and a CA
+    when client certificates are to be verified (TF Serving verifies them against gRPC's
+    default roots then; here a CA must be named)."""
+    import ssl
+    import tempfile
+
+    config = _parse(path, SSLConfig, "SSL config")
+    tls = Tls(config.server_key, config.server_cert, config.custom_ca, config.client_verify)
+    if not tls.server_key or not tls.server_cert:
+        raise InvalidArgument(f"SSL config {path} needs both server_key and server_cert")
+    if tls.client_verify and not tls.custom_ca:
+        raise InvalidArgument(
+            f"SSL config {path}: client_verify needs custom_ca, the CA client certificates "
+            "must chain to"
+        )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory() as private:
+        key, cert = Path(private, "key.pem"), Path(private, "cert.pem")
+        key.write_text(tls.server_key)
+        cert.write_text(tls.server_cert)
+        try:
+            context.load_cert_chain(cert, key)
+        except (ssl.SSLError, ValueError) as e:
+            raise InvalidArgument(
+                f"SSL config {path}: server_key and server_cert are no PEM key and certificate "
+                f"that belong together: {e}"
+            ) from None
+    if tls.custom_ca:
+        try:
+            context.load_verify_locations(cadata=tls.custom_ca)
+        except (ssl.SSLError, ValueError) as e:
+            raise InvalidArgument(
+                f"SSL config {path}: custom_ca is no PEM certificate: {e}"
+            ) from None
+    return tls

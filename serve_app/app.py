@@ -53,7 +53,7 @@ def _model_deployment_options(args: AppArgs, s: ScalingArgs) -> dict[str, Any]:
         "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": num_gpus},
         "max_ongoing_requests": s.max_ongoing_requests,
         "max_queued_requests": s.max_queued_requests,
-        "user_config": {"batching": args.batching.model_dump()},
+        "user_config": {"batching": args.batching.model_dump(), "request_logs": request_logs(args)},
         "health_check_period_s": 5,
         "graceful_shutdown_timeout_s": 30,
         "logging_config": _logging(args),
@@ -69,6 +69,11 @@ def _model_deployment_options(args: AppArgs, s: ScalingArgs) -> dict[str, Any]:
     else:
         options["num_replicas"] = s.num_replicas
     return options
+
+
+def request_logs(args: AppArgs) -> dict[str, Any]:
+    """model -> its request log's settings (``RequestLogArgs``), for the models that log."""
+    return {m.name: m.request_log.model_dump() for m in args.models if m.request_log is not None}
 
 
 def _logging(args: AppArgs) -> dict[str, Any]:
@@ -184,6 +189,7 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
     if args.colocate:  # the serving replicas hold models: they take the models' resources
         user_config["local"] = local
         user_config["batching"] = args.batching.model_dump()
+        user_config["request_logs"] = request_logs(args)
         actor_options = _model_deployment_options(args, args.scaling)["ray_actor_options"]
         local_options = {"session": _session_options(args, args.scaling), **version_args}
     listen = {
@@ -193,6 +199,8 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
         "max_request_bytes": args.max_request_bytes,
         "max_concurrent_requests": args.max_concurrent_requests,
         "grpc_health_service": args.grpc_health_service,
+        "grpc_reflection": args.grpc_reflection,
+        "ssl_config_file": args.ssl_config_file,
         "admin_host": args.admin_host,
         "admin_port": args.admin_port,
         "shutdown_grace_s": args.shutdown_grace_s,

@@ -82,6 +82,25 @@ class ScalingArgs(BaseModel):
     """Requests waiting for a replica beyond which we answer RESOURCE_EXHAUSTED (-1: no bound)."""
 
 
+class RequestLogArgs(BaseModel):
+    """A model's request log (TF Serving's ``logging_config`` of a model config entry): a
+    sample of its successful requests, each with its response, written as TFRecord files of
+    ``tensorflow.serving.PredictionLog``, the format of TF Serving's warmup file."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    filename_prefix: str
+    """``log_collector_config.filename_prefix``: each serving process writes
+    ``<prefix>-<start time>-<pid>-<n>.tfrecord`` files, rotated by size."""
+    sampling_rate: float = Field(default=0.0, ge=0, le=1)
+    """``sampling_config.sampling_rate``: the share of requests logged (0: none, 1: all)."""
+    max_file_bytes: int = Field(default=64 << 20, ge=1 << 10)
+    """A file is closed and the next one begun once it holds this many bytes."""
+    max_pending: int = Field(default=1000, ge=1)
+    """Records waiting for the writer thread; beyond, a record is dropped (and counted), so a
+    slow or full disk never slows or fails a request."""
+
+
 class ModelArgs(BaseModel):
     """One served model, as one ``config`` entry of TF Serving's ModelServerConfig."""
 
@@ -95,6 +114,8 @@ class ModelArgs(BaseModel):
     """Which versions to serve."""
     version_labels: dict[str, int] = {}
     """Label -> version; a label may only name an AVAILABLE version."""
+    request_log: RequestLogArgs | None = None
+    """Log a sample of this model's requests (``logging_config``); None: none."""
 
 
 class AppArgs(BaseModel):
@@ -128,6 +149,14 @@ class AppArgs(BaseModel):
     """Serve ``grpc.health.v1.Health`` on the gRPC port (``--enable_grpc_healthcheck_service``;
     on here by default, off in TF Serving); it says SERVING once every model's newest version
     is AVAILABLE, NOT_SERVING before and while draining."""
+    ssl_config_file: str | None = None
+    """TF Serving's SSLConfig text file (``--ssl_config_file``): the gRPC and the REST port
+    then speak TLS only (mutual TLS with ``client_verify``), and refuse plaintext. Every serving
+    replica reads it when it binds the ports, so on a cluster it must be on every node that
+    serves. The admin port stays plaintext on ``admin_host``."""
+    grpc_reflection: bool = True
+    """Serve gRPC server reflection (``grpc.reflection.v1`` and ``v1alpha``) on the gRPC port,
+    listing its services, as TF Serving does: grpcurl and similar tools work against it."""
     admin_port: int = Field(default=0, ge=0, le=65535)
     """Port of ray-tfserving's runtime admin routes (a label's share of ``latest``:
     ``POST /admin/models/{m}/labels/{l}/weight``); 0, the default, turns them off. They are never

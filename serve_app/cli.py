@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from serve_app.args import AppArgs
@@ -41,7 +42,6 @@ _NO_EFFECT = {
 #: refused at startup with the reason, rather than silently serving something else (plaintext
 #: for a TLS config, say).
 _REFUSED: dict[str, tuple[tuple[str, ...], str]] = {
-    "ssl_config_file": (("",), "TLS is not served yet; terminate TLS in front of the server"),
     "grpc_socket_path": (("",), "no Unix socket is served (every serving replica shares --port)"),
     "platform_config_file": (("",), "platform configs are not read; use the flags"),
     "grpc_channel_arguments": (("",), "gRPC channel arguments cannot be set"),
@@ -79,6 +79,7 @@ def parser() -> argparse.ArgumentParser:
     flag("--enable_batching", type=_bool, nargs="?", const=True, default=False)
     flag("--batching_parameters_file", default="", help="BatchingParameters text file")
     flag("--monitoring_config_file", default="", help="MonitoringConfig text file")
+    flag("--ssl_config_file", default="", help="SSLConfig text file: TLS on gRPC and REST")
     flag("--enable_model_warmup", type=_bool, nargs="?", const=True, default=True)
     flag("--enable_grpc_healthcheck_service", type=_bool, nargs="?", const=True, default=True)
     flag("--enable_signature_method_name_check", type=_bool, nargs="?", const=True, default=False)
@@ -135,6 +136,12 @@ def parser() -> argparse.ArgumentParser:
         "before the ports close (calls in flight then get shutdown_grace_s to finish)",
     )
     flag("--print_serve_config", action="store_true", help="print the Serve config and exit")
+    flag(
+        "--verbose",
+        action="store_true",
+        help="show everything Ray and TensorFlow print (default: one line per startup step, "
+        "warnings and errors)",
+    )
     flag("--max_num_load_retries", type=int, default=None, help="load retries after a failure")
     flag("--version", action="store_true", help="print the version and exit")
     flag(
@@ -168,7 +175,11 @@ def _refused_flags(ns: argparse.Namespace) -> list[str]:
 def to_app_args(ns: argparse.Namespace) -> AppArgs:
     """Flags -> the same typed arguments ``serve run serve_app:app`` builds."""
     from compat.errors import InvalidArgument
-    from compat.text_configs import read_batching_parameters, read_prometheus_path
+    from compat.text_configs import (
+        read_batching_parameters,
+        read_prometheus_path,
+        read_ssl_config,
+    )
 
     # TF Serving's checks and messages (server.cc, Server::BuildAndStart). With a config file,
     # --model_name and --model_base_path are ignored, as there.
@@ -225,6 +236,9 @@ def to_app_args(ns: argparse.Namespace) -> AppArgs:
         )
     if ns.monitoring_config_file:
         values["prometheus_path"] = read_prometheus_path(ns.monitoring_config_file)
+    if ns.ssl_config_file:
+        read_ssl_config(ns.ssl_config_file)  # a bad file fails startup, not each replica
+        values["ssl_config_file"] = str(Path(ns.ssl_config_file).resolve())
     return AppArgs.model_validate(values)
 
 
@@ -234,6 +248,7 @@ def wait_until_ready(
     timeout_s: float = 600.0,
     resource_wait_s: float = 60.0,
     models: Sequence[Any] = (),
+    on_states: Any = None,
 ) -> str | None:
     """Block until every model's newest version is AVAILABLE (None) or say why not.
 
@@ -242,6 +257,7 @@ def wait_until_ready(
     cluster cannot place (a GPU no node has) end it after ``resource_wait_s`` with Serve's
     account of what they need; a signal ends it at once. At ``timeout_s`` the answer names each
     of ``models`` (``ModelArgs``) that is not AVAILABLE yet, and where it stands.
+    ``on_states`` gets each model's version states every time they are read.
     """
     from ray import serve
 
@@ -255,9 +271,13 @@ def wait_until_ready(
         if unplaced and time.monotonic() - started > resource_wait_s:
             return f"UNAVAILABLE: {_gpu_hint(accelerator)}{unplaced}"
         try:
-            if manager.ready.remote().result(timeout_s=2.0):
+            ready = manager.ready.remote().result(timeout_s=2.0)
+            snapshot = manager.snapshot.remote().result(timeout_s=10.0)
+            if on_states is not None:
+                on_states(snapshot["status"])
+            if ready:
                 return None
-            failed = _failed_models(manager, manager.snapshot.remote().result(timeout_s=10.0))
+            failed = _failed_models(manager, snapshot)
         except TimeoutError:  # the version manager is not up yet
             failed = []
         if failed:
@@ -275,6 +295,67 @@ def wait_until_ready(
         f"DEADLINE_EXCEEDED: models did not become AVAILABLE within {timeout_s:g}s "
         f"(--model_load_timeout_seconds): {'; '.join(w for w in waiting if w)}"
     )
+
+
+class Progress:
+    """The quiet start's story: one line per step (Ray, each version's load and warmup, its
+    AVAILABLE with the seconds it took), then one line with the ports and the models."""
+
+    def __init__(self, deployed: dict[str, dict[int, str]]) -> None:
+        self.started = time.monotonic()
+        self.deployed = deployed
+        """model -> version -> path, of the versions loaded at startup."""
+        self._seen: dict[tuple[str, str], str] = {}
+        self._deploying = self.started
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def deploying(self) -> None:
+        self._deploying = time.monotonic()
+        self.say(f"Ray is up ({self.elapsed():.1f}s); deploying")
+
+    def say(self, text: str) -> None:
+        print(f"ray-tfserving: {text}", flush=True)
+
+    def states(self, status: dict[str, dict[Any, str]]) -> None:
+        """Version states read from the version manager: a line for each change."""
+        for model, versions in sorted(status.items()):
+            for version, state in sorted(versions.items(), key=lambda kv: int(kv[0])):
+                key = (model, str(version))
+                if self._seen.get(key) == state:
+                    continue
+                self._seen[key] = state
+                if state == "AVAILABLE":
+                    took = time.monotonic() - self._deploying
+                    self.say(
+                        f"{model} version {version} is AVAILABLE ({took:.1f}s after deploying)"
+                    )
+                elif state == "LOADING":
+                    self.say(f"{model} version {version} is loading{self._warmup(model, version)}")
+                elif state == "END":
+                    self.say(f"{model} version {version} ended")
+
+    def _warmup(self, model: str, version: Any) -> str:
+        path = self.deployed.get(model, {}).get(int(version))
+        if path and Path(path, "assets.extra", "tf_serving_warmup_requests").is_file():
+            return ", then warms up (assets.extra/tf_serving_warmup_requests)"
+        return ""
+
+    def ready(self, args: AppArgs) -> None:
+        ports = [f"gRPC {args.host}:{args.grpc_port}"] if args.grpc_port else []
+        if args.http_port:
+            ports.append(f"REST {args.host}:{args.http_port}")
+        if args.ssl_config_file:
+            ports = [f"{p} (TLS)" for p in ports]
+        served = ", ".join(
+            f"{model} (version{'s' if len(vs) > 1 else ''} {', '.join(map(str, sorted(vs)))})"
+            for model, vs in sorted(self.deployed.items())
+        )
+        self.say(
+            f"serving {served or 'no model yet'} on {' and '.join(ports) or 'no port'}; "
+            f"started in {self.elapsed():.1f}s"
+        )
 
 
 def _where(model: Any, versions: dict[Any, str]) -> str:
@@ -380,6 +461,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.version:
         print(_version())
         return 0
+    if not ns.verbose:  # before anything imports TensorFlow
+        from compat.console import quiet
+
+        quiet()
     from pydantic import ValidationError
 
     from compat.errors import InvalidArgument, ServingError
@@ -401,8 +486,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, stop)
     started = False
+    progress = Progress(plan.deployed)
     try:
+        progress.say(
+            f"starting Ray ({f'joining {ns.ray_address}' if ns.ray_address else 'embedded'}"
+            f"{', loopback only' if args.loopback else ''})"
+        )
         start_ray_and_serve(args, ns.ray_address)
+        progress.deploying()
         started = True
         for sig in (signal.SIGINT, signal.SIGTERM):  # Ray's core worker put absl's in place
             signal.signal(sig, stop)
@@ -418,6 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout_s=ns.model_load_timeout_seconds,
             resource_wait_s=ns.resource_wait_seconds,
             models=args.models,
+            on_states=progress.states,
         )
         if problem is not None:
             print(f"ray-tfserving: Failed to start server. Error: {problem}", file=sys.stderr)
@@ -426,6 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"Running gRPC ModelServer at {args.host}:{args.grpc_port} ...", flush=True)
         if args.http_port:
             print(f"Exporting HTTP/REST API at:{args.host}:{args.http_port} ...", flush=True)
+        progress.ready(args)
         stop.interrupting = False  # serving: a signal ends the loop below, then drain, shutdown
         while not stop.event.wait(1.0):
             pass
@@ -439,7 +532,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         stop.interrupting = False
+        if started:
+            progress.say("stopping")
         _shut_down(joined=bool(ns.ray_address), started=started)
+        if started:
+            progress.say("stopped")
 
 
 def _drain(seconds: float, again: threading.Event) -> None:

@@ -36,7 +36,7 @@ from compat.errors import (
     from_code,
 )
 from compat.routing import RoutingTable
-from serve_app import metrics, rest
+from serve_app import metrics, request_log, rest
 from serve_app.calls import Api, ModelCall, ModelReply, grpc_call
 from serve_app.listeners import MAX_MESSAGE_BYTES, Listeners
 from serve_app.model import ModelVersion
@@ -82,7 +82,9 @@ class Ingress:
         keep flowing), then the table swaps, then dropped ones go (in-flight calls keep theirs).
         The first time, the client ports are bound only once the versions are loaded."""
         if self._local_options is not None:
-            await self._load_local(config["local"], config["batching"])
+            await self._load_local(
+                config["local"], config["batching"], config.get("request_logs", {})
+            )
         self._table = RoutingTable.model_validate(config["routing"])
         self.rest_timeout_s = config.get("rest_api_timeout_in_ms", 30000) / 1000 or None
         self.prometheus_path = config.get("prometheus_path")
@@ -102,6 +104,8 @@ class Ingress:
                 ),
                 max_request_bytes=self.max_request_bytes,
                 health=self._listen.get("grpc_health_service", True),
+                reflection=self._listen.get("grpc_reflection", True),
+                tls=_tls(self._listen.get("ssl_config_file")),
                 max_concurrent_requests=self._listen.get("max_concurrent_requests", 1024),
             )
             await listeners.start()
@@ -127,7 +131,9 @@ class Ingress:
             await asyncio.sleep(REPORT_INTERVAL_S)
             await self._report()
 
-    async def _load_local(self, wanted: dict[str, list[Any]], batching: dict[str, Any]) -> None:
+    async def _load_local(
+        self, wanted: dict[str, list[Any]], batching: dict[str, Any], logs: dict[str, Any]
+    ) -> None:
         assert self._local_options is not None
         for target, (model, version, path) in wanted.items():
             if target not in self._local:
@@ -135,7 +141,7 @@ class Ingress:
                     ModelVersion, model, version, path, **self._local_options
                 )
         for local in self._local.values():
-            local.reconfigure({"batching": batching})
+            local.reconfigure({"batching": batching, "request_logs": logs})
 
     def check_health(self) -> None:
         """Serve's health check: a replica whose REST server stopped is replaced."""
@@ -150,6 +156,7 @@ class Ingress:
         if listeners is not None:
             await listeners.stop(float(self._listen.get("shutdown_grace_s", 10.0)))
         metrics.flush()
+        await asyncio.to_thread(request_log.close_all)
 
     def _handle(self, target: str) -> DeploymentHandle:
         handle = self._handles.get(target)
@@ -286,6 +293,16 @@ def _share_cores(local_options: dict[str, Any] | None, replicas: int) -> dict[st
     cores = len(affinity(0)) if affinity else (os.cpu_count() or 1)
     session = {**local_options["session"], "intra_op_parallelism": max(1, cores // replicas)}
     return {**local_options, "session": session}
+
+
+def _tls(ssl_config_file: str | None) -> Any:
+    """The SSLConfig the ports speak (``ssl_config_file``), read in this process; None:
+    plaintext."""
+    if not ssl_config_file:
+        return None
+    from compat.text_configs import read_ssl_config
+
+    return read_ssl_config(ssl_config_file)
 
 
 def transport_error(e: Exception) -> ServingError:

@@ -13,6 +13,15 @@ Every serving replica (the ``Ingress`` deployment) binds ``grpc_port`` and ``htt
 
 TF Serving's own gRPC server sets ``SO_REUSEPORT`` too (gRPC's default on Linux). Methods not
 registered here (e.g. SessionService) are answered UNIMPLEMENTED by gRPC itself.
+
+With ``ssl_config_file`` both client ports speak TLS only (gRPC's own TLS; uvicorn's ``ssl``
+for REST), with client certificates required and verified against ``custom_ca`` when
+``client_verify`` is set, as TF Serving's gRPC port does: plaintext and clients whose
+certificates do not chain to the CA fail the handshake. TLS ends in the serving replica itself,
+so the one process between socket and model stays one (Ray's proxies have no TLS at all).
+gRPC server reflection lists the services registered here; it reads their descriptors from
+protobuf's default pool, which holds TF Serving's protos once they are imported, so it works
+with the raw-bytes handlers.
 """
 
 from __future__ import annotations
@@ -21,13 +30,16 @@ import asyncio
 import contextlib
 import logging
 import socket
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 from compat.errors import truncate
+from compat.text_configs import Tls
 from serve_app.calls import ModelReply
 
 logger = logging.getLogger("ray.serve")
@@ -138,7 +150,61 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _uvicorn_server(app: Any) -> Any:
+def grpc_credentials(tls: Tls) -> grpc.ServerCredentials:
+    """TF Serving's server credentials for an SSLConfig (server.cc): the key pair, and client
+    certificates required and verified against ``custom_ca`` when ``client_verify``."""
+    return grpc.ssl_server_credentials(
+        [(tls.server_key.encode(), tls.server_cert.encode())],
+        root_certificates=tls.custom_ca.encode() or None,
+        require_client_auth=tls.client_verify,
+    )
+
+
+def _uvicorn_ssl(tls: Tls, files: contextlib.ExitStack) -> dict[str, Any]:
+    """uvicorn's ssl settings for an SSLConfig. uvicorn (Python's ``ssl``) reads the key and
+    certificate from files only: they are written to a directory only this user can read,
+    removed once the server has built its SSL context."""
+    import ssl
+
+    private = Path(files.enter_context(tempfile.TemporaryDirectory(prefix="rtfs-tls-")))
+    settings: dict[str, Any] = {}
+    for name, text in (
+        ("ssl_keyfile", tls.server_key),
+        ("ssl_certfile", tls.server_cert),
+        ("ssl_ca_certs", tls.custom_ca),
+    ):
+        if text:
+            path = private / f"{name}.pem"
+            path.write_text(text)
+            settings[name] = str(path)
+    settings["ssl_cert_reqs"] = ssl.CERT_REQUIRED if tls.client_verify else ssl.CERT_NONE
+    return settings
+
+
+def add_reflection(server: grpc.aio.Server, services: Iterable[str]) -> None:
+    """gRPC server reflection, ``grpc.reflection.v1`` and ``v1alpha`` (grpcurl asks for v1
+    first), listing ``services`` and itself. grpcio-reflection serves v1alpha only; v1's
+    messages are the same on the wire, so the same servicer answers under v1's name."""
+    import tensorflow_serving.apis.model_service_pb2
+    import tensorflow_serving.apis.prediction_service_pb2  # noqa: F401
+    from grpc_health.v1 import health_pb2  # noqa: F401
+    from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+    v1 = "grpc.reflection.v1.ServerReflection"
+    names = [*services, reflection.SERVICE_NAME, v1]
+    servicer = reflection.aio.ReflectionServicer(names)
+    reflection.enable_server_reflection(names, server)
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler(v1, {"ServerReflectionInfo": handler})]
+    )
+
+
+def _uvicorn_server(app: Any, **ssl: Any) -> Any:
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -158,6 +224,7 @@ def _uvicorn_server(app: Any) -> Any:
         loop="none",
         http="httptools",
         timeout_graceful_shutdown=None,
+        **ssl,
     )
     return Server(config)
 
@@ -186,6 +253,8 @@ class Listeners:
         max_request_bytes: int = MAX_MESSAGE_BYTES,
         health: bool = True,
         max_concurrent_requests: int = 1024,
+        reflection: bool = True,
+        tls: Tls | None = None,
     ) -> None:
         self.backend = backend
         self.host = host
@@ -198,6 +267,10 @@ class Listeners:
         self.admission = Admission(max_concurrent_requests)
         self.services = [s for s in SERVICES if health or s != HEALTH_SERVICE]
         """The gRPC services registered (``grpc_health_service``: Health or not)."""
+        self.reflection = reflection
+        """Serve gRPC server reflection (``grpc_reflection``)."""
+        self.tls = tls
+        """What both client ports speak: TLS with this SSLConfig, or plaintext (None)."""
         self._grpc: grpc.aio.Server | None = None
         self._http: list[Any] = []
         self._http_tasks: list[asyncio.Task[None]] = []
@@ -215,35 +288,46 @@ class Listeners:
             server.add_generic_rpc_handlers(
                 grpc_handlers(self.backend, self.services, self.admission)
             )
+            if self.reflection:
+                add_reflection(server, self.services)
             host = f"[{self.host}]" if ":" in self.host else self.host
-            server.add_insecure_port(f"{host}:{self.grpc_port}")  # raises if it cannot bind
+            address = f"{host}:{self.grpc_port}"
+            if self.tls is None:
+                server.add_insecure_port(address)  # raises if it cannot bind
+            else:
+                server.add_secure_port(address, grpc_credentials(self.tls))
             await server.start()
             self._grpc = server
         if self.http_port:
-            await self._serve_http(self.host, self.http_port, self._asgi)
+            await self._serve_http(self.host, self.http_port, self._asgi, self.tls)
         if self.admin_port:
             await self._serve_http(self.admin_host, self.admin_port, self._admin_asgi)
         logger.info(
-            "Serving gRPC on %s:%s and REST on %s:%s%s (%s)",
+            "Serving gRPC on %s:%s and REST on %s:%s%s%s (%s)",
             self.host,
             self.grpc_port or "-",
             self.host,
             self.http_port or "-",
+            ""
+            if self.tls is None
+            else (" over mutual TLS" if self.tls.client_verify else " over TLS"),
             f", admin routes on {self.admin_host}:{self.admin_port}" if self.admin_port else "",
             placement(),
         )
 
-    async def _serve_http(self, host: str, port: int, app: Any) -> None:
+    async def _serve_http(self, host: str, port: int, app: Any, tls: Tls | None = None) -> None:
         sock = reuseport_socket(host, port)
-        server = _uvicorn_server(app)
-        task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
-        self._http.append(server)
-        self._http_tasks.append(task)
-        while not server.started:
-            if task.done():
-                task.result()  # raises what stopped it
-                raise RuntimeError(f"the HTTP server on port {port} stopped")
-            await asyncio.sleep(0.01)
+        with contextlib.ExitStack() as files:
+            ssl = _uvicorn_ssl(tls, files) if tls is not None else {}
+            server = _uvicorn_server(app, **ssl)
+            task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+            self._http.append(server)
+            self._http_tasks.append(task)
+            while not server.started:  # the SSL context is built by then: the files can go
+                if task.done():
+                    task.result()  # raises what stopped it
+                    raise RuntimeError(f"the HTTP server on port {port} stopped")
+                await asyncio.sleep(0.01)
 
     async def _asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         from starlette.requests import Request

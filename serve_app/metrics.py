@@ -27,8 +27,8 @@ decrease as a counter reset.
 
 Exported names carry Ray's ``ray_`` prefix: ``ray_tfserving_requests_total``,
 ``ray_tfserving_request_errors_total``, ``ray_tfserving_request_latency_seconds``,
-``ray_tfserving_batch_size``, ``ray_tfserving_model_load_latency_seconds`` and
-``ray_tfserving_model_version_state``.
+``ray_tfserving_batch_size``, ``ray_tfserving_model_load_latency_seconds``,
+``ray_tfserving_request_log_records_total`` and ``ray_tfserving_model_version_state``.
 """
 
 from __future__ import annotations
@@ -132,6 +132,12 @@ class _Metrics:
             "Examples (rows along dimension 0) gathered into one batch by dynamic batching.",
             boundaries=BATCH_BUCKETS,
             tag_keys=("model", "version"),
+        )
+        self.request_log = Counter(
+            "tfserving_request_log_records",
+            "Records of the request log (logging_config), by model and outcome: written, or "
+            "dropped (the writer behind, an unwritable directory, a full disk).",
+            tag_keys=("model", "outcome"),
         )
         self.load_latency = _Histogram(
             "tfserving_model_load_latency_seconds",
@@ -292,6 +298,12 @@ def record_batch(model: str, version: int, calls: Sequence[Any]) -> None:
     _metrics().batch_size.observe(
         float(sum(_rows(c.inputs) for c in calls)), {"model": model, "version": str(version)}
     )
+
+
+@_never_raises
+def record_request_log(model: str, outcome: str, count: int = 1) -> None:
+    """Records of a model's request log written or dropped (``serve_app.request_log``)."""
+    _metrics().request_log.inc(float(count), {"model": model, "outcome": outcome})
 
 
 @_never_raises

@@ -23,12 +23,13 @@ from typing import Any, cast
 import grpc
 import numpy as np
 
-from compat import dataplane, inference, json_codec
+from compat import dataplane, inference, json_codec, tensors
 from compat.errors import DeadlineExceeded, InvalidArgument, ServingError, Unavailable
+from compat.protos import predict_pb2, prediction_log_pb2
 from compat.servable import Servable, SessionOptions
 from compat.warmup import replay_warmup
-from serve_app import metrics, store
-from serve_app.args import BatchingArgs
+from serve_app import metrics, request_log, store
+from serve_app.args import BatchingArgs, RequestLogArgs
 from serve_app.batching import BatchScheduler, batchable
 from serve_app.calls import Api, ModelCall, ModelReply, Wire
 
@@ -64,6 +65,8 @@ class ModelVersion:
         self.servable: Servable | None = None
         self.error: ServingError | None = None
         self.batching = BatchingArgs()
+        self.request_log: request_log.RequestLog | None = None
+        """Where a sample of this version's answered requests is logged (``logging_config``)."""
         self._pool = self._make_pool(self.batching)
         self._batches = BatchScheduler(
             self._servable,
@@ -72,6 +75,7 @@ class ModelVersion:
             functools.partial(metrics.record_batch, model, version),
         )
         started = time.monotonic()
+        warmed = 0
         for attempt in range(max_load_retries + 1):
             if attempt:
                 time.sleep(load_retry_interval_s)
@@ -79,7 +83,7 @@ class ModelVersion:
                 local = str(store.fetch(path)) if store.is_remote(path) else path
                 self.servable = Servable(local, SessionOptions(**session))
                 if warmup:
-                    replay_warmup(self.servable, local, model, version)
+                    warmed = replay_warmup(self.servable, local, model, version)
                 self.error = None
                 break
             except ServingError as e:
@@ -100,12 +104,24 @@ class ModelVersion:
         self.load_seconds = time.monotonic() - started
         metrics.record_load(model, version, self.servable is not None, self.load_seconds)
         if self.servable is not None:
-            logger.info("Loaded %s version %s in %.2fs", model, version, self.load_seconds)
+            logger.info(
+                "Loaded %s version %s in %.2fs%s",
+                model,
+                version,
+                self.load_seconds,
+                f" (warmup: {warmed} records replayed)" if warmed else "",
+            )
 
     # --- lifecycle -------------------------------------------------------------------------
 
     def reconfigure(self, config: dict[str, Any]) -> None:
-        """Batching knobs change at runtime without reloading the model."""
+        """Batching knobs and the request log change at runtime without reloading the model
+        (``request_logs``: model -> ``RequestLogArgs``, from the model config's
+        ``logging_config``)."""
+        logged = config.get("request_logs", {}).get(self.model)
+        self.request_log = request_log.for_model(
+            self.model, RequestLogArgs(**logged) if logged else None
+        )
         self.batching = BatchingArgs(**config.get("batching", {}))
         if self.batching.num_batch_threads > self._pool_size:
             old, self._pool = self._pool, self._make_pool(self.batching)
@@ -152,24 +168,46 @@ class ModelVersion:
     # --- the one entry: a ModelCall in, a ModelReply out -----------------------------------
 
     async def call(self, call: ModelCall) -> ModelReply:
-        """Answer ``call`` (``serve_app.calls``); every failure is a status, never an exception."""
+        """Answer ``call`` (``serve_app.calls``); every failure is a status, never an exception.
+        A sampled call that succeeds is handed to the request log with its response."""
+        log = self.request_log
+        logged = log is not None and call.api is not Api.METADATA and log.sampled()
         try:
-            return ModelReply(payload=await _HANDLERS[call.api](self, call))
+            payload, record = await _HANDLERS[call.api](self, call, logged)
+            if logged and record is not None:
+                log.submit(functools.partial(self._log_record, call, record))  # type: ignore[union-attr]
+            return ModelReply(payload=payload)
         except ServingError as e:
             return ModelReply.error(e)
         except Exception as e:  # never let an exception escape to Ray
             logger.exception("Unexpected error in %s version %s", self.model, self.version)
             return ModelReply(code=grpc.StatusCode.INTERNAL, message=f"{type(e).__name__}: {e}")
 
-    async def _predict(self, call: ModelCall) -> bytes:
+    def _log_record(self, call: ModelCall, record: Callable[[], tuple[Any, Any]]) -> Any:
+        """The ``PredictionLog`` of an answered call (built in the request log's thread)."""
+        request, response = record()
+        log = prediction_log_pb2.PredictionLog()
+        meta = log.log_metadata
+        dataplane.set_model_spec(meta.model_spec, self.model, self.version)
+        signature = getattr(getattr(request, "model_spec", None), "signature_name", "")
+        meta.model_spec.signature_name = signature
+        meta.sampling_config.sampling_rate = self.request_log.args.sampling_rate  # type: ignore[union-attr]
+        meta.saved_model_tags.append("serve")
+        kind = _LOG_KINDS[call.api]
+        getattr(log, kind).request.CopyFrom(request)
+        getattr(log, kind).response.CopyFrom(response)
+        return log
+
+    async def _predict(self, call: ModelCall, logged: bool) -> Answer:
         servable = self._servable()
         if call.wire is Wire.REST:
-            return await self._predict_json(servable, call)
+            return await self._predict_json(servable, call, logged)
         prepared = dataplane.prepare_predict(servable, call.request, self.check_method_name)
         prepared.outputs = await self._run(prepared, call.deadline)
-        return dataplane.finish_predict(prepared, self.model, self.version).SerializeToString()
+        response = dataplane.finish_predict(prepared, self.model, self.version)
+        return response.SerializeToString(), (lambda: (call.request, response)) if logged else None
 
-    async def _predict_json(self, servable: Servable, call: ModelCall) -> bytes:
+    async def _predict_json(self, servable: Servable, call: ModelCall, logged: bool) -> Answer:
         """REST Predict: the JSON document's tensors decoded against the signature, TF Serving's
         JSON out (``compat.json_codec``)."""
         doc = call.request
@@ -181,30 +219,44 @@ class ModelVersion:
         prepared = dataplane.prepare_predict_arrays(
             servable, requested, inputs, check_method_name=self.check_method_name
         )
-        outputs = await self._run(prepared, call.deadline)
-        ordered = {a: outputs[a] for a in prepared.output_aliases}
-        return json_codec.encode_predict_response(ordered, row_format).encode()
+        prepared.outputs = await self._run(prepared, call.deadline)
+        ordered = {a: prepared.outputs[a] for a in prepared.output_aliases}
+        payload = json_codec.encode_predict_response(ordered, row_format).encode()
+        if not logged:
+            return payload, None
 
-    async def _metadata(self, call: ModelCall) -> bytes:
+        def record() -> tuple[Any, Any]:  # the JSON request as the PredictRequest it stands for
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = self.model
+            request.model_spec.signature_name = prepared.signature_name
+            for alias, value in prepared.inputs.items():
+                request.inputs[alias].CopyFrom(tensors.from_numpy(np.asarray(value)))
+            return request, dataplane.finish_predict(prepared, self.model, self.version)
+
+        return payload, record
+
+    async def _metadata(self, call: ModelCall, logged: bool) -> Answer:
         """GetModelMetadata; REST asks for the message too (``serve_app.rest`` prints it)."""
         response = dataplane.metadata(self._servable(), call.request, self.model, self.version)
-        return response.SerializeToString()
+        return response.SerializeToString(), None
 
-    async def _classify(self, call: ModelCall) -> bytes:
+    async def _classify(self, call: ModelCall, logged: bool) -> Answer:
         response = await self._offload(inference.classify, call)
+        record = (lambda: (call.request, response)) if logged else None
         if call.wire is Wire.REST:
-            return json_codec.encode_classify_response(response.result).encode()
-        return response.SerializeToString()
+            return json_codec.encode_classify_response(response.result).encode(), record
+        return response.SerializeToString(), record
 
-    async def _regress(self, call: ModelCall) -> bytes:
+    async def _regress(self, call: ModelCall, logged: bool) -> Answer:
         response = await self._offload(inference.regress, call)
+        record = (lambda: (call.request, response)) if logged else None
         if call.wire is Wire.REST:
-            return json_codec.encode_regress_response(response.result).encode()
-        return response.SerializeToString()
+            return json_codec.encode_regress_response(response.result).encode(), record
+        return response.SerializeToString(), record
 
-    async def _multi_inference(self, call: ModelCall) -> bytes:
+    async def _multi_inference(self, call: ModelCall, logged: bool) -> Answer:
         response = await self._offload(inference.multi_inference, call)
-        return response.SerializeToString()
+        return response.SerializeToString(), (lambda: (call.request, response)) if logged else None
 
     async def _offload(self, fn: Callable[..., Any], call: ModelCall) -> Any:
         """Classify, Regress and MultiInference run whole in the model's pool."""
@@ -234,7 +286,19 @@ def check_deadline(deadline: float | None) -> None:
         raise DeadlineExceeded("Deadline Exceeded")
 
 
-_HANDLERS: dict[Api, Callable[[ModelVersion, ModelCall], Awaitable[bytes]]] = {
+Answer = tuple[bytes, Callable[[], tuple[Any, Any]] | None]
+"""A handler's encoded response and, when the call is logged, what gives its (request,
+response) messages for the request log."""
+
+_LOG_KINDS = {
+    Api.PREDICT: "predict_log",
+    Api.CLASSIFY: "classify_log",
+    Api.REGRESS: "regress_log",
+    Api.MULTI_INFERENCE: "multi_inference_log",
+}
+"""The ``PredictionLog`` field of each logged API (GetModelMetadata is not logged)."""
+
+_HANDLERS: dict[Api, Callable[[ModelVersion, ModelCall, bool], Awaitable[Answer]]] = {
     Api.PREDICT: ModelVersion._predict,
     Api.CLASSIFY: ModelVersion._classify,
     Api.REGRESS: ModelVersion._regress,

@@ -27,7 +27,7 @@ from compat.errors import InvalidArgument, NotFound, ServingError, StatusCode
 from compat.protos import get_model_status_pb2, model_management_pb2, status_pb2
 from compat.routing import Canary, ModelRoutes
 from serve_app import store
-from serve_app.args import AppArgs, ModelArgs, VersionPolicy
+from serve_app.args import AppArgs, ModelArgs, RequestLogArgs, VersionPolicy
 from serve_app.calls import ModelReply, parse_request
 from serve_app.plan import Plan, deployment_name
 from serve_app.repository import aspired_versions, scan_all_numeric, scan_versions
@@ -566,6 +566,7 @@ def models_from_config(config: Any) -> list[ModelArgs]:
                 versions=e.versions,
             ),
             version_labels=e.labels,
+            request_log=RequestLogArgs.model_validate(e.request_log) if e.request_log else None,
         )
         for e in model_config.entries(config)
     ]

@@ -38,8 +38,8 @@ def test_the_values_asking_for_nothing_missing_are_accepted(name: str) -> None:
 
 def test_every_refusal_is_named_at_once() -> None:
     with pytest.raises(InvalidArgument) as e:
-        app_args("--ssl_config_file=ssl.txt", "--grpc_socket_path=/tmp/s")
-    assert "--ssl_config_file=ssl.txt: TLS is not served yet" in e.value.message
+        app_args("--platform_config_file=p.txt", "--grpc_socket_path=/tmp/s")
+    assert "--platform_config_file=p.txt: platform configs are not read" in e.value.message
     assert "--grpc_socket_path=/tmp/s: no Unix socket is served" in e.value.message
 
 
