@@ -18,10 +18,13 @@ import argparse
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from compat.protos import prediction_log_pb2
-from compat.tensors import dtype_name, shape_of
-from compat.warmup import MAX_WARMUP_RECORDS
+if TYPE_CHECKING:  # imported where used: TensorFlow comes after the quiet console
+    from compat.protos import prediction_log_pb2
+
+MAX_WARMUP_RECORDS = 1000
+"""TF Serving's bound on a warmup file (``compat.warmup.MAX_WARMUP_RECORDS``)."""
 
 LOGGED_KINDS = ("predict_log", "classify_log", "regress_log", "multi_inference_log")
 
@@ -29,6 +32,8 @@ LOGGED_KINDS = ("predict_log", "classify_log", "regress_log", "multi_inference_l
 def group_of(log: prediction_log_pb2.PredictionLog) -> tuple[object, ...] | None:
     """What a warmup must cover of this record: (API, signature, input names/dtypes/shapes or
     example count); None for a record that warmup cannot replay."""
+    from compat.tensors import dtype_name, shape_of
+
     kind = log.WhichOneof("log_type")
     if kind not in LOGGED_KINDS:
         return None
@@ -59,6 +64,8 @@ def choose(
     per_kind: int = 4,
 ) -> tuple[list[prediction_log_pb2.PredictionLog], int]:
     """The sample (requests only), and how many groups the logs held."""
+    from compat.protos import prediction_log_pb2
+
     groups: dict[tuple[object, ...], list[prediction_log_pb2.PredictionLog]] = {}
     for log in logs:
         key = group_of(log)
@@ -80,9 +87,14 @@ def choose(
 
 def read_logs(paths: Sequence[str]) -> Iterable[prediction_log_pb2.PredictionLog]:
     import tensorflow as tf
+    from tensorflow.python.util import deprecation
+
+    from compat.protos import prediction_log_pb2
 
     for path in paths:
-        for record in tf.compat.v1.io.tf_record_iterator(path):
+        with deprecation.silence():  # the iterator TF Serving's own warmup reader is
+            records = tf.compat.v1.io.tf_record_iterator(path)
+        for record in records:
             yield prediction_log_pb2.PredictionLog.FromString(record)
 
 

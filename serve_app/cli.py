@@ -257,7 +257,7 @@ def wait_until_ready(
     cluster cannot place (a GPU no node has) end it after ``resource_wait_s`` with Serve's
     account of what they need; a signal ends it at once. At ``timeout_s`` the answer names each
     of ``models`` (``ModelArgs``) that is not AVAILABLE yet, and where it stands.
-    ``on_states`` gets each model's version states every time they are read.
+    ``on_states`` gets the version manager's snapshot every time it is read.
     """
     from ray import serve
 
@@ -274,7 +274,7 @@ def wait_until_ready(
             ready = manager.ready.remote().result(timeout_s=2.0)
             snapshot = manager.snapshot.remote().result(timeout_s=10.0)
             if on_states is not None:
-                on_states(snapshot["status"])
+                on_states(snapshot)
             if ready:
                 return None
             failed = _failed_models(manager, snapshot)
@@ -307,6 +307,8 @@ class Progress:
         """model -> version -> path, of the versions loaded at startup."""
         self._seen: dict[tuple[str, str], str] = {}
         self._deploying = self.started
+        self.serving = False
+        """Past startup: versions that come and go are told as they do."""
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -318,23 +320,31 @@ class Progress:
     def say(self, text: str) -> None:
         print(f"ray-tfserving: {text}", flush=True)
 
-    def states(self, status: dict[str, dict[Any, str]]) -> None:
-        """Version states read from the version manager: a line for each change."""
-        for model, versions in sorted(status.items()):
+    def states(self, snapshot: dict[str, Any]) -> None:
+        """The version manager's snapshot: a line for each version whose state changed."""
+        loads = snapshot.get("loads", {})
+        for model, versions in sorted(snapshot["status"].items()):
             for version, state in sorted(versions.items(), key=lambda kv: int(kv[0])):
                 key = (model, str(version))
                 if self._seen.get(key) == state:
                     continue
                 self._seen[key] = state
                 if state == "AVAILABLE":
-                    took = time.monotonic() - self._deploying
-                    self.say(
-                        f"{model} version {version} is AVAILABLE ({took:.1f}s after deploying)"
-                    )
+                    load = loads.get(model, {}).get(version, {})
+                    warmed = load.get("warmup_records", 0)
+                    details = [f"loaded in {load.get('seconds', 0.0):.1f}s"]
+                    if warmed:
+                        details.append(f"{warmed} warmup records replayed")
+                    if not self.serving:
+                        took = time.monotonic() - self._deploying
+                        details.append(f"{took:.1f}s after deploying")
+                    self.say(f"{model} version {version} is AVAILABLE ({', '.join(details)})")
                 elif state == "LOADING":
                     self.say(f"{model} version {version} is loading{self._warmup(model, version)}")
-                elif state == "END":
-                    self.say(f"{model} version {version} ended")
+                elif state == "UNLOADING":
+                    self.say(f"{model} version {version} is unloading")
+                elif state == "END" and self.serving:
+                    self.say(f"{model} version {version} has ended")
 
     def _warmup(self, model: str, version: Any) -> str:
         path = self.deployed.get(model, {}).get(int(version))
@@ -356,6 +366,17 @@ class Progress:
             f"serving {served or 'no model yet'} on {' and '.join(ports) or 'no port'}; "
             f"started in {self.elapsed():.1f}s"
         )
+        self.serving = True
+
+    def watch(self) -> None:
+        """Once serving: one look at the version manager (rollouts, reloads)."""
+        from ray import serve
+
+        try:
+            manager = serve.get_deployment_handle("VersionManager", APP_NAME)
+            self.states(manager.snapshot.remote().result(timeout_s=5.0))
+        except Exception:  # the manager restarting: the next look tells
+            return
 
 
 def _where(model: Any, versions: dict[Any, str]) -> str:
@@ -521,7 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress.ready(args)
         stop.interrupting = False  # serving: a signal ends the loop below, then drain, shutdown
         while not stop.event.wait(1.0):
-            pass
+            progress.watch()
         if stop.signals[:1] == [signal.SIGTERM] and ns.drain_seconds > 0:
             _drain(ns.drain_seconds, stop.again)
         return 0

@@ -43,6 +43,8 @@ class LoadState:
     ok: bool
     message: str = ""
     load_seconds: float = 0.0
+    warmup_records: int = 0
+    """Records of the version's warmup file replayed before it reported loaded."""
 
 
 class ModelVersion:
@@ -102,6 +104,7 @@ class ModelVersion:
                 self.error,
             )
         self.load_seconds = time.monotonic() - started
+        self.warmup_records = warmed
         metrics.record_load(model, version, self.servable is not None, self.load_seconds)
         if self.servable is not None:
             logger.info(
@@ -137,7 +140,7 @@ class ModelVersion:
     def load_state(self) -> LoadState:
         if self.error is not None:
             return LoadState(False, self.error.message, self.load_seconds)
-        return LoadState(True, "", self.load_seconds)
+        return LoadState(True, "", self.load_seconds, self.warmup_records)
 
     def _servable(self) -> Servable:
         if self.servable is None:

@@ -64,6 +64,10 @@ class VersionStatus:
     """What the version's directory looked like when it was loaded (see ``_stamp``)."""
     loaded: bool = False
     """Loaded and warmed up; becomes AVAILABLE once the ingress routes to it."""
+    load_seconds: float = 0.0
+    """How long its load (and warmup) took, in the replica that reported it."""
+    warmup_records: int = 0
+    """Records of its warmup file replayed."""
 
 
 class VersionManager:
@@ -401,6 +405,8 @@ class VersionManager:
     def _record_load(self, s: VersionStatus, model: str, version: int, state: Any) -> None:
         if state.ok:
             s.loaded = True
+            s.load_seconds = state.load_seconds
+            s.warmup_records = getattr(state, "warmup_records", 0)
             logger.info("%s version %d loaded in %.2fs", model, version, state.load_seconds)
         else:
             s.state, s.error_code, s.error_message = State.END, 9, state.message
@@ -535,11 +541,20 @@ class VersionManager:
         return ""
 
     def snapshot(self) -> dict[str, Any]:
-        """Plan and statuses, for tests and operators."""
+        """Plan and statuses, for tests and operators; ``loads``: how each loaded version's
+        load went (seconds, warmup records replayed)."""
         return {
             "plan": self.plan.model_dump(mode="json"),
             "status": {
                 m: {v: State.Name(s.state) for v, s in vs.items()} for m, vs in self.status.items()
+            },
+            "loads": {
+                m: {
+                    v: {"seconds": s.load_seconds, "warmup_records": s.warmup_records}
+                    for v, s in vs.items()
+                    if s.loaded
+                }
+                for m, vs in self.status.items()
             },
         }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -237,6 +238,31 @@ def test_single_model_serves_grpc_and_rest(single_model: tuple[Cli, int, int]) -
                 }
             ]
         }
+
+
+TF_CPP_LINE = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.]+:\d+\] ")
+
+
+def test_start_is_quiet_and_says_what_it_serves(single_model: tuple[Cli, int, int]) -> None:
+    """No TensorFlow C++ line (the cuInit error among them), no Ray or Serve INFO: one line per
+    step, then the ports and the models."""
+    cli, port, rest_port = single_model
+    lines = cli.lines[: (cli.ready_at or 0) + 3]
+    assert not [line for line in lines if TF_CPP_LINE.search(line)], cli.output
+    assert not [line for line in lines if "absl::InitializeLog" in line or " INFO " in line]
+    steps = [line for line in lines if line.startswith("ray-tfserving: ")]
+    assert steps[0] == "ray-tfserving: starting Ray (embedded, loopback only)", steps
+    assert re.fullmatch(r"ray-tfserving: Ray is up \(\d+\.\ds\); deploying", steps[1]), steps
+    assert re.fullmatch(
+        r"ray-tfserving: half_plus_two version 123 is AVAILABLE "
+        r"\(loaded in \d+\.\ds, \d+\.\ds after deploying\)",
+        steps[-2],
+    ), steps
+    assert re.fullmatch(
+        f"ray-tfserving: serving half_plus_two \\(version 123\\) on gRPC 127.0.0.1:{port} and "
+        f"REST 127.0.0.1:{rest_port}; started in \\d+\\.\\ds",
+        steps[-1],
+    ), steps
 
 
 def test_ctrl_c_stops_cleanly(single_model: tuple[Cli, int, int]) -> None:

@@ -79,3 +79,19 @@ def test_without_the_health_service_its_methods_are_not_registered() -> None:
 
     assert HEALTH_SERVICE not in Listeners(None, "127.0.0.1", 0, 0, health=False).services
     assert HEALTH_SERVICE in Listeners(None, "127.0.0.1", 0, 0).services
+
+
+def test_ssl_config_file_is_read_at_startup(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from tests.pki import make_pki
+
+    pki = make_pki()
+    path = tmp_path / "ssl.config"
+    path.write_text(
+        f"server_key: {json.dumps(pki.server.key)}\nserver_cert: {json.dumps(pki.server.cert)}\n"
+    )
+    assert app_args(f"--ssl_config_file={path}").ssl_config_file == str(path.resolve())
+    with pytest.raises(InvalidArgument) as e:
+        app_args(f"--ssl_config_file={tmp_path / 'missing'}")
+    assert e.value.message.startswith("Could not read SSL config file")

@@ -1,0 +1,442 @@
+"""What operators need, on a live ``ray-tfserving`` started as they would start it: TLS and
+mutual TLS from ``--ssl_config_file`` on both ports, gRPC reflection, request logging from a
+model config's ``logging_config`` (sampled, off the request path, an unwritable directory failing
+nothing), and warmup built from the logged traffic and replayed by a new version's load.
+
+Certificates come from a CA made for the test (``tests.pki``); a second CA stands for a
+stranger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc
+
+from tests.conftest import REPO, TESTDATA, free_ports
+from tests.pki import Pem, Pki, make_pki
+from tests.serve_app.test_cli import Cli, run_cli
+
+HALF_PLUS_TWO = TESTDATA / "saved_model_half_plus_two_cpu"
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    return make_pki()
+
+
+def ssl_config(path: Path, pki: Pki, client_verify: bool) -> Path:
+    """TF Serving's SSLConfig text file."""
+    text = (
+        f"server_key: {json.dumps(pki.server.key)}\n"
+        f"server_cert: {json.dumps(pki.server.cert)}\n"
+        f"custom_ca: {json.dumps(pki.ca)}\n"
+        f"client_verify: {'true' if client_verify else 'false'}\n"
+    )
+    path.write_text(text)
+    return path
+
+
+# --- clients ------------------------------------------------------------------------------
+
+
+def grpc_channel(port: int, ca: str | None, client: Pem | None = None) -> grpc.Channel:
+    """A TLS channel trusting ``ca`` (presenting ``client``), or plaintext when ``ca`` is None."""
+    target = f"127.0.0.1:{port}"
+    if ca is None:
+        return grpc.insecure_channel(target)
+    credentials = grpc.ssl_channel_credentials(
+        ca.encode(),
+        client.key.encode() if client else None,
+        client.cert.encode() if client else None,
+    )
+    return grpc.secure_channel(target, credentials)
+
+
+def predict(channel: grpc.Channel, model: str = "half_plus_two", x: float = 2.0) -> float:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([x], np.float32)))
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    return float(stub.Predict(request, 15.0).outputs["y"].float_val[0])
+
+
+def https(
+    port: int, pki: Pki, client: Pem | None, path: str, body: dict | None = None, ca: str = ""
+) -> tuple[int, str]:
+    context = ssl.create_default_context(cadata=ca or pki.ca)
+    if client is not None:
+        keyfile = Path(os.environ.get("TMPDIR", "/tmp"), f"rtfs-client-{os.getpid()}.pem")
+        keyfile.write_text(client.key + client.cert)
+        try:
+            context.load_cert_chain(keyfile)
+        finally:
+            keyfile.unlink()
+    connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=15, context=context)
+    try:
+        if body is None:
+            connection.request("GET", path)
+        else:
+            connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        answer = connection.getresponse()
+        return answer.status, answer.read().decode()
+    finally:
+        connection.close()
+
+
+def refused_plaintext_http(port: int) -> bool:
+    """A plaintext HTTP request to a TLS port gets no HTTP answer at all."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    try:
+        connection.request("GET", "/v1/models/half_plus_two")
+        connection.getresponse()
+        return False
+    except (http.client.HTTPException, OSError):
+        return True
+    finally:
+        connection.close()
+
+
+# --- the server ---------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    cli: Cli
+    port: int
+    rest_port: int
+    logs: Path
+    """Where the request logs go."""
+    base: Path
+    """A copy of half_plus_two's base path, served as ``warm`` (new versions go here)."""
+
+
+@contextlib.contextmanager
+def _readonly_dir(path: Path) -> Iterator[Path]:
+    """A directory no process can write to: a read-only tmpfs (as root, who writes through
+    permissions), else mode 0555."""
+    path.mkdir(parents=True)
+    if os.geteuid() == 0:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)], check=True)
+        try:
+            yield path
+        finally:
+            subprocess.run(["umount", "-l", str(path)], check=False)
+    else:
+        path.chmod(0o555)
+        try:
+            yield path
+        finally:
+            path.chmod(0o755)
+
+
+MODELS = """model_config_list {{
+  config {{ name: "half_plus_two" base_path: "{hpt}" model_platform: "tensorflow"
+    logging_config {{
+      log_collector_config {{ type: "tfrecord" filename_prefix: "{logs}/all/hpt" }}
+      sampling_config {{ sampling_rate: 1.0 }} }} }}
+  config {{ name: "sampled" base_path: "{hpt}" model_platform: "tensorflow"
+    logging_config {{
+      log_collector_config {{ type: "tfrecord" filename_prefix: "{logs}/sampled/hpt" }}
+      sampling_config {{ sampling_rate: 0.1 }} }} }}
+  config {{ name: "unwritable" base_path: "{hpt}" model_platform: "tensorflow"
+    logging_config {{
+      log_collector_config {{ type: "tfrecord" filename_prefix: "{readonly}/hpt" }}
+      sampling_config {{ sampling_rate: 1.0 }} }} }}
+  config {{ name: "warm" base_path: "{base}" model_platform: "tensorflow" }}
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def server(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("operations")
+    base = root / "warm"
+    shutil.copytree(HALF_PLUS_TWO / "00000123", base / "123")
+    with _readonly_dir(root / "readonly") as readonly:
+        config = root / "models.config"
+        config.write_text(
+            MODELS.format(hpt=HALF_PLUS_TWO, logs=root / "logs", readonly=readonly, base=base)
+        )
+        port, rest_port = free_ports(2)
+        cli = run_cli(
+            f"--port={port}",
+            f"--rest_api_port={rest_port}",
+            f"--model_config_file={config}",
+            f"--ssl_config_file={ssl_config(root / 'ssl.config', pki, client_verify=True)}",
+            "--file_system_poll_wait_seconds=1",
+            "--serving_replicas=1",
+        )
+        try:
+            cli.wait_ready()
+            yield Server(cli, port, rest_port, root / "logs", base)
+        finally:
+            cli.stop()
+
+
+# --- TLS ----------------------------------------------------------------------------------
+
+
+def test_mutual_tls_serves_a_client_of_the_ca_on_both_ports(server: Server, pki: Pki) -> None:
+    with grpc_channel(server.port, pki.ca, pki.client) as channel:
+        assert predict(channel, "warm") == 3.0
+    status, text = https(
+        server.rest_port, pki, pki.client, "/v1/models/warm:predict", {"instances": [2.0]}
+    )
+    assert (status, json.loads(text)) == (200, {"predictions": [3.0]})
+
+
+@pytest.mark.parametrize("who", ["plaintext", "no certificate", "a stranger's certificate"])
+def test_mutual_tls_refuses_everyone_else_on_grpc(server: Server, pki: Pki, who: str) -> None:
+    ca, client = {
+        "plaintext": (None, None),
+        "no certificate": (pki.ca, None),
+        "a stranger's certificate": (pki.ca, pki.stranger),
+    }[who]
+    with grpc_channel(server.port, ca, client) as channel, pytest.raises(grpc.RpcError) as e:
+        predict(channel, "warm")
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_mutual_tls_refuses_everyone_else_on_rest(server: Server, pki: Pki) -> None:
+    assert refused_plaintext_http(server.rest_port)
+    for client in (None, pki.stranger):
+        with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+            https(server.rest_port, pki, client, "/v1/models/warm")
+
+
+def test_a_client_that_does_not_trust_the_server_s_ca_refuses_it(server: Server, pki: Pki) -> None:
+    with (
+        grpc_channel(server.port, pki.stranger_ca, pki.client) as channel,
+        pytest.raises(grpc.RpcError) as e,
+    ):
+        predict(channel, "warm")
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(ssl.SSLCertVerificationError):
+        https(server.rest_port, pki, pki.client, "/v1/models/warm", ca=pki.stranger_ca)
+
+
+def test_the_startup_line_says_tls(server: Server) -> None:
+    assert (
+        f"on gRPC 127.0.0.1:{server.port} (TLS) and REST 127.0.0.1:{server.rest_port} (TLS)"
+        in server.cli.output
+    )
+
+
+# --- reflection ---------------------------------------------------------------------------
+
+
+def test_reflection_lists_tf_serving_s_services(server: Server, pki: Pki) -> None:
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    with grpc_channel(server.port, pki.ca, pki.client) as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        services = set(database.get_services())
+        assert {
+            "tensorflow.serving.PredictionService",
+            "tensorflow.serving.ModelService",
+            "grpc.health.v1.Health",
+        } <= services
+        # the descriptors themselves: a tool can build a Predict from them
+        from google.protobuf.descriptor_pool import DescriptorPool
+
+        pool = DescriptorPool(database)
+        service = pool.FindServiceByName("tensorflow.serving.PredictionService")
+        assert {m.name for m in service.methods} >= {"Predict", "Classify", "GetModelMetadata"}
+        predict_method = service.FindMethodByName("Predict")
+        assert predict_method.input_type.full_name == "tensorflow.serving.PredictRequest"
+
+
+# --- request logging and warmup -----------------------------------------------------------
+
+
+def read_records(directory: Path) -> list[prediction_log_pb2.PredictionLog]:
+    return [
+        prediction_log_pb2.PredictionLog.FromString(record)
+        for path in sorted(directory.glob("*.tfrecord"))
+        for record in tf.compat.v1.io.tf_record_iterator(str(path))
+    ]
+
+
+def wait_for_records(directory: Path, count: int, timeout_s: float = 30.0) -> list:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = read_records(directory) if directory.exists() else []
+        if len(records) >= count or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def test_every_request_is_logged_with_its_response(server: Server, pki: Pki) -> None:
+    with grpc_channel(server.port, pki.ca, pki.client) as channel:
+        for x in (1.0, 2.0, 3.0, 4.0, 5.0):
+            assert predict(channel, "half_plus_two", x) == x / 2 + 2
+    for x in (6.0, 7.0, 8.0, 9.0, 10.0):
+        status, text = https(
+            server.rest_port,
+            pki,
+            pki.client,
+            "/v1/models/half_plus_two:predict",
+            {"instances": [x, x]},
+        )
+        assert (status, json.loads(text)) == (200, {"predictions": [x / 2 + 2] * 2})
+    records = wait_for_records(server.logs / "all", 10)
+    assert len(records) == 10
+    seen = {}
+    for record in records:
+        assert record.WhichOneof("log_type") == "predict_log"
+        assert record.log_metadata.model_spec.name == "half_plus_two"
+        assert record.log_metadata.model_spec.version.value == 123
+        assert record.log_metadata.sampling_config.sampling_rate == 1.0
+        x = tf.make_ndarray(record.predict_log.request.inputs["x"])
+        y = tf.make_ndarray(record.predict_log.response.outputs["y"])
+        np.testing.assert_allclose(y, x / 2 + 2)
+        assert record.predict_log.response.model_spec.version.value == 123
+        seen[float(x.flat[0])] = x.shape
+    assert seen == {
+        **{x: (1,) for x in (1.0, 2.0, 3.0, 4.0, 5.0)},
+        **{x: (2,) for x in (6.0, 7.0, 8.0, 9.0, 10.0)},
+    }
+
+
+def test_sampling_keeps_about_its_share(server: Server, pki: Pki) -> None:
+    calls = 1000
+    with grpc_channel(server.port, pki.ca, pki.client) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "sampled"
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([2.0], np.float32)))
+        futures = [stub.Predict.future(request, 30.0) for _ in range(calls)]
+        assert all(f.result().outputs["y"].float_val[0] == 3.0 for f in futures)
+    time.sleep(2.0)  # the writer thread is off the request path
+    logged = len(read_records(server.logs / "sampled"))
+    # Binomial(1000, 0.1): mean 100, sd 9.5; 60..140 is beyond 4 sd either way
+    assert 60 <= logged <= 140, logged
+
+
+def test_an_unwritable_log_directory_fails_no_request(server: Server, pki: Pki) -> None:
+    with grpc_channel(server.port, pki.ca, pki.client) as channel:
+        for _ in range(50):
+            assert predict(channel, "unwritable") == 3.0
+    deadline = time.monotonic() + 30
+    while "Request log of unwritable" not in server.cli.output and time.monotonic() < deadline:
+        time.sleep(0.2)
+    warning = [line for line in server.cli.lines if "Request log of unwritable" in line]
+    assert warning and "records are dropped" in warning[0], server.cli.output[-3000:]
+
+
+def test_warmup_from_the_logs_is_replayed_by_the_next_version(server: Server, pki: Pki) -> None:
+    records = wait_for_records(server.logs / "all", 10)
+    assert len(records) >= 10
+    version = server.base / "124"
+    staging = server.base.parent / "staging-124"
+    shutil.copytree(server.base / "123", staging)
+    out = staging / "assets.extra" / "tf_serving_warmup_requests"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "compat.warmup_from_logs",
+            "--out",
+            str(out),
+            "--max_records",
+            "5",
+            *map(str, sorted((server.logs / "all").glob("*.tfrecord"))),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    # two shapes were logged ([1] over gRPC, [2] over REST): both are in the sample
+    assert "wrote 5 warmup records (2 distinct" in done.stdout, done.stdout
+    written = [
+        prediction_log_pb2.PredictionLog.FromString(r)
+        for r in tf.compat.v1.io.tf_record_iterator(str(out))
+    ]
+    shapes = {tuple(tf.make_ndarray(r.predict_log.request.inputs["x"]).shape) for r in written}
+    assert shapes == {(1,), (2,)}
+    staging.rename(version)  # the version appears whole
+    with grpc_channel(server.port, pki.ca, pki.client) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "warm"
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([2.0], np.float32)))
+        deadline = time.monotonic() + 90
+        while stub.Predict(request, 15.0).model_spec.version.value != 124:
+            assert time.monotonic() < deadline, "version 124 never served"
+            time.sleep(0.5)
+    # the server tells the version's load, its warmup included
+    deadline = time.monotonic() + 30
+    told = "ray-tfserving: warm version 124 is AVAILABLE (loaded in "
+    while not (lines := [line for line in server.cli.lines if line.startswith(told)]):
+        assert time.monotonic() < deadline, server.cli.output[-3000:]
+        time.sleep(0.2)
+    assert lines[0].endswith("s, 5 warmup records replayed)"), lines
+
+
+# --- TLS without client certificates -----------------------------------------------------
+
+
+def test_tls_without_client_verify_serves_any_client_and_refuses_plaintext(
+    pki: Pki, tmp_path: Path
+) -> None:
+    port, rest_port = free_ports(2)
+    cli = run_cli(
+        f"--port={port}",
+        f"--rest_api_port={rest_port}",
+        "--model_name=half_plus_two",
+        f"--model_base_path={HALF_PLUS_TWO}",
+        f"--ssl_config_file={ssl_config(tmp_path / 'ssl.config', pki, client_verify=False)}",
+        "--serving_replicas=1",
+    )
+    try:
+        cli.wait_ready()
+        with grpc_channel(port, pki.ca) as channel:
+            assert predict(channel) == 3.0
+        with grpc_channel(port, None) as channel, pytest.raises(grpc.RpcError) as e:
+            predict(channel)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        status, text = https(
+            rest_port, pki, None, "/v1/models/half_plus_two:predict", {"instances": [2.0]}
+        )
+        assert (status, json.loads(text)) == (200, {"predictions": [3.0]})
+        assert refused_plaintext_http(rest_port)
+    finally:
+        assert cli.stop() == 0
+
+
+def test_a_bad_ssl_config_fails_startup_clearly(pki: Pki, tmp_path: Path) -> None:
+    from tests.serve_app.test_cli import run_to_exit
+
+    config = tmp_path / "ssl.config"
+    config.write_text(
+        f"server_key: {json.dumps(pki.client.key)}\nserver_cert: {json.dumps(pki.server.cert)}\n"
+    )
+    code, output = run_to_exit(
+        "--model_name=half_plus_two",
+        f"--model_base_path={HALF_PLUS_TWO}",
+        f"--ssl_config_file={config}",
+    )
+    assert code == 1
+    assert (
+        "server_key and server_cert are no PEM key and certificate that belong together" in output
+    )

@@ -1,0 +1,159 @@
+"""The request log's writer, in-process: records TensorFlow reads back, rotation by size, and
+drops (counted, never raised) when the directory cannot be written or the writer is behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from compat import model_config
+from compat.errors import InvalidArgument
+from compat.protos import prediction_log_pb2
+from serve_app import request_log
+from serve_app.args import RequestLogArgs
+
+pytestmark = pytest.mark.unit
+
+
+def record(i: int) -> prediction_log_pb2.PredictionLog:
+    log = prediction_log_pb2.PredictionLog()
+    log.log_metadata.model_spec.name = "m"
+    log.predict_log.request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.full((4,), i, np.float32)))
+    return log
+
+
+def read(prefix: Path) -> list[prediction_log_pb2.PredictionLog]:
+    return [
+        prediction_log_pb2.PredictionLog.FromString(r)
+        for path in sorted(prefix.parent.glob(prefix.name + "-*.tfrecord"))
+        for r in tf.compat.v1.io.tf_record_iterator(str(path))
+    ]
+
+
+def test_records_are_written_in_order_and_read_back_by_tensorflow(tmp_path: Path) -> None:
+    log = request_log.RequestLog("m", RequestLogArgs(filename_prefix=str(tmp_path / "a/log")))
+    for i in range(20):
+        log.submit(lambda i=i: record(i))
+    log.close()
+    got = read(tmp_path / "a/log")
+    assert [int(tf.make_ndarray(r.predict_log.request.inputs["x"])[0]) for r in got] == list(
+        range(20)
+    )
+    assert (log.written, log.dropped) == (20, 0)
+    (name,) = [p.name for p in (tmp_path / "a").iterdir()]
+    assert name.startswith("log-") and name.endswith(f"-{os.getpid()}-00000.tfrecord")
+
+
+def test_files_rotate_by_size(tmp_path: Path) -> None:
+    args = RequestLogArgs(filename_prefix=str(tmp_path / "log"), max_file_bytes=1024)
+    log = request_log.RequestLog("m", args)
+    for i in range(50):
+        log.submit(lambda i=i: record(i))
+    log.close()
+    files = sorted(tmp_path.glob("log-*.tfrecord"))
+    assert len(files) >= 3  # ~60 bytes a record, 50 of them, 1 KiB a file
+    assert all(f.stat().st_size < 1024 + 200 for f in files)  # a file ends after the record
+    assert len(read(tmp_path / "log")) == 50
+
+
+def test_an_unwritable_directory_drops_records_and_raises_nothing(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    log = request_log.RequestLog("m", RequestLogArgs(filename_prefix=str(blocker / "log")))
+    for i in range(10):
+        log.submit(lambda i=i: record(i))
+    log.close()
+    assert (log.written, log.dropped) == (0, 10)
+
+
+def test_a_full_disk_drops_records_and_the_log_resumes_when_there_is_room(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=True)
+    try:
+        args = RequestLogArgs(filename_prefix=str(disk / "log"), max_file_bytes=16 << 10)
+        log = request_log.RequestLog("m", args)
+        big = prediction_log_pb2.PredictionLog()
+        big.predict_log.request.inputs["x"].CopyFrom(
+            tf.make_tensor_proto(np.zeros((2048,), np.float32))  # 8 KB
+        )
+        for _ in range(20):  # 160 KB into 64 KB
+            log.submit(lambda: big)
+        log.close()
+        assert log.dropped > 0 and log.written > 0
+        assert log.written + log.dropped == 20
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_writer_behind_drops_at_once_instead_of_waiting(tmp_path: Path) -> None:
+    args = RequestLogArgs(filename_prefix=str(tmp_path / "log"), max_pending=5)
+    log = request_log.RequestLog("m", args)
+    gate = threading.Event()
+
+    def slow() -> prediction_log_pb2.PredictionLog:
+        gate.wait(10)
+        return record(0)
+
+    started = time.monotonic()
+    for _ in range(100):
+        log.submit(slow)
+    assert time.monotonic() - started < 1.0  # the caller never waits for the disk
+    gate.set()
+    log.close()
+    assert log.dropped >= 94 and log.written + log.dropped == 100
+
+
+def test_a_record_that_cannot_be_built_costs_that_record_only(tmp_path: Path) -> None:
+    log = request_log.RequestLog("m", RequestLogArgs(filename_prefix=str(tmp_path / "log")))
+    log.submit(lambda: 1 / 0)  # type: ignore[arg-type,return-value]
+    log.submit(lambda: record(1))
+    log.close()
+    assert (log.written, log.dropped) == (1, 1)
+
+
+def test_sampling_rate_zero_logs_nothing_and_one_logs_all() -> None:
+    assert request_log.for_model("m", None) is None
+    assert request_log.for_model("m", RequestLogArgs(filename_prefix="/x", sampling_rate=0)) is None
+    log = request_log.for_model("m", RequestLogArgs(filename_prefix="/x", sampling_rate=1.0))
+    assert log is not None and all(log.sampled() for _ in range(1000))
+    assert log is request_log.for_model("m", RequestLogArgs(filename_prefix="/x", sampling_rate=1))
+
+
+CONFIG = """model_config_list {{ config {{ name: "m" base_path: "/b" logging_config {{
+  log_collector_config {{ type: "{type}" filename_prefix: "{prefix}" }}
+  sampling_config {{ sampling_rate: {rate} }} }} }} }}"""
+
+
+def test_logging_config_maps_onto_the_request_log() -> None:
+    (entry,) = model_config.entries(
+        model_config.parse_text(CONFIG.format(type="tfrecord", prefix="/logs/m", rate=0.25))
+    )
+    assert entry.request_log == {"filename_prefix": "/logs/m", "sampling_rate": 0.25}
+
+
+@pytest.mark.parametrize(
+    ("type_", "prefix", "rate", "message"),
+    [
+        ("kafka", "/l", 0.5, "Model m: log collector type 'kafka' is not supported"),
+        ("", "/l", 0.5, "Model m: log collector type '' is not supported"),
+        ("tfrecord", "", 0.5, "Model m: log_collector_config has no filename_prefix"),
+        ("tfrecord", "/l", 1.5, "Model m: sampling_rate 1.5 is not within [0, 1]"),
+    ],
+)
+def test_a_logging_config_we_cannot_honour_is_refused(
+    type_: str, prefix: str, rate: float, message: str
+) -> None:
+    config = model_config.parse_text(CONFIG.format(type=type_, prefix=prefix, rate=rate))
+    with pytest.raises(InvalidArgument) as e:
+        model_config.entries(config)
+    assert e.value.message.startswith(message)
