@@ -181,6 +181,7 @@ def server(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
             f"--ssl_config_file={ssl_config(root / 'ssl.config', pki, client_verify=True)}",
             "--file_system_poll_wait_seconds=1",
             "--serving_replicas=1",
+            f"--monitoring_config_file={TESTDATA / 'monitoring_config.txt'}",
         )
         try:
             cli.wait_ready()
@@ -262,6 +263,21 @@ def test_reflection_lists_tf_serving_s_services(server: Server, pki: Pki) -> Non
         assert {m.name for m in service.methods} >= {"Predict", "Classify", "GetModelMetadata"}
         predict_method = service.FindMethodByName("Predict")
         assert predict_method.input_type.full_name == "tensorflow.serving.PredictRequest"
+        # grpc.reflection.v1 (what grpcurl asks first) answers the same: its messages are
+        # v1alpha's on the wire
+        from grpc_reflection.v1alpha import reflection_pb2
+
+        call = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        (answer,) = list(
+            call(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=15)
+        )
+        names = {s.name for s in answer.list_services_response.service}
+        assert "tensorflow.serving.PredictionService" in names
+        assert "grpc.reflection.v1.ServerReflection" in names
 
 
 # --- request logging and warmup -----------------------------------------------------------
@@ -340,6 +356,30 @@ def test_an_unwritable_log_directory_fails_no_request(server: Server, pki: Pki) 
         time.sleep(0.2)
     warning = [line for line in server.cli.lines if "Request log of unwritable" in line]
     assert warning and "records are dropped" in warning[0], server.cli.output[-3000:]
+    # ... and in the metrics, beside those written (Ray reports every 10 s)
+    deadline = time.monotonic() + 60
+    while True:
+        counts = request_log_counts(server, pki)
+        if counts.get(("unwritable", "dropped"), 0) >= 50 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert counts.get(("unwritable", "dropped"), 0) >= 50, counts
+    assert ("unwritable", "written") not in counts
+    assert counts.get(("half_plus_two", "written"), 0) >= 10, counts
+
+
+def request_log_counts(server: Server, pki: Pki) -> dict[tuple[str, str], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, text = https(server.rest_port, pki, pki.client, "/monitoring/prometheus/metrics")
+    assert status == 200, text
+    return {
+        (s.labels["model"], s.labels["outcome"]): s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "ray_tfserving_request_log_records"
+        for s in family.samples
+        if s.name.endswith("_total")
+    }
 
 
 def test_warmup_from_the_logs_is_replayed_by_the_next_version(server: Server, pki: Pki) -> None:
