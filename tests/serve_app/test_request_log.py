@@ -157,3 +157,72 @@ def test_a_logging_config_we_cannot_honour_is_refused(
     with pytest.raises(InvalidArgument) as e:
         model_config.entries(config)
     assert e.value.message.startswith(message)
+
+
+def test_a_version_logs_classify_regress_and_multi_inference_with_responses(
+    testdata: Path, tmp_path: Path
+) -> None:
+    """The version's own path (``ModelVersion.call``), in-process on TF Serving's
+    half_plus_two: each API's record has its request and the response the caller got."""
+    import asyncio
+
+    from compat.protos import classification_pb2, inference_pb2, regression_pb2
+    from serve_app.calls import Api, ModelCall
+    from serve_app.model import ModelVersion
+
+    path = testdata / "saved_model_half_plus_two_cpu" / "00000123"
+    version = ModelVersion("half_plus_two", 123, str(path), session={})
+    prefix = tmp_path / "hpt"
+    version.reconfigure(
+        {"request_logs": {"half_plus_two": {"filename_prefix": str(prefix), "sampling_rate": 1}}}
+    )
+    classify = classification_pb2.ClassificationRequest()
+    classify.model_spec.name = "half_plus_two"
+    classify.model_spec.signature_name = "classify_x_to_y"
+    classify.input.example_list.examples.add().features.feature["x"].float_list.value.append(2.0)
+    regress = regression_pb2.RegressionRequest()
+    regress.model_spec.CopyFrom(classify.model_spec)
+    regress.model_spec.signature_name = "regress_x_to_y"
+    regress.input.CopyFrom(classify.input)
+    multi = inference_pb2.MultiInferenceRequest()
+    task = multi.tasks.add()
+    task.model_spec.CopyFrom(regress.model_spec)
+    task.method_name = "tensorflow/serving/regress"
+    multi.input.CopyFrom(classify.input)
+    calls = [
+        ModelCall(Api.CLASSIFY, classify.model_spec, classify),
+        ModelCall(Api.REGRESS, regress.model_spec, regress),
+        ModelCall(Api.MULTI_INFERENCE, task.model_spec, multi),
+        ModelCall(Api.METADATA, classify.model_spec, _metadata_request()),  # not logged
+    ]
+
+    async def run() -> list[bytes]:
+        return [(await version.call(c)).raise_for_status() for c in calls]
+
+    payloads = asyncio.run(run())
+    request_log.close_all()
+    version.servable.close()  # type: ignore[union-attr]
+    records = read(prefix)
+    assert [r.WhichOneof("log_type") for r in records] == [
+        "classify_log",
+        "regress_log",
+        "multi_inference_log",
+    ]
+    assert records[0].classify_log.request == classify
+    assert records[0].classify_log.response.SerializeToString() == payloads[0]
+    assert records[1].regress_log.response.result.regressions[0].value == 3.0
+    assert records[2].multi_inference_log.request == multi
+    assert records[2].multi_inference_log.response.SerializeToString() == payloads[2]
+    for r in records:
+        assert r.log_metadata.model_spec.name == "half_plus_two"
+        assert r.log_metadata.model_spec.version.value == 123
+        assert list(r.log_metadata.saved_model_tags) == ["serve"]
+
+
+def _metadata_request():  # type: ignore[no-untyped-def]
+    from compat.protos import get_model_metadata_pb2
+
+    request = get_model_metadata_pb2.GetModelMetadataRequest()
+    request.model_spec.name = "half_plus_two"
+    request.metadata_field.append("signature_def")
+    return request
