@@ -3,6 +3,14 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 MODEL_BASE ?= models/deeplab
+# `make run VERBOSE=1` shows everything TensorFlow and Ray print; by default one line per step.
+ifdef VERBOSE
+QUIET :=
+RUN_FLAGS := --verbose
+else
+QUIET := $(BIN)/python -m compat.console
+RUN_FLAGS :=
+endif
 
 .PHONY: install system-deps run model test lint bench loadtest clean
 
@@ -27,12 +35,12 @@ model: install
 	@if ls $(MODEL_BASE)/*/saved_model.pb >/dev/null 2>&1; then \
 		echo "Using the existing model in $(MODEL_BASE)"; \
 	else \
-		$(BIN)/python -m export --base-path $(MODEL_BASE) --version 1; \
+		$(QUIET) $(BIN)/python -m export --base-path $(MODEL_BASE) --version 1; \
 	fi
 
 # The CLI: an embedded Ray bound to loopback, TF Serving's ports, Ctrl-C ends everything.
 run: model
-	$(BIN)/ray-tfserving --model_name=deeplab --model_base_path=$(MODEL_BASE) --port=8500 --rest_api_port=8501
+	$(BIN)/ray-tfserving --model_name=deeplab --model_base_path=$(MODEL_BASE) --port=8500 --rest_api_port=8501 $(RUN_FLAGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -14,6 +14,9 @@ descriptor (so C++ writes are caught too) that drops:
 
 all of them also when Ray forwards them from a worker (``(ServeReplica:... pid=1) ...``).
 Everything else, warnings, errors (TF's E and F lines among them) and tracebacks, passes.
+
+``python -m compat.console CMD ...`` runs another command with the same filter on its output
+(``make run``'s export step: ``export/`` imports nothing of ours) and exits with its status.
 """
 
 from __future__ import annotations
@@ -21,8 +24,12 @@ from __future__ import annotations
 import atexit
 import os
 import re
+import signal
+import subprocess
 import sys
 import threading
+from collections.abc import Sequence
+from typing import BinaryIO
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _WORKER = re.compile(r"^\((?:[^()]|\([^()]*\))*? pid=\d+(?:, ip=[^)]*)?\) |^\(raylet\) ")
@@ -98,3 +105,40 @@ def _drain(drains: list[tuple[threading.Event, int]], timeout_s: float = 2.0) ->
         os.write(fd, _END)
         done.wait(timeout_s)
         os.dup2(original, fd)
+
+
+def run(argv: Sequence[str]) -> int:
+    """Run ``argv`` with its stdout and stderr filtered onto ours; its exit status. SIGINT and
+    SIGTERM are passed on to it."""
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def pass_on(signum: int, frame: object) -> None:
+        process.send_signal(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, pass_on)
+
+    def copy(source: BinaryIO, target: BinaryIO) -> None:
+        for raw in source:
+            if not is_noise(raw.decode(errors="replace").rstrip("\n")):
+                target.write(raw)
+                target.flush()
+
+    assert process.stdout is not None and process.stderr is not None
+    copiers = [
+        threading.Thread(target=copy, args=(process.stdout, sys.stdout.buffer)),
+        threading.Thread(target=copy, args=(process.stderr, sys.stderr.buffer)),
+    ]
+    for thread in copiers:
+        thread.start()
+    code = process.wait()
+    for thread in copiers:
+        thread.join()
+    return code
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        print("usage: python -m compat.console CMD [ARG ...]", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(run(sys.argv[1:]))

@@ -1,7 +1,7 @@
 """Command line: train and export the default model, or show any SavedModel's signatures.
 
 python -m export --base-path models/deeplab --version 1 [--steps N --size S --seed K]
-                 [--overwrite] [--verbose]
+                 [--overwrite]
 python -m export show --dir PATH [--tag_set serve] [--signature_def KEY] [--all]
 """
 
@@ -38,9 +38,6 @@ def _export_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace the version if it already exists"
     )
-    parser.add_argument(
-        "--verbose", action="store_true", help="show TensorFlow's own start-up lines too"
-    )
     return parser
 
 
@@ -71,10 +68,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     options = _export_parser().parse_args(args)
-    if not options.verbose:  # before TensorFlow is imported
-        from compat.console import quiet
-
-        quiet()
     from export.savedmodel import VersionExistsError, export_model
 
     try:

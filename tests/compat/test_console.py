@@ -83,3 +83,22 @@ def test_quiet_filters_cpp_writes_and_keeps_the_rest_in_order() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["to stdout", "last line"]
     assert done.stderr.splitlines() == ["to stderr", "E0000 00:00:1.5 1 loader.cc:9] a real error"]
+
+
+def test_the_runner_filters_another_command_and_keeps_its_status() -> None:
+    """``python -m compat.console CMD``: ``make run``'s export step."""
+    script = (
+        "import sys\n"
+        "import tensorflow as tf\n"
+        "print('exported', flush=True)\n"
+        "print('an error', file=sys.stderr)\n"
+        "sys.exit(3)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "compat.console", sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (3, "exported\n", "an error\n")
