@@ -212,6 +212,10 @@ def prepare(args: AppArgs) -> tuple[AppArgs, Plan]:
         args = resolve_models(args)
         for m in args.models:
             check_model_path(m)
+        if args.ssl_config_file:  # the replicas read it when they bind: fail here, not there
+            from compat.text_configs import read_ssl_config
+
+            read_ssl_config(args.ssl_config_file)
     except (ModelPathError, ServingError) as e:
         raise SystemExit(fail(e)) from None
     return args, initial_plan(args)

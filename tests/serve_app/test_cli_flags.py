@@ -95,3 +95,24 @@ def test_ssl_config_file_is_read_at_startup(tmp_path) -> None:  # type: ignore[n
     with pytest.raises(InvalidArgument) as e:
         app_args(f"--ssl_config_file={tmp_path / 'missing'}")
     assert e.value.message.startswith("Could not read SSL config file")
+
+
+def test_serve_run_checks_the_ssl_config_before_deploying(
+    tmp_path, capsys: pytest.CaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    """``serve run serve_app:app ssl_config_file=...`` skips the CLI: ``prepare`` checks it."""
+    from serve_app.args import AppArgs
+    from serve_app.launch import prepare
+    from tests.conftest import TESTDATA
+
+    bad = tmp_path / "ssl.config"
+    bad.write_text('server_key: "k"\n')
+    args = AppArgs(
+        model_name="half_plus_two",
+        model_base_path=str(TESTDATA / "saved_model_half_plus_two_cpu"),
+        ssl_config_file=str(bad),
+    )
+    with pytest.raises(SystemExit) as e:
+        prepare(args)
+    assert e.value.code == 1
+    assert "needs both server_key and server_cert" in capsys.readouterr().err
