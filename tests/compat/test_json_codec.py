@@ -17,6 +17,10 @@ import pytest
 
 from compat import json_codec
 from compat.errors import Internal, InvalidArgument, ServingError, Unimplemented
+from compat.json_codec import encode as json_encode
+from compat.json_codec import predict as json_predict
+from compat.json_codec import tensor as json_tensor
+from compat.json_codec import values as json_values
 from compat.protos import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -480,7 +484,7 @@ def test_invalid_utf8_is_a_parse_error() -> None:
 
 
 def test_error_values_print_like_rapidjson() -> None:
-    render = json_codec._value_to_string
+    render = json_values._value_to_string
     assert render(0.1) == "0.1"  # top-level doubles go through WriteDecimal<float>
     assert render(3.14159265) == "3.14159274"
     assert render(2.0) == "2.0"
@@ -508,8 +512,8 @@ EQUIVALENCE = [
 
 @pytest.mark.parametrize(("body", "signature"), EQUIVALENCE)
 def test_fast_path_matches_reference(body: dict, signature: Signature) -> None:
-    fast = json_codec._instances_fast(body["instances"], signature.inputs)
-    slow = json_codec._Instances(signature.inputs).decode(body["instances"])
+    fast = json_predict._instances_fast(body["instances"], signature.inputs)
+    slow = json_predict._Instances(signature.inputs).decode(body["instances"])
     assert fast is not None and sorted(fast) == sorted(slow)
     for name, tensor in slow.items():
         assert fast[name].dtype == tensor.dtype and fast[name].shape == tensor.shape
@@ -521,7 +525,7 @@ def test_fast_path_matches_reference(body: dict, signature: Signature) -> None:
     [[1, True], [[1], [[2]]], [[1, 2], [3]], [2**64], [1, "a"], [{"b64": "YQ=="}], [16777216]],
 )
 def test_fast_path_declines_what_needs_exact_checks(value: list) -> None:
-    assert json_codec._tensor_fast(value, DT.DT_FLOAT) is None
+    assert json_tensor._tensor_fast(value, DT.DT_FLOAT) is None
 
 
 # ------------------------------------------------------ json_tensor_test.cc: responses
@@ -594,7 +598,7 @@ def test_float_formatting_six_digits_then_full_precision() -> None:
 def test_write_decimal(value: float, ftype: type, text: str) -> None:
     value = float(ftype(value))
     assert json_codec.write_decimal(value, ftype) == text
-    assert json_codec._decimal_tokens(np.array([value]), ftype) == [text]
+    assert json_encode._decimal_tokens(np.array([value]), ftype) == [text]
 
 
 def test_response_dtypes() -> None:

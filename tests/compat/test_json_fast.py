@@ -19,6 +19,9 @@ from hypothesis import strategies as st
 
 from compat import json_codec
 from compat.errors import ServingError
+from compat.json_codec import encode as json_encode
+from compat.json_codec import parse as json_parse
+from compat.json_codec import predict as json_predict
 from compat.protos import types_pb2
 from compat.signatures import Signature, TensorSpec
 
@@ -147,8 +150,8 @@ def test_fast_decoding_takes_a_numeric_image_without_the_reference_parser() -> N
         },
     )
     doc = json_codec.parse_predict_json(body)
-    assert isinstance(doc, json_codec._FastDoc)
-    decoded = json_codec._decode_numeric(doc, signature.inputs)
+    assert isinstance(doc, json_parse._FastDoc)
+    decoded = json_predict._decode_numeric(doc, signature.inputs)
     assert decoded is not None
     inputs, row_format = decoded
     assert row_format and inputs["images"].dtype == np.float32
@@ -167,7 +170,7 @@ def test_bodies_orjson_refuses_go_to_the_reference_parser(body: bytes) -> None:
             json_codec.parse_json(body)
         assert e.message == reference.value.message
         return
-    assert not isinstance(doc, json_codec._FastDoc)
+    assert not isinstance(doc, json_parse._FastDoc)
     assert doc == json_codec.parse_json(body)
 
 
@@ -204,11 +207,11 @@ def test_fast_int_writer_is_the_token_writer(
 
 def _reference_encode(arrays: dict[str, np.ndarray], row_format: bool) -> str:
     """encode_predict_response with the token writer only."""
-    saved = json_codec._fast_text
-    json_codec._fast_text = lambda array: None  # type: ignore[assignment]
+    saved = json_encode._fast_text
+    json_encode._fast_text = lambda array: None  # type: ignore[assignment]
     try:
         return json_codec.encode_predict_response(arrays, row_format)
     except ServingError as e:
         return e.message
     finally:
-        json_codec._fast_text = saved
+        json_encode._fast_text = saved
