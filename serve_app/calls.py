@@ -23,6 +23,8 @@ import grpc
 
 from compat.errors import ServingError, from_code
 from compat.inference import multi_inference_model_spec
+from compat.open_inference import parse_version
+from compat.open_inference import pb as open_inference
 from compat.protos import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -34,13 +36,18 @@ from compat.protos import (
 
 
 class Api(enum.StrEnum):
-    """The model RPCs of PredictionService (the value is the metrics' ``api`` label)."""
+    """The model RPCs of PredictionService and of the Open Inference Protocol (the value is the
+    metrics' ``api`` label)."""
 
     PREDICT = "predict"
     CLASSIFY = "classify"
     REGRESS = "regress"
     METADATA = "metadata"
     MULTI_INFERENCE = "multi_inference"
+    MODEL_INFER = "model_infer"
+    """V2 ``ModelInfer`` (gRPC, or REST's ``/v2/.../infer`` translated to its message)."""
+    MODEL_METADATA = "model_metadata"
+    """V2 ``ModelMetadata``."""
 
 
 class Wire(enum.StrEnum):
@@ -60,6 +67,8 @@ REQUEST_TYPES: dict[Api, Any] = {
     Api.REGRESS: regression_pb2.RegressionRequest,
     Api.METADATA: get_model_metadata_pb2.GetModelMetadataRequest,
     Api.MULTI_INFERENCE: inference_pb2.MultiInferenceRequest,
+    Api.MODEL_INFER: open_inference.ModelInferRequest,
+    Api.MODEL_METADATA: open_inference.ModelMetadataRequest,
 }
 
 
@@ -104,6 +113,8 @@ def grpc_call(api: Api, raw: bytes, deadline: float | None) -> ModelCall:
     from compat.errors import InvalidArgument
 
     request = parse_request(REQUEST_TYPES[api], raw)
+    if api in (Api.MODEL_INFER, Api.MODEL_METADATA):
+        return ModelCall(api, v2_spec(request), request, Wire.GRPC, deadline)
     if api is Api.MULTI_INFERENCE:
         spec = multi_inference_model_spec(request)
     elif not request.HasField("model_spec"):
@@ -111,6 +122,27 @@ def grpc_call(api: Api, raw: bytes, deadline: float | None) -> ModelCall:
     else:
         spec = request.model_spec
     return ModelCall(api, spec, request, Wire.GRPC, deadline)
+
+
+def v2_spec(request: Any) -> model_pb2.ModelSpec:
+    """The ModelSpec a V2 request stands for: its model name and version ("" the latest), and
+    for ModelInfer the signature in its ``signature_name`` parameter."""
+    from compat.errors import InvalidArgument
+    from compat.open_inference import signature_name
+
+    infer = isinstance(request, open_inference.ModelInferRequest)
+    name, version = (
+        (request.model_name, request.model_version) if infer else (request.name, request.version)
+    )
+    if not name:
+        raise InvalidArgument("Missing model name in request.")
+    spec = model_pb2.ModelSpec(name=name)
+    number = parse_version(version)
+    if number is not None:
+        spec.version.value = number
+    if infer:
+        spec.signature_name = signature_name(request)
+    return spec
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from serve_app import metrics, request_log, rest
 from serve_app.calls import Api, ModelCall, ModelReply, grpc_call
 from serve_app.listeners import MAX_MESSAGE_BYTES, Listeners
 from serve_app.model import ModelVersion
+from serve_app.open_inference import OpenInference
 
 logger = logging.getLogger("ray.serve")
 
@@ -62,6 +63,7 @@ class Ingress:
         self._handles: dict[str, DeploymentHandle] = {}
         self._app_name = serve.get_replica_context().app_name
         self._rest = rest.RestApi(self)
+        self._v2 = OpenInference(self)
         self.prometheus_path: str | None = None
         self.rest_timeout_s: float | None = 30.0
         self._local_options = _share_cores(local_options, (listen or {}).get("replicas", 1))
@@ -265,6 +267,31 @@ class Ingress:
 
         return await health.check(self, raw)
 
+    # --- inference.GRPCInferenceService (the Open Inference Protocol, serve_app.open_inference) -
+
+    @property
+    def table(self) -> RoutingTable:
+        """The routing table this replica holds now."""
+        return self._table
+
+    async def ServerLive(self, raw: bytes, deadline: float | None) -> ModelReply:
+        return await self._v2.ServerLive(raw, deadline)
+
+    async def ServerReady(self, raw: bytes, deadline: float | None) -> ModelReply:
+        return await self._v2.ServerReady(raw, deadline)
+
+    async def ModelReady(self, raw: bytes, deadline: float | None) -> ModelReply:
+        return await self._v2.ModelReady(raw, deadline)
+
+    async def ServerMetadata(self, raw: bytes, deadline: float | None) -> ModelReply:
+        return await self._v2.ServerMetadata(raw, deadline)
+
+    async def ModelMetadata(self, raw: bytes, deadline: float | None) -> ModelReply:
+        return await self._v2.ModelMetadata(raw, deadline)
+
+    async def ModelInfer(self, raw: bytes, deadline: float | None) -> ModelReply:
+        return await self._v2.ModelInfer(raw, deadline)
+
     # --- REST -----------------------------------------------------------------------------------
 
     async def rest(self, request: Request) -> Response:
@@ -275,6 +302,9 @@ class Ingress:
                 return Response(e.message, status_code=503, media_type="text/plain")
             body, content_type = await metrics.prometheus_text(states)
             return Response(body, media_type=content_type)
+        path = rest.request_path(request)
+        if path == "/v2" or path.startswith("/v2/"):
+            return await self._v2.handle(request, path)
         return await self._rest.handle(request)
 
     async def admin(self, request: Request) -> Response:

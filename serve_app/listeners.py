@@ -47,11 +47,21 @@ logger = logging.getLogger("ray.serve")
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
 HEALTH_SERVICE = "grpc.health.v1.Health"
+INFERENCE_SERVICE = "inference.GRPCInferenceService"
+"""KServe's Open Inference Protocol (V2), beside TF Serving's API on the same port."""
 
 SERVICES: dict[str, tuple[str, ...]] = {
     PREDICTION_SERVICE: ("Classify", "Regress", "Predict", "MultiInference", "GetModelMetadata"),
     MODEL_SERVICE: ("GetModelStatus", "HandleReloadConfigRequest"),
     HEALTH_SERVICE: ("Check",),
+    INFERENCE_SERVICE: (
+        "ServerLive",
+        "ServerReady",
+        "ModelReady",
+        "ServerMetadata",
+        "ModelMetadata",
+        "ModelInfer",
+    ),
 }
 """Every RPC we answer: the backend has a coroutine of the same name, ``(raw, deadline) ->
 ModelReply``."""
@@ -61,7 +71,7 @@ MAX_MESSAGE_BYTES = 2**31 - 1
 
 #: Answered whatever the load: health and status, so that an overloaded server is seen as
 #: overloaded, not as dead.
-UNBOUNDED = {"Check", "GetModelStatus"}
+UNBOUNDED = {"Check", "GetModelStatus", "ServerLive", "ServerReady", "ModelReady"}
 
 RpcFunction = Callable[[bytes, float | None], Awaitable[ModelReply]]
 
@@ -189,6 +199,7 @@ def add_reflection(server: grpc.aio.Server, services: Iterable[str]) -> None:
     import tensorflow_serving.apis.prediction_service_pb2  # noqa: F401
     from grpc_health.v1 import health_pb2  # noqa: F401
     from grpc_reflection.v1alpha import reflection, reflection_pb2
+    from open_inference.grpc import protocol  # noqa: F401
 
     v1 = "grpc.reflection.v1.ServerReflection"
     names = [*services, reflection.SERVICE_NAME, v1]

@@ -23,7 +23,7 @@ from typing import Any, cast
 import grpc
 import numpy as np
 
-from compat import dataplane, inference, json_codec, tensors
+from compat import dataplane, inference, json_codec, open_inference, tensors
 from compat.errors import DeadlineExceeded, InvalidArgument, ServingError, Unavailable
 from compat.protos import predict_pb2, prediction_log_pb2
 from compat.servable import Servable, SessionOptions
@@ -174,7 +174,7 @@ class ModelVersion:
         """Answer ``call`` (``serve_app.calls``); every failure is a status, never an exception.
         A sampled call that succeeds is handed to the request log with its response."""
         log = self.request_log
-        logged = log is not None and call.api is not Api.METADATA and log.sampled()
+        logged = log is not None and call.api in _LOG_KINDS and log.sampled()
         try:
             payload, record = await _HANDLERS[call.api](self, call, logged)
             if logged and record is not None:
@@ -228,15 +228,56 @@ class ModelVersion:
         if not logged:
             return payload, None
 
-        def record() -> tuple[Any, Any]:  # the JSON request as the PredictRequest it stands for
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = self.model
-            request.model_spec.signature_name = prepared.signature_name
-            for alias, value in prepared.inputs.items():
-                request.inputs[alias].CopyFrom(tensors.from_numpy(np.asarray(value)))
-            return request, dataplane.finish_predict(prepared, self.model, self.version)
+        return payload, functools.partial(self._predict_record, prepared)
 
-        return payload, record
+    def _predict_record(self, prepared: dataplane.PredictCall) -> tuple[Any, Any]:
+        """A Predict that did not come as a PredictRequest (REST's JSON, V2's ModelInfer) as
+        the PredictRequest and PredictResponse it stands for, for the request log."""
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = self.model
+        request.model_spec.signature_name = prepared.signature_name
+        for alias, value in prepared.inputs.items():
+            request.inputs[alias].CopyFrom(tensors.from_numpy(np.asarray(value)))
+        return request, dataplane.finish_predict(prepared, self.model, self.version)
+
+    async def _model_infer(self, call: ModelCall, logged: bool) -> Answer:
+        """V2 ModelInfer: the same Predict path (signature, batching queue, deadline), its
+        tensors decoded from and encoded into the protocol's messages
+        (``compat.open_inference``); the answer is raw when the request was."""
+        servable = self._servable()
+        request = call.request
+        inputs = open_inference.decode_inputs(request)
+        prepared = dataplane.prepare_predict_arrays(
+            servable,
+            call.spec.signature_name,
+            inputs,
+            open_inference.output_names(request),
+            check_method_name=self.check_method_name,
+        )
+        open_inference.check_dtypes(inputs, prepared.signature)
+        prepared.outputs = await self._run(prepared, call.deadline)
+        response = open_inference.pb.ModelInferResponse(
+            model_name=self.model, model_version=str(self.version), id=request.id
+        )
+        open_inference.encode_outputs(
+            response,
+            {a: prepared.outputs[a] for a in prepared.output_aliases},
+            raw=bool(request.raw_input_contents),
+        )
+        record = functools.partial(self._predict_record, prepared) if logged else None
+        return response.SerializeToString(), record
+
+    async def _model_metadata(self, call: ModelCall, logged: bool) -> Answer:
+        """V2 ModelMetadata of the default signature (``serving_default``); the versions are
+        this one (the serving replica, which knows them all, fills in the rest)."""
+        servable = self._servable()
+        signature = servable.signatures.get(dataplane.DEFAULT_SIGNATURE)
+        if signature is None:
+            raise InvalidArgument(
+                f"Model {self.model} has no {dataplane.DEFAULT_SIGNATURE} signature to describe"
+            )
+        response = open_inference.model_metadata(self.model, [self.version], signature)
+        return response.SerializeToString(), None
 
     async def _metadata(self, call: ModelCall, logged: bool) -> Answer:
         """GetModelMetadata; REST asks for the message too (``serve_app.rest`` prints it)."""
@@ -298,6 +339,7 @@ _LOG_KINDS = {
     Api.CLASSIFY: "classify_log",
     Api.REGRESS: "regress_log",
     Api.MULTI_INFERENCE: "multi_inference_log",
+    Api.MODEL_INFER: "predict_log",
 }
 """The ``PredictionLog`` field of each logged API (GetModelMetadata is not logged)."""
 
@@ -307,4 +349,6 @@ _HANDLERS: dict[Api, Callable[[ModelVersion, ModelCall, bool], Awaitable[Answer]
     Api.REGRESS: ModelVersion._regress,
     Api.METADATA: ModelVersion._metadata,
     Api.MULTI_INFERENCE: ModelVersion._multi_inference,
+    Api.MODEL_INFER: ModelVersion._model_infer,
+    Api.MODEL_METADATA: ModelVersion._model_metadata,
 }
