@@ -12,7 +12,7 @@ QUIET := $(BIN)/python -m compat.console
 RUN_FLAGS :=
 endif
 
-.PHONY: install system-deps run model test lint bench loadtest clean
+.PHONY: install system-deps client-venvs run model test lint bench loadtest clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,17 @@ system-deps:
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client; \
 	else echo "h2load not found: apt-get install nghttp2-client (the benchmark falls back to Python)"; fi
+
+# Third-party clients the tests drive, each in a virtual environment of its own as a user has
+# it: tritonclient needs protobuf 6, beside our protobuf 7.
+CLIENTS := .venv-clients
+TRITONCLIENT ?= tritonclient[grpc,http]==2.73.0
+client-venvs: $(CLIENTS)/triton/.installed
+
+$(CLIENTS)/triton/.installed:
+	test -x $(CLIENTS)/triton/bin/python || $(PYTHON) -m venv $(CLIENTS)/triton
+	$(CLIENTS)/triton/bin/python -m pip install -q "$(TRITONCLIENT)"
+	touch $@
 
 # Export the default DeepLab model (trained on synthetic images, ~1.5 min) unless a version exists.
 model: install
@@ -47,7 +58,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy compat serve_app export loadtests
 
-test: system-deps lint
+test: system-deps client-venvs lint
 	$(BIN)/python -m pytest -q -rs
 
 bench: install
@@ -57,4 +68,4 @@ loadtest: install
 	$(BIN)/python -m loadtests.run --users 8 --seconds 20 --model deeplab --out results/locust
 
 clean:
-	rm -rf $(VENV) models results .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CLIENTS) models results .pytest_cache .mypy_cache .ruff_cache

@@ -10,7 +10,9 @@ In one run, on this machine, one after another (never two servers at once, unles
     one process);
 (c) ``ray-grpc``: ray-tfserving's default configuration over gRPC, batching off and on
     (TF Serving's ``--enable_batching`` with ``BATCHING_ON``), one boot per configuration;
-(d) ``ray-rest``: the same servers over REST.
+(d) ``ray-rest``: the same servers over REST;
+(e) ``ray-v2``: the same servers over the Open Inference Protocol's gRPC ``ModelInfer`` (raw
+    tensors, as tritonclient sends them), to compare with (c) on the same path.
 
 Workloads: ``half_plus_two`` (x float [1, 1]: serving overhead) and ``deeplab128`` (a DeepLab
 export called at 128x128 through ``predict_images``: compute), each at every ``--concurrency``
@@ -56,7 +58,9 @@ from loadtests import clients, h2load, launcher, procstat
 REPO = launcher.REPO
 HALF_PLUS_TWO = launcher.HALF_PLUS_TWO
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
-SYSTEMS = ("inprocess", "plain", "ray-grpc", "ray-rest")
+MODEL_INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+SYSTEMS = ("inprocess", "plain", "ray-grpc", "ray-rest", "ray-v2")
+RAY_SYSTEMS = ("ray-grpc", "ray-rest", "ray-v2")
 WORKLOADS = ("half_plus_two", "deeplab128")
 BATCHING_ON = ("batching.max_batch_size=16", "batching.batch_timeout_micros=2000")
 DEEPLAB_SIZE = 128
@@ -89,6 +93,18 @@ class Workload:
         request.model_spec.signature_name = self.signature
         for alias, value in self.example.items():
             request.inputs[alias].CopyFrom(from_numpy(value, tensor_content=True))
+        return request.SerializeToString()
+
+    def v2_payload(self) -> bytes:
+        """The same request as a V2 ModelInferRequest, every tensor raw."""
+        from compat import open_inference
+
+        request = open_inference.pb.ModelInferRequest(model_name=self.model)
+        request.parameters[open_inference.SIGNATURE_PARAMETER].string_param = self.signature
+        for alias, value in self.example.items():
+            kind = open_inference.BY_NUMPY[value.dtype]
+            request.inputs.add(name=alias, datatype=kind.name, shape=value.shape)
+            request.raw_input_contents.append(open_inference.to_raw(value))
         return request.SerializeToString()
 
     def rest_body(self) -> bytes:
@@ -327,16 +343,20 @@ def measure(
                 if rest:
                     assert target.http_base is not None
                     url = f"{target.http_base}/v1/models/{w.model}:predict"
-                    caller = clients.rest_caller(url, w.rest_body(), connections=c)
+                    body = w.rest_body()
+                    caller = clients.rest_caller(url, body, connections=c)
                 else:
-                    url = f"http://{target.grpc_target}{PREDICT_METHOD}"
-                    caller = clients.grpc_caller(
-                        target.grpc_target, PREDICT_METHOD, w.grpc_payload(), connections=c
+                    method, body = (
+                        (MODEL_INFER_METHOD, w.v2_payload())
+                        if system == "ray-v2"
+                        else (PREDICT_METHOD, w.grpc_payload())
                     )
+                    url = f"http://{target.grpc_target}{method}"
+                    caller = clients.grpc_caller(target.grpc_target, method, body, connections=c)
                 if settings.client == "h2load":
                     result = h2load.run(
                         url,
-                        w.rest_body() if rest else w.grpc_payload(),
+                        body,
                         grpc=not rest,
                         concurrency=c,
                         seconds=settings.seconds,
@@ -392,7 +412,7 @@ def boot_ray(rc: RayConfig, workloads: list[Workload], settings: Settings, workd
         env={"TF_CPP_MIN_LOG_LEVEL": "2", **rc.env},
         tmp_prefix="loadbench-ray-",
     )
-    systems: list[str] = [s for s in ("ray-grpc", "ray-rest") if s in settings.systems]
+    systems: list[str] = [s for s in RAY_SYSTEMS if s in settings.systems]
     return Target(
         rc.label,
         systems,
@@ -443,7 +463,7 @@ def run_bench(settings: Settings, workdir: Path, model_dir: Path | None) -> dict
     boots: list[tuple[str, Callable[[], Target]]] = []
     if "plain" in settings.systems:
         boots.append(("plain grpc.aio server", lambda: boot_plain(workloads, settings, workdir)))
-    if {"ray-grpc", "ray-rest"} & set(settings.systems):
+    if set(RAY_SYSTEMS) & set(settings.systems):
         for rc in settings.ray_configs:
             boots.append(
                 (

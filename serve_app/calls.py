@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from compat.errors import ServingError, from_code
 from compat.inference import multi_inference_model_spec
@@ -88,6 +89,16 @@ class ModelCall:
     deadline: float | None = None
     """Wall-clock time (``time.time()``) after which the caller no longer waits."""
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """A request message travels as its bytes (the Open Inference Protocol's generated
+        classes cannot be pickled by reference: their module is no importable name)."""
+        if isinstance(self.request, Message) and type(self.request) is REQUEST_TYPES.get(self.api):
+            return (
+                _call_from_bytes,
+                (self.api, self.spec, self.request.SerializeToString(), self.wire, self.deadline),
+            )
+        return (ModelCall, (self.api, self.spec, self.request, self.wire, self.deadline))
+
     @property
     def signature(self) -> str:
         """The requested signature name ("" for the default), for the metrics."""
@@ -95,6 +106,12 @@ class ModelCall:
             name = self.request.get("signature_name", "")
             return name if isinstance(name, str) else ""
         return str(self.spec.signature_name)
+
+
+def _call_from_bytes(
+    api: Api, spec: model_pb2.ModelSpec, raw: bytes, wire: Wire, deadline: float | None
+) -> ModelCall:
+    return ModelCall(api, spec, REQUEST_TYPES[api].FromString(raw), wire, deadline)
 
 
 def parse_request(message_type: Any, raw: bytes) -> Any:

@@ -42,6 +42,7 @@ def test_smoke_run_measures_every_system(tmp_path: Path, client: str) -> None:
         ("plain", None, 1),
         ("ray-grpc", "off", 1),
         ("ray-rest", "off", 1),
+        ("ray-v2", "off", 1),
     }
     assert {c["system"] for c in results["cells"]} == set(SYSTEMS)
     for cell in results["cells"]:

@@ -142,3 +142,22 @@ def test_gzip_bodies_inflate_within_the_limit_only() -> None:
     with pytest.raises(TooLarge, match="inflates beyond the limit of 1048576 bytes"):
         gunzip(bomb, 1 << 20)
     assert len(gunzip(bomb, 8 << 20)) == 8 << 20
+
+
+@pytest.mark.parametrize("api", [Api.MODEL_INFER, Api.MODEL_METADATA, Api.PREDICT])
+def test_a_call_pickles_its_request_as_bytes(api: Api) -> None:
+    """A call to a version in a deployment of its own crosses processes: the Open Inference
+    Protocol's generated classes cannot be pickled by reference."""
+    import pickle
+
+    from compat.open_inference import pb
+
+    request = {
+        Api.MODEL_INFER: pb.ModelInferRequest(model_name="m", model_version="3", id="r"),
+        Api.MODEL_METADATA: pb.ModelMetadataRequest(name="m"),
+        Api.PREDICT: predict_pb2.PredictRequest(),
+    }[api]
+    call = ModelCall(api, model_pb2.ModelSpec(name="m"), request, deadline=12.5)
+    again = pickle.loads(pickle.dumps(call))
+    assert again.request == request and type(again.request) is type(request)
+    assert (again.api, again.spec.name, again.deadline) == (api, "m", 12.5)
