@@ -73,6 +73,9 @@ MAX_MESSAGE_BYTES = 2**31 - 1
 #: overloaded, not as dead.
 UNBOUNDED = {"Check", "GetModelStatus", "ServerLive", "ServerReady", "ModelReady"}
 
+#: The REST routes answered whatever the load (``UNBOUNDED``'s counterparts).
+UNBOUNDED_PATHS = ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready")
+
 RpcFunction = Callable[[bytes, float | None], Awaitable[ModelReply]]
 
 
@@ -345,7 +348,7 @@ class Listeners:
 
         if scope["type"] != "http":
             return
-        if scope["path"] in ("/healthz", "/readyz", self.backend.prometheus_path):
+        if scope["path"] in (*UNBOUNDED_PATHS, self.backend.prometheus_path):
             response = await self.backend.rest(Request(scope, receive))
         elif not self.admission.enter():
             from serve_app.rest import error_response
