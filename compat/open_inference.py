@@ -253,10 +253,13 @@ def model_metadata(
     )
 
 
-def parse_version(text: str) -> int | None:
-    """A V2 ``model_version``: "" is the latest, otherwise a non-negative integer."""
+def parse_version(text: str) -> int | str | None:
+    """A V2 ``model_version``: "" is the latest, digits a version number, anything else one of
+    the model's version labels (TF Serving's ``version_labels``: ``stable``, ``canary``)."""
     if not text:
         return None
-    if not text.isdigit() or int(text) > 2**63 - 1:
-        raise InvalidArgument(f"model version '{text}' is not a version number")
-    return int(text)
+    if text.isdigit():
+        if int(text) > 2**63 - 1:
+            raise InvalidArgument(f"model version '{text}' is beyond int64")
+        return int(text)
+    return text

@@ -142,8 +142,9 @@ def grpc_call(api: Api, raw: bytes, deadline: float | None) -> ModelCall:
 
 
 def v2_spec(request: Any) -> model_pb2.ModelSpec:
-    """The ModelSpec a V2 request stands for: its model name and version ("" the latest), and
-    for ModelInfer the signature in its ``signature_name`` parameter."""
+    """The ModelSpec a V2 request stands for: its model name and version ("" the latest, a
+    number, or a version label), and for ModelInfer the signature in its ``signature_name``
+    parameter."""
     from compat.errors import InvalidArgument
     from compat.open_inference import signature_name
 
@@ -154,9 +155,11 @@ def v2_spec(request: Any) -> model_pb2.ModelSpec:
     if not name:
         raise InvalidArgument("Missing model name in request.")
     spec = model_pb2.ModelSpec(name=name)
-    number = parse_version(version)
-    if number is not None:
-        spec.version.value = number
+    wanted = parse_version(version)
+    if isinstance(wanted, int):
+        spec.version.value = wanted
+    elif wanted is not None:
+        spec.version_label = wanted
     if infer:
         spec.signature_name = signature_name(request)
     return spec

@@ -91,7 +91,8 @@ def server(deeplab_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
   config {{ name: "half_plus_two" base_path: "{TESTDATA / "saved_model_half_plus_two_cpu"}"
     model_platform: "tensorflow" }}
   config {{ name: "two" base_path: "{TESTDATA / "saved_model_half_plus_two_2_versions"}"
-    model_platform: "tensorflow" model_version_policy {{ all {{}} }} }}
+    model_platform: "tensorflow" model_version_policy {{ all {{}} }}
+    version_labels {{ key: "stable" value: 123 }} }}
   config {{ name: "deeplab" base_path: "{deeplab_base}" model_platform: "tensorflow" }}
   config {{ name: "echo" base_path: "{root / "echo"}" model_platform: "tensorflow" }}
 }}
@@ -192,7 +193,7 @@ client = g.InferenceServerClient(ARGS["grpc"])
 i = g.InferInput("x", x.shape, "FP32"); i.set_data_from_numpy(x)
 r = client.infer("half_plus_two", [i], request_id="req-7")
 RESULT["grpc"] = (r.as_numpy("y"), r.get_response(as_json=True))
-for version in ("123", "124"):
+for version in ("123", "124", "stable"):
     r = client.infer("two", [i], model_version=version)
     RESULT["two-" + version] = (r.as_numpy("y"), r.get_response(as_json=True))
 """
@@ -208,9 +209,9 @@ def test_tritonclient_infers_over_http_binary_and_json_and_over_grpc(server: Ser
     assert result["http-binary"][1]["outputs"][0]["parameters"]["binary_data_size"] == 12
     assert "data" in result["http-json"][1]["outputs"][0]
     assert result["grpc"][1]["id"] == "req-7"
-    for version in ("123", "124"):
+    for version, served in (("123", "123"), ("124", "124"), ("stable", "123")):
         y, response = result["two-" + version]
-        assert response["model_version"] == version
+        assert response["model_version"] == served
         np.testing.assert_array_equal(y, np.array([[2.5], [3.0], [3.5]], np.float32))
 
 
@@ -373,7 +374,7 @@ def test_rest_errors_are_json_with_the_protocol_s_status(server: Server) -> None
         ("POST", "/v2/models/half_plus_two/infer", b"{not json", 400),
         ("POST", "/v2/models/half_plus_two/infer", b'{"inputs": 3}', 400),
         ("GET", "/v2/models/no_such_model", None, 404),
-        ("GET", "/v2/models/half_plus_two/versions/x/ready", None, 400),
+        ("GET", f"/v2/models/half_plus_two/versions/{2**63}/ready", None, 400),
         ("GET", "/v2/nothing/here", None, 404),
     ]:
         connection = http.client.HTTPConnection(host, int(port), timeout=30)
