@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from serve_app.rollout import VersionManager
 logger = logging.getLogger("ray.serve")
 
 #: Bumped with the package: replicas of an older build are replaced on redeploy.
-CODE_VERSION = "0.1.0"
+CODE_VERSION = importlib.metadata.version("ray-tfserving")
 
 
 def _version(*parts: Any) -> str:
