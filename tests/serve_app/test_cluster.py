@@ -181,7 +181,12 @@ def test_the_cli_joins_the_cluster_and_puts_gpu_replicas_on_the_worker(
     cluster: RayCluster, base_path: Path
 ) -> None:
     port, rest_port = free_ports(2)
-    cli = run_cli(*flags(port, rest_port, base_path, cluster.address), env={"RAY_DEDUP_LOGS": "0"})
+    # --verbose: the replicas' own INFO lines say where Ray put them
+    cli = run_cli(
+        *flags(port, rest_port, base_path, cluster.address),
+        "--verbose",
+        env={"RAY_DEDUP_LOGS": "0"},
+    )
     try:
         cli.wait_ready()
         pids = replica_pids()
