@@ -323,7 +323,7 @@ def test_errors_match_tf_serving(  # type: ignore[no-untyped-def]
 
 
 def test_outside_the_api_is_not_found(server: Server) -> None:
-    for path in ("/v2/models/default", "/monitoring/prometheus/metrics", "/"):
+    for path in ("/v3/models/default", "/monitoring/prometheus/metrics", "/"):
         answer = call(server, path)
         assert answer.status == 404, path
     # the admin routes are off by default, and never on the REST port (admin_port)
