@@ -227,7 +227,6 @@ class ModelVersion:
         payload = json_codec.encode_predict_response(ordered, row_format).encode()
         if not logged:
             return payload, None
-
         return payload, functools.partial(self._predict_record, prepared)
 
     def _predict_record(self, prepared: dataplane.PredictCall) -> tuple[Any, Any]:
