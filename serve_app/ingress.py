@@ -1,4 +1,5 @@
-"""The serving replica: holds the client ports and answers every TF Serving RPC and REST route.
+"""The serving replica: holds the client ports and answers every TF Serving RPC and REST route,
+and the Open Inference Protocol's (``serve_app.open_inference``), over the same versions.
 
 Each replica of this deployment binds the client ports itself (``serve_app.listeners``, with
 ``SO_REUSEPORT``, so several replicas per node share them), loads the served versions
