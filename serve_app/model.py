@@ -261,7 +261,8 @@ class ModelVersion:
         open_inference.encode_outputs(
             response,
             {a: prepared.outputs[a] for a in prepared.output_aliases},
-            raw=bool(request.raw_input_contents),
+            # REST's translation reads raw outputs back (serve_app.open_inference)
+            raw=bool(request.raw_input_contents) or call.wire is Wire.REST,
         )
         record = functools.partial(self._predict_record, prepared) if logged else None
         return response.SerializeToString(), record
