@@ -1,0 +1,7 @@
+"""``python -m loadtests.bench``."""
+
+import sys
+
+from loadtests.bench.cli import main
+
+sys.exit(main())
