@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -245,3 +245,24 @@ class AppArgs(BaseModel):
                 "ingress_replicas (--serving_replicas)"
             )
         return self
+
+
+def models_from_config(config: Any) -> list[ModelArgs]:
+    """ModelServerConfig proto -> typed model list (TF Serving's checks in
+    ``compat.model_config.entries``)."""
+    from compat import model_config
+
+    return [
+        ModelArgs(
+            name=e.name,
+            base_path=e.base_path,
+            version_policy=VersionPolicy(
+                kind=e.policy,  # type: ignore[arg-type]
+                num_versions=e.num_versions,
+                versions=e.versions,
+            ),
+            version_labels=e.labels,
+            request_log=RequestLogArgs.model_validate(e.request_log) if e.request_log else None,
+        )
+        for e in model_config.entries(config)
+    ]

@@ -41,7 +41,7 @@ def parse_cli_args(raw: dict[str, Any]) -> AppArgs:
 def resolve_models(args: AppArgs) -> AppArgs:
     """Fill ``args.models`` from the config file or the single-model flags, absolute paths."""
     from compat import model_config
-    from serve_app.rollout import models_from_config
+    from serve_app.args import models_from_config
 
     if args.models:
         models = args.models

@@ -16,8 +16,6 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -25,49 +23,17 @@ from ray import serve
 from compat import model_config
 from compat.errors import InvalidArgument, NotFound, ServingError, StatusCode
 from compat.protos import get_model_status_pb2, model_management_pb2, status_pb2
-from compat.routing import Canary, ModelRoutes
+from compat.routing import ModelRoutes
 from serve_app import store
-from serve_app.args import AppArgs, ModelArgs, RequestLogArgs, VersionPolicy
+from serve_app.args import AppArgs, ModelArgs, models_from_config
 from serve_app.calls import ModelReply, parse_request
-from serve_app.plan import Plan, deployment_name
+from serve_app.plan import Plan, deployment_name, invalid_labels, routing_for
 from serve_app.repository import aspired_versions, scan_all_numeric, scan_versions
+from serve_app.status import ReplicaReport, Reports, State, Statuses, VersionStatus
 
 logger = logging.getLogger("ray.serve")
 
-State = get_model_status_pb2.ModelVersionStatus.State
 LOAD_TIMEOUT_S = 600.0
-
-
-REPORT_TTL_S = 5.0
-"""A serving replica that has not reported for this long is taken for gone."""
-
-
-@dataclass
-class ReplicaReport:
-    """What a serving replica last said it holds."""
-
-    epoch: int
-    """The routing table's epoch."""
-    loads: dict[str, Any]
-    """Co-located version (deployment name) -> its ``LoadState``."""
-    at: float
-    """When (monotonic)."""
-
-
-@dataclass
-class VersionStatus:
-    state: int
-    error_code: int = 0
-    error_message: str = ""
-    path: str = ""
-    stamp: str = ""
-    """What the version's directory looked like when it was loaded (see ``_stamp``)."""
-    loaded: bool = False
-    """Loaded and warmed up; becomes AVAILABLE once the ingress routes to it."""
-    load_seconds: float = 0.0
-    """How long its load (and warmup) took, in the replica that reported it."""
-    warmup_records: int = 0
-    """Records of its warmup file replayed."""
 
 
 class VersionManager:
@@ -79,7 +45,7 @@ class VersionManager:
         # ``_versions`` only keeps the model-version deployments in the application graph.
         self.args = AppArgs.model_validate(args)
         self.plan = Plan.model_validate(plan)
-        self.status: dict[str, dict[int, VersionStatus]] = {}
+        self.status = Statuses()
         for model, versions in self.plan.deployed.items():
             for v, path in versions.items():
                 self.status.setdefault(model, {})[v] = VersionStatus(State.LOADING, path=path)
@@ -87,7 +53,7 @@ class VersionManager:
         self._label_weights: dict[str, tuple[str, float]] = {}
         """Model -> (label, weight): that label's share of ``latest`` traffic (canary)."""
         self._app_name = serve.get_replica_context().app_name
-        self._reports: dict[str, ReplicaReport] = {}
+        self._reports = Reports()
         """Serving replica -> what it last reported holding (``report_replica``)."""
         self._started = False
         self._draining = False
@@ -194,10 +160,9 @@ class VersionManager:
             to_remove = set()  # never unload the last servable version for one that is not up
         if to_remove:
             await self._retire(name, to_remove)
-        labels = self._labels(
-            model, set(self.plan.routing.models.get(name, ModelRoutes()).versions)
-        )
-        if labels != self.plan.routing.models.get(name, ModelRoutes()).labels:
+        routes = self.plan.routing.models.get(name, ModelRoutes())
+        labels = {label: v for label, v in model.version_labels.items() if v in routes.versions}
+        if labels != routes.labels:  # a label the config added or moved
             plan = self.plan.copy_deep()
             await self._route_and_apply(plan)
 
@@ -211,7 +176,7 @@ class VersionManager:
         s = self.status.get(model, {}).get(version)
         if s is None or s.state != State.END or not s.error_code:
             return False
-        return s.stamp == _stamp(path)
+        return s.stamp == store.stamp(path)
 
     async def _add(self, model: str, versions: dict[int, str]) -> None:
         """Deploy green next to blue, wait until loaded, then route to it."""
@@ -219,7 +184,7 @@ class VersionManager:
         for v, path in versions.items():
             plan.deployed.setdefault(model, {})[v] = str(path)
             self.status.setdefault(model, {})[v] = VersionStatus(
-                State.LOADING, path=str(path), stamp=_stamp(path)
+                State.LOADING, path=str(path), stamp=store.stamp(path)
             )
             logger.info("Loading %s version %d from %s", model, v, path)
         await self._apply(plan)
@@ -254,43 +219,24 @@ class VersionManager:
         if drop_model:
             self.status.pop(model, None)
 
-    def _labels(self, model: ModelArgs, available: set[int]) -> dict[str, int]:
-        return {label: v for label, v in model.version_labels.items() if v in available}
-
     def _reroute(
         self, plan: Plan, exclude: dict[str, set[int]] | None = None, drop_model: str | None = None
     ) -> None:
-        """Routing from the plan: AVAILABLE deployed versions, newest as latest, valid labels."""
-        exclude = exclude or {}
-        models = {m.name: m for m in self.args.models}
-        routing = plan.routing.model_copy(deep=True)
-        routing.models = {}
-        for name, versions in plan.deployed.items():
-            if name == drop_model:
-                continue
-            ok = {
-                v: deployment_name(name, v)
-                for v in versions
-                if self.status.get(name, {}).get(v, VersionStatus(State.END)).loaded
-                and v not in exclude.get(name, set())
-            }
-            labels = self._labels(models[name], set(ok)) if name in models else {}
-            routes = ModelRoutes(
-                versions=ok,
-                latest=max(ok) if ok else None,
-                labels=labels,
-                canary=self._canary(name, labels, set(ok)),
-            )
-            routing.models[name] = routes
-        routing.epoch = self.plan.routing.epoch + 1
-        plan.routing = routing
+        """The plan's routing from what is loaded now (``plan.routing_for``)."""
 
-    def _canary(self, model: str, labels: dict[str, int], available: set[int]) -> Canary | None:
-        label, weight = self._label_weights.get(model, ("", 0.0))
-        version = labels.get(label)
-        if not weight or version is None or version not in available:
-            return None
-        return Canary(version=version, weight=weight)
+        def loaded(model: str, version: int) -> bool:
+            s = self.status.get(model, {}).get(version)
+            return s is not None and s.loaded
+
+        plan.routing = routing_for(
+            plan,
+            loaded,
+            {m.name: m for m in self.args.models},
+            self._label_weights,
+            epoch=self.plan.routing.epoch + 1,
+            exclude=exclude,
+            drop_model=drop_model,
+        )
 
     async def set_label_weight(self, model: str, label: str, weight: float) -> ModelReply:
         """Send ``weight`` of the requests for ``latest`` to ``label``'s version, now."""
@@ -416,19 +362,14 @@ class VersionManager:
 
     def report_replica(self, replica: str, epoch: int, loads: dict[str, Any]) -> None:
         """A serving replica's heartbeat: its routing epoch and the versions it holds."""
-        self._reports[replica] = ReplicaReport(epoch, loads, time.monotonic())
+        self._reports.report(replica, epoch, loads)
 
     def _live_reports(self) -> list[ReplicaReport]:
-        """Reports of the serving replicas alive now (a dead one stops reporting)."""
-        now = time.monotonic()
-        for replica in [r for r, rep in self._reports.items() if now - rep.at > REPORT_TTL_S]:
-            del self._reports[replica]
-        return list(self._reports.values())
+        return self._reports.live()
 
     def _all_serving_replicas(self, check: Any) -> bool:
         """``check`` holds for every live serving replica, and all of them have reported."""
-        live = self._live_reports()
-        return len(live) >= self.args.ingress_replicas and all(check(r) for r in live)
+        return self._reports.all_hold(self.args.ingress_replicas, check)
 
     # --- RPCs ----------------------------------------------------------------------------------
 
@@ -443,31 +384,7 @@ class VersionManager:
             return ModelReply.error(e)
 
     def model_status(self, spec: Any) -> get_model_status_pb2.GetModelStatusResponse:
-        name = spec.name
-        if not name:
-            raise InvalidArgument("ModelSpec has no name specified.")
-        versions = self.status.get(name)
-        if not versions:
-            raise NotFound(f"Could not find any versions of model {name}")
-        wanted: int | None = None
-        if spec.HasField("version"):
-            wanted = spec.version.value
-        elif spec.version_label:
-            labels = self.plan.routing.models.get(name, ModelRoutes()).labels
-            if spec.version_label not in labels:
-                raise InvalidArgument(f"Unrecognized servable version label: {spec.version_label}")
-            wanted = labels[spec.version_label]
-        response = get_model_status_pb2.GetModelStatusResponse()
-        for v in sorted(versions, reverse=True):
-            if wanted is not None and v != wanted:
-                continue
-            s = versions[v]
-            entry = response.model_version_status.add(version=v, state=s.state)
-            entry.status.error_code = s.error_code
-            entry.status.error_message = s.error_message
-        if wanted is not None and not response.model_version_status:
-            raise NotFound(f"Could not find version {wanted} of model {name}")
-        return response
+        return self.status.model_status(spec, self.plan.routing)
 
     def drain(self) -> None:
         """The server is about to stop: from now on readiness (``/readyz``) is 503 and gRPC
@@ -481,14 +398,7 @@ class VersionManager:
         server is not draining)."""
         if not self._started or self._draining:
             return False
-        for model in self.args.models:
-            aspired = aspired_versions(scan_versions(model.base_path), model.version_policy)
-            if not aspired:
-                return False
-            s = self.status.get(model.name, {}).get(max(aspired))
-            if s is None or s.state != State.AVAILABLE:
-                return False
-        return True
+        return self.status.newest_available(self.args.models)
 
     async def reload_config(self, raw: bytes) -> ModelReply:
         """HandleReloadConfigRequest: the new config replaces the old, then waits for loads."""
@@ -516,7 +426,7 @@ class VersionManager:
             # As ServerCore::ReloadConfig: labels are checked against the versions AVAILABLE
             # now, before any model changes; an invalid label leaves the served models as they
             # were.
-            bad_labels = self._invalid_labels(models)
+            bad_labels = invalid_labels(models, self.plan.routing)
             if not bad_labels:
                 self.args.models = models
                 self.args.model_config_file = None
@@ -529,59 +439,7 @@ class VersionManager:
         response.status.CopyFrom(status_pb2.StatusProto(error_code=0))
         return ModelReply(payload=response.SerializeToString())
 
-    def _invalid_labels(self, models: list[ModelArgs]) -> str:
-        for m in models:
-            available = self.plan.routing.models.get(m.name, ModelRoutes()).versions
-            for v in m.version_labels.values():
-                if v not in available:
-                    return (
-                        f"Request to assign label to version {v} of model {m.name}, which is "
-                        "not currently available for inference"
-                    )
-        return ""
-
     def snapshot(self) -> dict[str, Any]:
         """Plan and statuses, for tests and operators; ``loads``: how each loaded version's
         load went (seconds, warmup records replayed)."""
-        return {
-            "plan": self.plan.model_dump(mode="json"),
-            "status": {
-                m: {v: State.Name(s.state) for v, s in vs.items()} for m, vs in self.status.items()
-            },
-            "loads": {
-                m: {
-                    v: {"seconds": s.load_seconds, "warmup_records": s.warmup_records}
-                    for v, s in vs.items()
-                    if s.loaded
-                }
-                for m, vs in self.status.items()
-            },
-        }
-
-
-def _stamp(path: Path | str) -> str:
-    """A directory's mtime, or an object-store version's listing fingerprint."""
-    if store.is_remote(path):
-        return store.stamp(str(path))
-    try:
-        return str(os.stat(path).st_mtime)
-    except OSError:
-        return ""
-
-
-def models_from_config(config: Any) -> list[ModelArgs]:
-    """ModelServerConfig proto -> typed model list."""
-    return [
-        ModelArgs(
-            name=e.name,
-            base_path=e.base_path,
-            version_policy=VersionPolicy(
-                kind=e.policy,  # type: ignore[arg-type]
-                num_versions=e.num_versions,
-                versions=e.versions,
-            ),
-            version_labels=e.labels,
-            request_log=RequestLogArgs.model_validate(e.request_log) if e.request_log else None,
-        )
-        for e in model_config.entries(config)
-    ]
+        return {"plan": self.plan.model_dump(mode="json"), **self.status.snapshot()}

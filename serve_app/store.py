@@ -133,9 +133,15 @@ class Scanner:
         return {v: version_url(base_url, ls) for v, ls in list_versions(base_url).items()}
 
 
-def stamp(url: str) -> str:
-    """What changes when a version's objects change (a failed version is retried then)."""
-    base, _, version = url.rstrip("/").rpartition("/")
+def stamp(url: str | os.PathLike[str]) -> str:
+    """What changes when a version's files change (a failed version is retried then): a local
+    directory's mtime, an object-store version's listing fingerprint."""
+    if not is_remote(url):
+        try:
+            return str(os.stat(url).st_mtime)
+        except OSError:
+            return ""
+    base, _, version = str(url).rstrip("/").rpartition("/")
     listing = list_versions(base).get(int(version)) if version.isdigit() else None
     return listing.fingerprint if listing else ""
 

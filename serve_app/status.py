@@ -1,0 +1,134 @@
+"""What the version manager knows of every version, and the answers read from it: TF Serving's
+GetModelStatus, the server's readiness and the snapshot operators and the CLI read.
+
+``Statuses`` is the table (model -> version -> ``VersionStatus``); the version manager
+(``serve_app.rollout``) changes it as versions load, become AVAILABLE and go; everything here
+only reads it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from compat.errors import InvalidArgument, NotFound
+from compat.protos import get_model_status_pb2
+from compat.routing import ModelRoutes, RoutingTable
+from serve_app.args import ModelArgs
+from serve_app.repository import aspired_versions, scan_versions
+
+State = get_model_status_pb2.ModelVersionStatus.State
+
+REPORT_TTL_S = 5.0
+"""A serving replica that has not reported for this long is taken for gone."""
+
+
+@dataclass
+class VersionStatus:
+    state: int
+    error_code: int = 0
+    error_message: str = ""
+    path: str = ""
+    stamp: str = ""
+    """What the version's directory looked like when it was loaded (``rollout._stamp``)."""
+    loaded: bool = False
+    """Loaded and warmed up; becomes AVAILABLE once the ingress routes to it."""
+    load_seconds: float = 0.0
+    """How long its load (and warmup) took, in the replica that reported it."""
+    warmup_records: int = 0
+    """Records of its warmup file replayed."""
+
+
+class Statuses(dict[str, dict[int, VersionStatus]]):
+    """model -> version -> its status."""
+
+    def model_status(
+        self, spec: Any, routing: RoutingTable
+    ) -> get_model_status_pb2.GetModelStatusResponse:
+        """GetModelStatus (get_model_status_impl.cc): every version of the model, newest
+        first, or the one its spec names (a version or a label)."""
+        name = spec.name
+        if not name:
+            raise InvalidArgument("ModelSpec has no name specified.")
+        versions = self.get(name)
+        if not versions:
+            raise NotFound(f"Could not find any versions of model {name}")
+        wanted: int | None = None
+        if spec.HasField("version"):
+            wanted = spec.version.value
+        elif spec.version_label:
+            labels = routing.models.get(name, ModelRoutes()).labels
+            if spec.version_label not in labels:
+                raise InvalidArgument(f"Unrecognized servable version label: {spec.version_label}")
+            wanted = labels[spec.version_label]
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for v in sorted(versions, reverse=True):
+            if wanted is not None and v != wanted:
+                continue
+            s = versions[v]
+            entry = response.model_version_status.add(version=v, state=s.state)
+            entry.status.error_code = s.error_code
+            entry.status.error_message = s.error_message
+        if wanted is not None and not response.model_version_status:
+            raise NotFound(f"Could not find version {wanted} of model {name}")
+        return response
+
+    def newest_available(self, models: Iterable[ModelArgs]) -> bool:
+        """Every model's newest aspired version (on disk now) is AVAILABLE."""
+        for model in models:
+            aspired = aspired_versions(scan_versions(model.base_path), model.version_policy)
+            if not aspired:
+                return False
+            s = self.get(model.name, {}).get(max(aspired))
+            if s is None or s.state != State.AVAILABLE:
+                return False
+        return True
+
+    def snapshot(self) -> dict[str, Any]:
+        """States by name, and how each loaded version's load went (seconds, warmup records)."""
+        return {
+            "status": {
+                m: {v: State.Name(s.state) for v, s in vs.items()} for m, vs in self.items()
+            },
+            "loads": {
+                m: {
+                    v: {"seconds": s.load_seconds, "warmup_records": s.warmup_records}
+                    for v, s in vs.items()
+                    if s.loaded
+                }
+                for m, vs in self.items()
+            },
+        }
+
+
+@dataclass
+class ReplicaReport:
+    """What a serving replica last said it holds."""
+
+    epoch: int
+    """The routing table's epoch."""
+    loads: dict[str, Any]
+    """Co-located version (deployment name) -> its ``LoadState``."""
+    at: float
+    """When (monotonic)."""
+
+
+class Reports(dict[str, ReplicaReport]):
+    """Serving replica -> its last heartbeat (``VersionManager.report_replica``)."""
+
+    def report(self, replica: str, epoch: int, loads: dict[str, Any]) -> None:
+        self[replica] = ReplicaReport(epoch, loads, time.monotonic())
+
+    def live(self) -> list[ReplicaReport]:
+        """Reports of the serving replicas alive now (a dead one stops reporting)."""
+        now = time.monotonic()
+        for replica in [r for r, rep in self.items() if now - rep.at > REPORT_TTL_S]:
+            del self[replica]
+        return list(self.values())
+
+    def all_hold(self, replicas: int, check: Callable[[ReplicaReport], bool]) -> bool:
+        """``check`` holds for every live serving replica, and ``replicas`` of them report."""
+        live = self.live()
+        return len(live) >= replicas and all(check(r) for r in live)
