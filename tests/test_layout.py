@@ -1,0 +1,72 @@
+"""The layering, read from the source with ``ast`` (nothing is imported): ``compat/`` is the TF
+Serving API without Ray or a web framework, ``export/`` depends on nothing of ours, and no module
+of the product grows past 400 non-blank lines."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("compat", "serve_app", "export", "loadtests")
+MAX_LINES = 400
+
+pytestmark = pytest.mark.unit
+
+
+def modules(package: str) -> list[Path]:
+    return sorted((REPO / package).rglob("*.py"))
+
+
+def imported(path: Path) -> Iterator[str]:
+    """Every module ``path`` imports, at any depth (function-level imports too)."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            yield node.module
+
+
+def top(name: str) -> str:
+    return name.split(".")[0]
+
+
+def test_compat_imports_neither_ray_nor_a_web_framework() -> None:
+    banned = {"ray", "starlette", "uvicorn", "fastapi", "aiohttp", "serve_app", "loadtests"}
+    found = {
+        f"{p.relative_to(REPO)}: {name}"
+        for p in modules("compat")
+        for name in imported(p)
+        if top(name) in banned
+    }
+    assert not found
+
+
+def test_export_imports_nothing_of_ours() -> None:
+    ours = set(PACKAGES) - {"export"} | {"tests"}
+    found = {
+        f"{p.relative_to(REPO)}: {name}"
+        for p in modules("export")
+        for name in imported(p)
+        if top(name) in ours
+    }
+    assert not found
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_module_is_longer_than_400_non_blank_lines(package: str) -> None:
+    long = {
+        str(p.relative_to(REPO)): n
+        for p in modules(package)
+        if (n := sum(1 for line in p.read_text().splitlines() if line.strip())) > MAX_LINES
+    }
+    assert not long
+
+
+def test_the_checks_see_the_code() -> None:
+    """The walk finds what it looks for: a module of each package, and their imports."""
+    assert all(modules(p) for p in PACKAGES)
+    assert "compat.errors" in set(imported(REPO / "serve_app" / "ingress.py"))
