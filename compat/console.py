@@ -22,6 +22,7 @@ Everything else, warnings, errors (TF's E and F lines among them) and tracebacks
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import re
 import signal
@@ -91,7 +92,8 @@ def _filter(fd: int) -> tuple[threading.Event, int]:
                     done.set()
                     return
                 if not is_noise(raw.decode(errors="replace").rstrip("\n")):
-                    out.write(raw)
+                    with contextlib.suppress(OSError):  # a reader gone: keep draining the pipe
+                        out.write(raw)
 
     threading.Thread(target=copy, name=f"rtfs-quiet-{fd}", daemon=True).start()
     return done, original
