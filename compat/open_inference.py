@@ -66,8 +66,9 @@ def datatype_of(dtype: int) -> str:
     return found.name if found else ""
 
 
-def _datatype(name: str, what: str) -> Datatype:
-    found = BY_NAME.get(name)
+def datatype(name: object, what: str) -> Datatype:
+    """The table's entry for a datatype name, or INVALID_ARGUMENT naming ``what`` has it."""
+    found = BY_NAME.get(name) if isinstance(name, str) else None
     if found is None:
         raise InvalidArgument(
             f"{what} has datatype '{name}', which is not one of {', '.join(BY_NAME)}"
@@ -147,30 +148,29 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
         what = f"input '{tensor.name}'"
         if tensor.name in inputs:
             raise InvalidArgument(f"{what} is given more than once")
-        datatype = _datatype(tensor.datatype, what)
+        kind = datatype(tensor.datatype, what)
         shape = list(tensor.shape)
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidArgument(f"{what} has contents as well as raw_input_contents")
-            inputs[tensor.name] = from_raw(raw[i], datatype, shape, what)
+            inputs[tensor.name] = from_raw(raw[i], kind, shape, what)
             continue
-        if datatype.contents is None:
+        if kind.contents is None:
             raise InvalidArgument(
-                f"{what} is {datatype.name}, which has no typed contents: send it in "
-                "raw_input_contents"
+                f"{what} is {kind.name}, which has no typed contents: send it in raw_input_contents"
             )
-        values = getattr(tensor.contents, datatype.contents)
+        values = getattr(tensor.contents, kind.contents)
         count = _count(shape, what)
         if len(values) != count:
             raise InvalidArgument(
-                f"{what} has {len(values)} values in {datatype.contents}, but shape {shape} "
+                f"{what} has {len(values)} values in {kind.contents}, but shape {shape} "
                 f"holds {count}"
             )
-        if datatype.name == "BYTES":
+        if kind.name == "BYTES":
             array = np.empty(count, dtype=object)
             array[:] = list(values)
         else:
-            array = np.array(values, dtype=datatype.numpy)
+            array = np.array(values, dtype=kind.numpy)
         inputs[tensor.name] = array.reshape(shape)
     return inputs
 

@@ -31,6 +31,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
+from compat import json_codec
 from compat.errors import (
     HTTP_STATUS,
     InvalidArgument,
@@ -39,7 +40,7 @@ from compat.errors import (
     StatusCode,
     from_code,
 )
-from compat.open_inference import BY_NAME, from_raw, pack_bytes, parse_version, pb
+from compat.open_inference import BY_NAME, datatype, from_raw, pack_bytes, parse_version, pb
 from compat.routing import RoutingTable
 from serve_app.calls import Api, ModelCall, ModelReply, Wire, parse_request, v2_spec
 
@@ -226,11 +227,17 @@ def inflate(body: bytes, limit: int) -> bytes:
     return out
 
 
-def _parameters(target: Any, given: Any, what: str) -> None:
+def _parameter_dict(item: dict[str, Any], what: str) -> dict[str, Any]:
+    """A copy of an object's ``parameters`` (none: empty), which must be a JSON object."""
+    given = item.get("parameters")
     if given is None:
-        return
+        return {}
     if not isinstance(given, dict):
         raise InvalidArgument(f"{what}: 'parameters' must be an object")
+    return dict(given)
+
+
+def _parameters(target: Any, given: dict[str, Any], what: str) -> None:
     for key, value in given.items():
         parameter = target[key]
         if isinstance(value, bool):
@@ -256,34 +263,26 @@ def infer_request(
         header, binary = body[: int(header_length)], memoryview(body)[int(header_length) :]
     else:
         header, binary = body, memoryview(b"")
-    try:
-        doc = json.loads(header)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InvalidArgument(f"The request's JSON does not parse: {e}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):
+    doc = json_codec.parse_json(bytes(header))  # bounded depth, rapidjson's messages
+    if not isinstance(doc.get("inputs"), list):
         raise InvalidArgument("The request must be a JSON object with an 'inputs' list")
     message = pb.ModelInferRequest(model_name=name, model_version=version)
     if isinstance(doc.get("id"), str):
         message.id = doc["id"]
-    _parameters(message.parameters, doc.get("parameters"), "request")
+    _parameters(message.parameters, _parameter_dict(doc, "request"), "request")
     offset = 0
     for i, item in enumerate(doc["inputs"]):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidArgument(f"input {i} must be an object with a 'name'")
         what = f"input '{item['name']}'"
-        datatype = BY_NAME.get(item.get("datatype", ""))
-        if datatype is None:
-            raise InvalidArgument(
-                f"{what} has datatype '{item.get('datatype')}', which is not one of "
-                f"{', '.join(BY_NAME)}"
-            )
+        kind = datatype(item.get("datatype"), what)
         shape = item.get("shape")
         if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) for d in shape
         ):
             raise InvalidArgument(f"{what} needs a 'shape' list of integers")
-        tensor = message.inputs.add(name=item["name"], datatype=datatype.name, shape=shape)
-        parameters = dict(item.get("parameters") or {})
+        tensor = message.inputs.add(name=item["name"], datatype=kind.name, shape=shape)
+        parameters = _parameter_dict(item, what)
         size = parameters.pop("binary_data_size", None)
         _parameters(tensor.parameters, parameters, what)
         if size is not None:
@@ -291,9 +290,9 @@ def infer_request(
                 raise InvalidArgument(f"{what}: binary_data_size {size} does not fit the body")
             raw = bytes(binary[offset : offset + size])
             offset += size
-            from_raw(raw, datatype, shape, what)  # checked here, with the input's name
+            from_raw(raw, kind, shape, what)  # checked here, with the input's name
         else:
-            raw = _json_data(item.get("data"), datatype, shape, what)
+            raw = _json_data(item.get("data"), kind, shape, what)
         message.raw_input_contents.append(raw)
     if offset != len(binary):
         raise InvalidArgument(f"{len(binary) - offset} bytes of binary data belong to no input")
@@ -335,12 +334,12 @@ def _flatten(data: Any) -> Any:
 
 def _binary_outputs(doc: dict[str, Any], message: Any) -> dict[str, bool]:
     """Output name -> binary or JSON; "" is the default for outputs not named."""
-    everything = bool((doc.get("parameters") or {}).get("binary_data_output", False))
+    everything = bool(_parameter_dict(doc, "request").get("binary_data_output", False))
     wanted = {"": everything}
     for i, item in enumerate(doc.get("outputs") or []):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidArgument(f"output {i} must be an object with a 'name'")
-        parameters = dict(item.get("parameters") or {})
+        parameters = _parameter_dict(item, f"output '{item['name']}'")
         wanted[item["name"]] = bool(parameters.pop("binary_data", everything))
         requested = message.outputs.add(name=item["name"])
         _parameters(requested.parameters, parameters, f"output '{item['name']}'")

@@ -213,3 +213,47 @@ def test_an_answer_with_binary_outputs() -> None:
     }
     assert header["outputs"][1]["data"] == [3.0]
     assert rest == y.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"[" * 100_000, "JSON Parse error"),
+        (b"[1]", "Is not object"),
+        (
+            json.dumps({"inputs": [{"name": "x", "datatype": [], "shape": [1], "data": [1]}]}),
+            "input 'x' has datatype '[]'",
+        ),
+        (
+            json.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": "x",
+                            "datatype": "FP32",
+                            "shape": [1],
+                            "data": [1],
+                            "parameters": "ab",
+                        }
+                    ]
+                }
+            ),
+            "input 'x': 'parameters' must be an object",
+        ),
+        (
+            json.dumps(
+                {
+                    "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}],
+                    "outputs": [{"name": "y", "parameters": "ab"}],
+                }
+            ),
+            "output 'y': 'parameters' must be an object",
+        ),
+    ],
+)
+def test_hostile_json_is_invalid_argument_never_an_exception(
+    body: bytes | str, message: str
+) -> None:
+    with pytest.raises(InvalidArgument) as e:
+        infer_request(body.encode() if isinstance(body, str) else body, None, "m", "")
+    assert message in e.value.message
