@@ -39,7 +39,7 @@ from compat.errors import (
 from compat.routing import RoutingTable
 from serve_app import metrics, request_log, rest
 from serve_app.calls import Api, ModelCall, ModelReply, grpc_call
-from serve_app.listeners import MAX_MESSAGE_BYTES, Listeners
+from serve_app.listeners import INFERENCE_SERVICE, MAX_MESSAGE_BYTES, Listeners
 from serve_app.model import ModelVersion
 from serve_app.open_inference import OpenInference
 
@@ -109,6 +109,7 @@ class Ingress:
                 health=self._listen.get("grpc_health_service", True),
                 reflection=self._listen.get("grpc_reflection", True),
                 tls=_tls(self._listen.get("ssl_config_file")),
+                backends={INFERENCE_SERVICE: self._v2},
                 max_concurrent_requests=self._listen.get("max_concurrent_requests", 1024),
             )
             await listeners.start()
@@ -268,30 +269,12 @@ class Ingress:
 
         return await health.check(self, raw)
 
-    # --- inference.GRPCInferenceService (the Open Inference Protocol, serve_app.open_inference) -
+    # --- the Open Inference Protocol: its gRPC service is self._v2 (serve_app.open_inference) --
 
     @property
     def table(self) -> RoutingTable:
         """The routing table this replica holds now."""
         return self._table
-
-    async def ServerLive(self, raw: bytes, deadline: float | None) -> ModelReply:
-        return await self._v2.ServerLive(raw, deadline)
-
-    async def ServerReady(self, raw: bytes, deadline: float | None) -> ModelReply:
-        return await self._v2.ServerReady(raw, deadline)
-
-    async def ModelReady(self, raw: bytes, deadline: float | None) -> ModelReply:
-        return await self._v2.ModelReady(raw, deadline)
-
-    async def ServerMetadata(self, raw: bytes, deadline: float | None) -> ModelReply:
-        return await self._v2.ServerMetadata(raw, deadline)
-
-    async def ModelMetadata(self, raw: bytes, deadline: float | None) -> ModelReply:
-        return await self._v2.ModelMetadata(raw, deadline)
-
-    async def ModelInfer(self, raw: bytes, deadline: float | None) -> ModelReply:
-        return await self._v2.ModelInfer(raw, deadline)
 
     # --- REST -----------------------------------------------------------------------------------
 

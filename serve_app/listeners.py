@@ -32,7 +32,7 @@ import logging
 import socket
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +63,8 @@ SERVICES: dict[str, tuple[str, ...]] = {
         "ModelInfer",
     ),
 }
-"""Every RPC we answer: the backend has a coroutine of the same name, ``(raw, deadline) ->
-ModelReply``."""
+"""Every RPC we answer: the backend (or the service's own, ``Listeners.backends``) has a
+coroutine of the same name, ``(raw, deadline) -> ModelReply``."""
 
 MAX_MESSAGE_BYTES = 2**31 - 1
 """TF Serving's gRPC server accepts messages up to INT_MAX (main.cc sets no smaller limit)."""
@@ -131,15 +131,23 @@ def _rpc_handler(function: RpcFunction, admission: Admission | None) -> grpc.Rpc
 
 
 def grpc_handlers(
-    backend: Any, services: Iterable[str] = tuple(SERVICES), admission: Admission | None = None
+    backend: Any,
+    services: Iterable[str] = tuple(SERVICES),
+    admission: Admission | None = None,
+    backends: Mapping[str, Any] | None = None,
 ) -> list[grpc.GenericRpcHandler]:
-    """One generic handler per service, each method bound to ``backend.<Method>``; every
-    method but ``UNBOUNDED`` goes through ``admission``."""
+    """One generic handler per service, each method bound to ``backend.<Method>`` (or to the
+    service's own in ``backends``); every method but ``UNBOUNDED`` goes through
+    ``admission``."""
+    backends = backends or {}
     return [
         grpc.method_handlers_generic_handler(
             service,
             {
-                m: _rpc_handler(getattr(backend, m), None if m in UNBOUNDED else admission)
+                m: _rpc_handler(
+                    getattr(backends.get(service, backend), m),
+                    None if m in UNBOUNDED else admission,
+                )
                 for m in SERVICES[service]
             },
         )
@@ -269,8 +277,11 @@ class Listeners:
         max_concurrent_requests: int = 1024,
         reflection: bool = True,
         tls: Tls | None = None,
+        backends: Mapping[str, Any] | None = None,
     ) -> None:
         self.backend = backend
+        self.backends = dict(backends or {})
+        """Services answered by an object of their own (service name -> it), not ``backend``."""
         self.host = host
         self.grpc_port = grpc_port
         self.http_port = http_port
@@ -300,7 +311,7 @@ class Listeners:
                 ]
             )
             server.add_generic_rpc_handlers(
-                grpc_handlers(self.backend, self.services, self.admission)
+                grpc_handlers(self.backend, self.services, self.admission, self.backends)
             )
             if self.reflection:
                 add_reflection(server, self.services)

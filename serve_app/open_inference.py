@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
-import zlib
 from importlib.metadata import version as package_version
 from typing import Any, Protocol
 from urllib.parse import unquote
@@ -43,6 +41,7 @@ from compat.errors import (
 from compat.open_inference import BY_NAME, datatype, from_raw, pack_bytes, parse_version, pb
 from compat.routing import RoutingTable
 from serve_app.calls import Api, ModelCall, ModelReply, Wire, parse_request, v2_spec
+from serve_app.rest import TooLarge, read_decoded_body, rest_deadline
 
 SERVER_NAME = "ray-tfserving"
 EXTENSIONS = ["binary_tensor_data"]
@@ -171,7 +170,7 @@ class OpenInference:
         name, version, action = unquote(m[1]), unquote(m[2] or ""), m[3]
         if action is None and method == "GET":
             metadata = pb.ModelMetadataRequest(name=name, version=version)
-            response = await self._model_metadata(metadata, Wire.REST, self._deadline())
+            response = await self._model_metadata(metadata, Wire.REST, rest_deadline(self.backend))
             return _json(metadata_json(response))
         if action == "/ready" and method == "GET":
             parse_version(version)
@@ -181,27 +180,16 @@ class OpenInference:
             return await self._infer(request, name, version)
         raise NotFound(f"Not a route of the Open Inference Protocol: {method} {path}")
 
-    def _deadline(self) -> float | None:
-        timeout = getattr(self.backend, "rest_timeout_s", None)
-        return time.time() + timeout if timeout else None
-
     async def _infer(self, request: Request, name: str, version: str) -> Response:
-        from serve_app.rest import INFLATE_FLOOR, INFLATE_RATIO, TooLarge, gunzip, read_body
-
-        limit = getattr(self.backend, "max_request_bytes", None) or 2**31 - 1
         try:
-            body = await read_body(request, limit)
-            encoding = request.headers.get("content-encoding", "")
-            bound = min(limit, max(INFLATE_FLOOR, INFLATE_RATIO * len(body)))
-            if "gzip" in encoding:
-                body = gunzip(body, bound)
-            elif "deflate" in encoding:
-                body = inflate(body, bound)
+            body = await read_decoded_body(request, self.backend, deflate=True)
         except TooLarge as e:
             return error(StatusCode.RESOURCE_EXHAUSTED, str(e), 413)
         header_length = request.headers.get(HEADER_LENGTH.lower())
         message, wanted = infer_request(body, header_length, name, version)
-        call = ModelCall(Api.MODEL_INFER, v2_spec(message), message, Wire.REST, self._deadline())
+        call = ModelCall(
+            Api.MODEL_INFER, v2_spec(message), message, Wire.REST, rest_deadline(self.backend)
+        )
         reply = await self.backend.call_model(call)
         if not reply.ok:
             return error(reply.code, reply.message)
@@ -209,22 +197,6 @@ class OpenInference:
 
 
 # --- REST <-> messages ---------------------------------------------------------------------
-
-
-def inflate(body: bytes, limit: int) -> bytes:
-    """Content-Encoding: deflate (a zlib stream), bounded as gzip is."""
-    from serve_app.rest import TooLarge
-
-    inflater = zlib.decompressobj()
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error:
-        return b""
-    if len(out) > limit:
-        raise TooLarge(
-            f"Request body inflates beyond the limit of {limit} bytes (max_request_bytes)"
-        )
-    return out
 
 
 def _parameter_dict(item: dict[str, Any], what: str) -> dict[str, Any]:

@@ -142,15 +142,11 @@ class RestApi:
         malformed body wins over an unknown model. Predict's tensors are decoded by the
         version, against its signature."""
         started = time.perf_counter()
-        limit = getattr(self.backend, "max_request_bytes", None) or _INT32_MAX
         try:
-            body = await read_body(request, limit)
-            if "gzip" in request.headers.get("content-encoding", ""):
-                body = gunzip(body, min(limit, max(INFLATE_FLOOR, INFLATE_RATIO * len(body))))
+            body = await read_decoded_body(request, self.backend)
         except TooLarge as e:
             return _json(error_text(str(e)), 413)
-        timeout = getattr(self.backend, "rest_timeout_s", None)
-        deadline = time.time() + timeout if timeout else None
+        deadline = rest_deadline(self.backend)
         try:
             call = rest_call(Api(verb), spec, body, deadline)
         except ServingError as e:
@@ -244,6 +240,43 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def read_decoded_body(request: Request, backend: Any, deflate: bool = False) -> bytes:
+    """The body, within the backend's ``max_request_bytes``, gunzipped (and, with ``deflate``,
+    inflated) as its Content-Encoding says, to at most ``INFLATE_RATIO`` times its size."""
+    limit = getattr(backend, "max_request_bytes", None) or _INT32_MAX
+    body = await read_body(request, limit)
+    encoding = request.headers.get("content-encoding", "")
+    bound = min(limit, max(INFLATE_FLOOR, INFLATE_RATIO * len(body)))
+    if "gzip" in encoding:
+        return gunzip(body, bound)
+    if deflate and "deflate" in encoding:
+        return inflate(body, bound)
+    return body
+
+
+def rest_deadline(backend: Any) -> float | None:
+    """When a REST request's time is up: the backend's ``rest_timeout_s`` from now, if any."""
+    timeout = getattr(backend, "rest_timeout_s", None)
+    return time.time() + timeout if timeout else None
+
+
+def _inflated_too_far(limit: int) -> TooLarge:
+    return TooLarge(f"Request body inflates beyond the limit of {limit} bytes (max_request_bytes)")
+
+
+def inflate(body: bytes, limit: int) -> bytes:
+    """Content-Encoding: deflate (a zlib stream), bounded as gzip is; one that does not
+    decompress reads as empty."""
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error:
+        return b""
+    if len(out) > limit:
+        raise _inflated_too_far(limit)
+    return out
+
+
 def gunzip(body: bytes, limit: int = _INT32_MAX) -> bytes:
     """Content-Encoding: gzip. A body that does not decompress reads as empty, as in TF
     Serving's ``EvHTTPRequest::ReadRequestGzipBytes`` (the JSON parser then says so); one that
@@ -257,9 +290,7 @@ def gunzip(body: bytes, limit: int = _INT32_MAX) -> bytes:
             chunk = inflater.decompress(rest, limit - size + 1)
             size += len(chunk)
             if size > limit:
-                raise TooLarge(
-                    f"Request body inflates beyond the limit of {limit} bytes (max_request_bytes)"
-                )
+                raise _inflated_too_far(limit)
             out.append(chunk)
             if not inflater.eof:
                 return b""  # truncated

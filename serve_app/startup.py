@@ -8,7 +8,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from serve_app.args import AppArgs
@@ -120,8 +119,10 @@ class Progress:
                     self.say(f"{model} version {version} has ended")
 
     def _warmup(self, model: str, version: Any) -> str:
+        from compat.warmup import warmup_file
+
         path = self.deployed.get(model, {}).get(int(version))
-        if path and Path(path, "assets.extra", "tf_serving_warmup_requests").is_file():
+        if path and warmup_file(path).is_file():
             return ", then warms up (assets.extra/tf_serving_warmup_requests)"
         return ""
 

@@ -34,26 +34,23 @@ def top(name: str) -> str:
     return name.split(".")[0]
 
 
-def test_compat_imports_neither_ray_nor_a_web_framework() -> None:
-    banned = {"ray", "starlette", "uvicorn", "fastapi", "aiohttp", "serve_app", "loadtests"}
-    found = {
+def imports_of(package: str, banned: set[str]) -> set[str]:
+    """``module: import`` for each import in ``package`` of a top-level name in ``banned``."""
+    return {
         f"{p.relative_to(REPO)}: {name}"
-        for p in modules("compat")
+        for p in modules(package)
         for name in imported(p)
         if top(name) in banned
     }
-    assert not found
+
+
+def test_compat_imports_neither_ray_nor_a_web_framework() -> None:
+    banned = {"ray", "starlette", "uvicorn", "fastapi", "aiohttp", "serve_app", "loadtests"}
+    assert not imports_of("compat", banned)
 
 
 def test_export_imports_nothing_of_ours() -> None:
-    ours = set(PACKAGES) - {"export"} | {"tests"}
-    found = {
-        f"{p.relative_to(REPO)}: {name}"
-        for p in modules("export")
-        for name in imported(p)
-        if top(name) in ours
-    }
-    assert not found
+    assert not imports_of("export", set(PACKAGES) - {"export"} | {"tests"})
 
 
 @pytest.mark.parametrize("package", PACKAGES)
@@ -70,3 +67,4 @@ def test_the_checks_see_the_code() -> None:
     """The walk finds what it looks for: a module of each package, and their imports."""
     assert all(modules(p) for p in PACKAGES)
     assert "compat.errors" in set(imported(REPO / "serve_app" / "ingress.py"))
+    assert imports_of("serve_app", {"compat"})

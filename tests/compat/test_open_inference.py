@@ -3,7 +3,6 @@ BYTES framing, and the protocol's errors naming what is wrong."""
 
 from __future__ import annotations
 
-import ml_dtypes
 import numpy as np
 import pytest
 from tensorflow.python.framework import dtypes as tf_dtypes
@@ -11,23 +10,7 @@ from tensorflow.python.framework import dtypes as tf_dtypes
 from compat import open_inference as oi
 from compat.errors import InvalidArgument
 from compat.signatures import Signature, TensorSpec
-
-SAMPLES = {
-    "BOOL": np.array([[True, False, True]]),
-    "UINT8": np.array([[0, 7, 255]], np.uint8),
-    "UINT16": np.array([[0, 7, 65535]], np.uint16),
-    "UINT32": np.array([[0, 7, 2**32 - 1]], np.uint32),
-    "UINT64": np.array([[0, 7, 2**64 - 1]], np.uint64),
-    "INT8": np.array([[-128, 0, 127]], np.int8),
-    "INT16": np.array([[-(2**15), 0, 2**15 - 1]], np.int16),
-    "INT32": np.array([[-(2**31), 0, 2**31 - 1]], np.int32),
-    "INT64": np.array([[-(2**63), 0, 2**63 - 1]], np.int64),
-    "FP16": np.array([[-1.5, 0.0, 65504.0]], np.float16),
-    "FP32": np.array([[-1.5, 0.0, 3.4e38]], np.float32),
-    "FP64": np.array([[-1.5, 0.0, 1e308]], np.float64),
-    "BF16": np.array([[-1.5, 0.0, 3.0]], ml_dtypes.bfloat16),
-    "BYTES": np.array([[b"", b"\x00\xff", "é".encode()]], dtype=object),
-}
+from tests.open_inference_samples import SAMPLES
 
 
 def test_the_table_covers_the_protocol_and_agrees_with_tensorflow() -> None:
