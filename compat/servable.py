@@ -36,12 +36,15 @@ class SessionOptions:
     inter_op_parallelism: int = 0
     per_process_gpu_memory_fraction: float = 0.0
     allow_gpu: bool = True
+    tags: Sequence[str] = (SERVE_TAG,)
+    """The MetaGraph to load: the one tagged with exactly these (``--saved_model_tags``)."""
 
 
 def read_meta_graph(
-    path: str | os.PathLike[str], tag: str = SERVE_TAG
+    path: str | os.PathLike[str], tags: Sequence[str] = (SERVE_TAG,)
 ) -> meta_graph_pb2.MetaGraphDef:
-    """Read the meta graph for ``tag`` from ``<path>/saved_model.pb`` without loading the model."""
+    """Read the meta graph tagged with exactly ``tags`` (as TF's loader matches a tag set) from
+    ``<path>/saved_model.pb`` without loading the model."""
     pb = Path(path) / "saved_model.pb"
     if not pb.is_file():
         raise FailedPrecondition(
@@ -51,10 +54,10 @@ def read_meta_graph(
         )
     saved = saved_model_pb2.SavedModel.FromString(pb.read_bytes())
     for mg in saved.meta_graphs:
-        if tag in mg.meta_info_def.tags:
+        if set(mg.meta_info_def.tags) == set(tags):
             return mg
     raise FailedPrecondition(
-        f"Could not find meta graph def matching supplied tags: {{ {tag} }}. To inspect "
+        f"Could not find meta graph def matching supplied tags: {{ {' '.join(tags)} }}. To inspect "
         "available tag-sets in the SavedModel, please use the SavedModel CLI: `saved_model_cli`"
     )
 
@@ -68,7 +71,9 @@ class Servable:
 
         self.path = str(path)
         options = options or SessionOptions()
-        self.meta_graph = read_meta_graph(self.path)
+        self.tags = tuple(options.tags)
+        """The loaded MetaGraph's tags."""
+        self.meta_graph = read_meta_graph(self.path, self.tags)
         self.signatures: dict[str, Signature] = signatures_of(self.meta_graph)
         config = tf.compat.v1.ConfigProto(
             intra_op_parallelism_threads=options.intra_op_parallelism,
@@ -89,7 +94,7 @@ class Servable:
             # TF Serving's loader is TF1's (a Session per version); its deprecation notice
             # says nothing to a server's operator
             with self._graph.as_default(), deprecation.silence():
-                tf.compat.v1.saved_model.loader.load(self._session, [SERVE_TAG], self.path)
+                tf.compat.v1.saved_model.loader.load(self._session, list(self.tags), self.path)
         except Exception as e:
             self._session.close()
             raise _as_serving_error(e) from None

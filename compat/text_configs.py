@@ -1,4 +1,5 @@
-"""TF Serving's BatchingParameters, MonitoringConfig and SSLConfig text files.
+"""TF Serving's BatchingParameters, MonitoringConfig and SSLConfig text files, and the
+``key=value,...`` list of ``--grpc_channel_arguments``.
 
 The tensorflow-serving-api wheel ships none of ``session_bundle_config.proto``,
 ``monitoring_config.proto`` and ``ssl_config.proto``, so their messages are declared here from
@@ -8,6 +9,7 @@ TF Serving's .proto files (field names and numbers as there) and parsed with pro
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,3 +180,33 @@ def read_ssl_config(path: str | Path) -> Tls:
                 f"SSL config {path}: custom_ca is no PEM certificate: {e}"
             ) from None
     return tls
+
+
+INT32 = range(-(2**31), 2**31)
+
+
+def parse_channel_arguments(text: str) -> dict[str, int | str]:
+    """``--grpc_channel_arguments`` (``grpc.max_connection_age_ms=2000,key=value``) -> gRPC
+    server arguments, as TF Serving's ``parseGrpcChannelArgs`` and ``BuildAndStart`` read
+    them: split at commas, then at ``=``; a value that reads as a 32-bit integer
+    (``absl::SimpleAtoi``) is passed as one, any other as a string. An item without ``=`` is
+    refused (TF Serving reads past the end of its split there)."""
+    arguments: dict[str, int | str] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidArgument(
+                f"--grpc_channel_arguments: {item!r} is not key=value "
+                "(e.g. grpc.max_connection_age_ms=2000)"
+            )
+        arguments[key.strip()] = _int32(value.strip())
+    return arguments
+
+
+def _int32(value: str) -> int | str:
+    if re.fullmatch(r"[+-]?[0-9]+", value) is None:  # not int()'s "1_000" or other digits
+        return value
+    number = int(value, 10)
+    return number if number in INT32 else value

@@ -45,6 +45,7 @@ def _session_options(args: AppArgs, scaling: ScalingArgs) -> dict[str, Any]:
         "inter_op_parallelism": args.inter_op_parallelism,
         "per_process_gpu_memory_fraction": args.per_process_gpu_memory_fraction,
         "allow_gpu": scaling.accelerator != "cpu",
+        "tags": args.saved_model_tags,
     }
 
 
@@ -202,6 +203,8 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
         "grpc_health_service": args.grpc_health_service,
         "grpc_reflection": args.grpc_reflection,
         "ssl_config_file": args.ssl_config_file,
+        "grpc_socket_path": args.grpc_socket_path,
+        "grpc_channel_arguments": args.grpc_channel_arguments,
         "admin_host": args.admin_host,
         "admin_port": args.admin_port,
         "shutdown_grace_s": args.shutdown_grace_s,

@@ -1,33 +1,68 @@
-"""Typed application arguments: what `serve run serve_app:app key=value ...` and the CLI accept."""
+"""Typed application arguments: what `serve run serve_app:app key=value ...` and the CLI accept.
+
+The one source of the configuration: each field's docstring is its documentation, and a field
+that is one of TF Serving's flags (or one of ours) says so with ``Flag`` in its annotation:
+``serve_app.flags`` generates the command line from these, defaults and help included.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+UNSET: Any = object()
+
+
+@dataclass(frozen=True)
+class Flag:
+    """Field metadata: the field is the command-line flag ``--<name>``."""
+
+    name: str
+    cli_default: Any = UNSET
+    """The flag's default when it differs from the field's: TF Serving's (``--rest_api_port``
+    is 0, no REST, where ``serve run`` serves REST on 8501)."""
+    scale: float = 1.0
+    """The field is the flag's value times this (``--load_retry_interval_micros``: 1e-6)."""
+
+
+def _comma_list(value: Any) -> Any:
+    """``a,b,c`` -> ``[a, b, c]``: a list field given as one string (a flag, ``key=value``)."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+Ints = Annotated[list[int], BeforeValidator(_comma_list)]
+Strings = Annotated[list[str], BeforeValidator(_comma_list)]
 
 
 class VersionPolicy(BaseModel):
     """TF Serving's ``model_version_policy``: which versions of a model to serve."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(
+        extra="forbid", protected_namespaces=(), use_attribute_docstrings=True
+    )
 
     kind: Literal["latest", "all", "specific"] = "latest"
     """``latest`` serves the newest ``num_versions``; ``all`` every version; ``specific`` a list."""
     num_versions: int = Field(default=1, ge=1)
     """For ``latest``: how many of the newest versions to serve."""
-    versions: list[int] = []
+    versions: Ints = []
     """For ``specific``: the versions to serve."""
 
 
 class BatchingArgs(BaseModel):
     """Dynamic batching inside each model-version replica (TF Serving's BatchingParameters)."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(
+        extra="forbid", protected_namespaces=(), use_attribute_docstrings=True
+    )
 
-    enabled: bool = False
+    enabled: Annotated[bool, Flag("enable_batching")] = False
     """Batch concurrent requests into one model run (``--enable_batching``)."""
     max_batch_size: int = Field(default=32, ge=1)
     """Largest batch, in examples (the 0th dimension), run at once."""
@@ -37,7 +72,7 @@ class BatchingArgs(BaseModel):
     """Queue bound in batches; a request that needs one more is refused with UNAVAILABLE."""
     num_batch_threads: int = Field(default=1, ge=1)
     """Batches run concurrently per replica (TF Serving's batch threads)."""
-    allowed_batch_sizes: list[int] = []
+    allowed_batch_sizes: Ints = []
     """If set, a batch is padded up to the next allowed size (last == max_batch_size)."""
     pad_variable_length_inputs: bool = False
     """Pad inputs whose non-batch dimensions differ to the largest, then slice outputs back."""
@@ -56,9 +91,11 @@ class BatchingArgs(BaseModel):
 class ScalingArgs(BaseModel):
     """Replica count and resources of each model-version deployment."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(
+        extra="forbid", protected_namespaces=(), use_attribute_docstrings=True
+    )
 
-    num_replicas: int | None = Field(default=1, ge=1)
+    num_replicas: Annotated[int | None, Flag("num_replicas")] = Field(default=1, ge=1)
     """Fixed replica count; ``None`` turns on autoscaling between min and max."""
     min_replicas: int = Field(default=1, ge=0)
     """Autoscaling lower bound."""
@@ -72,9 +109,9 @@ class ScalingArgs(BaseModel):
     """How long load must stay low before removing a replica."""
     num_cpus: float = Field(default=0.25, gt=0)
     """CPUs reserved per replica (fractional, so everything schedules on 2 cores)."""
-    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    accelerator: Annotated[Literal["auto", "cpu", "gpu"], Flag("accelerator")] = "auto"
     """``auto`` uses a GPU when the Ray cluster has one, else the CPU."""
-    num_gpus: float = Field(default=1.0, gt=0, le=8)
+    num_gpus: Annotated[float, Flag("num_gpus")] = Field(default=1.0, gt=0, le=8)
     """GPUs per replica when on GPU (fractional shares a card between replicas)."""
     max_ongoing_requests: int = Field(default=64, ge=1)
     """Requests in flight per replica before Ray queues them."""
@@ -87,7 +124,9 @@ class RequestLogArgs(BaseModel):
     sample of its successful requests, each with its response, written as TFRecord files of
     ``tensorflow.serving.PredictionLog``, the format of TF Serving's warmup file."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(
+        extra="forbid", protected_namespaces=(), use_attribute_docstrings=True
+    )
 
     filename_prefix: str
     """``log_collector_config.filename_prefix``: each serving process writes
@@ -104,7 +143,9 @@ class RequestLogArgs(BaseModel):
 class ModelArgs(BaseModel):
     """One served model, as one ``config`` entry of TF Serving's ModelServerConfig."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(
+        extra="forbid", protected_namespaces=(), use_attribute_docstrings=True
+    )
 
     name: str
     """Model name clients put in ``model_spec.name``."""
@@ -121,61 +162,93 @@ class ModelArgs(BaseModel):
 class AppArgs(BaseModel):
     """Everything that shapes the application; the one typed input of ``build_app``."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(
+        extra="forbid", protected_namespaces=(), use_attribute_docstrings=True
+    )
 
-    model_name: str = "deeplab"
+    model_name: Annotated[str, Flag("model_name", cli_default="default")] = "deeplab"
     """Name of the single model served when no config file is given."""
-    model_base_path: str = "models/deeplab"
+    model_base_path: Annotated[str, Flag("model_base_path", cli_default="")] = "models/deeplab"
     """Base path of the single model (relative paths are resolved against the cwd)."""
-    model_config_file: str | None = None
+    model_config_file: Annotated[str | None, Flag("model_config_file")] = None
     """A ModelServerConfig text file; replaces model_name/model_base_path when set."""
     models: list[ModelArgs] = []
     """Resolved model list (filled from the two options above by ``resolve_models``)."""
-    host: str = "127.0.0.1"
+    host: Annotated[str, Flag("host")] = "127.0.0.1"
     """Address Ray and both ports bind to; loopback unless you serve a network."""
-    grpc_port: int = Field(default=8500, ge=0, le=65535)
+    grpc_port: Annotated[int, Flag("port")] = Field(default=8500, ge=0, le=65535)
     """gRPC port of the TF Serving API (TF Serving's 8500; 0 disables gRPC)."""
-    http_port: int = Field(default=8501, ge=0, le=65535)
+    http_port: Annotated[int, Flag("rest_api_port", cli_default=0)] = Field(
+        default=8501, ge=0, le=65535
+    )
     """HTTP port of the TF Serving REST API (TF Serving's usual 8501; 0 disables REST)."""
-    max_concurrent_requests: int = Field(default=1024, ge=1)
+    max_concurrent_requests: Annotated[int, Flag("max_concurrent_requests")] = Field(
+        default=1024, ge=1
+    )
     """Requests in flight per serving replica, gRPC and REST together (health and status
     excepted): beyond it a request is answered at once with RESOURCE_EXHAUSTED (REST 429)
     rather than queued, so that overload costs neither memory nor everyone's latency."""
-    max_request_bytes: int = Field(default=2**31 - 1, ge=1, le=2**31 - 1)
+    max_request_bytes: Annotated[int, Flag("max_request_bytes")] = Field(
+        default=2**31 - 1, ge=1, le=2**31 - 1
+    )
     """The largest request either port takes: a larger gRPC message is RESOURCE_EXHAUSTED, a
     larger REST body (or a gzip body that inflates beyond it) is 413, each with a message that
     says so. TF Serving's own limit (INT_MAX) by default."""
-    grpc_health_service: bool = True
+    grpc_health_service: Annotated[bool, Flag("enable_grpc_healthcheck_service")] = True
     """Serve ``grpc.health.v1.Health`` on the gRPC port (``--enable_grpc_healthcheck_service``;
     on here by default, off in TF Serving); it says SERVING once every model's newest version
     is AVAILABLE, NOT_SERVING before and while draining."""
-    ssl_config_file: str | None = None
+    ssl_config_file: Annotated[str | None, Flag("ssl_config_file")] = None
     """TF Serving's SSLConfig text file (``--ssl_config_file``): the gRPC and the REST port
     then speak TLS only (mutual TLS with ``client_verify``), and refuse plaintext. Every serving
     replica reads it when it binds the ports, so on a cluster it must be on every node that
     serves. The admin port stays plaintext on ``admin_host``."""
+    grpc_socket_path: Annotated[str | None, Flag("grpc_socket_path")] = None
+    """Serve the gRPC API on this Unix domain socket too (``--grpc_socket_path``; clients
+    dial ``unix:<path>``), beside ``grpc_port`` or instead of it (``grpc_port=0``). Every
+    serving replica of a node listens; one at a time is published at the path, and another
+    takes over within 0.2 s when it dies (``serve_app.unix_socket``). A relative
+    path is taken from the directory the server is started in."""
+    grpc_channel_arguments: Annotated[dict[str, int | str], Flag("grpc_channel_arguments")] = {}
+    """gRPC server arguments (``--grpc_channel_arguments=grpc.max_connection_age_ms=2000,...``,
+    ``compat.text_configs.parse_channel_arguments``): a value that reads as a 32-bit integer
+    is passed as one, any other as a string, as TF Serving passes them; they win over the
+    server's own (``grpc.max_receive_message_length`` from ``max_request_bytes``, say)."""
+    saved_model_tags: Annotated[Strings, Flag("saved_model_tags")] = Field(
+        default=["serve"], min_length=1
+    )
+    """The MetaGraph loaded from each SavedModel: the one tagged with exactly these
+    (``--saved_model_tags=serve,gpu``; TF Serving's ``serve``)."""
     grpc_reflection: bool = True
     """Serve gRPC server reflection (``grpc.reflection.v1`` and ``v1alpha``) on the gRPC port,
     listing its services, as TF Serving does: grpcurl and similar tools work against it."""
-    admin_port: int = Field(default=0, ge=0, le=65535)
+    admin_port: Annotated[int, Flag("admin_port")] = Field(default=0, ge=0, le=65535)
     """Port of ray-tfserving's runtime admin routes (a label's share of ``latest``:
     ``POST /admin/models/{m}/labels/{l}/weight``); 0, the default, turns them off. They are never
     on the REST port: whoever reaches that port reaches only TF Serving's API."""
     admin_host: str = "127.0.0.1"
     """Address the admin port binds to: loopback by default, whatever ``host`` is."""
-    file_system_poll_wait_seconds: float = Field(default=1.0, ge=0)
+    file_system_poll_wait_seconds: Annotated[float, Flag("file_system_poll_wait_seconds")] = Field(
+        default=1.0, ge=0
+    )
     """How often base paths are scanned for new versions (0 disables polling)."""
-    model_config_file_poll_wait_seconds: float = Field(default=0.0, ge=0)
+    model_config_file_poll_wait_seconds: Annotated[
+        float, Flag("model_config_file_poll_wait_seconds")
+    ] = Field(default=0.0, ge=0)
     """How often the config file is re-read (0: only at startup and on reload RPCs)."""
     rollout: Literal["availability_preserving", "resource_preserving"] = "availability_preserving"
     """Load the new version before unloading the old (default) or the reverse."""
-    enable_model_warmup: bool = True
+    enable_model_warmup: Annotated[bool, Flag("enable_model_warmup")] = True
     """Replay ``assets.extra/tf_serving_warmup_requests`` before a version is AVAILABLE."""
-    enable_signature_method_name_check: bool = False
+    enable_signature_method_name_check: Annotated[
+        bool, Flag("enable_signature_method_name_check")
+    ] = False
     """Refuse signatures whose method_name does not fit the RPC (TF Serving's flag, off)."""
-    max_load_retries: int = Field(default=2, ge=0)
+    max_load_retries: Annotated[int, Flag("max_num_load_retries")] = Field(default=2, ge=0)
     """Extra attempts to load a version that failed before it is given up (END with error)."""
-    load_retry_interval_s: float = Field(default=0.0, ge=0)
+    load_retry_interval_s: Annotated[float, Flag("load_retry_interval_micros", scale=1e-6)] = Field(
+        default=0.0, ge=0
+    )
     """The wait between two attempts to load a version (``--load_retry_interval_micros``).
     0, at once, by default: TF Serving waits a minute, with 5 retries, before a version that
     cannot load is given up; here ``max_load_retries`` (2) attempts follow at once."""
@@ -183,11 +256,11 @@ class AppArgs(BaseModel):
     """Dynamic batching knobs."""
     scaling: ScalingArgs = ScalingArgs()
     """Replica count, autoscaling and resources of model-version replicas."""
-    ingress_replicas: int = Field(default=2, ge=1)
+    ingress_replicas: Annotated[int, Flag("serving_replicas")] = Field(default=2, ge=1)
     """Serving replicas: processes that each hold the client ports (``SO_REUSEPORT``) and run
     the co-located models. Two by default, so that one that dies costs its own connections,
     not the port (its replacement loads, then binds again)."""
-    colocate: bool = True
+    colocate: Annotated[bool, Flag("colocate")] = True
     """Each serving replica loads the served versions itself and answers in its own process
     (the default: one process per request). ``false`` puts each version in deployments of its
     own, with ``scaling``'s replicas, resources and autoscaling, one hop away; ``scaling`` then
@@ -204,17 +277,38 @@ class AppArgs(BaseModel):
     access_log: bool = False
     """Ray Serve's access-log line for every request in the proxy and in each replica it
     passes (TF Serving logs none); off, it saves each of them a log write per request."""
-    intra_op_parallelism: int = Field(default=0, ge=0)
+    intra_op_parallelism: Annotated[int, Flag("tensorflow_intra_op_parallelism")] = Field(
+        default=0, ge=0
+    )
     """TF intra-op threads per replica (0: the node's cores shared out between the serving
     replicas, at least one each; TF's own default would give every process every core)."""
-    inter_op_parallelism: int = Field(default=0, ge=0)
+    inter_op_parallelism: Annotated[int, Flag("tensorflow_inter_op_parallelism")] = Field(
+        default=0, ge=0
+    )
     """TF inter-op threads per replica (0: TF's default)."""
-    per_process_gpu_memory_fraction: float = Field(default=0.0, ge=0, le=1)
+    per_process_gpu_memory_fraction: Annotated[float, Flag("per_process_gpu_memory_fraction")] = (
+        Field(default=0.0, ge=0, le=1)
+    )
     """Fraction of GPU memory each replica may take (0: grow on demand)."""
-    rest_api_timeout_in_ms: int = Field(default=30000, ge=0)
+    rest_api_timeout_in_ms: Annotated[int, Flag("rest_api_timeout_in_ms")] = Field(
+        default=30000, ge=0
+    )
     """Deadline of a REST request."""
     prometheus_path: str | None = None
     """Serve Prometheus metrics at this HTTP path (from ``--monitoring_config_file``)."""
+
+    @field_validator("grpc_channel_arguments", mode="before")
+    @classmethod
+    def _channel_arguments(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        from compat.errors import ServingError
+        from compat.text_configs import parse_channel_arguments
+
+        try:
+            return parse_channel_arguments(value)
+        except ServingError as e:
+            raise ValueError(e.message) from None
 
     def own_scaling(self, model: str) -> ScalingArgs | None:
         """The scaling of ``model``'s own deployments; None when it runs in the serving

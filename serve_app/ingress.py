@@ -111,6 +111,8 @@ class Ingress:
                 tls=_tls(self._listen.get("ssl_config_file")),
                 backends={INFERENCE_SERVICE: self._v2},
                 max_concurrent_requests=self._listen.get("max_concurrent_requests", 1024),
+                socket_path=self._listen.get("grpc_socket_path"),
+                channel_arguments=list(self._listen.get("grpc_channel_arguments", {}).items()),
             )
             await listeners.start()
             self._listeners = listeners

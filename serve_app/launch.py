@@ -30,8 +30,6 @@ def parse_cli_args(raw: dict[str, Any]) -> AppArgs:
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
-        if isinstance(value, str) and leaf in {"allowed_batch_sizes", "versions"}:
-            value = [int(v) for v in value.split(",") if v]
         if value in ("None", "none", "null"):
             value = None
         node[leaf] = value
@@ -206,12 +204,19 @@ def fail(error: Exception) -> int:
 
 def prepare(args: AppArgs) -> tuple[AppArgs, Plan]:
     """Validate models and paths; exits with a clear message naming a bad path."""
-    from compat.errors import ServingError
+    from compat.errors import InvalidArgument, ServingError
 
     try:
         args = resolve_models(args)
         for m in args.models:
             check_model_path(m)
+        if args.grpc_socket_path:  # the replicas bind it: a relative path is ours, not theirs
+            socket_path = Path(args.grpc_socket_path).resolve()
+            if not socket_path.parent.is_dir():
+                raise InvalidArgument(
+                    f"grpc_socket_path {socket_path}: directory {socket_path.parent} not found"
+                )
+            args = args.model_copy(update={"grpc_socket_path": str(socket_path)})
         if args.ssl_config_file:  # the replicas read it when they bind: fail here, not there
             from compat.text_configs import read_ssl_config
 

@@ -32,7 +32,7 @@ import logging
 import socket
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ import grpc
 from compat.errors import truncate
 from compat.text_configs import Tls
 from serve_app.calls import ModelReply
+from serve_app.unix_socket import UnixSocket
 
 logger = logging.getLogger("ray.serve")
 
@@ -278,6 +279,8 @@ class Listeners:
         reflection: bool = True,
         tls: Tls | None = None,
         backends: Mapping[str, Any] | None = None,
+        socket_path: str | None = None,
+        channel_arguments: Sequence[tuple[str, int | str]] = (),
     ) -> None:
         self.backend = backend
         self.backends = dict(backends or {})
@@ -296,41 +299,28 @@ class Listeners:
         """Serve gRPC server reflection (``grpc_reflection``)."""
         self.tls = tls
         """What both client ports speak: TLS with this SSLConfig, or plaintext (None)."""
+        self.unix_socket = UnixSocket(socket_path) if socket_path else None
+        """gRPC on a Unix domain socket too (``--grpc_socket_path``), shared by the node's
+        serving replicas (``serve_app.unix_socket``)."""
+        self.channel_arguments = dict(channel_arguments)
+        """gRPC server arguments (``--grpc_channel_arguments``); they win over ours."""
         self._grpc: grpc.aio.Server | None = None
         self._http: list[Any] = []
         self._http_tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         """Bind both ports (0 disables one) and serve; raises if a port cannot be bound."""
-        if self.grpc_port:
-            server = grpc.aio.server(
-                options=[
-                    ("grpc.so_reuseport", 1),
-                    ("grpc.max_receive_message_length", self.max_request_bytes),
-                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ]
-            )
-            server.add_generic_rpc_handlers(
-                grpc_handlers(self.backend, self.services, self.admission, self.backends)
-            )
-            if self.reflection:
-                add_reflection(server, self.services)
-            host = f"[{self.host}]" if ":" in self.host else self.host
-            address = f"{host}:{self.grpc_port}"
-            if self.tls is None:
-                server.add_insecure_port(address)  # raises if it cannot bind
-            else:
-                server.add_secure_port(address, grpc_credentials(self.tls))
-            await server.start()
-            self._grpc = server
+        if self.grpc_port or self.unix_socket is not None:
+            self._grpc = await self._serve_grpc()
         if self.http_port:
             await self._serve_http(self.host, self.http_port, self._asgi, self.tls)
         if self.admin_port:
             await self._serve_http(self.admin_host, self.admin_port, self._admin_asgi)
         logger.info(
-            "Serving gRPC on %s:%s and REST on %s:%s%s%s (%s)",
+            "Serving gRPC on %s:%s%s and REST on %s:%s%s%s (%s)",
             self.host,
             self.grpc_port or "-",
+            f" and {self.unix_socket.path}" if self.unix_socket else "",
             self.host,
             self.http_port or "-",
             ""
@@ -339,6 +329,36 @@ class Listeners:
             f", admin routes on {self.admin_host}:{self.admin_port}" if self.admin_port else "",
             placement(),
         )
+
+    async def _serve_grpc(self) -> grpc.aio.Server:
+        options: dict[str, int | str] = {
+            "grpc.so_reuseport": 1,
+            "grpc.max_receive_message_length": self.max_request_bytes,
+            "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
+            **self.channel_arguments,
+        }
+        server = grpc.aio.server(options=list(options.items()))
+        server.add_generic_rpc_handlers(
+            grpc_handlers(self.backend, self.services, self.admission, self.backends)
+        )
+        if self.reflection:
+            add_reflection(server, self.services)
+        addresses = []
+        if self.grpc_port:
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            addresses.append(f"{host}:{self.grpc_port}")
+        if self.unix_socket is not None:
+            addresses.append(self.unix_socket.address)
+        for address in addresses:  # each raises if it cannot bind
+            if self.tls is None:
+                server.add_insecure_port(address)
+            else:
+                server.add_secure_port(address, grpc_credentials(self.tls))
+        await server.start()
+        if self.unix_socket is not None:
+            self.unix_socket.bound()
+            self.unix_socket.start()
+        return server
 
     async def _serve_http(self, host: str, port: int, app: Any, tls: Tls | None = None) -> None:
         sock = reuseport_socket(host, port)
@@ -388,6 +408,8 @@ class Listeners:
         """Stop taking connections; calls in flight get up to ``grace_s`` to finish."""
         for server in self._http:
             server.should_exit = True
+        if self.unix_socket is not None:
+            self.unix_socket.remove()
         if self._grpc is not None:
             await self._grpc.stop(grace_s)
         for task in self._http_tasks:

@@ -195,7 +195,7 @@ class ModelVersion:
         signature = getattr(getattr(request, "model_spec", None), "signature_name", "")
         meta.model_spec.signature_name = signature
         meta.sampling_config.sampling_rate = self.request_log.args.sampling_rate  # type: ignore[union-attr]
-        meta.saved_model_tags.append("serve")
+        meta.saved_model_tags.extend(self._servable().tags)
         kind = _LOG_KINDS[call.api]
         getattr(log, kind).request.CopyFrom(request)
         getattr(log, kind).response.CopyFrom(response)

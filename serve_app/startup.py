@@ -128,6 +128,8 @@ class Progress:
 
     def ready(self, args: AppArgs) -> None:
         ports = [f"gRPC {args.host}:{args.grpc_port}"] if args.grpc_port else []
+        if args.grpc_socket_path:
+            ports.append(f"gRPC unix:{args.grpc_socket_path}")
         if args.http_port:
             ports.append(f"REST {args.host}:{args.http_port}")
         if args.ssl_config_file:

@@ -113,7 +113,7 @@ def run_to_exit(*flags: str, timeout: float = 120.0) -> tuple[int, str]:
         cli.stop()
 
 
-def predict(port: int, model: str) -> predict_pb2.PredictResponse:
+def predict_request(model: str) -> predict_pb2.PredictRequest:
     """TF Serving's VerifyPredictRequest: x = float_val [2.0], shape [1], output_filter y."""
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model
@@ -121,8 +121,15 @@ def predict(port: int, model: str) -> predict_pb2.PredictResponse:
     request.inputs["x"].float_val.append(2.0)
     request.inputs["x"].tensor_shape.dim.add().size = 1
     request.output_filter.append("y")
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, 30.0)
+    return request
+
+
+def predict(port: int | str, model: str) -> predict_pb2.PredictResponse:
+    """Predict on ``port``, or on a gRPC target (``unix:<path>``)."""
+    target = port if isinstance(port, str) else f"127.0.0.1:{port}"
+    with grpc.insecure_channel(target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        return stub.Predict(predict_request(model), 30.0)
 
 
 def model_status(port: int, model: str) -> get_model_status_pb2.GetModelStatusResponse:
@@ -189,12 +196,24 @@ def test_invalid_flags_fail_like_tf_serving(flags: tuple[str, ...], message: str
 # --- live servers -------------------------------------------------------------------------
 
 
+SOCKET_NAME = "tf-serving.sock"
+MAX_GRPC_MESSAGE = 1000
+"""Set with --grpc_channel_arguments: gRPC's own limit, which then wins over ours."""
+
+
 @pytest.fixture(scope="module")
-def single_model() -> Iterator[tuple[Cli, int, int]]:
+def socket_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("uds")
+
+
+@pytest.fixture(scope="module")
+def single_model(socket_dir: Path) -> Iterator[tuple[Cli, int, int]]:
     port, rest_port = free_ports(2)
     cli = run_cli(
         f"--port={port}",
         f"--rest_api_port={rest_port}",
+        f"--grpc_socket_path={socket_dir / SOCKET_NAME}",
+        f"--grpc_channel_arguments=grpc.max_receive_message_length={MAX_GRPC_MESSAGE}",
         "--model_name=half_plus_two",
         f"--model_base_path={TESTDATA / 'saved_model_half_plus_two_cpu'}",
         f"--monitoring_config_file={TESTDATA / 'monitoring_config.txt'}",
@@ -240,14 +259,39 @@ def test_single_model_serves_grpc_and_rest(single_model: tuple[Cli, int, int]) -
         }
 
 
+def test_predict_over_the_unix_socket(single_model: tuple[Cli, int, int], socket_dir: Path) -> None:
+    """TF Serving's testPredictUDS: --grpc_socket_path, then Predict over unix:<path>."""
+    cli, _, _ = single_model
+    path = socket_dir / SOCKET_NAME
+    assert f"Running gRPC ModelServer at UNIX socket {path} ..." in cli.output
+    result = predict(f"unix:{path}", "half_plus_two")
+    assert list(result.outputs["y"].float_val) == [3.0]
+    assert result.model_spec.version.value == 123
+
+
+def test_grpc_channel_arguments_reach_the_grpc_server(single_model: tuple[Cli, int, int]) -> None:
+    _, port, _ = single_model
+    request = predict_request("half_plus_two")
+    request.inputs["x"].float_val.extend([1.0] * 300)
+    request.inputs["x"].tensor_shape.dim[0].size = 301
+    assert request.ByteSize() > MAX_GRPC_MESSAGE
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Predict(request, 10.0)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 TF_CPP_LINE = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.]+:\d+\] ")
 
 
-def test_start_is_quiet_and_says_what_it_serves(single_model: tuple[Cli, int, int]) -> None:
+def test_start_is_quiet_and_says_what_it_serves(
+    single_model: tuple[Cli, int, int], socket_dir: Path
+) -> None:
     """No TensorFlow C++ line (the cuInit error among them), no Ray or Serve INFO: one line per
     step, then the ports and the models."""
     cli, port, rest_port = single_model
-    lines = cli.lines[: (cli.ready_at or 0) + 3]
+    lines = cli.lines[: (cli.ready_at or 0) + 4]
     assert not [line for line in lines if TF_CPP_LINE.search(line)], cli.output
     assert not [line for line in lines if "absl::InitializeLog" in line or " INFO " in line]
     steps = [line for line in lines if line.startswith("ray-tfserving: ")]
@@ -260,6 +304,7 @@ def test_start_is_quiet_and_says_what_it_serves(single_model: tuple[Cli, int, in
     ), steps
     assert re.fullmatch(
         f"ray-tfserving: serving half_plus_two \\(version 123\\) on gRPC 127.0.0.1:{port} and "
+        f"gRPC unix:{re.escape(str(socket_dir / SOCKET_NAME))} and "
         f"REST 127.0.0.1:{rest_port}; started in \\d+\\.\\ds",
         steps[-1],
     ), steps

@@ -1,5 +1,7 @@
 """The default serving path: every serving replica holds the client ports (SO_REUSEPORT), runs
 the model in its own process, and a replica killed under load costs only its own connections.
+The same server serves gRPC on a Unix socket too (``grpc_socket_path``, TF Serving's
+testPredictUDS), which survives the replica that published it.
 
 No timing asserts: the kill test checks codes, that failed calls end before their deadline, and
 that everything after the recovery succeeds; it prints the failure window it measured.
@@ -14,7 +16,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,14 +35,37 @@ RECOVERY_TIMEOUT_S = 180.0
 
 
 @pytest.fixture(scope="module")
-def server(testdata: Path) -> Iterator[Server]:
+def socket_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("uds") / "tf-serving.sock"
+
+
+@pytest.fixture(scope="module")
+def server(testdata: Path, socket_path: Path) -> Iterator[Server]:
     s = start_server(
         f"model_name={MODEL}",
         f"model_base_path={testdata / 'saved_model_half_plus_two_cpu'}",
+        f"grpc_socket_path={socket_path}",
         wait_for=(MODEL,),
     )
     yield s
     s.stop()
+    assert not socket_path.exists()  # the last replica to stop removed the path
+
+
+def unix_listeners(path: Path) -> dict[int, str]:
+    """pid -> the Unix socket path it listens on, for the sockets beside ``path``."""
+    out = subprocess.run(["ss", "-lxpH"], capture_output=True, text=True, check=True).stdout
+    held = {}
+    for row in out.splitlines():
+        cols = row.split()
+        if cols[4].startswith(str(path.parent)) and "pid=" in row:
+            held[int(row.split("pid=")[1].split(",")[0])] = cols[4]
+        # ss shows the path a socket was bound to: each replica's own, never the link
+    return held
+
+
+def unix_channel(path: Path) -> grpc.Channel:
+    return grpc.insecure_channel(f"unix:{path}", options=[("grpc.use_local_subchannel_pool", 1)])
 
 
 def predict_request(x: float = 2.0) -> predict_pb2.PredictRequest:
@@ -117,6 +142,21 @@ def test_predict_over_grpc_and_rest(server: Server) -> None:
         assert json.loads(r.read()) == {"predictions": [2.5, 3.0]}
 
 
+def test_predict_over_the_unix_socket(server: Server, socket_path: Path) -> None:
+    """TF Serving's testPredictUDS: Predict over ``unix:<grpc_socket_path>``. Each serving
+    replica listens on a socket of its own beside the path; the path is one of them."""
+    pids = wait_listening(server, 2)
+    with unix_channel(socket_path) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        response = stub.Predict(predict_request(), 10.0)
+    assert response.outputs["y"].float_val == [3.0]
+    assert response.model_spec.version.value == 123
+    held = unix_listeners(socket_path)
+    assert set(held) == pids
+    published = socket_path.stat().st_ino
+    assert [pid for pid, own in held.items() if Path(own).stat().st_ino == published]
+
+
 def test_errors_keep_tf_servings_codes(server: Server) -> None:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "missing"
@@ -153,16 +193,21 @@ class Load:
     """Client threads, a channel each, calling Predict with a deadline (bounded in calls)."""
 
     server: Server
+    connect: Callable[[], grpc.Channel] | None = None
+    """A new channel of a client's own (default: one to the gRPC port)."""
+    clients: int = CLIENTS
     calls: list[tuple[float, float, grpc.StatusCode]] = field(default_factory=list)
     """(start, end, code) of every call, monotonic seconds."""
     stop: threading.Event = field(default_factory=threading.Event)
     wrong: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(CLIENTS)]
+        self.threads = [
+            threading.Thread(target=self._run, daemon=True) for _ in range(self.clients)
+        ]
 
     def _run(self) -> None:
-        with own_connection(self.server) as channel:
+        with (self.connect or (lambda: own_connection(self.server)))() as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
             request = predict_request()
             for _ in range(MAX_CALLS_PER_CLIENT):
@@ -198,15 +243,18 @@ class Load:
         raise TimeoutError(f"fewer than {count} successful calls after the recovery")
 
 
-def test_sigkill_of_each_serving_process_under_load(server: Server) -> None:
+def test_sigkill_of_each_serving_process_under_load(server: Server, socket_path: Path) -> None:
     """Kill one serving replica, wait until Serve's replacement listens, kill the other: each
     kill fails only calls that were on the dead process's connections, at once and with
-    UNAVAILABLE, and every call after the recovery succeeds. Runs last in the module."""
+    UNAVAILABLE, and every call after the recovery succeeds, on the gRPC port and on the Unix
+    socket (whose path the survivor publishes when its publisher dies). Runs last."""
     pids = wait_listening(server, 2)
     report = []
     healthy: list[tuple[float, float]] = []  # from a recovery to the next kill
-    with Load(server) as load:
+    unix = Load(server, connect=lambda: unix_channel(socket_path), clients=2)
+    with Load(server) as load, unix:
         load.wait_ok_after(time.monotonic(), 200)
+        unix.wait_ok_after(time.monotonic(), 50)
         for victim in sorted(pids):
             killed = time.monotonic()
             if healthy:
@@ -217,21 +265,27 @@ def test_sigkill_of_each_serving_process_under_load(server: Server) -> None:
             recovered = time.monotonic()
             healthy.append((recovered, float("inf")))
             load.wait_ok_after(recovered, 400)
+            unix.wait_ok_after(recovered, 100)
             failed = [c for c in load.calls if killed <= c[1] and c[2] != grpc.StatusCode.OK]
+            lost = [c for c in unix.calls if killed <= c[1] and c[2] != grpc.StatusCode.OK]
             window = max((c[1] for c in failed), default=killed) - killed
+            unix_window = max((c[1] for c in lost), default=killed) - killed
             report.append(
-                f"pid {victim}: {len(failed)} failed calls over {window:.2f} s; "
+                f"pid {victim}: {len(failed)} failed calls over {window:.2f} s "
+                f"({len(lost)} on the Unix socket, over {unix_window:.2f} s); "
                 f"replacement listening after {recovered - killed:.1f} s"
             )
             pids = survivors
         load.wait_ok_after(time.monotonic(), 400)
-    failures = [(s, e, c) for s, e, c in load.calls if c != grpc.StatusCode.OK]
+        unix.wait_ok_after(time.monotonic(), 100)
+    failures = [(s, e, c) for s, e, c in load.calls + unix.calls if c != grpc.StatusCode.OK]
     assert {c for _, _, c in failures} <= {grpc.StatusCode.UNAVAILABLE}, failures[:5]
     # In-flight calls on a killed process end at once, not at their deadline.
     assert all(e - s < DEADLINE_S / 2 for s, e, _ in failures)
     # After each recovery (until the next kill) every call succeeds.
     for start, end in healthy:
-        assert all(c == grpc.StatusCode.OK for s, e, c in load.calls if start <= s and e < end)
-    assert load.wrong == []
+        for calls in (load.calls, unix.calls):
+            assert all(c == grpc.StatusCode.OK for s, e, c in calls if start <= s and e < end)
+    assert load.wrong == [] and unix.wrong == []
     ok = sum(1 for *_, c in load.calls if c == grpc.StatusCode.OK)
     print(f"\n{ok} calls OK, {len(failures)} UNAVAILABLE; " + "; ".join(report))
