@@ -150,9 +150,8 @@ class RestApi:
         try:
             call = rest_call(Api(verb), spec, body, deadline)
         except ServingError as e:
-            metrics.record_request(
-                spec.name, None, "", verb, Wire.REST, e.code, time.perf_counter() - started
-            )
+            labels = metrics.RequestLabels.unparsed(spec, Api(verb), Wire.REST, e.code)
+            metrics.record_request(labels, time.perf_counter() - started)
             raise
         reply = await self.backend.call_model(call)
         if not reply.ok:

@@ -1,0 +1,40 @@
+"""Prometheus metrics: recorded with Ray's metrics API where they happen, served by any replica.
+
+A request is answered by one serving replica (``serve_app.ingress``), or forwarded from it to a
+model's own deployment; any of them may have several replicas on several nodes. Three parts:
+
+* ``labels``: what the families are called and labelled; a request's labels come from the typed
+  ``ModelCall`` and the status of its ``ModelReply`` (``serve_app.calls``);
+* ``recording``: each value recorded once, in the process that knows it (requests added up
+  in-process and flushed every second: Ray's per-request metric calls cost ~15% of throughput);
+* ``scraping``: the page at ``prometheus_path``, merged from every node's Ray metrics agent,
+  with the version states.
+
+Exported names carry Ray's ``ray_`` prefix: ``ray_tfserving_requests_total``,
+``ray_tfserving_request_errors_total``, ``ray_tfserving_request_latency_seconds``,
+``ray_tfserving_batch_size``, ``ray_tfserving_model_load_latency_seconds``,
+``ray_tfserving_request_log_records_total`` and ``ray_tfserving_model_version_state``.
+"""
+
+from serve_app.metrics.labels import RequestLabels
+from serve_app.metrics.recording import (
+    flush,
+    record_batch,
+    record_load,
+    record_model_call,
+    record_request,
+    record_request_log,
+)
+from serve_app.metrics.scraping import merge, prometheus_text
+
+__all__ = [
+    "RequestLabels",
+    "flush",
+    "merge",
+    "prometheus_text",
+    "record_batch",
+    "record_load",
+    "record_model_call",
+    "record_request",
+    "record_request_log",
+]
