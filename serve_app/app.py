@@ -140,7 +140,8 @@ def _say_auto(gpus: float, num_gpus: float) -> None:
 
 def build_app(args: AppArgs, plan: Plan) -> Application:
     """The application for a plan: one deployment per deployed (model, version), the version
-    manager, and the ingress whose routing table is its ``user_config``."""
+    manager (handed this builder, for its redeploys), and the ingress whose routing table is
+    its ``user_config``."""
     version_args = {
         "warmup": args.enable_model_warmup,
         "max_load_retries": args.max_load_retries,
@@ -178,7 +179,12 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
             max_ongoing_requests=1000,
             logging_config=_logging(args),
         )
-        .bind(args.model_dump(mode="json"), plan.model_dump(mode="json"), _versions=versions)
+        .bind(
+            args.model_dump(mode="json"),
+            plan.model_dump(mode="json"),
+            build_app,
+            _versions=versions,
+        )
     )
     user_config: dict[str, Any] = {
         "routing": plan.routing.model_dump(mode="json"),
