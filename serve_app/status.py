@@ -33,7 +33,7 @@ class VersionStatus:
     error_message: str = ""
     path: str = ""
     stamp: str = ""
-    """What the version's directory looked like when it was loaded (``rollout._stamp``)."""
+    """What the version's directory looked like when it was loaded (``store.stamp``)."""
     loaded: bool = False
     """Loaded and warmed up; becomes AVAILABLE once the ingress routes to it."""
     load_seconds: float = 0.0
