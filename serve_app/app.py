@@ -3,7 +3,9 @@
 The application: the serving replicas (``Ingress``, each holding the client ports and, by
 default, every served version), the version manager, and one deployment per (model, version)
 of the models that run in deployments of their own (``own_deployments``, or every model with
-``colocate=false``).
+``colocate=false``). What each deployment is handed is typed (``serve_app.replica_config``):
+its constructor arguments as those models, its ``user_config`` as their JSON dump. The version
+manager is handed ``build_app`` itself, for its redeploys.
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ from serve_app.grpc_services import GRPC_HOST_ENV
 from serve_app.ingress import Ingress
 from serve_app.model import ModelVersion
 from serve_app.plan import Plan, deployment_name
+from serve_app.replica_config import (
+    IngressConfig,
+    ListenConfig,
+    LocalVersion,
+    SessionConfig,
+    VersionConfig,
+    VersionOptions,
+)
 from serve_app.rollout import VersionManager
 
 logger = logging.getLogger("ray.serve")
@@ -39,14 +49,28 @@ def _version(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _session_options(args: AppArgs, scaling: ScalingArgs) -> dict[str, Any]:
-    return {
-        "intra_op_parallelism": args.intra_op_parallelism,
-        "inter_op_parallelism": args.inter_op_parallelism,
-        "per_process_gpu_memory_fraction": args.per_process_gpu_memory_fraction,
-        "allow_gpu": scaling.accelerator != "cpu",
-        "tags": args.saved_model_tags,
-    }
+def _version_options(args: AppArgs, scaling: ScalingArgs) -> VersionOptions:
+    """How each version loads (``ModelVersion``'s keyword arguments)."""
+    session = SessionConfig(
+        intra_op_parallelism=args.intra_op_parallelism,
+        inter_op_parallelism=args.inter_op_parallelism,
+        per_process_gpu_memory_fraction=args.per_process_gpu_memory_fraction,
+        allow_gpu=scaling.accelerator != "cpu",
+        tags=args.saved_model_tags,
+    )
+    return VersionOptions(
+        session=session,
+        warmup=args.enable_model_warmup,
+        max_load_retries=args.max_load_retries,
+        load_retry_interval_s=args.load_retry_interval_s,
+        check_method_name=args.enable_signature_method_name_check,
+    )
+
+
+def version_config(args: AppArgs) -> VersionConfig:
+    """The versions' ``user_config``: batching, and the request log of each model that logs."""
+    logs = {m.name: m.request_log for m in args.models if m.request_log is not None}
+    return VersionConfig(batching=args.batching, request_logs=logs)
 
 
 def _model_deployment_options(args: AppArgs, s: ScalingArgs) -> dict[str, Any]:
@@ -55,7 +79,7 @@ def _model_deployment_options(args: AppArgs, s: ScalingArgs) -> dict[str, Any]:
         "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": num_gpus},
         "max_ongoing_requests": s.max_ongoing_requests,
         "max_queued_requests": s.max_queued_requests,
-        "user_config": {"batching": args.batching.model_dump(), "request_logs": request_logs(args)},
+        "user_config": version_config(args).model_dump(mode="json"),
         "health_check_period_s": 5,
         "graceful_shutdown_timeout_s": 30,
         "logging_config": _logging(args),
@@ -71,11 +95,6 @@ def _model_deployment_options(args: AppArgs, s: ScalingArgs) -> dict[str, Any]:
     else:
         options["num_replicas"] = s.num_replicas
     return options
-
-
-def request_logs(args: AppArgs) -> dict[str, Any]:
-    """model -> its request log's settings (``RequestLogArgs``), for the models that log."""
-    return {m.name: m.request_log.model_dump() for m in args.models if m.request_log is not None}
 
 
 def _logging(args: AppArgs) -> dict[str, Any]:
@@ -141,23 +160,21 @@ def _say_auto(gpus: float, num_gpus: float) -> None:
 
 def build_app(args: AppArgs, plan: Plan) -> Application:
     """The application for a plan: one deployment per deployed (model, version), the version
-    manager, and the ingress whose routing table is its ``user_config``."""
-    version_args = {
-        "warmup": args.enable_model_warmup,
-        "max_load_retries": args.max_load_retries,
-        "load_retry_interval_s": args.load_retry_interval_s,
-        "check_method_name": args.enable_signature_method_name_check,
-    }
+    manager (handed this builder, for its redeploys), and the ingress whose routing table is
+    its ``user_config``."""
     versions = []
-    local: dict[str, list[Any]] = {}
+    local: dict[str, LocalVersion] = {}
     for model, deployed in sorted(plan.deployed.items()):
         scaling = args.own_scaling(model)
         for version, path in sorted(deployed.items()):
             if scaling is None:  # the serving replicas load it (their user_config's "local")
-                local[deployment_name(model, version)] = [model, version, path]
+                local[deployment_name(model, version)] = LocalVersion(
+                    model=model, version=version, path=path
+                )
                 continue
-            session = _session_options(args, scaling)
+            own = _version_options(args, scaling)
             options = _model_deployment_options(args, scaling)
+            session = own.session.model_dump()
             versions.append(
                 serve.deployment(ModelVersion)
                 .options(
@@ -166,7 +183,7 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
                     _internal=True,
                     **options,
                 )
-                .bind(model, version, path, session, **version_args)
+                .bind(model, version, path, **dict(own))
             )
     manager = (
         serve.deployment(VersionManager)
@@ -179,43 +196,41 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
             max_ongoing_requests=1000,
             logging_config=_logging(args),
         )
-        .bind(args.model_dump(mode="json"), plan.model_dump(mode="json"), _versions=versions)
+        .bind(
+            args.model_dump(mode="json"),
+            plan.model_dump(mode="json"),
+            build_app,
+            _versions=versions,
+        )
     )
-    user_config: dict[str, Any] = {
-        "routing": plan.routing.model_dump(mode="json"),
-        "rest_api_timeout_in_ms": args.rest_api_timeout_in_ms,
-        "prometheus_path": args.prometheus_path,
-    }
+    config = IngressConfig(
+        routing=plan.routing,
+        rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
+        prometheus_path=args.prometheus_path,
+    )
     actor_options: dict[str, Any] = {"num_cpus": args.serving_num_cpus}
     local_options = None
     if args.colocate:  # the serving replicas hold models: they take the models' resources
-        user_config["local"] = local
-        user_config["batching"] = args.batching.model_dump()
-        user_config["request_logs"] = request_logs(args)
+        config.local = local
+        config.versions = version_config(args)
         actor_options = _model_deployment_options(args, args.scaling)["ray_actor_options"]
-        local_options = {"session": _session_options(args, args.scaling), **version_args}
-    listen = {
-        "host": args.host,
-        "grpc_port": args.grpc_port,
-        "http_port": args.http_port,
-        "max_request_bytes": args.max_request_bytes,
-        "max_concurrent_requests": args.max_concurrent_requests,
-        "grpc_health_service": args.grpc_health_service,
-        "grpc_reflection": args.grpc_reflection,
-        "ssl_config_file": args.ssl_config_file,
-        "grpc_socket_path": args.grpc_socket_path,
-        "grpc_channel_arguments": args.grpc_channel_arguments,
-        "admin_host": args.admin_host,
-        "admin_port": args.admin_port,
-        "shutdown_grace_s": args.shutdown_grace_s,
-        "replicas": args.ingress_replicas,
-    }
+        local_options = _version_options(args, args.scaling)
+    # The ports' settings have the same names in AppArgs, but for how many replicas share them.
+    same = set(ListenConfig.model_fields) - {"replicas"}
+    listen = ListenConfig(**args.model_dump(include=same), replicas=args.ingress_replicas)
+    code = _version(
+        "ingress",
+        args.colocate,
+        actor_options,
+        local_options.model_dump() if local_options else None,
+        listen.model_dump(),
+    )
     return (
         serve.deployment(Ingress)
         .options(
             name="Ingress",
             num_replicas=args.ingress_replicas,
-            version=_version("ingress", args.colocate, actor_options, local_options, listen),
+            version=code,
             _internal=True,
             ray_actor_options=actor_options,
             max_ongoing_requests=1000,
@@ -223,7 +238,7 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
             graceful_shutdown_timeout_s=args.shutdown_grace_s + 5,
             health_check_period_s=5,
             logging_config=_logging(args),
-            user_config=user_config,
+            user_config=config.model_dump(mode="json"),
         )
         .bind(manager, local_options, listen)
     )

@@ -42,6 +42,13 @@ from serve_app.calls import Api, ModelCall, ModelReply, grpc_call
 from serve_app.listeners import INFERENCE_SERVICE, MAX_MESSAGE_BYTES, Listeners
 from serve_app.model import ModelVersion
 from serve_app.open_inference import OpenInference
+from serve_app.replica_config import (
+    IngressConfig,
+    ListenConfig,
+    LocalVersion,
+    VersionConfig,
+    VersionOptions,
+)
 
 logger = logging.getLogger("ray.serve")
 
@@ -56,8 +63,8 @@ class Ingress:
     def __init__(
         self,
         manager: DeploymentHandle,
-        local_options: dict[str, Any] | None = None,
-        listen: dict[str, Any] | None = None,
+        local_options: VersionOptions | None = None,
+        listen: ListenConfig | None = None,
     ) -> None:
         self._manager = manager
         self._table = RoutingTable()
@@ -67,52 +74,48 @@ class Ingress:
         self._v2 = OpenInference(self)
         self.prometheus_path: str | None = None
         self.rest_timeout_s: float | None = 30.0
-        self._local_options = _share_cores(local_options, (listen or {}).get("replicas", 1))
+        self._local_options = _share_cores(local_options, listen.replicas if listen else 1)
         """``ModelVersion`` keyword arguments when co-located, else None."""
         self._local: dict[str, ModelVersion] = {}
-        self._listen = listen or {}
-        """``host``, ``grpc_port``, ``http_port``, ``admin_host``, ``admin_port``,
-        ``max_request_bytes``, ``shutdown_grace_s``: the ports."""
-        self.max_request_bytes: int = self._listen.get("max_request_bytes", MAX_MESSAGE_BYTES)
+        self._listen = listen
+        """The ports; None: this replica binds none."""
+        self.max_request_bytes: int = listen.max_request_bytes if listen else MAX_MESSAGE_BYTES
         """The largest gRPC message and REST body taken (``max_request_bytes``)."""
         self._listeners: Listeners | None = None
         self._replica = serve.get_replica_context().replica_id.to_full_id_str()
         self._heartbeat: asyncio.Task[None] | None = None
 
-    async def reconfigure(self, config: dict[str, Any]) -> None:
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """The routing table arrives as user_config: one atomic swap per replica. Co-located,
         the versions to hold arrive with it: new ones load first (off the event loop, requests
         keep flowing), then the table swaps, then dropped ones go (in-flight calls keep theirs).
         The first time, the client ports are bound only once the versions are loaded."""
+        config = IngressConfig.model_validate(user_config)
         if self._local_options is not None:
-            await self._load_local(
-                config["local"], config["batching"], config.get("request_logs", {})
-            )
-        self._table = RoutingTable.model_validate(config["routing"])
-        self.rest_timeout_s = config.get("rest_api_timeout_in_ms", 30000) / 1000 or None
-        self.prometheus_path = config.get("prometheus_path")
+            await self._load_local(config.local, config.versions or VersionConfig())
+        self._table = config.routing
+        self.rest_timeout_s = config.rest_api_timeout_in_ms / 1000 or None
+        self.prometheus_path = config.prometheus_path
         if self._local_options is not None:
-            for target in set(self._local) - set(config["local"]):
+            for target in set(self._local) - set(config.local):
                 logger.info("Unloading %s", target)
                 del self._local[target]  # closed once its last in-flight call is done
-        if self._listeners is None and self._listen:
+        listen = self._listen
+        if self._listeners is None and listen is not None:
             listeners = Listeners(
                 self,
-                self._listen["host"],
-                self._listen["grpc_port"],
-                self._listen["http_port"],
-                admin=(
-                    self._listen.get("admin_host", "127.0.0.1"),
-                    self._listen.get("admin_port", 0),
-                ),
+                listen.host,
+                listen.grpc_port,
+                listen.http_port,
+                admin=(listen.admin_host, listen.admin_port),
                 max_request_bytes=self.max_request_bytes,
-                health=self._listen.get("grpc_health_service", True),
-                reflection=self._listen.get("grpc_reflection", True),
-                tls=_tls(self._listen.get("ssl_config_file")),
+                health=listen.grpc_health_service,
+                reflection=listen.grpc_reflection,
+                tls=_tls(listen.ssl_config_file),
                 backends={INFERENCE_SERVICE: self._v2},
-                max_concurrent_requests=self._listen.get("max_concurrent_requests", 1024),
-                socket_path=self._listen.get("grpc_socket_path"),
-                channel_arguments=list(self._listen.get("grpc_channel_arguments", {}).items()),
+                max_concurrent_requests=listen.max_concurrent_requests,
+                socket_path=listen.grpc_socket_path,
+                channel_arguments=list(listen.grpc_channel_arguments.items()),
             )
             await listeners.start()
             self._listeners = listeners
@@ -137,17 +140,16 @@ class Ingress:
             await asyncio.sleep(REPORT_INTERVAL_S)
             await self._report()
 
-    async def _load_local(
-        self, wanted: dict[str, list[Any]], batching: dict[str, Any], logs: dict[str, Any]
-    ) -> None:
+    async def _load_local(self, wanted: dict[str, LocalVersion], config: VersionConfig) -> None:
         assert self._local_options is not None
-        for target, (model, version, path) in wanted.items():
+        options = dict(self._local_options)  # its fields, the session still a SessionConfig
+        for target, v in wanted.items():
             if target not in self._local:
                 self._local[target] = await asyncio.to_thread(
-                    ModelVersion, model, version, path, **self._local_options
+                    ModelVersion, v.model, v.version, v.path, **options
                 )
         for local in self._local.values():
-            local.reconfigure({"batching": batching, "request_logs": logs})
+            local.reconfigure(config)
 
     def check_health(self) -> None:
         """Serve's health check: a replica whose REST server stopped is replaced."""
@@ -160,7 +162,7 @@ class Ingress:
             self._heartbeat.cancel()
         listeners, self._listeners = self._listeners, None
         if listeners is not None:
-            await listeners.stop(float(self._listen.get("shutdown_grace_s", 10.0)))
+            await listeners.stop(self._listen.shutdown_grace_s if self._listen else 10.0)
         metrics.flush()
         await asyncio.to_thread(request_log.close_all)
 
@@ -298,17 +300,17 @@ class Ingress:
         return await self._rest.handle_admin(request)
 
 
-def _share_cores(local_options: dict[str, Any] | None, replicas: int) -> dict[str, Any] | None:
+def _share_cores(options: VersionOptions | None, replicas: int) -> VersionOptions | None:
     """``intra_op_parallelism`` 0 (TF's default: every core, right for one process) becomes this
     replica's share of the node's cores: the serving replicas each run their own TF, and each
     taking every core oversubscribes them (measured on 2 cores, DeepLab 128 with batching and
     two replicas: 365 -> 427 req/s)."""
-    if local_options is None or local_options["session"].get("intra_op_parallelism"):
-        return local_options
+    if options is None or options.session.intra_op_parallelism:
+        return options
     affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere every core
     cores = len(affinity(0)) if affinity else (os.cpu_count() or 1)
-    session = {**local_options["session"], "intra_op_parallelism": max(1, cores // replicas)}
-    return {**local_options, "session": session}
+    session = options.session.model_copy(update={"intra_op_parallelism": max(1, cores // replicas)})
+    return options.model_copy(update={"session": session})
 
 
 def _tls(ssl_config_file: str | None) -> Any:

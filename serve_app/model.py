@@ -15,7 +15,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
@@ -29,9 +29,10 @@ from compat.protos import predict_pb2, prediction_log_pb2
 from compat.servable import Servable, SessionOptions
 from compat.warmup import replay_warmup
 from serve_app import metrics, request_log, store
-from serve_app.args import BatchingArgs, RequestLogArgs
+from serve_app.args import BatchingArgs
 from serve_app.batching import BatchScheduler, batchable
 from serve_app.calls import Api, ModelCall, ModelReply, Wire
+from serve_app.replica_config import SessionConfig, VersionConfig
 
 logger = logging.getLogger("ray.serve")
 
@@ -55,12 +56,13 @@ class ModelVersion:
         model: str,
         version: int,
         path: str,
-        session: dict[str, Any],
+        session: SessionConfig | Mapping[str, Any],
         warmup: bool = True,
         max_load_retries: int = 0,
         load_retry_interval_s: float = 0.0,
         check_method_name: bool = False,
     ) -> None:
+        session = SessionConfig.model_validate(session)
         self.model = model
         self.version = version
         self.check_method_name = check_method_name
@@ -83,7 +85,7 @@ class ModelVersion:
                 time.sleep(load_retry_interval_s)
             try:
                 local = str(store.fetch(path)) if store.is_remote(path) else path
-                self.servable = Servable(local, SessionOptions(**session))
+                self.servable = Servable(local, SessionOptions(**session.model_dump()))
                 if warmup:
                     warmed = replay_warmup(self.servable, local, model, version)
                 self.error = None
@@ -117,15 +119,13 @@ class ModelVersion:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def reconfigure(self, config: dict[str, Any]) -> None:
+    def reconfigure(self, config: VersionConfig | Mapping[str, Any]) -> None:
         """Batching knobs and the request log change at runtime without reloading the model
-        (``request_logs``: model -> ``RequestLogArgs``, from the model config's
+        (``VersionConfig``: its ``request_logs`` come from the model config's
         ``logging_config``)."""
-        logged = config.get("request_logs", {}).get(self.model)
-        self.request_log = request_log.for_model(
-            self.model, RequestLogArgs(**logged) if logged else None
-        )
-        self.batching = BatchingArgs(**config.get("batching", {}))
+        config = VersionConfig.model_validate(config)
+        self.request_log = request_log.for_model(self.model, config.request_logs.get(self.model))
+        self.batching = config.batching
         if self.batching.num_batch_threads > self._pool_size:
             old, self._pool = self._pool, self._make_pool(self.batching)
             self._batches.pool = self._pool

@@ -1,20 +1,27 @@
-"""The deployment plan: which model versions have deployments, and how requests are routed.
+"""The planner, pure: which model versions have deployments, and how requests are routed.
 
-The plan is the declarative state the version manager moves forward one step at a time (add
-green, switch routing, remove blue); ``build_app`` turns a plan into a Serve application.
-``routing_for`` is the routing policy, pure: what the plan routes to, given what is loaded.
+The plan is the declarative state the version manager (``serve_app.rollout``) moves forward one
+step at a time (add green, switch routing, remove blue); ``build_app`` turns a plan into a Serve
+application, the applier (``serve_app.applier``) deploys it. Everything here is a function of
+its arguments (the config, a scan of the base path, the version statuses, the routing table):
+``plan_model`` is TF Serving's version policy (which versions to load and unload, in which
+order), ``routing_for`` the routing policy (what the plan routes to, given what is loaded).
+The same functions plan the first rollout and every poll after it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
 from compat.routing import Canary, ModelRoutes, RoutingTable
 from serve_app.args import ModelArgs
+from serve_app.repository import Scan, aspired_versions
+from serve_app.status import State, VersionStatus
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -97,3 +104,79 @@ def invalid_labels(models: list[ModelArgs], routing: RoutingTable) -> str:
                     "not currently available for inference"
                 )
     return ""
+
+
+@dataclass
+class ModelSteps:
+    """What one reconciliation does to one model, in this order."""
+
+    incomplete: dict[int, str] = field(default_factory=dict)
+    """Version directories without a whole SavedModel, not deployed: END with NOT_FOUND."""
+    unload_first: set[int] = field(default_factory=set)
+    """``resource_preserving``: deployed versions no longer aspired, unloaded before any load."""
+    load: dict[int, str] = field(default_factory=dict)
+    """Aspired versions not deployed yet: version -> path."""
+    unload: set[int] = field(default_factory=set)
+    """Deployed versions no longer aspired, unloaded once the loads are done; never the last
+    servable one while no aspired version is up (availability first, as TF Serving)."""
+    relabel: bool = False
+    """The config's labels differ from those routed: the routing is recomputed."""
+
+
+def gave_up(status: VersionStatus | None, stamp: str | None) -> bool:
+    """A version that failed to load is retried only once its directory changed (``stamp``,
+    from the scan, is what it looks like now)."""
+    if status is None or status.state != State.END or not status.error_code:
+        return False
+    return status.stamp == stamp
+
+
+def aspired(model: ModelArgs, scan: Scan, statuses: Mapping[int, VersionStatus]) -> dict[int, str]:
+    """The version policy applied to the whole versions on disk that have not failed to load."""
+    loadable = {
+        v: p for v, p in scan.complete.items() if not gave_up(statuses.get(v), scan.stamps.get(v))
+    }
+    return aspired_versions(loadable, model.version_policy)
+
+
+def plan_model(
+    model: ModelArgs,
+    scan: Scan,
+    deployed: Mapping[int, str],
+    statuses: Mapping[int, VersionStatus],
+    routes: ModelRoutes,
+    resource_preserving: bool = False,
+) -> ModelSteps:
+    """The next steps for ``model``: from its config (version policy, labels), the scan of its
+    base path, its deployed versions, their statuses and its routes now. The manager plans
+    again, with a new scan, after the loads, and takes ``unload`` and ``relabel`` from that."""
+    wanted = aspired(model, scan, statuses)
+    steps = ModelSteps(
+        incomplete={
+            v: p for v, p in scan.numeric.items() if v not in scan.complete and v not in deployed
+        },
+        load={v: p for v, p in wanted.items() if v not in deployed},
+    )
+    gone = {v for v in deployed if v not in wanted}
+    if resource_preserving:
+        steps.unload_first = gone
+    servable = [v for v in wanted if v in deployed and _loaded(statuses.get(v))]
+    steps.unload = gone if servable or not wanted else set()
+    labels = {label: v for label, v in model.version_labels.items() if v in routes.versions}
+    steps.relabel = labels != routes.labels
+    return steps
+
+
+def _loaded(status: VersionStatus | None) -> bool:
+    return status is not None and status.loaded
+
+
+def models_gone(deployed: Iterable[str], models: Iterable[ModelArgs]) -> list[str]:
+    """Deployed models no longer configured: unrouted, then removed whole."""
+    wanted = {m.name for m in models}
+    return [m for m in deployed if m not in wanted]
+
+
+def failed(statuses: Mapping[str, Mapping[int, VersionStatus]]) -> list[tuple[str, int]]:
+    """(model, version) of every version that ended (failed to load, or unloaded)."""
+    return [(m, v) for m, vs in statuses.items() for v, s in vs.items() if s.state == State.END]

@@ -1,9 +1,13 @@
 """Version discovery over ``base_path``, as TF Serving's FileSystemStoragePathSource does it:
-a local or shared filesystem, or an object store (``serve_app.store``)."""
+a local or shared filesystem, or an object store (``serve_app.store``). ``scan`` is the
+Source's one look at a base path that the planner (``serve_app.plan``) reads; the version
+policy (``aspired_versions``) is pure."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from serve_app import store
@@ -17,6 +21,26 @@ class ModelPathError(ValueError):
 
 
 _SCANNER = store.Scanner()
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One look at a model's base path."""
+
+    complete: dict[int, str] = field(default_factory=dict)
+    """Versions that hold a whole SavedModel: version -> path (``scan_versions``)."""
+    numeric: dict[int, str] = field(default_factory=dict)
+    """Every numeric version directory, whole or not (``scan_all_numeric``)."""
+    stamps: dict[int, str] = field(default_factory=dict)
+    """What the asked-for whole versions look like now (``store.stamp``): a failed version is
+    retried once its stamp changed."""
+
+
+def scan(base_path: str | Path, stamp: Iterable[int] = ()) -> Scan:
+    """The versions under ``base_path``, and the stamps of those of ``stamp`` found whole."""
+    complete = scan_versions(base_path)
+    stamps = {v: store.stamp(complete[v]) for v in stamp if v in complete}
+    return Scan(complete, scan_all_numeric(base_path), stamps)
 
 
 def scan_versions(base_path: str | Path) -> dict[int, str]:

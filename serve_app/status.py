@@ -2,8 +2,8 @@
 GetModelStatus, the server's readiness and the snapshot operators and the CLI read.
 
 ``Statuses`` is the table (model -> version -> ``VersionStatus``); the version manager
-(``serve_app.rollout``) changes it as versions load, become AVAILABLE and go; everything here
-only reads it.
+(``serve_app.rollout``) changes it as versions load (``record``, with the applier's
+``LoadOutcome``), become AVAILABLE (``mark_available``) and go; the answers only read it.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from compat.errors import InvalidArgument, NotFound
+from compat.errors import InvalidArgument, NotFound, StatusCode
 from compat.protos import get_model_status_pb2
 from compat.routing import ModelRoutes, RoutingTable
+from serve_app import store
 from serve_app.args import ModelArgs
 from serve_app.repository import aspired_versions, scan_versions
 
@@ -32,13 +33,51 @@ class VersionStatus:
     error_message: str = ""
     path: str = ""
     stamp: str = ""
-    """What the version's directory looked like when it was loaded (``rollout._stamp``)."""
+    """What the version's directory looked like when it was loaded (``store.stamp``)."""
     loaded: bool = False
     """Loaded and warmed up; becomes AVAILABLE once the ingress routes to it."""
     load_seconds: float = 0.0
     """How long its load (and warmup) took, in the replica that reported it."""
     warmup_records: int = 0
     """Records of its warmup file replayed."""
+
+    def record(self, outcome: LoadOutcome) -> None:
+        """How its load went: loaded (AVAILABLE once routed), or END with the error."""
+        if outcome.code == StatusCode.OK:
+            self.loaded = True
+            self.load_seconds = outcome.load_seconds
+            self.warmup_records = outcome.warmup_records
+        else:
+            self.state, self.error_code = State.END, outcome.code.value[0]
+            self.error_message = outcome.message
+
+    @classmethod
+    def incomplete(cls, path: str) -> VersionStatus:
+        """A version directory without a whole SavedModel: END, NOT_FOUND (TF's reader's)."""
+        message = (
+            f"The SavedModel at {path} is not complete (files still being uploaded, or "
+            "missing); it is loaded once whole"
+            if store.is_remote(path)
+            else "Could not find SavedModel .pb or .pbtxt at supplied export directory path: "
+            f"{path}. Check that the directory exists and that you have the right permissions "
+            "for accessing it."
+        )
+        return cls(State.END, StatusCode.NOT_FOUND.value[0], message, path=path)
+
+
+@dataclass(frozen=True)
+class LoadOutcome:
+    """How a version's load went (the applier's answer): OK, or the error it ended with."""
+
+    code: StatusCode = StatusCode.OK
+    """OK; FAILED_PRECONDITION: it failed to load; UNAVAILABLE: its deployment failed;
+    DEADLINE_EXCEEDED: it did not load in time."""
+    message: str = ""
+    """The error's message."""
+    load_seconds: float = 0.0
+    """How long the load (and warmup) took."""
+    warmup_records: int = 0
+    """Records of the warmup file replayed."""
 
 
 class Statuses(dict[str, dict[int, VersionStatus]]):
@@ -74,6 +113,22 @@ class Statuses(dict[str, dict[int, VersionStatus]]):
         if wanted is not None and not response.model_version_status:
             raise NotFound(f"Could not find version {wanted} of model {name}")
         return response
+
+    def mark_available(self, routing: RoutingTable) -> list[tuple[str, int]]:
+        """Loaded versions that ``routing`` routes to become AVAILABLE; returns them. (Only
+        once every serving replica routes with it: a client told AVAILABLE is served by any.)"""
+        now = []
+        for model, routes in routing.models.items():
+            for v in routes.versions:
+                s = self.get(model, {}).get(v)
+                if s is not None and s.loaded and s.state == State.LOADING:
+                    s.state = State.AVAILABLE
+                    now.append((model, v))
+        return now
+
+    def loaded(self, model: str, version: int) -> bool:
+        s = self.get(model, {}).get(version)
+        return s is not None and s.loaded
 
     def newest_available(self, models: Iterable[ModelArgs]) -> bool:
         """Every model's newest aspired version (on disk now) is AVAILABLE."""

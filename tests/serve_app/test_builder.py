@@ -93,3 +93,26 @@ def test_serve_config_round_trips_the_arguments() -> None:
     again = parse_cli_args(application["args"])
     assert again == args
     assert config["proxy_location"] == "Disabled"
+
+
+def test_user_configs_are_the_receivers_typed_models_and_the_manager_gets_the_builder() -> None:
+    """What the builder ships validates as what each receiver reads (``replica_config``), and
+    the version manager is handed ``build_app`` for its redeploys (it imports no builder)."""
+    from serve_app.app import build_app
+    from serve_app.replica_config import IngressConfig, ListenConfig, VersionConfig
+
+    app = application_from_cli_args(
+        {
+            "model_name": "hpt",
+            "model_base_path": HALF_PLUS_TWO,
+            "batching.enabled": "true",
+            "grpc_port": "9100",
+        }
+    )
+    found = deployments(app)
+    config = IngressConfig.model_validate(found["Ingress"].user_config)
+    assert set(config.local) == {"hpt-v123"} and config.local["hpt-v123"].version == 123
+    assert config.versions == VersionConfig.model_validate({"batching": {"enabled": True}})
+    _, _, listen = found["Ingress"].init_args
+    assert isinstance(listen, ListenConfig) and listen.grpc_port == 9100
+    assert found["VersionManager"].init_args[2] is build_app

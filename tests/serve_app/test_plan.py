@@ -1,5 +1,7 @@
-"""The routing policy and the status table, pure: ``plan.routing_for``, ``plan.invalid_labels``
-and ``status.Statuses``, driven with fakes for what is loaded and on disk."""
+"""The planner, the routing policy and the status table, pure: ``plan.plan_model`` (every
+version policy, both rollout orders, every failure), ``plan.routing_for``,
+``plan.invalid_labels`` and ``status.Statuses``, driven with fakes for what is loaded and on
+disk."""
 
 from __future__ import annotations
 
@@ -7,12 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from compat.errors import InvalidArgument, NotFound
+from compat.errors import InvalidArgument, NotFound, StatusCode
 from compat.protos import model_pb2
 from compat.routing import ModelRoutes, RoutingTable
 from serve_app.args import ModelArgs, VersionPolicy
-from serve_app.plan import Plan, deployment_name, invalid_labels, routing_for
-from serve_app.status import State, Statuses, VersionStatus
+from serve_app.plan import (
+    Plan,
+    deployment_name,
+    failed,
+    invalid_labels,
+    models_gone,
+    plan_model,
+    routing_for,
+)
+from serve_app.repository import Scan
+from serve_app.status import LoadOutcome, State, Statuses, VersionStatus
 
 pytestmark = pytest.mark.unit
 
@@ -134,3 +145,153 @@ def test_the_snapshot_names_states_and_tells_loads() -> None:
         "status": {"m": {1: "AVAILABLE", 2: "END"}},
         "loads": {"m": {1: {"seconds": 0.5, "warmup_records": 3}}},
     }
+
+
+# --- the planner: plan_model over a fake scan ------------------------------------------------
+
+
+def on_disk(
+    *versions: int, incomplete: tuple[int, ...] = (), stamps: dict[int, str] | None = None
+) -> Scan:
+    complete = {v: f"/b/{v}" for v in versions}
+    numeric = {**complete, **{v: f"/b/{v}" for v in incomplete}}
+    return Scan(complete, numeric, stamps or {})
+
+
+def up(*versions: int) -> dict[int, VersionStatus]:
+    return {v: VersionStatus(State.AVAILABLE, loaded=True) for v in versions}
+
+
+def broken(stamp: str) -> VersionStatus:
+    return VersionStatus(State.END, StatusCode.FAILED_PRECONDITION.value[0], "bad", stamp=stamp)
+
+
+def deployed(*versions: int) -> dict[int, str]:
+    return {v: f"/b/{v}" for v in versions}
+
+
+def policy(kind: str, **kw: object) -> ModelArgs:
+    return ModelArgs(name="m", base_path="/b", version_policy=VersionPolicy(kind=kind, **kw))  # type: ignore[arg-type]
+
+
+NO_ROUTES = ModelRoutes()
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        (policy("latest"), {3}),
+        (policy("latest", num_versions=2), {2, 3}),
+        (policy("all"), {1, 2, 3}),
+        (policy("specific", versions=[1, 3, 7]), {1, 3}),
+    ],
+)
+def test_each_version_policy_loads_what_it_aspires_to(model: ModelArgs, expected: set[int]) -> None:
+    steps = plan_model(model, on_disk(1, 2, 3), {}, {}, NO_ROUTES)
+    assert (set(steps.load), steps.unload, steps.unload_first) == (expected, set(), set())
+    assert steps.load == {v: f"/b/{v}" for v in expected}
+
+
+def test_a_new_version_loads_before_the_old_one_goes() -> None:
+    """Availability first: while 2 loads, 1 stays; once 2 is up, 1 is unloaded."""
+    steps = plan_model(policy("latest"), on_disk(1, 2), deployed(1), up(1), NO_ROUTES)
+    assert (steps.load, steps.unload_first) == ({2: "/b/2"}, set())
+    after = plan_model(policy("latest"), on_disk(1, 2), deployed(1, 2), up(1, 2), NO_ROUTES)
+    assert (after.load, after.unload) == ({}, {1})
+
+
+def test_resource_preserving_unloads_first() -> None:
+    steps = plan_model(
+        policy("latest"), on_disk(1, 2), deployed(1), up(1), NO_ROUTES, resource_preserving=True
+    )
+    assert (steps.unload_first, steps.load) == ({1}, {2: "/b/2"})
+
+
+def test_a_version_that_failed_to_load_is_not_retried_and_the_old_one_keeps_serving() -> None:
+    statuses = {**up(1), 2: broken("t0")}
+    steps = plan_model(
+        policy("latest"), on_disk(1, 2, stamps={2: "t0"}), deployed(1), statuses, NO_ROUTES
+    )
+    assert (steps.load, steps.unload) == ({}, set())
+
+
+def test_a_failed_version_is_retried_once_its_directory_changed() -> None:
+    statuses = {**up(1), 2: broken("t0")}
+    steps = plan_model(
+        policy("latest"), on_disk(1, 2, stamps={2: "t1"}), deployed(1), statuses, NO_ROUTES
+    )
+    assert steps.load == {2: "/b/2"}
+    # ... and while it is not up, the version serving now is never unloaded for it.
+    assert steps.unload == set()
+
+
+def test_all_versions_failing_loads_nothing_and_unloads_nothing() -> None:
+    statuses = {1: broken("a"), 2: broken("b")}
+    scan = on_disk(1, 2, stamps={1: "a", 2: "b"})
+    steps = plan_model(policy("all"), scan, {}, statuses, NO_ROUTES)
+    assert (steps.load, steps.unload, steps.unload_first, steps.incomplete) == (
+        {},
+        set(),
+        set(),
+        {},
+    )
+
+
+def test_a_version_whose_path_vanished_is_unloaded() -> None:
+    steps = plan_model(policy("all"), on_disk(2), deployed(1, 2), up(1, 2), NO_ROUTES)
+    assert (steps.load, steps.unload) == ({}, {1})
+    # The whole base path gone: nothing is aspired, the last version goes too.
+    steps = plan_model(policy("latest"), on_disk(), deployed(2), up(2), NO_ROUTES)
+    assert steps.unload == {2}
+
+
+def test_an_incomplete_directory_gets_a_status_and_is_not_loaded() -> None:
+    steps = plan_model(policy("latest"), on_disk(1, incomplete=(2,)), deployed(1), up(1), NO_ROUTES)
+    assert (steps.incomplete, steps.load, steps.unload) == ({2: "/b/2"}, {}, set())
+    status = VersionStatus.incomplete("/b/2")
+    assert (status.state, status.error_code) == (State.END, StatusCode.NOT_FOUND.value[0])
+
+
+def test_labels_are_rerouted_only_when_the_config_moved_one() -> None:
+    routes = ModelRoutes(versions={1: "m-v1", 2: "m-v2"}, latest=2, labels={"stable": 1})
+    moved = ModelArgs(name="m", base_path="/b", version_labels={"stable": 2})
+    steps = plan_model(moved, on_disk(1, 2), deployed(1, 2), up(1, 2), routes)
+    assert steps.relabel
+    same = ModelArgs(name="m", base_path="/b", version_labels={"stable": 1})
+    assert not plan_model(same, on_disk(1, 2), deployed(1, 2), up(1, 2), routes).relabel
+
+
+def test_a_label_on_a_missing_version_changes_nothing() -> None:
+    """A label naming a version not routed is left out of the routes (and refused by a
+    reload: ``invalid_labels``), so it asks for no reroute."""
+    routes = ModelRoutes(versions={1: "m-v1"}, latest=1)
+    model = ModelArgs(name="m", base_path="/b", version_labels={"next": 9})
+    steps = plan_model(model, on_disk(1), deployed(1), up(1), routes)
+    assert (steps.relabel, steps.load, steps.unload) == (False, {}, set())
+    assert "version 9 of model m" in invalid_labels([model], RoutingTable(models={"m": routes}))
+
+
+def test_models_no_longer_configured_and_ended_versions() -> None:
+    assert models_gone(["m", "old"], [MODEL]) == ["old"]
+    assert failed(statuses()) == [("m", 2)]
+
+
+def test_a_load_outcome_makes_the_status_loaded_or_ended() -> None:
+    ok, bad = VersionStatus(State.LOADING), VersionStatus(State.LOADING)
+    ok.record(LoadOutcome(load_seconds=1.5, warmup_records=2))
+    bad.record(LoadOutcome(StatusCode.DEADLINE_EXCEEDED, "Timed out loading"))
+    assert (ok.loaded, ok.state, ok.load_seconds, ok.warmup_records) == (
+        True,
+        State.LOADING,
+        1.5,
+        2,
+    )
+    assert (bad.loaded, bad.state, bad.error_code, bad.error_message) == (
+        False,
+        State.END,
+        StatusCode.DEADLINE_EXCEEDED.value[0],
+        "Timed out loading",
+    )
+    table = Statuses({"m": {1: ok}})
+    routing = RoutingTable(models={"m": ModelRoutes(versions={1: "m-v1"}, latest=1)})
+    assert table.mark_available(routing) == [("m", 1)] and ok.state == State.AVAILABLE
