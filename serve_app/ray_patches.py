@@ -34,8 +34,9 @@ and loadtests/launcher.py (the environment variable).
 
 Tested by tests/serve_app/test_ray_patches.py (unit, real Ray: targets, signatures and call
 sites, the rebinding on real gRPC servers, the guard, the settings as Ray parses them) and live
-by tests/serve_app/test_predict.py::test_every_port_is_loopback (every listener of a running
-server, the replicas' inter-deployment gRPC ports among them, is on loopback).
+by test_every_port_is_loopback in tests/serve_app/test_predict.py (``serve run`` of the Serve
+config) and tests/serve_app/test_cli.py (the CLI's embedded Ray): every listener of a running
+server, the replicas' inter-deployment gRPC servers among them, is on loopback.
 """
 
 from __future__ import annotations
