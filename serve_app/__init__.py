@@ -4,7 +4,7 @@
 call ``app`` with the arguments: it validates them and returns the application built by
 ``serve_app.app.build_app``, without starting anything (``serve_app.launch``).
 
-Importing the package in a Ray worker applies ``grpc_services.bind_grpc_to_host`` when the
+Importing the package in a Ray worker applies ``ray_patches.bind_grpc_to_host`` when the
 server binds loopback only: a replica imports it while unpickling its deployment, before Serve
 binds the replica's inter-deployment gRPC server.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from serve_app.grpc_services import bind_grpc_to_host
+from serve_app.ray_patches import bind_grpc_to_host
 
 bind_grpc_to_host()
 

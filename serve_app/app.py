@@ -23,10 +23,10 @@ from ray import serve
 from ray.serve import Application
 
 from serve_app.args import AppArgs, ScalingArgs
-from serve_app.grpc_services import GRPC_HOST_ENV
 from serve_app.ingress import Ingress
 from serve_app.model import ModelVersion
 from serve_app.plan import Plan, deployment_name
+from serve_app.ray_patches import BIND_GRPC_HOOK, GRPC_BIND, GRPC_HOST_ENV, require_ray, serve_env
 from serve_app.replica_config import (
     IngressConfig,
     ListenConfig,
@@ -101,17 +101,6 @@ def _logging(args: AppArgs) -> dict[str, Any]:
     return {"enable_access_log": args.access_log}
 
 
-#: Ray Serve settings every replica needs (read when its process starts).
-RAY_SERVE_ENV = {
-    # Calls between deployments (serving replica -> version manager, or -> a model in its own
-    # deployment) over Serve's gRPC transport instead of Ray actor calls: measured 1.6-1.8x
-    # the throughput, payloads never go through plasma.
-    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
-    # ... and as large as TF Serving accepts (INT_MAX), not gRPC's 4 MB default.
-    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1),
-}
-
-
 def runtime_env(args: AppArgs, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """What every replica's process needs, wherever Ray starts it, as the job's or the Serve
     application's runtime_env (the CLI's ``ray.init``, the generated Serve config): at that
@@ -119,15 +108,17 @@ def runtime_env(args: AppArgs, environ: Mapping[str, str] = os.environ) -> dict[
     rebuilt application for a new version. Ray's settings from the deploying process's
     environment win (e.g. a lowered message limit in a test). On a loopback-only server, Serve's
     inter-deployment gRPC servers are rebound from every interface to loopback
-    (``grpc_services.bind_grpc_to_host``); on a network they keep Ray's binding, which other
-    nodes must reach. ``environ`` is where those settings are read (the generated cluster files
-    pass an empty one: they must not depend on the process that writes them)."""
-    env = {k: environ.get(k, v) for k, v in RAY_SERVE_ENV.items()}
+    (``ray_patches.bind_grpc_to_host``; at another Ray version the builder refuses at once with
+    ``RayPatchError`` rather than every worker failing); on a network they keep Ray's binding,
+    which other nodes must reach. ``environ`` is where those settings are read (the generated
+    cluster files pass an empty one: they must not depend on the process that writes them)."""
+    env = serve_env(environ)
     env["TF_CPP_MIN_LOG_LEVEL"] = environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
     result: dict[str, Any] = {"env_vars": env}
     if args.loopback:
+        require_ray(GRPC_BIND)
         env[GRPC_HOST_ENV] = args.host
-        result["worker_process_setup_hook"] = "serve_app.grpc_services.bind_grpc_to_host"
+        result["worker_process_setup_hook"] = BIND_GRPC_HOOK
     return result
 
 

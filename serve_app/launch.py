@@ -100,13 +100,9 @@ def start_ray_and_serve(args: AppArgs, address: str | None = None) -> None:
             )
         else:
             if args.loopback:
-                # Ray swaps a loopback node address for the machine's network address unless
-                # it believes it is a single-machine install: then every Ray server binds
-                # 127.0.0.1. Ray's child processes (raylet, workers) read the variable.
-                os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-                import ray._private.ray_constants as ray_constants
+                from serve_app.ray_patches import keep_embedded_ray_on_loopback
 
-                ray_constants.ENABLE_RAY_CLUSTER = False
+                keep_embedded_ray_on_loopback()
             ray.init(
                 address="local",
                 namespace="serve",

@@ -310,6 +310,40 @@ def test_start_is_quiet_and_says_what_it_serves(
     ), steps
 
 
+def listening(sid: int) -> dict[str, list[str]]:
+    """``pid command-line`` -> the addresses it listens on, for each process of session ``sid``
+    (the CLI's: the embedded Ray's gcs, raylet and workers, the replicas)."""
+    import psutil
+
+    held: dict[str, list[str]] = {}
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):  # gone meanwhile
+            if os.getsid(process.pid) == sid:
+                held[f"{process.pid} {' '.join(process.cmdline())}"] = [
+                    f"{c.laddr.ip}:{c.laddr.port}"
+                    for c in process.net_connections(kind="tcp")
+                    if c.status == psutil.CONN_LISTEN
+                ]
+    return held
+
+
+def test_every_port_is_loopback(single_model: tuple[Cli, int, int]) -> None:
+    """The embedded Ray (``ray_patches.keep_embedded_ray_on_loopback``), each replica's
+    inter-deployment gRPC server (``ray_patches.bind_grpc_to_host``) and the client ports all
+    listen on loopback only."""
+    cli, port, rest_port = single_model
+    held = listening(cli.process.pid)
+    addresses = [a for of_one in held.values() for a in of_one]
+    assert {a.rsplit(":", 1)[1] for a in addresses} >= {str(port), str(rest_port)}, held
+    replicas = [of_one for title, of_one in held.items() if "ServeReplica" in title]
+    assert len(replicas) >= 2, held  # the serving replica and the version manager
+    assert all(len(of_one) >= 2 for of_one in replicas), held  # its worker's and Serve's
+    assert len(addresses) > 5, held
+    loopback = ("127.0.0.1:", "::ffff:127.0.0.1:", "::1:")
+    outside = {t: [a for a in of_one if not a.startswith(loopback)] for t, of_one in held.items()}
+    assert not {t: a for t, a in outside.items() if a}
+
+
 def test_ctrl_c_stops_cleanly(single_model: tuple[Cli, int, int]) -> None:
     cli, port, _ = single_model
     assert cli.stop() == 0
