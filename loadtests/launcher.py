@@ -1,4 +1,7 @@
-"""Boot ray-tfserving (``serve run <Serve config>``) as a subprocess on free loopback ports.
+"""Boot ray-tfserving as a user does, in subprocesses on free loopback ports: the product prints
+the Serve config for ``key=value`` arguments (``python -m serve_app.launch``), ``serve run`` serves
+it; and the benchmark's plain server (``loadtests.plain_server``). Nothing of ``serve_app`` is
+imported here.
 
 Each server gets its own ``RAY_TMPDIR`` (so it never joins another local Ray) and its own
 session (``start_new_session``), so ``stop`` can end Ray's gcs, raylet and workers with one
@@ -15,13 +18,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from compat import ports
 
 REPO = Path(__file__).resolve().parents[1]
-TESTDATA = REPO.parent / "shared" / "testdata" / "tfserving"
+TESTDATA = (REPO.parent / "shared" / "testdata" / "tfserving").resolve()
 """TF Serving's own test models (``../shared/testdata/tfserving`` beside the repository)."""
 HALF_PLUS_TWO = TESTDATA / "saved_model_half_plus_two_cpu"
 SERVE = str(Path(sys.executable).with_name("serve"))
@@ -29,11 +33,26 @@ BOOT_TIMEOUT_S = 240.0
 
 
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct TCP ports free on 127.0.0.1 now, out of the ranges the kernel and Ray
-    pick from (see ``serve_app.launch.free_ports``)."""
-    from serve_app.launch import free_ports as pick
+    """``count`` distinct TCP ports free on 127.0.0.1 now (``compat.ports``)."""
+    return ports.free_ports("127.0.0.1", count)
 
-    return pick("127.0.0.1", count)
+
+ConfigWriter = Callable[[Mapping[str, str], Mapping[str, str]], str]
+"""(``key=value`` app arguments, the server's environment) -> its Serve config as YAML."""
+
+
+def printed_serve_config(app_args: Mapping[str, str], environ: Mapping[str, str]) -> str:
+    """The Serve config that ``python -m serve_app.launch key=value ...`` prints, run in the
+    server's environment (Ray's settings in it go into the config's runtime_env)."""
+    command = [sys.executable, "-m", "serve_app.launch", *(f"{k}={v}" for k, v in app_args.items())]
+    done = subprocess.run(
+        command, cwd=REPO, env=dict(environ), capture_output=True, text=True, timeout=120
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-4000:]}"
+        )
+    return done.stdout
 
 
 @dataclass
@@ -114,16 +133,14 @@ def start_server(
     *args: str,
     wait_for: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
-    cwd: Path = REPO,
     timeout: float = BOOT_TIMEOUT_S,
     tmp_prefix: str = "rtfs-",
+    write_config: ConfigWriter = printed_serve_config,
 ) -> ServerProcess:
-    """``serve run`` of a Serve config deploying ``serve_app:app`` with ``args`` (``key=value``),
-    free ports, its own RAY_TMPDIR;
-    ``env`` is added to the environment (Ray's workers inherit it). Waits for ``wait_for``.
+    """``serve run`` of the Serve config ``write_config`` makes for ``args`` (``key=value``),
+    free ports, its own RAY_TMPDIR; ``env`` is added to the environment (Ray's workers inherit
+    it). Waits for ``wait_for``.
     """
-    import yaml
-
     grpc_port, http_port = free_ports(2)
     tmpdir = Path(tempfile.mkdtemp(prefix=tmp_prefix))
     log_path = tmpdir / "server.log"
@@ -140,12 +157,12 @@ def start_server(
         key, _, value = arg.partition("=")
         app_args[key] = value
     config = tmpdir / "serve.yaml"
-    config.write_text(yaml.safe_dump(serve_config_for(app_args)))
+    config.write_text(write_config(app_args, full_env))
     command = [SERVE, "run", str(config)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             command,
-            cwd=cwd,
+            cwd=REPO,
             env=full_env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -160,16 +177,6 @@ def start_server(
         server.stop()
         raise
     return server
-
-
-def serve_config_for(app_args: Mapping[str, str]) -> dict[str, Any]:
-    """A Serve config (what ``ray-tfserving --print_serve_config`` writes) deploying
-    ``serve_app:app`` with ``key=value`` arguments, as ``serve deploy`` would."""
-    from serve_app.launch import parse_cli_args, serve_config
-
-    config = serve_config(parse_cli_args(dict(app_args)))
-    config["applications"][0]["args"] = dict(app_args)  # as given: the builder parses them
-    return config
 
 
 @dataclass

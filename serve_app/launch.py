@@ -1,14 +1,13 @@
 """From arguments to a running server: the pure builder ``serve run`` and ``serve deploy`` call,
-the generated Serve config, and the CLI's start (join a cluster, or an embedded local Ray)."""
+the generated Serve config (``python -m serve_app.launch key=value ...`` prints it), and the CLI's
+start (join a cluster, or an embedded local Ray)."""
 
 from __future__ import annotations
 
 import logging
 import os
-import random
-import socket
 import sys
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,47 +142,32 @@ def serve_config(args: AppArgs, environ: Mapping[str, str] = os.environ) -> dict
     }
 
 
-PICKED_PORTS = range(20000, 30000)
-"""Where ``free_ports`` picks: above Ray's worker ports (10002-19999) and below the ports the kernel
-hands out for port 0 (Linux: 32768-60999), whence come Ray's own servers, Serve's replica gRPC ports
-and every outgoing connection. A port the kernel gave us before Ray started could go to one of those
-before Serve bound it (seen in CI: "Failed to bind to address '127.0.0.1:42643'")."""
+def serve_config_yaml(raw: Mapping[str, str], environ: Mapping[str, str] = os.environ) -> str:
+    """The Serve config of ``serve run``'s ``key=value`` arguments, as YAML (``main``)."""
+    import yaml
+
+    return yaml.safe_dump(serve_config(parse_cli_args(dict(raw)), environ), sort_keys=False)
 
 
-def free_ports(host: str, count: int, exclude: Collection[int] = ()) -> list[int]:
-    """``count`` distinct TCP ports free on ``host`` now, from ``PICKED_PORTS`` minus the kernel's
-    ephemeral range and ``exclude`` (for a server started right after)."""
-    low, high = _ephemeral_range()
-    excluded = set(exclude)
-    candidates = [p for p in PICKED_PORTS if not low <= p <= high and p not in excluded]
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    held: list[socket.socket] = []
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m serve_app.launch key=value ...``: print the Serve config deploying those
+    arguments (what ``ray-tfserving --print_serve_config`` prints for its flags), for
+    ``serve run`` or ``serve deploy``; 2 for an argument that is not ``key=value`` or not valid."""
+    from pydantic import ValidationError
+
+    raw = {}
+    for arg in sys.argv[1:] if argv is None else argv:
+        key, sep, value = arg.partition("=")
+        if not (key and sep):
+            print(f"ray-tfserving: expected key=value, got {arg!r}", file=sys.stderr)
+            return 2
+        raw[key] = value
     try:
-        for port in random.sample(candidates, min(len(candidates), 200)):
-            if len(held) == count:
-                break
-            s = socket.socket(family)
-            try:
-                s.bind((host, port))
-            except OSError:
-                s.close()
-                continue
-            held.append(s)
-        while len(held) < count:  # no candidate left: the kernel's choice
-            held.append(socket.socket(family))
-            held[-1].bind((host, 0))
-        return [int(s.getsockname()[1]) for s in held]
-    finally:
-        for s in held:
-            s.close()
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
+        print(serve_config_yaml(raw), end="")
+    except ValidationError as e:
+        print(f"ray-tfserving: invalid arguments:\n{e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def fail(error: Exception) -> int:
@@ -237,3 +221,7 @@ def application_from_cli_args(raw: dict[str, Any]) -> Any:
         raise SystemExit(2) from None
     args, plan = prepare(args)
     return build_app(args, plan)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,6 +1,7 @@
 """The layering, read from the source with ``ast`` (nothing is imported): ``compat/`` is the TF
-Serving API without Ray or a web framework, ``export/`` depends on nothing of ours, and no module
-of the product grows past 400 non-blank lines."""
+Serving API without Ray or a web framework, ``export/`` depends on nothing of ours, ``loadtests/``
+drives ray-tfserving from outside (nothing of ``serve_app/``), and no module of the product grows
+past 400 non-blank lines."""
 
 from __future__ import annotations
 
@@ -51,6 +52,17 @@ def test_compat_imports_neither_ray_nor_a_web_framework() -> None:
 
 def test_export_imports_nothing_of_ours() -> None:
     assert not imports_of("export", set(PACKAGES) - {"export"} | {"tests"})
+
+
+def test_loadtests_import_nothing_of_serve_app() -> None:
+    """The benchmark and the soak start ray-tfserving as a user does (``python -m
+    serve_app.launch`` prints the Serve config, ``serve run`` serves it); the test harness that
+    may import the server is ``tests/harness.py``."""
+    assert not imports_of("loadtests", {"serve_app", "tests"})
+
+
+def test_the_product_imports_neither_load_tests_nor_tests() -> None:
+    assert not imports_of("serve_app", {"loadtests", "tests"})
 
 
 @pytest.mark.parametrize("package", PACKAGES)

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from compat.console import is_noise
-from tests.conftest import REPO
+from tests.harness import REPO
 
 NOISE = [
     "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",

@@ -20,12 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-tf = pytest.importorskip("tensorflow")
+import tensorflow as tf
 
-from compat import dataplane, tensors  # noqa: E402
-from compat.errors import ServingError  # noqa: E402
-from compat.protos import predict_pb2, tensor_pb2, types_pb2  # noqa: E402
-from compat.signatures import Signature, TensorSpec  # noqa: E402
+from compat import dataplane, tensors
+from compat.errors import ServingError
+from compat.protos import predict_pb2, tensor_pb2, types_pb2
+from compat.signatures import Signature, TensorSpec
 
 pytestmark = pytest.mark.unit
 

@@ -16,20 +16,20 @@ from typing import Any
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-tf = pytest.importorskip("tensorflow")
+import tensorflow as tf
 
-from compat import inference  # noqa: E402
-from compat.errors import InvalidArgument, ServingError, Unimplemented  # noqa: E402
-from compat.protos import (  # noqa: E402
+from compat import inference
+from compat.errors import InvalidArgument, ServingError, Unimplemented
+from compat.protos import (
     classification_pb2,
     example_pb2,
     inference_pb2,
     input_pb2,
     regression_pb2,
 )
-from compat.servable import Servable  # noqa: E402
-from compat.signatures import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD  # noqa: E402
-from tests.conftest import TESTDATA  # noqa: E402
+from compat.servable import Servable
+from compat.signatures import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD
+from tests.harness import TESTDATA
 
 MODEL = "default"
 VERSION = 123
@@ -46,10 +46,7 @@ _NOT_STRING = "Expects arg[0] to be float but string is provided"
 
 
 def _servable(relative: str) -> Servable:
-    path = TESTDATA / relative
-    if not path.is_dir():
-        pytest.skip(f"test model {path} not present")
-    return Servable(path)
+    return Servable(TESTDATA / relative)
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from compat.protos import (
     types_pb2,
 )
 from compat.signatures import Signature, TensorSpec, signatures_of
-from tests.conftest import TESTDATA
+from tests.harness import TESTDATA
 
 HALF_PLUS_TWO = TESTDATA / "saved_model_half_plus_two_cpu" / "00000123" / "saved_model.pb"
 TWO_VERSIONS = TESTDATA / "saved_model_half_plus_two_2_versions" / "00000123" / "saved_model.pb"

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-tf = pytest.importorskip("tensorflow")
+import tensorflow as tf
 
-from compat import tensors  # noqa: E402
-from compat.protos import tensor_pb2, types_pb2  # noqa: E402
+from compat import tensors
+from compat.protos import tensor_pb2, types_pb2
 
 ALL_DTYPES = [
     types_pb2.DT_FLOAT,

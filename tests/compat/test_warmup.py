@@ -14,30 +14,28 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-tf = pytest.importorskip("tensorflow")
+import tensorflow as tf
 
-from compat.errors import (  # noqa: E402
+from compat.errors import (
     InvalidArgument,
     ServingError,
     StatusCode,
     Unimplemented,
     from_code,
 )
-from compat.protos import (  # noqa: E402
+from compat.protos import (
     classification_pb2,
     inference_pb2,
     prediction_log_pb2,
     regression_pb2,
 )
-from compat.servable import Servable  # noqa: E402
-from compat.signatures import CLASSIFY_METHOD, REGRESS_METHOD  # noqa: E402
-from compat.tensors import from_numpy  # noqa: E402
-from compat.warmup import MAX_WARMUP_RECORDS, replay_warmup, warmup_file  # noqa: E402
+from compat.servable import Servable
+from compat.signatures import CLASSIFY_METHOD, REGRESS_METHOD
+from compat.tensors import from_numpy
+from compat.warmup import MAX_WARMUP_RECORDS, replay_warmup, warmup_file
+from tests.harness import TESTDATA
 
-HALF_PLUS_TWO = (
-    Path(__file__).resolve().parents[2].parent
-    / "shared/testdata/tfserving/saved_model_half_plus_two_cpu/00000123"
-)
+HALF_PLUS_TWO = TESTDATA / "saved_model_half_plus_two_cpu/00000123"
 MODEL = "default"
 VERSION = 123
 
@@ -45,8 +43,6 @@ VERSION = 123
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of half_plus_two's version directory, to write warmup files into."""
-    if not HALF_PLUS_TWO.is_dir():
-        pytest.skip(f"test model {HALF_PLUS_TWO} not present")
     path = tmp_path_factory.mktemp("half_plus_two") / "00000123"
     shutil.copytree(HALF_PLUS_TWO, path)
     return path

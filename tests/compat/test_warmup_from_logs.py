@@ -14,7 +14,7 @@ from compat import warmup_from_logs
 from compat.protos import prediction_log_pb2
 from compat.servable import Servable
 from compat.warmup import replay_warmup
-from tests.conftest import REPO, TESTDATA
+from tests.harness import REPO, TESTDATA
 
 
 def predict_log(rows: int, signature: str = "", value: float = 2.0):  # type: ignore[no-untyped-def]

@@ -28,7 +28,7 @@ from export.savedmodel import (
 )
 from export.show import read_saved_model, show
 from export.synthetic import CLASS_NAMES, NUM_CLASSES, make_batch
-from tests.conftest import TESTDATA
+from tests.harness import TESTDATA
 
 REPO = Path(__file__).resolve().parents[2]
 HALF_PLUS_TWO = TESTDATA / "saved_model_half_plus_two_cpu/00000123"
@@ -300,7 +300,6 @@ def test_cli_rejects_bad_arguments(tmp_path: Path) -> None:
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.skipif(not HALF_PLUS_TWO.is_dir(), reason=f"no test model at {HALF_PLUS_TWO}")
 def test_cli_show_all_tf1_model() -> None:
     done = run_cli("show", "--dir", HALF_PLUS_TWO, "--all")
     assert done.returncode == 0, done.stderr
@@ -321,7 +320,6 @@ def test_cli_show_missing_model(tmp_path: Path) -> None:
     assert done.returncode == 1 and "no saved_model.pb" in done.stderr
 
 
-@pytest.mark.skipif(not HALF_PLUS_TWO.is_dir(), reason=f"no test model at {HALF_PLUS_TWO}")
 def test_show_levels_tf1_model() -> None:
     assert show(HALF_PLUS_TWO).splitlines() == [
         "The given SavedModel contains the following tag-sets:",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from loadtests.run import HTML_REPORT, read_summary
-from tests.conftest import REPO, TESTDATA, Server, start_server
+from tests.harness import REPO, TESTDATA, Server, start_server
 
 MODEL = "half_plus_two"
 USERS = 4

@@ -18,7 +18,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from tests.conftest import TESTDATA, Server, start_server
+from tests.harness import TESTDATA, Server, start_server
 
 MODEL = "default"
 VERSION = 123

@@ -12,7 +12,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
 from compat.servable import Servable
-from tests.conftest import Server, start_server
+from tests.harness import Server, start_server
 from tests.serve_app.test_metrics import PATH, PREFIX, Samples, scrape, total, wait_until
 
 ROUNDS = 6

@@ -12,7 +12,7 @@ import ray
 
 import serve_app.app  # noqa: F401 - Ray and TensorFlow set variables of their own on import
 from serve_app.launch import application_from_cli_args, parse_cli_args, serve_config
-from tests.conftest import TESTDATA
+from tests.harness import TESTDATA
 
 pytestmark = pytest.mark.unit
 

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
-from tests.conftest import Server, free_ports, start_server
+from tests.harness import Server, free_ports, start_server
 
 CALLS = 200
 ADMIN_PORT = free_ports(1)[0]

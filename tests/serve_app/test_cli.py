@@ -30,7 +30,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from tests.conftest import REPO, TESTDATA, free_ports
+from tests.harness import REPO, TESTDATA, free_ports
 
 CLI = str(Path(sys.executable).with_name("ray-tfserving"))
 READY_LINE = "Running gRPC ModelServer at"

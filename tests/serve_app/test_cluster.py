@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.conftest import REPO, TESTDATA, free_ports
+from tests.harness import REPO, TESTDATA, free_ports
 from tests.serve_app.test_cli import predict, run_cli
 from tests.serve_app.test_serving_path import Load, listeners
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server, start_server
+from tests.harness import Server, start_server
 from tests.serve_app.test_rollout import (
     MODEL,
     Load,

@@ -11,7 +11,7 @@ from tensorflow_serving.apis import predict_pb2
 
 from export.deeplab import mean_iou
 from export.synthetic import NUM_CLASSES, make_batch
-from tests.conftest import Server, start_server
+from tests.harness import Server, start_server
 
 SIZE = 64
 

@@ -180,7 +180,7 @@ def test_serve_run_checks_the_ssl_config_before_deploying(
     """``serve run serve_app:app ssl_config_file=...`` skips the CLI: ``prepare`` checks it."""
     from serve_app.args import AppArgs
     from serve_app.launch import prepare
-    from tests.conftest import TESTDATA
+    from tests.harness import TESTDATA
 
     bad = tmp_path / "ssl.config"
     bad.write_text('server_key: "k"\n')

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
-from tests.conftest import start_server
+from tests.harness import start_server
 
 HAS_GPU = shutil.which("nvidia-smi") is not None and bool(tf.config.list_physical_devices("GPU"))
 

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from tensorflow_serving.apis import predict_pb2
 
 from tests.compat.test_fuzz_tensors import hostile_tensor
-from tests.conftest import Server, start_server
+from tests.harness import Server, start_server
 
 EXAMPLES = int(os.environ.get("RTFS_FUZZ_EXAMPLES", "120"))
 DEADLINE_S = 10.0

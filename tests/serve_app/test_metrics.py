@@ -20,7 +20,7 @@ import tensorflow as tf
 from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import predict_pb2
 
-from tests.conftest import TESTDATA, Server, start_server
+from tests.harness import TESTDATA, Server, start_server
 
 MODEL = "half_plus_two"
 PATH = "/monitoring/prometheus/metrics"

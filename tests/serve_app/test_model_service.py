@@ -23,7 +23,7 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from tests.conftest import TESTDATA, Server, start_server
+from tests.harness import TESTDATA, Server, start_server
 
 State = get_model_status_pb2.ModelVersionStatus
 TWO_VERSIONS = "half_plus_two_2_versions"

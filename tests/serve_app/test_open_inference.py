@@ -22,7 +22,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
-from tests.conftest import REPO, TESTDATA, Server, start_server
+from tests.harness import REPO, TESTDATA, Server, start_server
 from tests.open_inference_samples import SAMPLES
 
 CLIENT_PYTHON = REPO / ".venv-clients" / "triton" / "bin" / "python"

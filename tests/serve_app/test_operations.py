@@ -28,7 +28,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc
 
-from tests.conftest import REPO, TESTDATA, free_ports
+from tests.harness import REPO, TESTDATA, free_ports
 from tests.pki import Pem, Pki, make_pki
 from tests.serve_app.test_cli import Cli, run_cli
 

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
-from tests.conftest import Server, start_server
+from tests.harness import Server, start_server
 
 MODEL = "half_plus_two"
 

@@ -12,7 +12,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from tests.conftest import Server, start_server
+from tests.harness import Server, start_server
 
 MODEL = "half_plus_two"
 

@@ -25,7 +25,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import classification_pb2, predict_pb2, regression_pb2
 
 from compat.errors import HTTP_STATUS
-from tests.conftest import TESTDATA, Server, start_server
+from tests.harness import TESTDATA, Server, start_server
 
 DEFAULT = "default"
 TWO = "saved_model_half_plus_two_2_versions"
@@ -33,26 +33,10 @@ DEEPLAB = "deeplab"
 DEEPLAB_SIZE = 32
 
 
-def _deeplab_base(request: pytest.FixtureRequest) -> Path | None:
-    """The session's tiny DeepLab export, or None while ``export/`` is not importable."""
-    try:
-        import export.savedmodel  # noqa: F401
-    except ImportError:
-        return None
-    return Path(request.getfixturevalue("deeplab_base"))
-
-
 @pytest.fixture(scope="module")
-def deeplab_path(request: pytest.FixtureRequest) -> Path | None:
-    return _deeplab_base(request)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, deeplab_path: Path | None) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory, deeplab_base: Path) -> Iterator[Server]:
     deeplab = (
-        f'config {{ name: "{DEEPLAB}" base_path: "{deeplab_path}" model_platform: "tensorflow" }}'
-        if deeplab_path is not None
-        else ""
+        f'config {{ name: "{DEEPLAB}" base_path: "{deeplab_base}" model_platform: "tensorflow" }}'
     )
     config = tmp_path_factory.mktemp("rest") / "models.config"
     config.write_text(
@@ -74,7 +58,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, deeplab_path: Path | None) 
 }}
 """
     )
-    models = (DEFAULT, TWO) + ((DEEPLAB,) if deeplab_path is not None else ())
+    models = (DEFAULT, TWO, DEEPLAB)
     s = start_server(f"model_config_file={config}", wait_for=models)
     try:
         for version in (123, 124):
@@ -389,9 +373,7 @@ def test_rest_and_grpc_agree(server: Server) -> None:
 
 
 @pytest.fixture(scope="module")
-def deeplab(server: Server, deeplab_path: Path | None) -> Server:
-    if deeplab_path is None:
-        pytest.skip("export/ is not importable yet: no DeepLab model to serve")
+def deeplab(server: Server) -> Server:
     return server
 
 

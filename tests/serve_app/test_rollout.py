@@ -20,7 +20,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from tests.conftest import Server, start_server
+from tests.harness import Server, start_server
 
 State = get_model_status_pb2.ModelVersionStatus
 MODEL = "deeplab"

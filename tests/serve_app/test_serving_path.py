@@ -25,7 +25,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from tests.conftest import Server, start_server
+from tests.harness import Server, start_server
 
 MODEL = "half_plus_two"
 DEADLINE_S = 5.0

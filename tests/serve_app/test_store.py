@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from serve_app import store
-from tests.conftest import TESTDATA, Server, free_ports, start_server
+from tests.harness import TESTDATA, Server, free_ports, start_server
 from tests.serve_app.test_serving_path import Load, predict_request
 
 BUCKET = "models"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import socket
 
-from serve_app.launch import PICKED_PORTS, _ephemeral_range, free_ports
+from compat.ports import PICKED_PORTS, ephemeral_range, free_ports
 
 
 def test_free_ports_are_distinct_bindable_and_outside_the_kernels_range() -> None:
-    low, high = _ephemeral_range()
+    low, high = ephemeral_range()
     for _ in range(20):
         ports = free_ports("127.0.0.1", 3, exclude=(20000, 20001))
         assert len(set(ports)) == 3
