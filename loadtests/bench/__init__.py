@@ -37,8 +37,7 @@ from __future__ import annotations
 from loadtests.bench.cli import main, parse_args
 from loadtests.bench.measure import add_ratios, higher_limit
 from loadtests.bench.runner import run_bench
-from loadtests.bench.settings import RayConfig, Settings
-from loadtests.bench.workloads import SYSTEMS, WORKLOADS
+from loadtests.bench.settings import SYSTEMS, WORKLOADS, RayConfig, Settings
 
 __all__ = [
     "SYSTEMS",

@@ -14,8 +14,7 @@ from typing import Any
 from loadtests import h2load
 from loadtests.bench.report import _row, chart, roles_table, table
 from loadtests.bench.runner import run_bench
-from loadtests.bench.settings import RayConfig, Settings
-from loadtests.bench.workloads import SYSTEMS, WORKLOADS
+from loadtests.bench.settings import SYSTEMS, WORKLOADS, RayConfig, Settings
 
 
 def _csv(kind: type, choices: tuple[str, ...] | None = None) -> Callable[[str], list[Any]]:

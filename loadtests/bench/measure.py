@@ -14,18 +14,26 @@ import numpy as np
 
 from loadtests import clients, h2load, procstat
 from loadtests.bench.report import _row
-from loadtests.bench.settings import RayConfig, Settings
-from loadtests.bench.workloads import MAX_REQUESTS, MODEL_INFER_METHOD, PREDICT_METHOD, Workload
+from loadtests.bench.settings import (
+    MAX_REQUESTS,
+    MODEL_INFER_METHOD,
+    PREDICT_METHOD,
+    RayConfig,
+    Settings,
+)
+from loadtests.workloads import Workload
 
 
 def measure_inprocess(workload: Workload, settings: Settings) -> dict[str, Any]:
     """``Servable.run`` in a loop at every batch size; the best examples/s is the limit."""
     from compat.servable import Servable
+    from compat.signatures import DEFAULT_SIGNATURE
     from loadtests.plain_server import newest_version
 
+    assert workload.base_path is not None, workload.name
     servable = Servable(newest_version(workload.base_path)[1])
     try:
-        signature = servable.signature(workload.signature)
+        signature = servable.signature(workload.signature or DEFAULT_SIGNATURE)
         outputs = sorted(signature.outputs)
         sizes: dict[str, dict[str, float]] = {}
         for b in settings.batch_sizes:

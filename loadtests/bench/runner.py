@@ -22,20 +22,13 @@ from loadtests.bench.measure import (
     measure_inprocess,
 )
 from loadtests.bench.report import _row
-from loadtests.bench.settings import RayConfig, Settings
-from loadtests.bench.workloads import (
-    BATCHING_ON,
-    DEEPLAB_SIZE,
-    RAY_SYSTEMS,
-    Workload,
-    deeplab128,
-    half_plus_two,
-)
+from loadtests.bench.settings import BATCHING_ON, DEEPLAB_SIZE, RAY_SYSTEMS, RayConfig, Settings
+from loadtests.workloads import Workload, deeplab, half_plus_two
 
 
 def boot_plain(workloads: list[Workload], settings: Settings, workdir: Path) -> Target:
     plain = launcher.start_plain_server(
-        {w.model: w.base_path for w in workloads},
+        {w.model: str(w.base_path) for w in workloads},
         *settings.plain_args,
         log_path=workdir / "plain.log",
         env={"TF_CPP_MIN_LOG_LEVEL": "2"},
@@ -90,9 +83,10 @@ def run_bench(settings: Settings, workdir: Path, model_dir: Path | None) -> dict
     workloads: list[Workload] = []
     for name in settings.workloads:
         if name == "half_plus_two":
-            workloads.append(half_plus_two())
+            workloads.append(dataclasses.replace(half_plus_two(), base_path=launcher.HALF_PLUS_TWO))
         else:
-            workloads.append(deeplab128(_deeplab_model(model_dir or workdir / "deeplab")))
+            model = _deeplab_model(model_dir or workdir / "deeplab")
+            workloads.append(dataclasses.replace(deeplab(DEEPLAB_SIZE), base_path=model))
 
     if "inprocess" in settings.systems:
         for w in workloads:

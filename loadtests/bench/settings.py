@@ -1,11 +1,21 @@
-"""What one run measures (``Settings``) and each ray-tfserving configuration (``RayConfig``)."""
+"""What one run measures (``Settings``), each ray-tfserving configuration (``RayConfig``), and the
+benchmark's constants."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 
-from loadtests.bench.workloads import BATCHING_ON
+PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
+MODEL_INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+SYSTEMS = ("inprocess", "plain", "ray-grpc", "ray-rest", "ray-v2")
+RAY_SYSTEMS = ("ray-grpc", "ray-rest", "ray-v2")
+WORKLOADS = ("half_plus_two", "deeplab128")
+"""The benchmark's workloads (``loadtests.workloads``: half_plus_two, and DeepLab at 128x128)."""
+BATCHING_ON = ("batching.max_batch_size=16", "batching.batch_timeout_micros=2000")
+DEEPLAB_SIZE = 128
+MAX_REQUESTS = 200_000
+"""Upper bound on requests recorded per cell (each cell is also bounded in time)."""
 
 
 @dataclass
