@@ -326,7 +326,7 @@ class VersionManager:
             status = status_pb2.StatusProto(error_code=code.value[0], error_message=bad_labels)
             response.status.CopyFrom(status)
             return ModelReply(payload=response.SerializeToString(), code=code, message=bad_labels)
-        response.status.CopyFrom(status_pb2.StatusProto(error_code=0))
+        response.status.CopyFrom(status_pb2.StatusProto(error_code=StatusCode.OK.value[0]))
         return ModelReply(payload=response.SerializeToString())
 
     def snapshot(self) -> dict[str, Any]:
