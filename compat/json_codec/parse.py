@@ -10,7 +10,10 @@ from typing import Any
 import orjson
 
 from compat.errors import InvalidArgument
+from compat.json_codec.dense import PLACEHOLDER, Dense, dense_arrays
 from compat.json_codec.values import Json, _pretty
+
+_MARK = orjson.loads(PLACEHOLDER.format("").encode())
 
 #: Python's json messages -> rapidjson's GetParseError_En() (ParseJson in json_tensor.cc).
 _PARSE_ERRORS: dict[str, str] = {
@@ -59,6 +62,8 @@ class _FastDoc(dict):
     body: bytes
     has_bools: bool
     """``true`` or ``false`` appears in the body (perhaps in a string)."""
+    dense: list[Dense]
+    """The big numeric arrays parsed flat (``dense``), in the document where they were."""
 
     def __reduce__(self) -> tuple[Any, ...]:  # to another process: the body, parsed there
         return (parse_predict_json, (self.body,))
@@ -67,22 +72,39 @@ class _FastDoc(dict):
 def parse_predict_json(body: bytes | str | Json) -> dict[str, Json]:
     """:func:`parse_json` for Predict bodies, faster on big numeric tensors.
 
-    orjson parses first (2.6 ms against the standard library's 4.5 ms for a 128x128x3 image);
-    any body it refuses (NaN, Infinity, lone surrogates, a BOM, every malformed body) goes
-    through :func:`parse_json`, so errors are the reference parser's.
+    orjson parses first (2.6 ms against the standard library's 4.5 ms for a 128x128x3 image),
+    big numeric arrays flat (``dense``: under a millisecond for the same body); any body it
+    refuses (NaN, Infinity, lone surrogates, a BOM, every malformed body) goes through
+    :func:`parse_json`, so errors are the reference parser's.
     """
     if not isinstance(body, bytes | bytearray | memoryview):
         return parse_json(body)
     raw = bytes(body)
+    reduced = dense_arrays(raw)
     try:
-        doc = orjson.loads(raw)
+        doc = orjson.loads(raw if reduced is None else reduced[0])
     except orjson.JSONDecodeError:
         return parse_json(raw)
     if not isinstance(doc, dict):
         return parse_json(raw)
     fast = _FastDoc(doc)
-    fast.body, fast.has_bools = raw, b"true" in raw or b"false" in raw
+    fast.body, fast.has_bools, fast.dense = raw, b"true" in raw or b"false" in raw, []
+    if reduced is not None:
+        fast.dense = reduced[1]
+        _put_back(fast, fast.dense, depth=3)
     return fast
+
+
+def _put_back(node: dict | list, dense: list[Dense], depth: int) -> None:
+    """Each placeholder within ``depth`` containers of the top replaced by its array (one
+    deeper stays a string, which no tensor reader takes: the exact parse then reads it)."""
+    keys = node.keys() if isinstance(node, dict) else range(len(node))
+    for key in keys:
+        value = node[key]  # type: ignore[index]
+        if isinstance(value, str) and value.startswith(_MARK):
+            node[key] = dense[int(value[len(_MARK) :])]  # type: ignore[index]
+        elif isinstance(value, dict | list) and depth > 1:
+            _put_back(value, dense, depth - 1)
 
 
 def exact(doc: dict[str, Json]) -> dict[str, Json]:

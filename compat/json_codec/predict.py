@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from compat.errors import InvalidArgument, ServingError
+from compat.json_codec.dense import Dense
 from compat.json_codec.parse import _FastDoc, exact, parse_json, signature_name
 from compat.json_codec.tensor import (
     _dense_shape,
@@ -175,10 +176,17 @@ def _decode_numeric(
         return None
     if "instances" in doc:
         instances = doc["instances"]
-        if not isinstance(instances, list) or not instances:
+        if isinstance(instances, Dense) and len(inputs) == 1:  # a list of values, parsed flat
+            name = next(iter(inputs))
+            tensor = _numeric(instances, inputs[name].dtype)
+            decoded = None if tensor is None else {name: tensor}
+        elif not isinstance(instances, list) or not instances:
             return None
-        decoded = _instances_fast(instances, inputs, numeric_only=True)
-        return None if decoded is None else (decoded, True)
+        else:
+            decoded = _instances_fast(instances, inputs, numeric_only=True)
+        if decoded is None or not all(d.used for d in doc.dense):
+            return None
+        return decoded, True
     value, names = doc["inputs"], sorted(inputs)
     if isinstance(value, dict):
         if _is_b64(value) or not set(names) <= set(value):
@@ -194,6 +202,8 @@ def _decode_numeric(
         if tensor is None:
             return None
         out[name] = tensor
+    if not all(d.used for d in doc.dense):  # an array somewhere no input reads
+        return None
     return out, False
 
 

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from compat.errors import InvalidArgument, ServingError, Unimplemented
+from compat.json_codec.dense import Dense
 from compat.json_codec.values import _B64, _FLT_MAX, Json, _as_double, _json_type, _value_to_string
 from compat.protos import (
     types_pb2,
@@ -261,10 +262,12 @@ def _numeric(value: Json, dtype: int) -> np.ndarray | None:
     target = NUMPY_DTYPES.get(dtype)
     if spec is None or target is None or target.kind not in "fiu" or not isinstance(value, list):
         return None
-    try:
-        array = np.array(value)
-    except (ValueError, OverflowError):  # ragged, or beyond every numpy dtype
-        return None
+    array = _dense(value)
+    if array is None:
+        try:
+            array = np.array(value)
+        except (ValueError, OverflowError):  # ragged, or beyond every numpy dtype
+            return None
     if array.size == 0:
         return None
     if spec.lossless is not None:
@@ -283,6 +286,22 @@ def _numeric(value: Json, dtype: int) -> np.ndarray | None:
     else:
         return None
     return array.astype(target, copy=False)
+
+
+def _dense(value: list) -> np.ndarray | None:
+    """The array of a value parsed flat (``dense.Dense``), or of a list of them (the instances
+    of one input): None when ``value`` is neither. A ``Dense`` elsewhere in ``value`` is an
+    empty list to numpy, so the array comes out empty or ragged and the caller refuses it."""
+    if isinstance(value, Dense):
+        value.used = True
+        return value.array
+    if not value or not all(isinstance(v, Dense) for v in value):
+        return None
+    if len({v.array.shape for v in value}) != 1:
+        return np.empty(0)  # ragged instances: the exact parse says how
+    for v in value:
+        v.used = True
+    return np.stack([v.array for v in value])
 
 
 def _ints_within(ints: list[int], bounds: tuple[int, int]) -> bool:

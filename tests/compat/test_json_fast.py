@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from compat import json_codec
 from compat.errors import ServingError
+from compat.json_codec import dense as json_dense
 from compat.json_codec import encode as json_encode
 from compat.json_codec import parse as json_parse
 from compat.json_codec import predict as json_predict
@@ -215,3 +216,172 @@ def _reference_encode(arrays: dict[str, np.ndarray], row_format: bool) -> str:
         return e.message
     finally:
         json_encode._fast_text = saved
+
+
+VALUE_KINDS = ["small ints", "edge ints", "floats", "mixed", "exponents"]
+MUTATIONS = [
+    "none",
+    "odd leaf",
+    "ragged",
+    "ragged, as many numbers",
+    "in a string",
+    "unread input",
+    "deep",
+    "two arrays",
+    "whitespace",
+    "bools",
+]
+
+
+def _values(kind: str, size: int, seed: int) -> list:
+    rng = np.random.default_rng(seed)
+    if kind == "small ints":
+        return rng.integers(-300, 300, size).tolist()
+    if kind == "edge ints":
+        return rng.choice(
+            np.array(EDGES[:6] + [-e for e in EDGES[:6]], dtype=object), size
+        ).tolist()
+    if kind == "floats":
+        return (rng.normal(size=size) * 1e3).tolist()
+    if kind == "exponents":
+        return (rng.normal(size=size) * 1e-30).tolist()
+    return [v if i % 3 else float(v) for i, v in enumerate(rng.integers(-9, 9, size).tolist())]
+
+
+@st.composite
+def big_predict_body(draw: st.DrawFn) -> tuple[bytes, Signature, str]:
+    """Bodies past ``dense.MIN_BODY`` whose arrays are past ``MIN_ARRAY``: the flat parse's
+    inputs, and every way they could be read differently from the nested parse."""
+    shape = [draw(st.integers(1, 2)), draw(st.integers(150, 250)), draw(st.sampled_from([8, 16]))]
+    kind = draw(st.sampled_from(VALUE_KINDS))
+    flat = _values(kind, math.prod(shape), draw(st.integers(0, 2**16)))
+    mutation = draw(st.sampled_from(MUTATIONS))
+    if mutation == "odd leaf":
+        flat[draw(st.integers(0, len(flat) - 1))] = draw(st.sampled_from([None, "7", 2**64, 1.5]))
+    image: list = np.array(flat, dtype=object).reshape(shape).tolist()
+    if mutation == "ragged":
+        image[-1][-1] = image[-1][-1][:-1] or [1, 2]
+    elif mutation == "ragged, as many numbers":  # one moved from the last row to the second
+        image[0][1].append(image[0][-1].pop())
+    dtype = draw(
+        st.sampled_from([DT.DT_FLOAT, DT.DT_INT32, DT.DT_INT64, DT.DT_UINT8, DT.DT_DOUBLE])
+    )
+    inputs = {"images": TensorSpec("images:0", dtype, None)}
+    layout = draw(st.sampled_from(["instances", "instance objects", "inputs", "inputs object"]))
+    if layout != "instances" or mutation == "two arrays":
+        inputs["height"] = TensorSpec("height:0", DT.DT_INT32, None)
+    other: object = 7 if mutation != "two arrays" else [[i] for i in range(shape[1] * 40)]
+    if layout == "instances" and len(inputs) == 1:
+        doc: dict[str, object] = {"instances": image}
+    elif layout.startswith("instance"):
+        doc = {"instances": [{"images": row, "height": other} for row in image]}
+    elif layout == "inputs" and len(inputs) == 1:
+        doc = {"inputs": image}
+    else:
+        doc = {"inputs": {"images": image, "height": other}}
+    if mutation == "in a string":
+        doc["signature_name"] = json.dumps(image)
+    elif mutation == "unread input":
+        doc["extra"] = image
+    elif mutation == "deep":
+        doc = {"inputs": {"images": [[image]]}} if len(inputs) == 1 else doc
+    elif mutation == "bools":
+        doc["signature_name"] = "true"
+    signature = Signature("sig", "tensorflow/serving/predict", inputs)
+    text = json.dumps(doc, indent=1 if mutation == "whitespace" else None).encode()
+    return text.ljust(json_dense.MIN_BODY), signature, mutation  # trailing spaces: still JSON
+
+
+@settings(max_examples=80, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(big_predict_body())
+def test_big_arrays_parsed_flat_are_the_reference(case: tuple[bytes, Signature, str]) -> None:
+    body, signature, _ = case
+    assert len(body) >= json_dense.MIN_BODY
+    fast = json_codec.parse_predict_json(body)
+    assert _same(_outcome(fast, signature), _outcome(body, signature)), body[:300]
+
+
+IMAGE = (np.arange(2 * 80 * 30 * 3).reshape(2, 80, 30, 3) % 256).tolist()
+RAGGED = [[list(r) for r in i] for i in IMAGE]
+RAGGED[0][1].append(RAGGED[0][-1].pop())  # as many numbers as the shape of its first rows holds
+ONE_INPUT = {"images": TensorSpec("images:0", DT.DT_FLOAT, None)}
+TWO_INPUTS = {**ONE_INPUT, "height": TensorSpec("height:0", DT.DT_INT32, None)}
+
+
+@pytest.mark.parametrize(
+    ("doc", "inputs", "flat"),
+    [
+        ({"instances": IMAGE}, ONE_INPUT, True),
+        ({"instances": [{"images": i, "height": 80} for i in IMAGE]}, TWO_INPUTS, True),
+        ({"inputs": IMAGE}, ONE_INPUT, True),
+        ({"inputs": {"images": IMAGE, "height": [80, 80]}}, TWO_INPUTS, True),
+        ({"inputs": {"images": [[IMAGE]]}}, ONE_INPUT, True),
+        ({"inputs": IMAGE, "extra": IMAGE}, ONE_INPUT, False),  # an array no input reads
+        ({"instances": RAGGED}, ONE_INPUT, False),
+        (
+            {
+                "instances": [
+                    {"images": IMAGE[0], "height": 1},
+                    {"images": IMAGE[1][:-1], "height": 1},
+                ]
+            },
+            TWO_INPUTS,
+            False,
+        ),
+        ({"signature_name": json.dumps(IMAGE), "inputs": IMAGE}, ONE_INPUT, True),
+        ({"inputs": {"images": IMAGE, "height": True}}, TWO_INPUTS, False),
+    ],
+)
+def test_each_place_a_big_array_can_be_is_read_as_the_reference_reads_it(
+    doc: dict, inputs: dict, flat: bool
+) -> None:
+    body = json.dumps(doc).encode()
+    signature = Signature("sig", "tensorflow/serving/predict", inputs)
+    fast = json_codec.parse_predict_json(body)
+    assert isinstance(fast, json_parse._FastDoc) and (fast.dense or not flat)
+    assert (json_predict._decode_numeric(fast, signature.inputs) is not None) is flat
+    assert _same(_outcome(fast, signature), _outcome(body, signature))
+
+
+def test_a_big_image_is_parsed_flat_and_decoded_without_the_reference_parser() -> None:
+    image = np.arange(2 * 40 * 3 * 30).reshape(1, 80, 30, 3) % 256
+    body = json.dumps({"instances": [{"images": image[0].tolist(), "height": 80}]}).encode()
+    signature = Signature(
+        "s",
+        "tensorflow/serving/predict",
+        {
+            "images": TensorSpec("images:0", DT.DT_FLOAT, None),
+            "height": TensorSpec("height:0", DT.DT_INT32, None),
+        },
+    )
+    doc = json_codec.parse_predict_json(body)
+    assert isinstance(doc, json_parse._FastDoc) and len(doc.dense) == 1
+    decoded = json_predict._decode_numeric(doc, signature.inputs)
+    assert decoded is not None
+    assert decoded[0]["images"].dtype == np.float32
+    assert np.array_equal(decoded[0]["images"], image.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"[[1,2],[3]]",
+        b"[[1,2],[3,4,5]]",
+        b"[[1,2],[3,4,5],[6]]",
+        b"[[[1]],[[2],[3]],[]]",
+        b"[1.,2]",
+        b"[01,2]",
+        b"[+1]",
+        b"[1 2]",
+        b"[[1,],[2,3]]",
+    ],
+)
+def test_what_is_not_a_rectangular_array_of_json_numbers_is_not_parsed_flat(text: bytes) -> None:
+    assert json_dense.parse_flat(text) is None
+
+
+def test_a_few_brackets_claiming_a_huge_shape_cost_nothing() -> None:
+    """A long first row and many empty ones would claim rows x columns numbers: refused from
+    the lengths, before any skeleton of that size is built."""
+    text = b"[[" + b"1," * 50_000 + b"1]" + b",[]" * 50_000 + b"]"
+    assert json_dense.parse_flat(text) is None

@@ -1,0 +1,129 @@
+"""Big numeric arrays in a Predict body, parsed flat: an image's 49,152 pixels as one list.
+
+orjson builds a Python list for every innermost row of a nested array (16,384 of them for a
+128x128x3 image) and numpy then walks them all; most of a big REST body's cost. Here each big
+array of numbers found outside strings is parsed as one flat list of numbers instead, its shape
+read from the brackets, and the document is parsed with a placeholder in its place:
+
+- the array's text holds only numbers, commas, brackets and whitespace (anything else, a
+  string, ``true``, ``null``, an object, and it is left to orjson);
+- its brackets, with the numbers taken out, are exactly those of a rectangular array of the
+  shape its first elements give (``[[,,],[,,]]`` for 2x3): a ragged array is left as it is;
+- its numbers, the brackets taken out, parse as a JSON array of numbers (orjson: JSON's number
+  grammar), as many as the shape holds;
+- numpy infers int64 or float64 from them, as it does from the nested lists.
+
+Whatever is left to orjson, or refused here, is read as before, so the result is the nested
+parse's array or nothing (``tests/compat/test_json_fast.py`` holds the two side by side). A body
+with a backslash anywhere is left alone (a string could then hide a quote), as are bodies below
+``MIN_BODY``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import orjson
+
+MIN_BODY = 16 << 10
+"""Smaller bodies parse fast enough nested."""
+MIN_ARRAY = 4 << 10
+"""Arrays shorter than this (in bytes) stay in the document."""
+PLACEHOLDER = '"\\u0000rtfs-dense-{}"'
+"""What a big array is replaced with: a string no body without a backslash can hold."""
+
+_ARRAY = re.compile(rb"\[[-+0-9.eE,\[\] \t\n\r]{%d,}\]" % MIN_ARRAY)
+_NUMBERS = b"0123456789.-+eE \t\n\r"
+_BRACKETS = bytes.maketrans(b"[]", b"  ")
+
+
+class Dense(list):  # type: ignore[type-arg]
+    """A big array parsed flat, where the document had it (an empty list: only
+    ``tensor._numeric`` reads ``array``; any other reader sees nothing and the caller falls
+    back to the exact parse)."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        super().__init__()
+        self.array = array
+        self.used = False
+
+
+def dense_arrays(raw: bytes) -> tuple[bytes, list[Dense]] | None:
+    """``raw`` with each big numeric array replaced by a placeholder, and the arrays; None when
+    there is none to replace."""
+    if len(raw) < MIN_BODY or b"\\" in raw:
+        return None
+    pieces: list[bytes] = []
+    arrays: list[Dense] = []
+    last = counted = quotes = 0
+    for match in _ARRAY.finditer(raw):
+        start, end = match.span()
+        quotes += raw.count(b'"', counted, start)
+        counted = start
+        if quotes % 2:  # inside a string
+            continue
+        array = parse_flat(match.group())
+        if array is None:
+            continue
+        pieces += [raw[last:start], PLACEHOLDER.format(len(arrays)).encode()]
+        arrays.append(Dense(array))
+        last = end
+    if not arrays:
+        return None
+    pieces.append(raw[last:])
+    return b"".join(pieces), arrays
+
+
+def parse_flat(text: bytes) -> np.ndarray | None:
+    """A rectangular array of JSON numbers, parsed flat (None: not one)."""
+    skeleton = text.translate(None, _NUMBERS)
+    shape = _shape(skeleton)
+    if shape is None or _length(shape) != len(skeleton) or _brackets(shape) != skeleton:
+        return None
+    try:
+        values = orjson.loads(b"[" + text.translate(_BRACKETS) + b"]")
+    except orjson.JSONDecodeError:
+        return None
+    if len(values) != math.prod(shape):
+        return None
+    try:
+        array = np.array(values)
+    except (ValueError, OverflowError):
+        return None
+    if array.dtype not in (np.int64, np.float64):
+        return None
+    return array.reshape(shape)
+
+
+def _shape(skeleton: bytes) -> list[int] | None:
+    """The shape the first element at each depth gives (``[[,,],...`` -> [.., 3])."""
+    depth = len(skeleton) - len(skeleton.lstrip(b"["))
+    if depth == 0:
+        return None
+    shape = []
+    for level in range(depth):
+        inner = depth - level - 1  # brackets around each child of a group at this level
+        end = skeleton.find(b"]" * (depth - level))
+        if end < 0:
+            return None
+        separator = b"]" * inner + b"," + b"[" * inner
+        shape.append(skeleton.count(separator, level, end) + 1)
+    return shape  # "[]" is a row of one number or none: the count of numbers tells
+
+
+def _length(shape: list[int]) -> int:
+    """``len(_brackets(shape))``, without building it (a few brackets can claim a huge shape)."""
+    length = shape[-1] + 1
+    for size in reversed(shape[:-1]):
+        length = size * length + (size - 1) + 2
+    return length
+
+
+def _brackets(shape: list[int]) -> bytes:
+    """The skeleton of a rectangular array of ``shape``: its brackets and commas."""
+    text = b"[" + b"," * (shape[-1] - 1) + b"]"
+    for size in reversed(shape[:-1]):
+        text = b"[" + b",".join([text] * size) + b"]"
+    return text
