@@ -7,7 +7,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from compat.errors import InvalidArgument
+from compat.errors import FailedPrecondition, InvalidArgument
 from compat.protos import model_server_config_pb2
 
 
@@ -63,9 +63,10 @@ def entries(config: model_server_config_pb2.ModelServerConfig) -> list[ModelEntr
         if c.name in seen:
             raise InvalidArgument(f"Illegal to list model {c.name} multiple times in config list")
         if not c.base_path:
-            raise InvalidArgument(f"Model {c.name} has no base_path")
-        if c.model_platform and c.model_platform != "tensorflow":
-            raise InvalidArgument(f"Unsupported model_platform {c.model_platform!r} for {c.name}")
+            raise InvalidArgument(
+                f"Expected model {c.name} to have an absolute path or URI; got base_path()="
+            )
+        check_platform(c)
         seen.add(c.name)
         entry = ModelEntry(name=c.name, base_path=c.base_path, labels=dict(c.version_labels))
         if c.HasField("logging_config"):
@@ -80,6 +81,26 @@ def entries(config: model_server_config_pb2.ModelServerConfig) -> list[ModelEntr
             entry.num_versions = c.model_version_policy.latest.num_versions or 1
         result.append(entry)
     return result
+
+
+def check_platform(c: model_server_config_pb2.ModelConfig) -> None:
+    """TF Serving's ``GetPlatform`` and platform map (server_core.cc): the deprecated
+    ``model_type`` or ``model_platform``, never both, naming the one platform served. An empty
+    platform is taken as ``tensorflow`` (TF Serving refuses it: "Illegal setting neither ...")."""
+    platform = c.model_platform
+    if c.model_type != model_server_config_pb2.MODEL_TYPE_UNSPECIFIED:
+        if platform:
+            raise InvalidArgument(
+                "Illegal setting both ModelServerConfig::model_type (deprecated) and "
+                f"ModelServerConfig::model_platform, model name is {c.name}"
+            )
+        if c.model_type != model_server_config_pb2.TENSORFLOW:
+            raise InvalidArgument(
+                f"ModelServerConfig::model_type choice {c.model_type} not supported."
+            )
+        platform = "tensorflow"
+    if platform and platform != "tensorflow":
+        raise FailedPrecondition(f"PlatformConfigMap has no entry for platform {platform}")
 
 
 LOG_COLLECTOR_TYPES = ("tfrecord",)

@@ -188,9 +188,9 @@ INT32 = range(-(2**31), 2**31)
 def parse_channel_arguments(text: str) -> dict[str, int | str]:
     """``--grpc_channel_arguments`` (``grpc.max_connection_age_ms=2000,key=value``) -> gRPC
     server arguments, as TF Serving's ``parseGrpcChannelArgs`` and ``BuildAndStart`` read
-    them: split at commas, then at ``=``; a value that reads as a 32-bit integer
-    (``absl::SimpleAtoi``) is passed as one, any other as a string. An item without ``=`` is
-    refused (TF Serving reads past the end of its split there)."""
+    them: split at commas, then at ``=`` (a second ``=`` ends the value); a value that reads
+    as a 32-bit integer (``absl::SimpleAtoi``) is passed as one, any other as a string. An item
+    without ``=`` is refused (TF Serving reads past the end of its split there)."""
     arguments: dict[str, int | str] = {}
     for item in text.split(","):
         if not item.strip():
@@ -201,7 +201,8 @@ def parse_channel_arguments(text: str) -> dict[str, int | str]:
                 f"--grpc_channel_arguments: {item!r} is not key=value "
                 "(e.g. grpc.max_connection_age_ms=2000)"
             )
-        arguments[key.strip()] = _int32(value.strip())
+        # TF Serving's value is key_val[1] of Split(item, "="): a second "=" ends it
+        arguments[key.strip()] = _int32(value.split("=")[0].strip())
     return arguments
 
 

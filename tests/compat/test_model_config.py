@@ -1,0 +1,195 @@
+"""``compat.model_config``: TF Serving's ModelServerConfig text files, parsed with its own protos,
+and the checks ``ServerCore`` makes on a ``model_config_list`` (server_core.cc)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from compat import model_config
+from compat.errors import FailedPrecondition, InvalidArgument
+from compat.model_config import ModelEntry
+
+
+def entries(text: str) -> list[ModelEntry]:
+    return model_config.entries(model_config.parse_text(text))
+
+
+def test_tf_servings_good_model_config(testdata: Path) -> None:
+    config = model_config.read_file(testdata / "good_model_config.txt")
+    assert config.WhichOneof("config") == "model_config_list"
+    assert [
+        (e.name, e.base_path, e.policy, e.num_versions) for e in model_config.entries(config)
+    ] == [
+        ("half_plus_two", "${TEST_HALF_PLUS_TWO_DIR}", "latest", 1),
+        ("half_plus_three", "${TEST_HALF_PLUS_THREE_DIR}", "latest", 1),
+    ]
+
+
+def test_tf_servings_bad_model_config_is_the_parsers_error(testdata: Path) -> None:
+    path = testdata / "bad_model_config.txt"
+    with pytest.raises(InvalidArgument) as e:
+        model_config.read_file(path)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.value.message.startswith(
+        f"Invalid protobuf file: '{path}'. Error parsing text-format "
+        "tensorflow.serving.ModelServerConfig: 1:"
+    )
+
+
+def test_an_unreadable_file_names_it(tmp_path: Path) -> None:
+    """ray-tfserving's message, which says what the file is for (TF Serving's Env error is
+    NOT_FOUND ``<path>; No such file or directory``); both stop the server at startup."""
+    with pytest.raises(InvalidArgument) as e:
+        model_config.read_file(tmp_path / "missing.conf")
+    assert e.value.message == (
+        f"Could not read model config file {tmp_path / 'missing.conf'}: No such file or directory"
+    )
+
+
+def test_an_empty_config_serves_no_model() -> None:
+    assert entries("") == []
+    assert entries("model_config_list {}") == []
+
+
+@pytest.mark.parametrize(
+    ("policy", "kind", "num_versions", "versions"),
+    [
+        ("", "latest", 1, []),
+        ("model_version_policy { latest {} }", "latest", 1, []),
+        ("model_version_policy { latest { num_versions: 3 } }", "latest", 3, []),
+        ("model_version_policy { all {} }", "all", 1, []),
+        ("model_version_policy { specific { versions: 42 versions: 7 } }", "specific", 1, [42, 7]),
+    ],
+)
+def test_version_policies(policy: str, kind: str, num_versions: int, versions: list[int]) -> None:
+    """The default is the latest version only (model_server_config.proto); ``latest {}`` with
+    no num_versions is one (file_system_storage_path_source.cc serves ``max(1, n)``)."""
+    (entry,) = entries(f'model_config_list {{ config {{ name: "m" base_path: "/m" {policy} }} }}')
+    assert (entry.policy, entry.num_versions, entry.versions) == (kind, num_versions, versions)
+
+
+def test_version_labels() -> None:
+    (entry,) = entries(
+        'model_config_list { config { name: "m" base_path: "/m" '
+        "version_labels { key: 'stable' value: 42 } version_labels { key: 'canary' value: 43 } "
+        "version_labels { key: 'also_stable' value: 42 } } }"
+    )
+    assert entry.labels == {"stable": 42, "canary": 43, "also_stable": 42}
+
+
+def test_duplicate_names_are_tf_servings_error() -> None:
+    with pytest.raises(InvalidArgument) as e:
+        entries(
+            'model_config_list { config { name: "m" base_path: "/a" } '
+            'config { name: "n" base_path: "/b" } config { name: "m" base_path: "/c" } }'
+        )
+    assert e.value.message == "Illegal to list model m multiple times in config list"
+
+
+def test_an_empty_base_path_is_tf_servings_error() -> None:
+    """ValidateModelConfigList: an empty base path is no absolute path or URI."""
+    with pytest.raises(InvalidArgument) as e:
+        entries('model_config_list { config { name: "m" } }')
+    assert e.value.message == ("Expected model m to have an absolute path or URI; got base_path()=")
+
+
+def test_a_model_without_a_name_is_refused() -> None:
+    """Beyond TF Serving, which takes the empty name as a model's."""
+    with pytest.raises(InvalidArgument) as e:
+        entries('model_config_list { config { base_path: "/m" } }')
+    assert e.value.message == "Model config has no name"
+
+
+def test_platform_tensorflow_is_served_and_others_refused() -> None:
+    (entry,) = entries(
+        'model_config_list { config { name: "m" base_path: "/m" model_platform: "tensorflow" } }'
+    )
+    assert entry.name == "m"
+    (untyped,) = entries('model_config_list { config { name: "m" base_path: "/m" } }')
+    assert untyped.name == "m"  # beyond TF Serving, which wants a platform named
+    with pytest.raises(FailedPrecondition) as e:
+        entries(
+            'model_config_list { config { name: "m" base_path: "/m" model_platform: "tflite" } }'
+        )
+    assert e.value.message == "PlatformConfigMap has no entry for platform tflite"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            "model_type: OTHER",
+            "ModelServerConfig::model_type choice 2 not supported.",
+        ),
+        (
+            'model_type: TENSORFLOW model_platform: "tensorflow"',
+            "Illegal setting both ModelServerConfig::model_type (deprecated) and "
+            "ModelServerConfig::model_platform, model name is m",
+        ),
+    ],
+)
+def test_the_deprecated_model_type_is_checked_as_tf_serving_does(fields: str, message: str) -> None:
+    """server_core.cc ``GetPlatform``."""
+    with pytest.raises(InvalidArgument) as e:
+        entries(f'model_config_list {{ config {{ name: "m" base_path: "/m" {fields} }} }}')
+    assert e.value.message == message
+
+
+def test_model_type_tensorflow_is_the_tensorflow_platform() -> None:
+    (entry,) = entries(
+        'model_config_list { config { name: "m" base_path: "/m" model_type: TENSORFLOW } }'
+    )
+    assert entry.name == "m"
+
+
+def test_a_custom_model_config_is_refused() -> None:
+    with pytest.raises(InvalidArgument) as e:
+        entries('custom_model_config { type_url: "type.googleapis.com/x.Y" }')
+    assert e.value.message == "custom_model_config is not supported"
+
+
+LOGGING = """model_config_list {{ config {{ name: "m" base_path: "/m" logging_config {{
+  {collector} sampling_config {{ sampling_rate: {rate} }} }} }} }}"""
+
+
+def test_logging_config_is_the_request_log() -> None:
+    (entry,) = entries(
+        LOGGING.format(
+            collector='log_collector_config { type: "tfrecord" filename_prefix: "/logs/m" }',
+            rate=0.5,
+        )
+    )
+    assert entry.request_log == {"filename_prefix": "/logs/m", "sampling_rate": 0.5}
+    (plain,) = entries('model_config_list { config { name: "m" base_path: "/m" } }')
+    assert plain.request_log is None
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0])
+def test_sampling_rate_edges_are_accepted(rate: float) -> None:
+    (entry,) = entries(
+        LOGGING.format(
+            collector='log_collector_config { type: "tfrecord" filename_prefix: "/l" }', rate=rate
+        )
+    )
+    assert entry.request_log == {"filename_prefix": "/l", "sampling_rate": rate}
+
+
+@pytest.mark.parametrize(
+    ("collector", "rate", "message"),
+    [
+        ('log_collector_config { type: "kafka" filename_prefix: "/l" }', 0.5, "'kafka'"),
+        ("", 0.5, "log collector type '' is not supported"),
+        ('log_collector_config { type: "tfrecord" }', 0.5, "has no filename_prefix"),
+        ('log_collector_config { type: "tfrecord" filename_prefix: "/l" }', -0.5, "-0.5"),
+    ],
+)
+def test_a_logging_config_that_cannot_be_honoured_is_refused(
+    collector: str, rate: float, message: str
+) -> None:
+    with pytest.raises(InvalidArgument) as e:
+        entries(LOGGING.format(collector=collector, rate=rate))
+    assert e.value.message.startswith("Model m: ")
+    assert message in e.value.message
