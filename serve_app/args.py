@@ -14,6 +14,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
+APP_NAME = "default"
+"""The one Serve application (``serve run``'s default name)."""
+
 UNSET: Any = object()
 
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from serve_app import flags
-from serve_app.launch import APP_NAME
+from serve_app.args import APP_NAME
 from serve_app.startup import Progress, wait_until_ready
 
 

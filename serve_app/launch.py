@@ -11,14 +11,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from serve_app.args import AppArgs, ModelArgs
+from serve_app.args import APP_NAME, AppArgs, ModelArgs
 from serve_app.plan import Plan
 from serve_app.repository import ModelPathError, aspired_versions, check_model_path, scan_versions
 
 logger = logging.getLogger("ray.serve")
-
-APP_NAME = "default"
-"""The one Serve application (``serve run``'s default name)."""
 
 
 def parse_cli_args(raw: dict[str, Any]) -> AppArgs:

@@ -10,8 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from serve_app.args import AppArgs
-from serve_app.launch import APP_NAME
+from serve_app.args import APP_NAME, AppArgs
 
 
 def wait_until_ready(

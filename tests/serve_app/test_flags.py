@@ -193,3 +193,14 @@ def test_serve_run_checks_the_ssl_config_before_deploying(
         prepare(args)
     assert e.value.code == 1
     assert "needs both server_key and server_cert" in capsys.readouterr().err
+
+
+def test_the_command_line_imports_no_tensorflow_before_it_has_quietened_the_console() -> None:
+    """TensorFlow's C++ start-up lines go to fd 2 as it is imported: ``compat.console.quiet``
+    must be in place first, so the modules the CLI imports at its top may not import it."""
+    import subprocess
+    import sys
+
+    probe = "import sys, serve_app.cli; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]
