@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -109,6 +110,7 @@ class ModelVersion:
         self.warmup_records = warmed
         metrics.record_load(model, version, self.servable is not None, self.load_seconds)
         if self.servable is not None:
+            freeze_once()
             logger.info(
                 "Loaded %s version %s in %.2fs%s",
                 model,
@@ -352,3 +354,14 @@ _HANDLERS: dict[Api, Callable[[ModelVersion, ModelCall, bool], Awaitable[Answer]
     Api.MODEL_INFER: ModelVersion._model_infer,
     Api.MODEL_METADATA: ModelVersion._model_metadata,
 }
+
+
+@functools.cache
+def freeze_once() -> None:
+    """Once a process has loaded its first version: everything alive then (TensorFlow's
+    modules and graph, some 400,000 objects) moves out of the garbage collector's sight
+    (``gc.freeze``). Every collection used to walk them all: a REST body of a 128x128 image
+    parsed nested took 24 ms with them, 4 ms without. Versions loaded later stay collectable,
+    so an unloaded version's cycles are still freed."""
+    gc.collect()
+    gc.freeze()
