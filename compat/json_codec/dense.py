@@ -31,10 +31,16 @@ MIN_BODY = 16 << 10
 """Smaller bodies parse fast enough nested."""
 MIN_ARRAY = 4 << 10
 """Arrays shorter than this (in bytes) stay in the document."""
+MAX_RANK = 32
+"""Deeper arrays are left to the nested parse (TensorFlow's shapes stop well before)."""
 PLACEHOLDER = '"\\u0000rtfs-dense-{}"'
 """What a big array is replaced with: a string no body without a backslash can hold."""
 
-_ARRAY = re.compile(rb"\[[-+0-9.eE,\[\] \t\n\r]{%d,}\]" % MIN_ARRAY)
+_CHARS = rb"-+0-9.eE,\[\] \t\n\r"
+_RUN = re.compile(rb"(?<![%s])[%s]{%d,}+" % (_CHARS, _CHARS, MIN_ARRAY))
+"""A maximal run of the characters an array of numbers is made of: it starts only where the
+character before is none of them, and never gives back (possessive), so the scan is linear
+in the body whatever it holds (a megabyte of ``[`` included)."""
 _NUMBERS = b"0123456789.-+eE \t\n\r"
 _BRACKETS = bytes.maketrans(b"[]", b"  ")
 
@@ -58,13 +64,17 @@ def dense_arrays(raw: bytes) -> tuple[bytes, list[Dense]] | None:
     pieces: list[bytes] = []
     arrays: list[Dense] = []
     last = counted = quotes = 0
-    for match in _ARRAY.finditer(raw):
-        start, end = match.span()
+    for match in _RUN.finditer(raw):
+        run = match.group()
+        first, last_close = run.find(b"["), run.rfind(b"]")
+        if first < 0 or last_close < first:
+            continue
+        start, end = match.start() + first, match.start() + last_close + 1
         quotes += raw.count(b'"', counted, start)
         counted = start
         if quotes % 2:  # inside a string
             continue
-        array = parse_flat(match.group())
+        array = parse_flat(raw[start:end])
         if array is None:
             continue
         pieces += [raw[last:start], PLACEHOLDER.format(len(arrays)).encode()]
@@ -100,7 +110,7 @@ def parse_flat(text: bytes) -> np.ndarray | None:
 def _shape(skeleton: bytes) -> list[int] | None:
     """The shape the first element at each depth gives (``[[,,],...`` -> [.., 3])."""
     depth = len(skeleton) - len(skeleton.lstrip(b"["))
-    if depth == 0:
+    if not 0 < depth <= MAX_RANK:  # each level costs a scan of the skeleton
         return None
     shape = []
     for level in range(depth):

@@ -385,3 +385,20 @@ def test_a_few_brackets_claiming_a_huge_shape_cost_nothing() -> None:
     the lengths, before any skeleton of that size is built."""
     text = b"[[" + b"1," * 50_000 + b"1]" + b",[]" * 50_000 + b"]"
     assert json_dense.parse_flat(text) is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"instances": ' + b"[" * 4_000_000 + b"}",
+        b'{"instances": [' + b"[" * 4000 + b"x" + b"[" * 100_000 + b"]]" * 2_000_000 + b"}",
+    ],
+)
+def test_hostile_brackets_are_scanned_once(body: bytes) -> None:
+    """The scan for big arrays starts only at the beginning of a run of array characters and
+    never backtracks: a pattern that could took minutes per megabyte of ``[`` (quadratic);
+    these are refused as the reference parser refuses them."""
+    assert json_dense.dense_arrays(body) is None
+    with pytest.raises(ServingError) as e:
+        json_codec.parse_predict_json(body)
+    assert e.value.message.startswith("JSON Parse error")
