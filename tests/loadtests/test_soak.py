@@ -7,7 +7,7 @@ from loadtests import soak
 
 
 def test_a_short_soak_loses_nothing_and_stays_bounded() -> None:
-    report = soak.run(seconds=36, rollout_every_s=11, clients=3, warmup_s=5)
+    report = soak.run(seconds=45, rollout_every_s=12, clients=3, warmup_s=5)
     counts = report["counts"]
     assert counts.get("grpc ok", 0) > 1000 and counts.get("rest ok", 0) > 100, counts
     assert counts.get("rollout", 0) >= 3, counts
