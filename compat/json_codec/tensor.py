@@ -297,8 +297,8 @@ def _dense(value: list) -> np.ndarray | None:
         return value.array
     if not value or not all(isinstance(v, Dense) for v in value):
         return None
-    if len({v.array.shape for v in value}) != 1:
-        return np.empty(0)  # ragged instances: the exact parse says how
+    if len({v.array.shape for v in value}) != 1:  # ragged instances: the exact parse says how
+        return None
     for v in value:
         v.used = True
     return np.stack([v.array for v in value])

@@ -346,14 +346,7 @@ def test_each_place_a_big_array_can_be_is_read_as_the_reference_reads_it(
 def test_a_big_image_is_parsed_flat_and_decoded_without_the_reference_parser() -> None:
     image = np.arange(2 * 40 * 3 * 30).reshape(1, 80, 30, 3) % 256
     body = json.dumps({"instances": [{"images": image[0].tolist(), "height": 80}]}).encode()
-    signature = Signature(
-        "s",
-        "tensorflow/serving/predict",
-        {
-            "images": TensorSpec("images:0", DT.DT_FLOAT, None),
-            "height": TensorSpec("height:0", DT.DT_INT32, None),
-        },
-    )
+    signature = Signature("s", "tensorflow/serving/predict", TWO_INPUTS)
     doc = json_codec.parse_predict_json(body)
     assert isinstance(doc, json_parse._FastDoc) and len(doc.dense) == 1
     decoded = json_predict._decode_numeric(doc, signature.inputs)
