@@ -22,7 +22,7 @@ from compat.signatures import (
     REGRESS_METHOD,
     Signature,
 )
-from compat.tensors import from_numpy, to_numpy
+from compat.tensors import from_numpy, length_delimited, tensor_bytes, to_numpy, varint
 
 _PREDICT_METHODS = (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD)
 
@@ -142,6 +142,25 @@ def finish_predict(call: PredictCall, model: str, version: int) -> predict_pb2.P
     for alias in call.output_aliases:
         response.outputs[alias].CopyFrom(from_numpy(call.outputs[alias]))
     return response
+
+
+def predict_response_bytes(call: PredictCall, model: str, version: int) -> bytes:
+    """``finish_predict``'s response serialized, written field by field (``tensor_bytes`` for
+    each output), as the gRPC Predict answers it: one encoding of the outputs, no message."""
+    spec = _string(1, model) + length_delimited(2, b"\x08" + varint(version) if version else b"")
+    spec += _string(3, call.signature_name)
+    entries = [
+        length_delimited(
+            1, _string(1, alias) + length_delimited(2, tensor_bytes(call.outputs[alias]))
+        )
+        for alias in call.output_aliases
+    ]
+    return b"".join(entries) + length_delimited(2, spec)
+
+
+def _string(number: int, text: str) -> bytes:
+    """A proto3 string field (absent when empty)."""
+    return length_delimited(number, text.encode()) if text else b""
 
 
 def set_model_spec(

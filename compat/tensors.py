@@ -269,7 +269,48 @@ def packed_field(field: str, values: np.ndarray) -> bytes:
         payload = varints(values.astype(np.int64, copy=False).view(np.uint64))
     else:
         payload = values.astype(kind, copy=False).tobytes()
-    return varints(np.array([(number << 3) | 2, len(payload)], np.uint64)) + payload
+    return length_delimited(number, payload)
+
+
+def tensor_bytes(array: np.ndarray | object) -> bytes:
+    """``from_numpy(array).SerializeToString()``'s message, written without building it for a
+    numeric array: its dtype, its shape and one packed typed field straight from numpy, so that
+    a big output costs about its ``tobytes`` (building the message, then serializing it, cost
+    DeepLab's 128x128 map 0.2 ms). Strings go through ``from_numpy``."""
+    arr = np.asarray(array)
+    dt = infer_dtype(arr)
+    codec = _CODECS[dt]
+    if codec.dtype.kind == "O":
+        return from_numpy(arr, dt).SerializeToString()
+    dims = b"".join(
+        length_delimited(2, b"\x08" + varint(size) if size else b"") for size in arr.shape
+    )
+    flat = np.ascontiguousarray(arr, dtype=codec.dtype).reshape(-1)
+    values = packed_field(codec.field, flat.view(codec.carrier)) if flat.size else b""
+    return b"\x08" + varint(dt) + length_delimited(2, dims) + values
+
+
+def varint(value: int) -> bytes:
+    """One base-128 varint; a negative value as its 64-bit two's complement, as protobuf writes
+    int32 and int64."""
+    value &= 0xFFFF_FFFF_FFFF_FFFF
+    if value < 0x80:
+        return _BYTES[value]
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_BYTES = [bytes([b]) for b in range(0x80)]
+
+
+def length_delimited(number: int, payload: bytes) -> bytes:
+    """Field ``number`` holding ``payload`` (a message, string or packed field): tag, length,
+    payload."""
+    return varint((number << 3) | 2) + varint(len(payload)) + payload
 
 
 def varints(values: np.ndarray) -> bytes:

@@ -209,8 +209,10 @@ class ModelVersion:
             return await self._predict_json(servable, call, logged)
         prepared = dataplane.prepare_predict(servable, call.request, self.check_method_name)
         prepared.outputs = await self._run(prepared, call.deadline)
-        response = dataplane.finish_predict(prepared, self.model, self.version)
-        return response.SerializeToString(), (lambda: (call.request, response)) if logged else None
+        payload = dataplane.predict_response_bytes(prepared, self.model, self.version)
+        if not logged:
+            return payload, None
+        return payload, lambda: (call.request, predict_pb2.PredictResponse.FromString(payload))
 
     async def _predict_json(self, servable: Servable, call: ModelCall, logged: bool) -> Answer:
         """REST Predict: the JSON document's tensors decoded against the signature, TF Serving's

@@ -174,6 +174,29 @@ def test_finish_predict_echoes_name_version_and_signature(servable: Servable) ->
     assert tf.make_ndarray(y).tolist() == [[2.5], [3.0]]
 
 
+@pytest.mark.parametrize("version", [123, 0, -1])
+@pytest.mark.parametrize("signature", ["serving_default", ""])
+def test_predict_response_bytes_is_finish_predict_serialized(
+    servable: Servable, version: int, signature: str
+) -> None:
+    """What the gRPC Predict answers: the same message as ``finish_predict``'s, every output in
+    its map, the model spec's presence included."""
+    call = dataplane.prepare_predict(servable, request(x=[[1.0], [2.0]]))
+    call.signature_name = signature
+    call.output_aliases = ["y", "ids", "names"]
+    call.outputs = {
+        "y": np.array([[2.5], [3.0]], np.float32),
+        "ids": np.arange(-3, 200, dtype=np.int64).reshape(1, -1),
+        "names": np.array([b"a", b"\xff"], dtype=object),
+    }
+    written = predict_pb2.PredictResponse.FromString(
+        dataplane.predict_response_bytes(call, "half_plus_two", version)
+    )
+    assert written == dataplane.finish_predict(call, "half_plus_two", version)
+    assert written.HasField("model_spec") and written.model_spec.HasField("version")
+    assert tf.make_ndarray(written.outputs["ids"]).tolist() == [list(range(-3, 200))]
+
+
 def test_metadata_is_the_signature_def_map(servable: Servable) -> None:
     r = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
     response = dataplane.metadata(servable, r, "half_plus_two", 123)

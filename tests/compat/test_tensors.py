@@ -308,3 +308,39 @@ def test_varints_at_every_length() -> None:
             if not v:
                 break
     assert tensors.varints(values) == expected
+
+
+# --- tensor_bytes: the message from_numpy builds, written without building it -------------------
+
+TENSOR_SHAPES = {**SHAPES, "zero-dims": (0,), "deeplab map": (1, 128, 128), "long": (300,)}
+
+
+@pytest.mark.parametrize("shape", TENSOR_SHAPES.values(), ids=TENSOR_SHAPES.keys())
+@pytest.mark.parametrize("dt", ALL_DTYPES, ids=NAMES.values())
+def test_tensor_bytes_is_from_numpy_serialized(dt: int, shape: tuple) -> None:
+    x = sample(dt, shape)
+    written = tensor_pb2.TensorProto.FromString(tensors.tensor_bytes(x))
+    built = tensors.from_numpy(x)
+    # Compared serialized (deterministically), as NaN != NaN in a message comparison.
+    assert written.SerializeToString(deterministic=True) == built.SerializeToString(
+        deterministic=True
+    )
+    assert written.HasField("tensor_shape")
+    assert_same(as_tf_bytes(tf_parse(written)), x)
+
+
+def test_tensor_bytes_negative_and_wide_integers() -> None:
+    for dtype in (np.int32, np.int64, np.uint32, np.uint64, np.int8):
+        info = np.iinfo(dtype)
+        x = np.array(
+            [info.min, -1 if info.min else 0, 0, 1, 127, min(128, info.max), info.max], dtype
+        )
+        written = tensor_pb2.TensorProto.FromString(tensors.tensor_bytes(x))
+        assert written == tensors.from_numpy(x)
+        assert tensors.to_numpy(written).tolist() == x.tolist()
+
+
+def test_varint_scalars() -> None:
+    for value in (0, 1, 127, 128, 300, 2**32 - 1, 2**63 - 1):
+        assert tensors.varint(value) == tensors.varints(np.array([value], np.uint64))
+    assert tensors.varint(-1) == b"\xff" * 9 + b"\x01"  # int64 -1, ten bytes
