@@ -257,13 +257,15 @@ class VersionManager:
 
     # --- what the serving replicas hold -------------------------------------------------------
 
-    def report_replica(self, replica: str, epoch: int, loads: dict[str, Any]) -> None:
-        """A serving replica's heartbeat: its routing epoch and the versions it holds."""
+    async def report_replica(self, replica: str, epoch: int, loads: dict[str, Any]) -> None:
+        """A serving replica's heartbeat: its routing epoch and the versions it holds. This
+        and the other small RPCs are ``async`` so Serve answers them on the replica's event
+        loop, without a hop through its thread pool for each."""
         self._reports.report(replica, epoch, loads)
 
     # --- RPCs ----------------------------------------------------------------------------------
 
-    def get_status(self, raw: bytes) -> ModelReply:
+    async def get_status(self, raw: bytes) -> ModelReply:
         """GetModelStatus: every version of the model, newest first."""
         try:
             request = parse_request(get_model_status_pb2.GetModelStatusRequest, raw)
@@ -276,14 +278,14 @@ class VersionManager:
     def model_status(self, spec: Any) -> get_model_status_pb2.GetModelStatusResponse:
         return self.status.model_status(spec, self.plan.routing)
 
-    def drain(self) -> None:
+    async def drain(self) -> None:
         """The server is about to stop: from now on readiness (``/readyz``) is 503 and gRPC
         health NOT_SERVING, so load balancers send new traffic elsewhere; requests are still
         answered until the ports close."""
         logger.info("Draining: readiness and health now say not serving")
         self._draining = True
 
-    def ready(self) -> bool:
+    async def ready(self) -> bool:
         """True when every configured model's newest aspired version is AVAILABLE (and the
         server is not draining)."""
         if not self._started or self._draining:
@@ -329,7 +331,7 @@ class VersionManager:
         response.status.CopyFrom(status_pb2.StatusProto(error_code=StatusCode.OK.value[0]))
         return ModelReply(payload=response.SerializeToString())
 
-    def snapshot(self) -> dict[str, Any]:
+    async def snapshot(self) -> dict[str, Any]:
         """Plan and statuses, for tests and operators; ``loads``: how each loaded version's
         load went (seconds, warmup records replayed)."""
         return {"plan": self.plan.model_dump(mode="json"), **self.status.snapshot()}
