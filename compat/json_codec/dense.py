@@ -92,19 +92,27 @@ def parse_flat(text: bytes) -> np.ndarray | None:
     shape = _shape(skeleton)
     if shape is None or _length(shape) != len(skeleton) or _brackets(shape) != skeleton:
         return None
+    flat = text.translate(_BRACKETS)
     try:
-        values = orjson.loads(b"[" + text.translate(_BRACKETS) + b"]")
+        values = orjson.loads(b"[" + flat + b"]")
     except orjson.JSONDecodeError:
         return None
     if len(values) != math.prod(shape):
         return None
     try:
-        array = np.array(values)
+        if any(mark in flat for mark in _FLOAT_MARKS):
+            array = np.array(values)
+        else:  # only integers (JSON's float has a '.' or an exponent): no type discovery
+            array = np.fromiter(values, np.int64, len(values))
     except (ValueError, OverflowError):
         return None
     if array.dtype not in (np.int64, np.float64):
         return None
     return array.reshape(shape)
+
+
+_FLOAT_MARKS = (b".", b"e", b"E")
+"""What a JSON number has only when it is no integer (a fraction, an exponent)."""
 
 
 def _shape(skeleton: bytes) -> list[int] | None:
