@@ -22,6 +22,7 @@ import pytest
 import ray
 
 from serve_app import manifests, ray_patches
+from serve_app.launch import EMBEDDED_RAY_ENV
 from serve_app.ray_patches import (
     ENABLE_CLUSTER_ENV,
     GRPC_BIND,
@@ -192,15 +193,16 @@ print(json.dumps([
     constants.RAY_SERVE_USE_GRPC_BY_DEFAULT,
     constants.RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH,
     ray_constants.ENABLE_RAY_CLUSTER,
+    constants.CONTROL_LOOP_INTERVAL_S,
 ]))
 """
 
 
 def test_ray_reads_our_settings_in_a_new_process() -> None:
     """What a replica's (or raylet's child's) process sees at start, against Ray's defaults."""
-    names = {*SERVE_ENV, ENABLE_CLUSTER_ENV, "RAY_SERVE_THROUGHPUT_OPTIMIZED"}
+    names = {*SERVE_ENV, *EMBEDDED_RAY_ENV, ENABLE_CLUSTER_ENV, "RAY_SERVE_THROUGHPUT_OPTIMIZED"}
     clean = {k: v for k, v in os.environ.items() if k not in names}
-    ours = {**clean, **ray_patches.serve_env({}), ENABLE_CLUSTER_ENV: "0"}
+    ours = {**clean, **ray_patches.serve_env({}), **EMBEDDED_RAY_ENV, ENABLE_CLUSTER_ENV: "0"}
     runs = [
         subprocess.Popen(
             [sys.executable, "-c", SETTINGS_AS_RAY_READS_THEM],
@@ -211,8 +213,13 @@ def test_ray_reads_our_settings_in_a_new_process() -> None:
         for env in (ours, clean)
     ]
     (with_ours, _), (by_default, _) = (run.communicate(timeout=120) for run in runs)
-    assert json.loads(with_ours) == [True, 2**31 - 1, False]
-    assert json.loads(by_default) == [False, 4 * 2**20, True]
+    assert json.loads(with_ours) == [True, 2**31 - 1, False, 0.5]
+    assert json.loads(by_default) == [False, 4 * 2**20, True, 0.1]
+    # ... and Serve's controller sleeps exactly that between two turns of its loop.
+    from ray.serve._private import controller
+
+    loop = inspect.getsource(controller.ServeController.run_control_loop)
+    assert "await asyncio.sleep(CONTROL_LOOP_INTERVAL_S)" in loop
 
 
 def test_settings_are_kept_with_a_warning_at_another_ray() -> None:
