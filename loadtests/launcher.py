@@ -1,7 +1,8 @@
-"""Boot ray-tfserving as a user does, in subprocesses on free loopback ports: the product prints
-the Serve config for ``key=value`` arguments (``python -m serve_app.launch``), ``serve run`` serves
-it; and the benchmark's plain server (``loadtests.plain_server``). Nothing of ``serve_app`` is
-imported here.
+"""Boot ray-tfserving as a user does, in subprocesses on free loopback ports: the
+``ray-tfserving`` command with TF Serving's flags (``start_cli``); or the Serve config that the
+product prints for ``key=value`` arguments (``python -m serve_app.launch``), served by ``serve
+run`` (``start_server``); and the benchmark's plain server (``loadtests.plain_server``). Nothing
+of ``serve_app`` is imported here.
 
 Each server gets its own ``RAY_TMPDIR`` (so it never joins another local Ray) and its own
 session (``start_new_session``), so ``stop`` can end Ray's gcs, raylet and workers with one
@@ -143,7 +144,6 @@ def start_server(
     """
     grpc_port, http_port = free_ports(2)
     tmpdir = Path(tempfile.mkdtemp(prefix=tmp_prefix))
-    log_path = tmpdir / "server.log"
     full_env = dict(
         os.environ,
         RAY_TMPDIR=str(tmpdir),
@@ -159,16 +159,51 @@ def start_server(
     config = tmpdir / "serve.yaml"
     config.write_text(write_config(app_args, full_env))
     command = [SERVE, "run", str(config)]
+    return _spawn(command, full_env, (grpc_port, http_port), tmpdir, wait_for, timeout)
+
+
+def start_cli(
+    *flags: str,
+    wait_for: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    timeout: float = BOOT_TIMEOUT_S,
+    tmp_prefix: str = "rtfs-cli-",
+) -> ServerProcess:
+    """The ``ray-tfserving`` command (TF Serving's flags, its embedded Ray) on free ports, with
+    its own RAY_TMPDIR; ``env`` is added to its environment. Waits for ``wait_for``."""
+    grpc_port, http_port = free_ports(2)
+    tmpdir = Path(tempfile.mkdtemp(prefix=tmp_prefix))
+    full_env = dict(os.environ, RAY_TMPDIR=str(tmpdir), PYTHONUNBUFFERED="1", **(env or {}))
+    command = [
+        str(Path(sys.executable).with_name("ray-tfserving")),
+        f"--port={grpc_port}",
+        f"--rest_api_port={http_port}",
+        *flags,
+    ]
+    return _spawn(command, full_env, (grpc_port, http_port), tmpdir, wait_for, timeout)
+
+
+def _spawn(
+    command: list[str],
+    env: Mapping[str, str],
+    ports: tuple[int, int],
+    tmpdir: Path,
+    wait_for: Sequence[str],
+    timeout: float,
+) -> ServerProcess:
+    """``command`` as a session leader logging to ``tmpdir/server.log``, once ``wait_for`` are
+    AVAILABLE (stopped, its log printed, if they never are)."""
+    log_path = tmpdir / "server.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             command,
             cwd=REPO,
-            env=full_env,
+            env=dict(env),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = ServerProcess(grpc_port, http_port, process, log_path, tmpdir)
+    server = ServerProcess(*ports, process, log_path, tmpdir)
     try:
         for model in wait_for:
             server.wait_available(model, timeout=timeout)

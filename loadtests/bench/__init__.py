@@ -8,8 +8,9 @@ In one run, on this machine, one after another (never two servers at once, unles
     measured before and again after the servers, the higher of the two kept;
 (b) ``plain``: ``loadtests.plain_server``, the leanest Python server (grpc.aio, same data plane,
     one process);
-(c) ``ray-grpc``: ray-tfserving's default configuration over gRPC, batching off and on
-    (TF Serving's ``--enable_batching`` with ``BATCHING_ON``), one boot per configuration;
+(c) ``ray-grpc``: ray-tfserving's default configuration over gRPC, booted as a user does (the
+    ``ray-tfserving`` command with TF Serving's flags), batching off and on (``--enable_batching``
+    with a batching parameters file holding ``BATCHING_ON``), one boot per configuration;
 (d) ``ray-rest``: the same servers over REST;
 (e) ``ray-v2``: the same servers over the Open Inference Protocol's gRPC ``ModelInfer`` (raw
     tensors, as tritonclient sends them), to compare with (c) on the same path.

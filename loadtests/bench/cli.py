@@ -102,7 +102,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     elif ns.quick:
         defaults.update(seconds=3.0, warmup_s=1.0, inprocess_seconds=0.7)
     batching = ns.batching if ns.batching is not None else defaults["batching"]
-    ray_configs = [RayConfig(b, batching=b == "on") for b in batching]
+    ray_configs = [RayConfig(b, batching=b == "on", cli=True) for b in batching]
     ray_configs += [RayConfig.parse(v) for v in ns.variant]
     for rc in ray_configs:
         rc.args += ns.ray_arg

@@ -38,13 +38,25 @@ def boot_plain(workloads: list[Workload], settings: Settings, workdir: Path) -> 
 
 def boot_ray(rc: RayConfig, workloads: list[Workload], settings: Settings, workdir: Path) -> Target:
     config = model_config(workloads, workdir / f"models-{rc.label}.config")
-    server = launcher.start_server(
-        f"model_config_file={config}",
-        *rc.app_args(),
-        wait_for=[w.model for w in workloads],
-        env={"TF_CPP_MIN_LOG_LEVEL": "2", **rc.env},
-        tmp_prefix="loadbench-ray-",
-    )
+    env = {"TF_CPP_MIN_LOG_LEVEL": "2", **rc.env}
+    if rc.via_cli:
+        batching = workdir / f"batching-{rc.label}.txt"
+        batching.write_text(rc.batching_file())
+        server = launcher.start_cli(
+            f"--model_config_file={config}",
+            *rc.cli_flags(str(batching)),
+            wait_for=[w.model for w in workloads],
+            env=env,
+            tmp_prefix="loadbench-cli-",
+        )
+    else:
+        server = launcher.start_server(
+            f"model_config_file={config}",
+            *rc.app_args(),
+            wait_for=[w.model for w in workloads],
+            env=env,
+            tmp_prefix="loadbench-ray-",
+        )
     systems: list[str] = [s for s in RAY_SYSTEMS if s in settings.systems]
     return Target(
         rc.label,

@@ -47,6 +47,11 @@ class RayConfig:
     batching: bool = False
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    cli: bool = False
+    """Booted as a user does, with the ``ray-tfserving`` command and TF Serving's flags
+    (batching: ``--enable_batching`` and a batching parameters file holding ``BATCHING_ON``);
+    otherwise ``serve run`` of the Serve config for the app arguments. A boot with app arguments
+    always goes through ``serve run``."""
 
     @classmethod
     def parse(cls, text: str) -> RayConfig:
@@ -62,8 +67,24 @@ class RayConfig:
                 config.args.append(token)
         return config
 
+    @property
+    def via_cli(self) -> bool:
+        return self.cli and not self.args
+
     def describe(self) -> str:
-        return " ".join([*self.app_args(), *(f"{k}={v}" for k, v in self.env.items())])
+        words = self.cli_flags("FILE") if self.via_cli else self.app_args()
+        return " ".join([*words, *(f"{k}={v}" for k, v in self.env.items())])
+
+    def cli_flags(self, batching_file: str) -> list[str]:
+        """The ``ray-tfserving`` flags beside the ports and the model config file."""
+        return ["--enable_batching", f"--batching_parameters_file={batching_file}"] * self.batching
+
+    def batching_file(self) -> str:
+        """TF Serving's batching parameters file for ``BATCHING_ON``."""
+        return "".join(
+            f"{key.split('.', 1)[1]} {{ value: {value} }}\n"
+            for key, value in (arg.split("=", 1) for arg in BATCHING_ON)
+        )
 
     def app_args(self) -> list[str]:
         batching = ["batching.enabled=true", *BATCHING_ON] if self.batching else []

@@ -145,3 +145,29 @@ def test_h2load_frames_and_reads_its_log(tmp_path: Path) -> None:
     log = tmp_path / "log.tsv"
     log.write_text("1796120733697212\t200\t4427\n1796120733696687\t503\t5011\n")
     assert _read_log(log) == ([4.427, 5.011], {503: 1})  # the count of each non-2xx status
+
+
+@pytest.mark.unit
+def test_default_configs_boot_through_the_cli_with_tf_servings_batching_file(
+    tmp_path: Path,
+) -> None:
+    """The issue's measure: the ``ray-tfserving`` command, batching by ``--enable_batching``
+    and a batching parameters file that TF Serving's parser reads as the serve-run boots' knobs."""
+    from compat.text_configs import read_batching_parameters
+    from loadtests.bench import parse_args
+    from loadtests.bench.settings import BATCHING_ON
+
+    settings, _ = parse_args(["--quick"])
+    off, on = settings.ray_configs
+    assert off.via_cli and on.via_cli
+    assert off.cli_flags("F") == []
+    assert on.cli_flags("F") == ["--enable_batching", "--batching_parameters_file=F"]
+    path = tmp_path / "batching.txt"
+    path.write_text(on.batching_file())
+    knobs = read_batching_parameters(path)
+    for arg in BATCHING_ON:
+        key, value = arg.split("=")
+        assert knobs[key.removeprefix("batching.")] == int(value)
+    # A variant, or an app argument for every boot, goes through serve run's key=value.
+    assert not RayConfig.parse("x batching=on").via_cli
+    assert not parse_args(["--quick", "--ray-arg", "a=b"])[0].ray_configs[0].via_cli
