@@ -116,19 +116,26 @@ _FLOAT_MARKS = (b".", b"e", b"E")
 
 
 def _shape(skeleton: bytes) -> list[int] | None:
-    """The shape the first element at each depth gives (``[[,,],...`` -> [.., 3])."""
+    """The shape the first element at each depth gives (``[[,,],...`` -> [.., 3]); the
+    outermost size is what the skeleton's length leaves for children of that shape (the caller
+    checks the whole skeleton against the shape, so only the first group of each inner level is
+    read here)."""
     depth = len(skeleton) - len(skeleton.lstrip(b"["))
-    if not 0 < depth <= MAX_RANK:  # each level costs a scan of the skeleton
+    if not 0 < depth <= MAX_RANK:  # each level costs a scan of its first group
         return None
-    shape = []
-    for level in range(depth):
+    inner_shape = []
+    for level in range(1, depth):
         inner = depth - level - 1  # brackets around each child of a group at this level
         end = skeleton.find(b"]" * (depth - level))
         if end < 0:
             return None
         separator = b"]" * inner + b"," + b"[" * inner
-        shape.append(skeleton.count(separator, level, end) + 1)
-    return shape  # "[]" is a row of one number or none: the count of numbers tells
+        inner_shape.append(skeleton.count(separator, level, end) + 1)
+    child = _length(inner_shape) if inner_shape else 0  # a number has no skeleton
+    count, rest = divmod(len(skeleton) - 1, child + 1)  # "[" n children, n-1 commas "]"
+    if rest:
+        return None
+    return [count, *inner_shape]  # "[]" is a row of one number or none: the count tells
 
 
 def _length(shape: list[int]) -> int:
