@@ -27,7 +27,7 @@ from tests.harness import Server, start_server
 LIMIT = 64 << 10
 IN_FLIGHT = 8
 """max_concurrent_requests per serving replica (two replicas)."""
-FLOOD_S = 20.0
+FLOOD_S = 15.0
 
 
 @pytest.fixture(scope="module")
