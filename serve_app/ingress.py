@@ -300,25 +300,16 @@ class Ingress:
         return await self._rest.handle_admin(request)
 
 
-def _share_cores(
-    options: VersionOptions | None, replicas: int, cores: int | None = None
-) -> VersionOptions | None:
-    """``intra_op_parallelism`` and ``inter_op_parallelism`` 0 (TF's default: every core, right
-    for one process) become this replica's share of the node's ``cores``: the serving replicas
-    each run their own TF, and each taking every core oversubscribes them (measured on 2 cores,
-    DeepLab 128 with batching and two replicas: 365 -> 427 req/s for the intra-op pool, then
-    2% more for the inter-op one, h2load A/B in one run). A pool set explicitly is kept."""
-    if options is None:
+def _share_cores(options: VersionOptions | None, replicas: int) -> VersionOptions | None:
+    """``intra_op_parallelism`` 0 (TF's default: every core, right for one process) becomes this
+    replica's share of the node's cores: the serving replicas each run their own TF, and each
+    taking every core oversubscribes them (measured on 2 cores, DeepLab 128 with batching and
+    two replicas: 365 -> 427 req/s)."""
+    if options is None or options.session.intra_op_parallelism:
         return options
-    if cores is None:
-        affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere every core
-        cores = len(affinity(0)) if affinity else (os.cpu_count() or 1)
-    share = max(1, cores // replicas)
-    pools = ("intra_op_parallelism", "inter_op_parallelism")
-    update = {pool: share for pool in pools if not getattr(options.session, pool)}
-    if not update:
-        return options
-    session = options.session.model_copy(update=update)
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere every core
+    cores = len(affinity(0)) if affinity else (os.cpu_count() or 1)
+    session = options.session.model_copy(update={"intra_op_parallelism": max(1, cores // replicas)})
     return options.model_copy(update={"session": session})
 
 

@@ -116,27 +116,3 @@ def test_user_configs_are_the_receivers_typed_models_and_the_manager_gets_the_bu
     _, _, listen = found["Ingress"].init_args
     assert isinstance(listen, ListenConfig) and listen.grpc_port == 9100
     assert found["VersionManager"].init_args[2] is build_app
-
-
-def test_each_serving_replica_takes_its_share_of_the_cores_for_both_tf_pools() -> None:
-    from serve_app.ingress import _share_cores
-    from serve_app.replica_config import SessionConfig, VersionOptions
-
-    def options(**session: int) -> VersionOptions:
-        return VersionOptions(
-            session=SessionConfig(**session),
-            warmup=False,
-            max_load_retries=0,
-            load_retry_interval_s=1.0,
-            check_method_name=False,
-        )
-
-    shared = _share_cores(options(), replicas=2, cores=16)
-    assert shared is not None
-    assert (shared.session.intra_op_parallelism, shared.session.inter_op_parallelism) == (8, 8)
-    one = _share_cores(options(), replicas=4, cores=2)
-    assert one is not None and one.session.intra_op_parallelism == 1  # never 0: TF's default
-    kept = _share_cores(options(intra_op_parallelism=3), replicas=2, cores=16)
-    assert kept is not None
-    assert (kept.session.intra_op_parallelism, kept.session.inter_op_parallelism) == (3, 8)
-    assert _share_cores(None, replicas=2) is None
