@@ -40,6 +40,12 @@ class SessionOptions:
     """The MetaGraph to load: the one tagged with exactly these (``--saved_model_tags``)."""
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity on Linux; elsewhere every core)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else (os.cpu_count() or 1)
+
+
 def read_meta_graph(
     path: str | os.PathLike[str], tags: Sequence[str] = (SERVE_TAG,)
 ) -> meta_graph_pb2.MetaGraphDef:

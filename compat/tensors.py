@@ -117,8 +117,9 @@ def to_numpy(proto: tensor_pb2.TensorProto) -> np.ndarray:
         raise ValueError(f"unsupported dtype {dtype_name(proto.dtype)}")
     shape = shape_of(proto)
     count = math.prod(shape)
-    if proto.tensor_content:
-        return _from_content(proto.tensor_content, codec, count).reshape(shape)
+    content = proto.tensor_content  # each read copies the bytes out of the message
+    if content:
+        return _from_content(content, codec, count).reshape(shape)
     return _from_field(getattr(proto, codec.field), codec, count).reshape(shape)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from compat import dataplane, inference, json_codec, open_inference, tensors
 from compat.errors import DeadlineExceeded, InvalidArgument, ServingError, Unavailable
 from compat.protos import predict_pb2, prediction_log_pb2
-from compat.servable import Servable, SessionOptions
+from compat.servable import Servable, SessionOptions, usable_cores
 from compat.warmup import replay_warmup
 from serve_app import metrics, request_log, store
 from serve_app.args import BatchingArgs
@@ -36,6 +36,21 @@ from serve_app.calls import Api, ModelCall, ModelReply, Wire
 from serve_app.replica_config import SessionConfig, VersionConfig
 
 logger = logging.getLogger("ray.serve")
+
+
+RUNS_AT_ONCE = 4
+"""Model runs at once outside batching, where TF's inter-op pool spreads their ops."""
+
+
+def runs_at_once(session: SessionConfig) -> int:
+    """How many model runs a version starts at once outside batching. With ops in their
+    calling thread (a negative ``inter_op_parallelism``) each run is a thread of compute, so as
+    many as the session has intra-op threads (TF's default, 0: every core): more would only
+    take turns on the same cores. Otherwise ``RUNS_AT_ONCE``, their ops shared out by TF's
+    inter-op pool."""
+    if session.inter_op_parallelism >= 0:
+        return RUNS_AT_ONCE
+    return session.intra_op_parallelism or usable_cores()
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,7 @@ class ModelVersion:
         self.batching = BatchingArgs()
         self.request_log: request_log.RequestLog | None = None
         """Where a sample of this version's answered requests is logged (``logging_config``)."""
+        self._runs_at_once = runs_at_once(session)
         self._pool = self._make_pool(self.batching)
         self._batches = BatchScheduler(
             self._servable,
@@ -135,8 +151,9 @@ class ModelVersion:
         self._batches.configure(self.batching)
 
     def _make_pool(self, knobs: BatchingArgs) -> ThreadPoolExecutor:
-        """Model runs happen here, off the event loop: at least one thread per batch thread."""
-        self._pool_size = max(4, knobs.num_batch_threads)
+        """Model runs happen here, off the event loop: ``runs_at_once`` threads, and at least
+        one per batch thread."""
+        self._pool_size = max(self._runs_at_once, knobs.num_batch_threads)
         return ThreadPoolExecutor(self._pool_size, f"{self.model}-{self.version}")
 
     def load_state(self) -> LoadState:

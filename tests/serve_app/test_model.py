@@ -157,3 +157,44 @@ def test_a_call_whose_deadline_passes_in_the_queue_is_not_run(model: ModelVersio
     assert late.message == "Deadline Exceeded"
     assert y(patient).tolist() == [[3.0], [3.0]]
     assert sizes == [1, 2]
+
+
+def concurrent_runs(model: ModelVersion, calls: int) -> int:
+    """The most model runs under way at once while ``calls`` unbatched calls are answered."""
+    servable = model.servable
+    assert servable is not None
+    run = servable.run
+    lock, now, most = threading.Lock(), [0], [0]
+
+    def counted_run(*args: Any) -> Any:
+        with lock:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+        time.sleep(0.05)  # long enough for every free pool thread to start one
+        try:
+            return run(*args)
+        finally:
+            with lock:
+                now[0] -= 1
+
+    servable.run = counted_run  # type: ignore[method-assign]
+    replies = asyncio.run(gather(model, *[1] * calls))
+    assert all(y(r).tolist() == [[3.0]] for r in replies)
+    return most[0]
+
+
+@pytest.mark.parametrize(
+    ("session", "most"),
+    [
+        ({}, 4),  # TF's inter-op pool spreads the ops of four runs at once
+        ({"intra_op_parallelism": 1, "inter_op_parallelism": -1}, 1),  # ops inline: one core
+        ({"intra_op_parallelism": 2, "inter_op_parallelism": -1}, 2),
+    ],
+)
+def test_runs_at_once_outside_batching(testdata: Path, session: dict[str, int], most: int) -> None:
+    path = testdata / "saved_model_half_plus_two_cpu" / "00000123"
+    m = ModelVersion("half_plus_two", 123, str(path), session=session)
+    try:
+        assert concurrent_runs(m, 8) == most
+    finally:
+        m.servable.close()  # type: ignore[union-attr]

@@ -192,6 +192,8 @@ from ray.serve._private import constants
 print(json.dumps([
     constants.RAY_SERVE_USE_GRPC_BY_DEFAULT,
     constants.RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH,
+    constants.RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD,
+    constants.RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP,
     ray_constants.ENABLE_RAY_CLUSTER,
     constants.CONTROL_LOOP_INTERVAL_S,
 ]))
@@ -213,8 +215,8 @@ def test_ray_reads_our_settings_in_a_new_process() -> None:
         for env in (ours, clean)
     ]
     (with_ours, _), (by_default, _) = (run.communicate(timeout=120) for run in runs)
-    assert json.loads(with_ours) == [True, 2**31 - 1, False, 0.5]
-    assert json.loads(by_default) == [False, 4 * 2**20, True, 0.1]
+    assert json.loads(with_ours) == [True, 2**31 - 1, False, False, False, 0.5]
+    assert json.loads(by_default) == [False, 4 * 2**20, True, True, True, 0.1]
     # ... and Serve's controller sleeps exactly that between two turns of its loop.
     from ray.serve._private import controller
 
