@@ -73,8 +73,10 @@ class BatchingArgs(BaseModel):
     """How long the first request of a batch waits for others."""
     max_enqueued_batches: int = Field(default=100, ge=1)
     """Queue bound in batches; a request that needs one more is refused with UNAVAILABLE."""
-    num_batch_threads: int = Field(default=1, ge=1)
-    """Batches run concurrently per replica (TF Serving's batch threads)."""
+    num_batch_threads: int = Field(default=0, ge=0)
+    """Batches run concurrently per replica (TF Serving's batch threads). 0: as many as the
+    replica has TF intra-op threads, which in a serving replica is its share of the node's
+    cores (TF Serving's default is every core, for its one process)."""
     allowed_batch_sizes: Ints = []
     """If set, a batch is padded up to the next allowed size (last == max_batch_size)."""
     pad_variable_length_inputs: bool = False

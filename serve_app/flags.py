@@ -197,6 +197,7 @@ def to_app_args(ns: argparse.Namespace) -> AppArgs:
     --model_name and --model_base_path are ignored, as there."""
     from compat.errors import InvalidArgument
     from compat.text_configs import (
+        BATCHING_DEFAULTS,
         parse_channel_arguments,
         read_batching_parameters,
         read_prometheus_path,
@@ -241,6 +242,8 @@ def to_app_args(ns: argparse.Namespace) -> AppArgs:
         values["grpc_channel_arguments"] = parse_channel_arguments(values["grpc_channel_arguments"])
     if launch.batching_parameters_file:
         values["batching"] = read_batching_parameters(launch.batching_parameters_file)
+    elif ns.enable_batching:  # TF Serving's defaults, not the typed config's
+        values["batching"] = {"enabled": True, **BATCHING_DEFAULTS}
     if launch.monitoring_config_file:
         values["prometheus_path"] = read_prometheus_path(launch.monitoring_config_file)
     if "ssl_config_file" in values:

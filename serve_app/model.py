@@ -84,7 +84,9 @@ class ModelVersion:
         self.check_method_name = check_method_name
         self.servable: Servable | None = None
         self.error: ServingError | None = None
-        self.batching = BatchingArgs()
+        self._threads = session.intra_op_parallelism or usable_cores()
+        """The session's intra-op threads: batch threads when ``num_batch_threads`` is 0."""
+        self.batching = self._resolve(BatchingArgs())
         self.request_log: request_log.RequestLog | None = None
         """Where a sample of this version's answered requests is logged (``logging_config``)."""
         self._runs_at_once = runs_at_once(session)
@@ -143,12 +145,18 @@ class ModelVersion:
         ``logging_config``)."""
         config = VersionConfig.model_validate(config)
         self.request_log = request_log.for_model(self.model, config.request_logs.get(self.model))
-        self.batching = config.batching
+        self.batching = self._resolve(config.batching)
         if self.batching.num_batch_threads > self._pool_size:
             old, self._pool = self._pool, self._make_pool(self.batching)
             self._batches.pool = self._pool
             old.shutdown(wait=False)  # what it runs finishes
         self._batches.configure(self.batching)
+
+    def _resolve(self, knobs: BatchingArgs) -> BatchingArgs:
+        """``num_batch_threads`` 0 made the session's intra-op threads."""
+        if knobs.num_batch_threads:
+            return knobs
+        return knobs.model_copy(update={"num_batch_threads": self._threads})
 
     def _make_pool(self, knobs: BatchingArgs) -> ThreadPoolExecutor:
         """Model runs happen here, off the event loop: ``runs_at_once`` threads, and at least

@@ -16,6 +16,7 @@ from google.protobuf import text_format
 
 from compat.errors import InvalidArgument
 from compat.text_configs import (
+    BATCHING_DEFAULTS,
     DEFAULT_PROMETHEUS_PATH,
     BatchingParameters,
     MonitoringConfig,
@@ -89,14 +90,24 @@ def test_every_batching_field_served(tmp_path: Path) -> None:
     }
 
 
-def test_unset_batching_fields_keep_their_defaults(tmp_path: Path) -> None:
-    """Wrapper fields: unset is not zero (``batch_timeout_micros { value: 0 }`` is set)."""
+def test_unset_batching_fields_take_tf_servings_defaults(tmp_path: Path) -> None:
+    """A field left unset takes what TF Serving's scheduler takes for it (QueueOptions:
+    input_batch_size_limit 1000, batch_timeout_micros 0, max_enqueued_batches 10; Options:
+    num_batch_threads port::MaxParallelism(), written 0). Wrapper fields: unset is not zero
+    (``batch_timeout_micros { value: 0 }`` is set)."""
     assert read_batching_parameters(write(tmp_path, "")) == {
         "enabled": True,
+        "max_batch_size": 1000,
+        "batch_timeout_micros": 0,
+        "max_enqueued_batches": 10,
+        "num_batch_threads": 0,
         "pad_variable_length_inputs": False,
     }
     knobs = read_batching_parameters(write(tmp_path, "batch_timeout_micros {}"))
     assert knobs["batch_timeout_micros"] == 0
+    knobs = read_batching_parameters(write(tmp_path, "max_batch_size { value: 16 }"))
+    assert knobs["max_batch_size"] == 16
+    assert knobs["max_enqueued_batches"] == 10
 
 
 def test_fields_tf_serving_has_and_this_server_ignores_parse(tmp_path: Path) -> None:
@@ -107,6 +118,7 @@ def test_fields_tf_serving_has_and_this_server_ignores_parse(tmp_path: Path) -> 
     )
     assert read_batching_parameters(path) == {
         "enabled": True,
+        **BATCHING_DEFAULTS,
         "max_batch_size": 64,
         "pad_variable_length_inputs": False,
     }

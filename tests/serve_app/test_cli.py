@@ -452,14 +452,15 @@ def signal_until_gone(cli: Cli, sig: int, exit_within: float = 30.0) -> tuple[in
 
 def test_accelerator_gpu_without_a_gpu_fails_startup_and_says_why() -> None:
     """No node has a GPU: the serving replicas can never be placed. The server exits non-zero
-    within its bound (--resource_wait_seconds, 60 s by default; the run_to_exit timeout of
-    120 s fails the test past it) and names the problem and what the replicas need."""
+    within its bound (--resource_wait_seconds, 60 s by default and 15 s here; the run_to_exit
+    timeout of 90 s fails the test past it) and names the problem and what the replicas need."""
     started = time.monotonic()
     code, output = run_to_exit(
         f"--port={free_ports(1)[0]}",
         f"--model_base_path={TESTDATA / 'saved_model_half_plus_two_cpu'}",
         "--accelerator=gpu",
-        timeout=120,
+        "--resource_wait_seconds=15",
+        timeout=90,
     )
     assert code != 0, output[-3000:]
     assert "Failed to start server. Error: UNAVAILABLE: --accelerator=gpu, but no node" in output

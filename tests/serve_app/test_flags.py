@@ -204,3 +204,22 @@ def test_the_command_line_imports_no_tensorflow_before_it_has_quietened_the_cons
     probe = "import sys, serve_app.cli; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+def test_enable_batching_alone_takes_tf_servings_batching_defaults() -> None:
+    batching = app_args("--enable_batching").batching
+    assert batching.enabled
+    assert (
+        batching.max_batch_size,
+        batching.batch_timeout_micros,
+        batching.max_enqueued_batches,
+        batching.num_batch_threads,  # every core: each replica's share (ModelVersion)
+    ) == (1000, 0, 10, 0)
+    assert not app_args().batching.enabled
+
+
+def test_inter_op_parallelism_takes_tfs_negative_value() -> None:
+    """TF's ConfigProto: a negative inter_op_parallelism_threads runs every op in the caller's
+    thread; TF Serving passes the flag through."""
+    assert app_args("--tensorflow_inter_op_parallelism=-1").inter_op_parallelism == -1
+    assert app_args().inter_op_parallelism == 0

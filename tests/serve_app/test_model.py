@@ -37,7 +37,9 @@ def request(rows: int, deadline: float | None = None) -> ModelCall:
 
 
 def batching(**knobs: Any) -> dict[str, Any]:
-    return {"batching": {"enabled": True, **knobs}}
+    """A ``user_config`` with batching on: one batch thread unless ``knobs`` say otherwise (0,
+    the default, would be one per core of this machine)."""
+    return {"batching": {"enabled": True, "num_batch_threads": 1, **knobs}}
 
 
 def y(reply: ModelReply) -> np.ndarray:
@@ -196,5 +198,20 @@ def test_runs_at_once_outside_batching(testdata: Path, session: dict[str, int], 
     m = ModelVersion("half_plus_two", 123, str(path), session=session)
     try:
         assert concurrent_runs(m, 8) == most
+    finally:
+        m.servable.close()  # type: ignore[union-attr]
+
+
+def test_no_batch_threads_given_is_the_sessions_threads(testdata: Path) -> None:
+    """``num_batch_threads`` 0 (TF Serving's default: every core) becomes the session's intra-op
+    threads: a serving replica's share of the node."""
+    path = testdata / "saved_model_half_plus_two_cpu" / "00000123"
+    m = ModelVersion("half_plus_two", 123, str(path), session={"intra_op_parallelism": 3})
+    try:
+        assert m.batching.num_batch_threads == 3
+        m.reconfigure({"batching": {"enabled": True, "num_batch_threads": 0}})
+        assert m.batching.num_batch_threads == 3
+        m.reconfigure({"batching": {"enabled": True, "num_batch_threads": 5}})
+        assert m.batching.num_batch_threads == 5
     finally:
         m.servable.close()  # type: ignore[union-attr]
