@@ -291,7 +291,7 @@ class AppArgs(BaseModel):
     """TF inter-op threads per replica. Negative: every op runs in the thread that runs the model,
     as TF takes it. 0: TF's default, except in a serving replica without a GPU whose intra-op
     share is one thread, which runs its ops that way (no thread hand-off per op: DeepLab with
-    batching 309 -> 349 req/s on 2 cores) and at most one model run at a time."""
+    batching 309 -> 349 req/s on 2 cores) and starts one model run at a time outside batching."""
     per_process_gpu_memory_fraction: Annotated[float, Flag("per_process_gpu_memory_fraction")] = (
         Field(default=0.0, ge=0, le=1)
     )

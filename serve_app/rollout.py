@@ -130,16 +130,18 @@ class VersionManager:
         for model in self.args.models:
             await self._reconcile_model(model)
 
-    def _scan(self, model: ModelArgs) -> repository.Scan:
-        """The Source: the base path now, with the stamps of the versions that failed."""
+    async def _scan(self, model: ModelArgs) -> repository.Scan:
+        """The Source: the base path now, with the stamps of the versions that failed. Read in
+        a thread: a listing (an object store's, a slow mount's) must not hold up the replica's
+        event loop, where Serve's own calls to it are answered too."""
         ended = [v for v, s in self.status.get(model.name, {}).items() if s.state == State.END]
-        return repository.scan(model.base_path, stamp=ended)
+        return await asyncio.to_thread(repository.scan, model.base_path, ended)
 
-    def _steps(self, model: ModelArgs) -> ModelSteps:
+    async def _steps(self, model: ModelArgs) -> ModelSteps:
         """The planner's next steps for ``model``, from a fresh scan."""
         return plan_model(
             model,
-            self._scan(model),
+            await self._scan(model),
             self.plan.deployed.get(model.name, {}),
             self.status.get(model.name, {}),
             self.plan.routing.models.get(model.name, ModelRoutes()),
@@ -149,7 +151,7 @@ class VersionManager:
     async def _reconcile_model(self, model: ModelArgs) -> None:
         name = model.name
         statuses = self.status.setdefault(name, {})
-        steps = self._steps(model)
+        steps = await self._steps(model)
         for v, path in steps.incomplete.items():
             statuses[v] = VersionStatus.incomplete(str(path))
         if steps.unload_first:  # TF Serving's resource-preserving policy: unload before loading
@@ -159,7 +161,7 @@ class VersionManager:
         # After the loads the plan is made again: a version that failed drops out of the
         # aspired set, so the version it was meant to replace keeps serving (availability
         # first, as TF Serving does); the directory may have changed while versions loaded.
-        steps = self._steps(model)
+        steps = await self._steps(model)
         if steps.unload:
             await self._retire(name, steps.unload)
         elif steps.relabel:  # a label the config added or moved (a retire reroutes anyway)
