@@ -289,9 +289,10 @@ class AppArgs(BaseModel):
     replicas, at least one each; TF's own default would give every process every core)."""
     inter_op_parallelism: Annotated[int, Flag("tensorflow_inter_op_parallelism")] = 0
     """TF inter-op threads per replica. Negative: every op runs in the thread that runs the model,
-    as TF takes it. 0: TF's default, except in a serving replica without a GPU whose intra-op
-    share is one thread, which runs its ops that way (no thread hand-off per op: DeepLab with
-    batching 309 -> 349 req/s on 2 cores) and starts one model run at a time outside batching."""
+    as TF takes it. 0: in a serving replica without a GPU, its intra-op threads, and with one
+    intra-op thread its ops run in the calling thread (no thread hand-off per op: DeepLab with
+    batching 309 -> 349 req/s on 2 cores) and it starts one model run at a time outside
+    batching; elsewhere TF's default."""
     per_process_gpu_memory_fraction: Annotated[float, Flag("per_process_gpu_memory_fraction")] = (
         Field(default=0.0, ge=0, le=1)
     )

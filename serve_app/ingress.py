@@ -321,9 +321,10 @@ def _share_cores(options: VersionOptions | None, replicas: int, gpu: bool) -> Ve
     no hand-off to an inter-op pool and back, and the version runs one model call at a time
     outside batching (``model.runs_at_once``). Measured on 2 cores, one run: DeepLab with
     batching 309 -> 349 req/s, without 314 -> 326; half_plus_two 2630 -> 2992 and 2241 -> 2694.
-    With two or more threads TF's inter-op pool stays (in-process, DeepLab with two intra-op
-    threads ran 4-7% slower inline). A GPU replica keeps TF's defaults: there the inter-op pool
-    keeps the device fed."""
+    With a share of two or more threads, the inter-op pool stays (in-process, DeepLab with two
+    intra-op threads ran 4-7% slower inline) but is the share too, not TF's every core: the
+    replicas of a 16-core node would each run ops on 16 threads otherwise. A GPU replica keeps
+    TF's default: there the inter-op pool keeps the device fed."""
     if options is None:
         return None
     session = options.session
@@ -331,8 +332,8 @@ def _share_cores(options: VersionOptions | None, replicas: int, gpu: bool) -> Ve
     if not session.intra_op_parallelism:
         update["intra_op_parallelism"] = max(1, usable_cores() // replicas)
     threads = update.get("intra_op_parallelism", session.intra_op_parallelism)
-    if not session.inter_op_parallelism and threads == 1 and not gpu:
-        update["inter_op_parallelism"] = INLINE_OPS
+    if not session.inter_op_parallelism and not gpu:
+        update["inter_op_parallelism"] = INLINE_OPS if threads == 1 else threads
     if not update:
         return options
     return options.model_copy(update={"session": session.model_copy(update=update)})

@@ -36,9 +36,11 @@ def test_a_one_core_share_runs_ops_inline() -> None:
     assert planned(4, 2, intra_op_parallelism=1) == (1, ingress.INLINE_OPS)
 
 
-def test_a_larger_share_keeps_tfs_inter_op_pool() -> None:
-    assert planned(16, 2) == (8, 0)
-    assert planned(2, 1) == (2, 0)
+def test_a_larger_share_keeps_an_inter_op_pool_of_its_share() -> None:
+    assert planned(16, 2) == (8, 8)
+    assert planned(2, 1) == (2, 2)
+    assert planned(16, 8) == (2, 2)
+    assert planned(16, 2, intra_op_parallelism=3) == (3, 3)
 
 
 def test_a_gpu_replica_keeps_tfs_inter_op_pool() -> None:
@@ -48,6 +50,7 @@ def test_a_gpu_replica_keeps_tfs_inter_op_pool() -> None:
 def test_what_the_arguments_set_is_kept() -> None:
     assert planned(2, 2, inter_op_parallelism=3) == (1, 3)
     assert planned(16, 2, intra_op_parallelism=3, inter_op_parallelism=-1) == (3, -1)
+    assert planned(16, 2, gpu=True, intra_op_parallelism=3) == (3, 0)
     assert ingress._share_cores(None, 2, False) is None
 
 
