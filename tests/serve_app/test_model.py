@@ -215,3 +215,38 @@ def test_no_batch_threads_given_is_the_sessions_threads(testdata: Path) -> None:
         assert m.batching.num_batch_threads == 5
     finally:
         m.servable.close()  # type: ignore[union-attr]
+
+
+FREED_AFTER_UNLOAD = """
+import gc, sys, weakref
+from serve_app.model import ModelVersion
+first = ModelVersion("m", 1, sys.argv[1], session={"intra_op_parallelism": 1})
+assert first.load_state().ok
+servable = weakref.ref(first.servable)
+del first
+gc.collect()
+print("freed" if servable() is None else "pinned")
+"""
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "model", ["saved_model_half_plus_two_cpu", "saved_model_half_plus_two_tf2_cpu"]
+)
+def test_the_first_version_a_process_loads_is_freed_once_unloaded(
+    testdata: Path, model: str
+) -> None:
+    """``gc.freeze`` happens before the first version exists: frozen with it, its graph and
+    session stayed in memory after its unload, for the process's life. A process of its own:
+    the freeze is once per process."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", FREED_AFTER_UNLOAD, str(testdata / model / "00000123")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "freed"
