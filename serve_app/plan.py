@@ -150,6 +150,12 @@ def plan_model(
     """The next steps for ``model``: from its config (version policy, labels), the scan of its
     base path, its deployed versions, their statuses and its routes now. The manager plans
     again, with a new scan, after the loads, and takes ``unload`` and ``relabel`` from that."""
+    # A deployed version whose directory is still there but no longer whole (its files
+    # vanished, a mount half back) keeps serving from memory: only a listing without its
+    # directory unloads it.
+    held = {v: p for v, p in deployed.items() if v in scan.numeric and v not in scan.complete}
+    if held:
+        scan = Scan({**scan.complete, **held}, scan.numeric, scan.stamps)
     wanted = aspired(model, scan, statuses)
     steps = ModelSteps(
         incomplete={
