@@ -257,6 +257,15 @@ class AppArgs(BaseModel):
     """The wait between two attempts to load a version (``--load_retry_interval_micros``).
     0, at once, by default: TF Serving waits a minute, with 5 retries, before a version that
     cannot load is given up; here ``max_load_retries`` (2) attempts follow at once."""
+    load_probe_timeout_s: Annotated[float, Flag("load_probe_timeout_seconds")] = Field(
+        default=600.0, ge=0
+    )
+    """A new version first loads (and warms up) in a process of its own, and only then in the
+    serving replicas: one whose load crashes, runs out of memory or is not done within this
+    many seconds is END with the reason and never reaches them (ours; 0: no probe)."""
+    load_probe_memory_mb: Annotated[int, Flag("load_probe_memory_mb")] = Field(default=0, ge=0)
+    """The memory a new version's probe may take beyond TF's own (ours; 0: the node's available
+    memory divided by the serving replicas, each of which would hold a copy)."""
     batching: BatchingArgs = BatchingArgs()
     """Dynamic batching knobs."""
     scaling: ScalingArgs = ScalingArgs()
