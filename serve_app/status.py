@@ -151,12 +151,16 @@ class Statuses(dict[str, dict[int, VersionStatus]]):
 
     def newest_available(self, models: Iterable[ModelArgs], scans: Mapping[str, Scan]) -> bool:
         """Every model's newest aspired version (in its last successful scan: readiness reads
-        state, never storage) is AVAILABLE."""
+        state, never storage) is AVAILABLE. A version that failed to load is not aspired: a
+        bad version on disk must not take the server out of its load balancer while the
+        version before it serves."""
         for model in models:
             scan = scans.get(model.name)
             if scan is None:
                 return False
-            aspired = aspired_versions(scan.complete, model.version_policy)
+            versions = self.get(model.name, {})
+            loadable = {v: p for v, p in scan.complete.items() if not _failed(versions.get(v))}
+            aspired = aspired_versions(loadable, model.version_policy)
             if not aspired:
                 return False
             s = self.get(model.name, {}).get(max(aspired))
@@ -179,6 +183,10 @@ class Statuses(dict[str, dict[int, VersionStatus]]):
                 for m, vs in self.items()
             },
         }
+
+
+def _failed(status: VersionStatus | None) -> bool:
+    return status is not None and status.state == State.END and bool(status.error_code)
 
 
 @dataclass

@@ -127,13 +127,15 @@ def test_model_status_errors_are_tf_serving_s(spec, error, message: str) -> None
 
 def test_ready_means_the_newest_aspired_version_is_available() -> None:
     """Readiness reads the last successful scan (state), never storage."""
-    scans = {"m": on_disk(1, 2)}
+    scans = {"m": on_disk(1, 2, 3)}
     latest = ModelArgs(name="m", base_path="/b")
-    assert not statuses().newest_available([latest], scans)  # version 2 is END
+    assert not statuses().newest_available([latest], scans)  # version 3 is not loaded yet
     pinned = latest.model_copy(
         update={"version_policy": VersionPolicy(kind="specific", versions=[1])}
     )
     assert statuses().newest_available([pinned], scans)
+    # Version 2 failed to load: version 1 serving is what the server can do, and it is ready.
+    assert statuses().newest_available([latest], {"m": on_disk(1, 2)})
     assert not statuses().newest_available([latest], {"m": on_disk()})
     assert not statuses().newest_available([latest], {})  # never scanned yet
 
