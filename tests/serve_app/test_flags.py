@@ -267,7 +267,7 @@ def test_every_flag_of_tf_servings_main_cc_is_known(name: str) -> None:
     given = f"--{name}" if kind == "bool" else f"--{name}={sample}"
     if name == "mixed_precision":  # its one mode
         given = "--mixed_precision=bfloat16"
-    ns, unknown = flags.parser().parse_known_args([*BASE, given])
+    _, unknown = flags.parser().parse_known_args([*BASE, given])
     assert not unknown
 
 
