@@ -402,7 +402,8 @@ class VersionManager:
             # As ServerCore::ReloadConfig: labels are checked against the versions AVAILABLE
             # now, before any model changes; an invalid label leaves the served models as they
             # were.
-            bad_labels = invalid_labels(models, self.plan.routing)
+            allow = self.args.allow_version_labels_for_unavailable_models
+            bad_labels = invalid_labels(models, self.plan.routing, allow)
             if not bad_labels:
                 self.args.models = models
                 self.args.model_config_file = None

@@ -83,6 +83,31 @@ def test_labels_may_only_name_available_versions() -> None:
     )
 
 
+def test_with_the_flag_an_unused_label_may_name_a_version_not_yet_available() -> None:
+    """--allow_version_labels_for_unavailable_models (ServerCore's label check): a label not in
+    use yet, or naming the version it names now, may name a version not yet AVAILABLE; a label
+    in use moves only to an AVAILABLE version."""
+    table = RoutingTable(
+        models={"m": ModelRoutes(versions={1: "m-v1"}, latest=1, labels={"stable": 1})}
+    )
+
+    def check(labels: dict[str, int], allow: bool = True) -> str:
+        return invalid_labels(
+            [ModelArgs(name="m", base_path="/b", version_labels=labels)], table, allow
+        )
+
+    assert check({"canary": 2}) == ""  # a new label on version 2, not loaded yet
+    assert check({"stable": 1, "canary": 2}) == ""
+    refused = (
+        "Request to assign label to version 2 of model m, which is not currently available "
+        "for inference"
+    )
+    assert check({"stable": 2}) == refused  # in use, moved to a version not available
+    assert check({"canary": 2}, allow=False) == refused  # without the flag, as before
+    other = RoutingTable(models={"n": ModelRoutes(versions={1: "n-v1"}, latest=1)})
+    assert invalid_labels([MODEL], other, True) == ""  # a model not served yet
+
+
 def statuses() -> Statuses:
     s = Statuses()
     s["m"] = {
@@ -266,13 +291,14 @@ def test_a_failed_version_is_retried_after_its_wait_even_unchanged() -> None:
     status.record(LoadOutcome(StatusCode.UNAVAILABLE, "the store is down"))
     failed_at = status.failed_at
     assert not status.retry_due(failed_at + RETRY_AFTER_S - 1)
-    assert status.retry_due(failed_at + RETRY_AFTER_S)
+    assert status.retry_due(failed_at + RETRY_AFTER_S + 0.5)
     status.record(LoadOutcome(StatusCode.UNAVAILABLE, "still down"))
-    assert not status.retry_due(status.failed_at + RETRY_AFTER_S)
-    assert status.retry_due(status.failed_at + 2 * RETRY_AFTER_S)
+    assert not status.retry_due(status.failed_at + RETRY_AFTER_S + 0.5)
+    assert status.retry_due(status.failed_at + 2 * RETRY_AFTER_S + 0.5)
     for _ in range(20):
         status.record(LoadOutcome(StatusCode.UNAVAILABLE, "down for good"))
-    assert status.retry_due(status.failed_at + 3600)
+    assert not status.retry_due(status.failed_at + 3599)
+    assert status.retry_due(status.failed_at + 3600.5)
     assert not VersionStatus(State.AVAILABLE, loaded=True).retry_due(1e12)
     assert not VersionStatus.incomplete("/b/2").retry_due(1e12)  # it loads once whole
 
