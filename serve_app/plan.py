@@ -144,6 +144,16 @@ def aspired(model: ModelArgs, scan: Scan, statuses: Mapping[int, VersionStatus])
     return aspired_versions(loadable, model.version_policy)
 
 
+def holding(scan: Scan, deployed: Mapping[int, str]) -> Scan:
+    """``scan`` with the deployed versions whose directory is still there but no longer whole
+    (their files vanished, a mount half back) counted whole: they keep serving from memory, and
+    only a listing without their directory unloads them."""
+    held = {v: p for v, p in deployed.items() if v in scan.numeric and v not in scan.complete}
+    if not held:
+        return scan
+    return Scan({**scan.complete, **held}, scan.numeric, scan.stamps)
+
+
 def plan_model(
     model: ModelArgs,
     scan: Scan,
@@ -155,12 +165,7 @@ def plan_model(
     """The next steps for ``model``: from its config (version policy, labels), the scan of its
     base path, its deployed versions, their statuses and its routes now. The manager plans
     again, with a new scan, after the loads, and takes ``unload`` and ``relabel`` from that."""
-    # A deployed version whose directory is still there but no longer whole (its files
-    # vanished, a mount half back) keeps serving from memory: only a listing without its
-    # directory unloads it.
-    held = {v: p for v, p in deployed.items() if v in scan.numeric and v not in scan.complete}
-    if held:
-        scan = Scan({**scan.complete, **held}, scan.numeric, scan.stamps)
+    scan = holding(scan, deployed)
     wanted = aspired(model, scan, statuses)
     steps = ModelSteps(
         incomplete={

@@ -34,6 +34,7 @@ from serve_app.plan import (
     ModelSteps,
     Plan,
     failed,
+    holding,
     invalid_labels,
     models_gone,
     plan_model,
@@ -181,7 +182,7 @@ class VersionManager:
             self._faults.report("scan", model.name, str(e))
             raise
         self._faults.clear("scan", model.name)
-        self._scans[model.name] = scan
+        self._scans[model.name] = holding(scan, self.plan.deployed.get(model.name, {}))
         return scan
 
     async def _steps(self, model: ModelArgs) -> ModelSteps:

@@ -40,6 +40,8 @@ CONFIG = """model_config_list {{
 ENTRY = '  config {{ name: "{name}" base_path: "{path}" model_platform: "tensorflow" }}'
 PROBE_TIMEOUT_S = 15
 METRICS = "/monitoring/prometheus/metrics"
+BAD_DAY_BUCKET = "bad-day"
+"""Moto's servers in one process share their buckets: this module keeps to its own."""
 
 
 def status(server: Server, model: str = MODEL) -> dict[int, tuple[int, int, str]]:
@@ -165,7 +167,8 @@ def test_a_base_path_that_vanishes_for_seconds_unloads_nothing(
 ) -> None:
     """An NFS blip: the base path is gone for 4 s. A failed poll changes nothing (TF Serving's
     FileSystemStoragePathSource): the version keeps serving, readiness answers from state, and
-    the cause is logged once, not at every poll."""
+    the cause is logged once, not at every poll, and counted at every one. Then the served
+    version's graph file vanishes for 3 s while its directory stays: it keeps serving."""
     server, base, _ = local
     version = max(status(server))
     with Load(server) as load:
@@ -176,23 +179,30 @@ def test_a_base_path_that_vanishes_for_seconds_unloads_nothing(
         finally:
             away.rename(base)
         hold(server, 1.0, version)
+        # The served version's files vanish while its directory stays: it serves from memory.
+        graph = base / str(version) / "saved_model.pb"
+        graph.rename(graph.with_name("moved-away"))
+        try:
+            hold(server, 3.0, version)
+        finally:
+            graph.with_name("moved-away").rename(graph)
     assert load.calls and all(c == grpc.StatusCode.OK for _, _, c in load.calls)
     assert load.wrong == []
     log = server.log()
     assert log.count(f"failed: Could not find base path {base}") == 1
     assert log.count(f"works again (was: Could not find base path {base})") == 1
-    assert lifecycle_errors(server, step="scan", model=MODEL) >= 2  # one per failed poll
+    assert lifecycle_errors(server, 2, step="scan", model=MODEL) >= 2  # one per failed poll
 
 
-def lifecycle_errors(server: Server, **labels: str) -> float:
-    """``ray_tfserving_lifecycle_errors_total`` with ``labels``, once Ray's agent shows it
-    (it reports every 10 s: polled, bounded)."""
+def lifecycle_errors(server: Server, at_least: int, **labels: str) -> float:
+    """``ray_tfserving_lifecycle_errors_total`` with ``labels``, once Ray's agent shows
+    ``at_least`` (it reports every 10 s: polled, bounded)."""
     from tests.serve_app.test_metrics import WAIT_S, scrape, total
 
     deadline = time.monotonic() + WAIT_S
     while True:
         count = total(scrape(server), "ray_tfserving_lifecycle_errors_total", **labels)
-        if count or time.monotonic() > deadline:
+        if count >= at_least or time.monotonic() > deadline:
             return count
         time.sleep(1.0)
 
@@ -299,14 +309,14 @@ def test_a_version_that_hangs_or_runs_out_of_memory_never_reaches_the_replicas(
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, FaultProxy]]:
     from moto.server import ThreadedMotoServer
 
-    from tests.serve_app.test_store import BUCKET, CREDENTIALS, PREFIX, client, upload
+    from tests.serve_app.test_store import CREDENTIALS, PREFIX, client, upload
 
     (port,) = free_ports(1)
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     moto.start()
     endpoint = f"http://127.0.0.1:{port}"
-    client(endpoint).create_bucket(Bucket=BUCKET)
-    upload(endpoint, "1")
+    client(endpoint).create_bucket(Bucket=BAD_DAY_BUCKET)
+    upload(endpoint, "1", bucket=BAD_DAY_BUCKET)
     proxy = FaultProxy(endpoint)
     cache = tmp_path_factory.mktemp("cache")
     env = {
@@ -317,7 +327,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Fa
     }
     server = start_server(
         "model_name=half_plus_two",
-        f"model_base_path=s3://{BUCKET}/{PREFIX}",
+        f"model_base_path=s3://{BAD_DAY_BUCKET}/{PREFIX}",
         "file_system_poll_wait_seconds=0.5",
         "grpc_health_service=true",
         wait_for=(MODEL,),

@@ -55,14 +55,18 @@ def client(url: str) -> Any:
     )
 
 
-def upload(url: str, version: str, skip: tuple[str, ...] = ()) -> list[str]:
-    """Upload SOURCE as ``<PREFIX>/<version>/``, but for the files named in ``skip``."""
+def upload(
+    url: str, version: str, skip: tuple[str, ...] = (), bucket: str = BUCKET, prefix: str = PREFIX
+) -> list[str]:
+    """Upload SOURCE as ``<prefix>/<version>/``, but for the files named in ``skip``. (Moto's
+    servers in one process share their buckets: each test module keeps to a bucket or prefix
+    of its own.)"""
     s3 = client(url)
     sent = []
     for path in sorted(SOURCE.rglob("*")):
         rel = path.relative_to(SOURCE).as_posix()
         if path.is_file() and rel not in skip:
-            s3.upload_file(str(path), BUCKET, f"{PREFIX}/{version}/{rel}")
+            s3.upload_file(str(path), bucket, f"{prefix}/{version}/{rel}")
             sent.append(rel)
     return sent
 
@@ -134,11 +138,11 @@ def test_a_listing_that_fails_is_an_error_never_no_versions(
     good listing survives it (a version seen whole before is ready at the next good scan)."""
     from tests.faultproxy import FaultProxy
 
-    upload(environment, "5")
+    upload(environment, "5", prefix="faulty")
     proxy = FaultProxy(environment)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
-    base = f"s3://{BUCKET}/{PREFIX}"
+    base = f"s3://{BUCKET}/faulty"
     scanner = store.Scanner()
     try:
         scanner.ready(base)
