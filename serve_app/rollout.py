@@ -83,7 +83,9 @@ class VersionManager:
                         await self._settle_initial()
                         self._started = True
                     await self._reconcile()
-            except Exception:
+            except Exception as e:
+                if isinstance(e, RuntimeError) and "after shutdown" in str(e):
+                    return  # the replica is stopping: its thread pool is gone
                 logger.exception("Version manager step failed; retrying")
             wait = self.args.file_system_poll_wait_seconds
             await asyncio.sleep(wait if wait > 0 else 3600)
@@ -279,6 +281,10 @@ class VersionManager:
 
     def model_status(self, spec: Any) -> get_model_status_pb2.GetModelStatusResponse:
         return self.status.model_status(spec, self.plan.routing)
+
+    async def __del__(self) -> None:
+        """Serve's shutdown of this replica: the poll loop ends first, quietly."""
+        self._task.cancel()
 
     async def drain(self) -> None:
         """The server is about to stop: from now on readiness (``/readyz``) is 503 and gRPC
