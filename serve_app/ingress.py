@@ -104,6 +104,7 @@ class Ingress:
         if self._local_options is not None:
             await self._load_local(config.local, config.versions or VersionConfig())
         self._table = config.routing
+        metrics.serving(self._table.models)
         self.rest_timeout_s = config.rest_api_timeout_in_ms / 1000 or None
         self.prometheus_path = config.prometheus_path
         if self._local_options is not None:
@@ -126,6 +127,7 @@ class Ingress:
                 max_concurrent_requests=listen.max_concurrent_requests,
                 socket_path=listen.grpc_socket_path,
                 channel_arguments=list(listen.grpc_channel_arguments.items()),
+                rest_body_timeout_s=listen.rest_body_timeout_s,
             )
             await listeners.start()
             self._listeners = listeners
@@ -160,6 +162,8 @@ class Ingress:
                 )
         for local in self._local.values():
             local.reconfigure(config)
+            if local.servable is not None:
+                metrics.learn_signatures(local.model, local.servable.signatures)
 
     def check_health(self) -> None:
         """Serve's health check: a replica whose REST server stopped is replaced."""
