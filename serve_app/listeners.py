@@ -389,22 +389,28 @@ class Listeners:
             response = await self.backend.rest(Request(scope, receive))
             await response(scope, receive, send)
             return
-        from serve_app.rest import content_length, error_response, error_text, whole_body
+        from serve_app import rest
 
         timeout_s = self.rest_body_timeout_s
-        body = await whole_body(receive, content_length(scope), self.max_request_bytes, timeout_s)
+        try:
+            body = await rest.whole_body(
+                receive, rest.content_length(scope), self.max_request_bytes, timeout_s
+            )
+        except rest.Disconnected:
+            return
         if body is None:
             from starlette.responses import Response
 
             message = f"The request body did not arrive within {timeout_s:g}s; closing"
             response = Response(
-                error_text(message),
+                rest.error_text(message),
                 status_code=408,
                 media_type="application/json",
                 headers={"connection": "close"},  # the rest of the body is never read
             )
         elif not self.admission.enter():
-            response = error_response(grpc.StatusCode.RESOURCE_EXHAUSTED, self.admission.message())
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            response = rest.error_response(code, self.admission.message())
         else:
             receive = body
             try:

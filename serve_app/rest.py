@@ -248,11 +248,16 @@ async def read_body(request: Request, limit: int) -> bytes:
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
+class Disconnected(Exception):
+    """The client went away before its body was whole: nothing to answer."""
+
+
 async def whole_body(receive: Receive, declared: int | None, limit: int, timeout_s: float) -> Any:
     """A REST request's body read whole, within ``timeout_s``: a receive that replays it, or
     None when it did not arrive in time. Reading stops past ``limit`` bytes (the handler then
     answers 413: it sees the bytes past the limit still coming), and a body whose declared
-    Content-Length is beyond it is not read at all (413 from the header alone)."""
+    Content-Length is beyond it is not read at all (413 from the header alone). A client that
+    goes away meanwhile raises ``Disconnected``."""
     if declared is not None and declared > limit:
         return receive
     messages: collections.deque[dict[str, Any]] = collections.deque()
@@ -261,9 +266,9 @@ async def whole_body(receive: Receive, declared: int | None, limit: int, timeout
         async with asyncio.timeout(timeout_s):
             while True:
                 message = await receive()
+                if message["type"] != "http.request":
+                    raise Disconnected
                 messages.append(message)
-                if message["type"] != "http.request":  # the client went away
-                    break
                 size += len(message.get("body", b""))
                 if not message.get("more_body", False) or size > limit:
                     break

@@ -15,7 +15,7 @@ from compat import json_codec
 from compat.errors import NotFound, ServingError
 from compat.protos import classification_pb2, inference_pb2, model_pb2, predict_pb2
 from serve_app.calls import Api, ModelCall, ModelReply, Wire, grpc_call
-from serve_app.rest import error_response, rest_call, whole_body
+from serve_app.rest import Disconnected, error_response, rest_call, whole_body
 
 pytestmark = pytest.mark.unit
 
@@ -211,6 +211,12 @@ def test_reading_stops_past_the_limit_and_the_rest_follows() -> None:
     assert _drain(replay, 3) == messages
     untouched = _client([])
     assert asyncio.run(whole_body(untouched, 10**9, 100, 5.0)) is untouched
+
+
+def test_a_client_gone_before_its_body_is_whole_is_said() -> None:
+    gone = _client([_chunk(b"{"), {"type": "http.disconnect"}])
+    with pytest.raises(Disconnected):
+        asyncio.run(whole_body(gone, 100, 1 << 20, 5.0))
 
 
 def test_rest_error_messages_are_cut_at_1024_characters() -> None:
