@@ -40,12 +40,13 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 CODE_NAMES: dict[int, grpc.StatusCode] = {c.value[0]: c for c in StatusCode}
 
 
-def truncate(message: str) -> str:
+def truncate(message: str, limit: int = MAX_MESSAGE_LENGTH) -> str:
     """TF Serving's gRPC edge (``ToGRPCStatus``): the first 1024 characters, then a marker.
-    REST answers carry the whole message, as TF Serving's do."""
-    if len(message) <= MAX_MESSAGE_LENGTH:
+    REST answers carry the message whole, as TF Serving's do, but the values of the request
+    it quotes are cut the same way (``compat.json_codec.values._pretty``)."""
+    if len(message) <= limit:
         return message
-    return message[:MAX_MESSAGE_LENGTH] + _TRUNCATED
+    return message[:limit] + _TRUNCATED
 
 
 class ServingError(Exception):

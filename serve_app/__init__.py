@@ -6,18 +6,26 @@ call ``app`` with the arguments: it validates them and returns the application b
 
 Importing the package in a Ray worker applies ``ray_patches.bind_grpc_to_host`` when the
 server binds loopback only: a replica imports it while unpickling its deployment, before Serve
-binds the replica's inter-deployment gRPC server.
+binds the replica's inter-deployment gRPC server. Elsewhere importing it imports no Ray (the
+CLI takes its signals before Ray is imported: ``serve_app.cli``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import TYPE_CHECKING, Any
 
-from ray.serve import Application
+if TYPE_CHECKING:
+    from ray.serve import Application
 
-from serve_app.ray_patches import bind_grpc_to_host
+GRPC_HOST_ENV = "RAY_TFSERVING_GRPC_HOST"
+"""Set in the workers of a loopback server: ``ray_patches.GRPC_HOST_ENV`` (the same name;
+ray_patches imports Ray, this package only where the variable is set)."""
 
-bind_grpc_to_host()
+if os.environ.get(GRPC_HOST_ENV):
+    from serve_app.ray_patches import bind_grpc_to_host
+
+    bind_grpc_to_host()
 
 
 def app(args: dict[str, Any]) -> Application:

@@ -318,6 +318,11 @@ class AppArgs(BaseModel):
         default=30000, ge=0
     )
     """Deadline of a REST request."""
+    rest_body_timeout_s: float = Field(default=30.0, gt=0)
+    """How long a REST request's body may take to arrive once its headers have: a body still
+    incomplete after it is answered 408 (Request Timeout) and its connection closed. A request
+    counts against ``max_concurrent_requests`` only once its body is whole, so clients that
+    trickle bodies (slowloris) hold connections, never the server's request slots."""
     prometheus_path: str | None = None
     """Serve Prometheus metrics at this HTTP path (from ``--monitoring_config_file``)."""
 

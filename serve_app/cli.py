@@ -10,9 +10,11 @@ version is AVAILABLE, exits non-zero on a bad config or path, and shuts down on 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,28 +35,82 @@ def _version() -> str:
 
 
 class _Stop:
-    """SIGINT and SIGTERM at any moment: while starting, they interrupt what runs (Ray's
-    start, a deploy, a wait); once serving, they end the serving loop; during cleanup they are
-    only noted, so that cleanup finishes."""
+    """SIGINT and SIGTERM at any moment. While starting (from the first line of ``main``) they
+    interrupt what runs: Python's import of Ray or TensorFlow, Ray's start, a deploy, a wait;
+    should what runs swallow the interrupt, it is raised again every ``RETRY_S`` until the
+    cleanup begins, and a cleanup still running ``BOUND_S`` after the signal ends with every
+    process the CLI started killed. Once serving, they end the serving loop; during cleanup
+    they are only noted, so that cleanup finishes."""
+
+    RETRY_S = 1.0
+    BOUND_S = 8.0
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.interrupting = True
+        self.starting = True
+        """Not serving yet: a signal interrupts the start (and the watchdog bounds its end)."""
         self.signals: list[int] = []
         self.again = threading.Event()
         """A second signal: stop draining now."""
+        self.cleaning = threading.Event()
+        """The cleanup has begun: no more interrupts."""
+        self.done = threading.Event()
+        """The cleanup is over."""
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self)
 
     def __call__(self, signum: int, frame: Any) -> None:
         self.signals.append(signum)
         if self.event.is_set():
             self.again.set()
+        first = not self.event.is_set()
         self.event.set()
-        if self.interrupting:
+        if first and self.starting and not self.cleaning.is_set():
+            threading.Thread(target=self._watchdog, name="rtfs-stop", daemon=True).start()
+        if self.interrupting and not self.cleaning.is_set():
             self.interrupting = False
             raise KeyboardInterrupt
 
+    def cleanup(self) -> None:
+        """From here on a signal interrupts nothing."""
+        self.interrupting = False
+        self.cleaning.set()
+
+    def _watchdog(self) -> None:
+        """A start interrupted: the interrupt again until the cleanup begins (a library that
+        caught it), and the end within ``BOUND_S`` whatever hangs."""
+        deadline = time.monotonic() + self.BOUND_S
+        while not self.cleaning.wait(self.RETRY_S):
+            if time.monotonic() >= deadline:
+                break
+            self.interrupting = True
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+        if self.done.wait(max(0.0, deadline - time.monotonic())):
+            return
+        print("ray-tfserving: stopping took too long; killing what is left", file=sys.stderr)
+        _kill(_descendants(), grace_s=0.0)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(1)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
+    stop = _Stop()
+    stop.install()  # before anything slow: a signal at any moment is honoured
+    try:
+        return _main(stop, argv)
+    except KeyboardInterrupt:
+        print("ray-tfserving: interrupted while starting", file=sys.stderr)
+        return 1
+    finally:
+        stop.cleanup()
+        stop.done.set()
+
+
+def _main(stop: _Stop, argv: Sequence[str] | None) -> int:
     p = flags.parser()
     ns, unknown = p.parse_known_args(argv)
     if unknown:  # TF Serving prints the same two things (main.cc)
@@ -87,21 +143,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(yaml.safe_dump(serve_config(args), sort_keys=False), end="")
         return 0
     args, plan = prepare(args)
-    stop = _Stop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, stop)
-    started = False
+    ray_started = False
     progress = Progress(plan.deployed)
     try:
         progress.say(
             f"starting Ray ({f'joining {launch.ray_address}' if launch.ray_address else 'embedded'}"
             f"{', loopback only' if args.loopback else ''})"
         )
+        ray_started = True
         start_ray_and_serve(args, launch.ray_address)
+        stop.install()  # ray.init put its own SIGTERM handler in place
         progress.deploying()
-        started = True
-        for sig in (signal.SIGINT, signal.SIGTERM):  # Ray's core worker put absl's in place
-            signal.signal(sig, stop)
         from ray import serve
 
         from serve_app.app import build_app
@@ -119,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem is not None:
             print(f"ray-tfserving: Failed to start server. Error: {problem}", file=sys.stderr)
             return 1
+        stop.interrupting = False  # serving: a signal ends the loop below, then drain, shutdown
+        stop.starting = False
         if args.grpc_port:
             print(f"Running gRPC ModelServer at {args.host}:{args.grpc_port} ...", flush=True)
         if args.grpc_socket_path:
@@ -127,23 +181,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.http_port:
             print(f"Exporting HTTP/REST API at:{args.host}:{args.http_port} ...", flush=True)
         progress.ready(args)
-        stop.interrupting = False  # serving: a signal ends the loop below, then drain, shutdown
         while not stop.event.wait(1.0):
             progress.watch()
         if stop.signals[:1] == [signal.SIGTERM] and launch.drain_seconds > 0:
             _drain(launch.drain_seconds, stop.again)
         return 0
     except KeyboardInterrupt:
-        if started:
-            return 0
         print("ray-tfserving: interrupted while starting", file=sys.stderr)
         return 1
     finally:
-        stop.interrupting = False
-        if started:
+        stop.cleanup()
+        serving = not stop.starting
+        if ray_started:
             progress.say("stopping")
-        _shut_down(joined=bool(launch.ray_address), started=started)
-        if started:
+            _shut_down(joined=bool(launch.ray_address), serving=serving)
             progress.say("stopped")
 
 
@@ -163,11 +214,12 @@ def _drain(seconds: float, again: threading.Event) -> None:
     again.wait(seconds)
 
 
-def _shut_down(joined: bool, started: bool) -> None:
+def _shut_down(joined: bool, serving: bool) -> None:
     """Leave nothing behind: on a cluster we joined, our application (the cluster stays); an
     embedded Ray, all of it, its agents included (the raylet starts them and they outlive it
-    for a while otherwise)."""
-    import psutil
+    for a while otherwise). A server that served shuts Serve down first (calls in flight
+    finish); a start that was interrupted or failed has nothing to drain: Ray's processes get
+    ``STARTING_GRACE_S`` to exit, then are killed."""
     import ray
 
     own = _descendants() if not joined else []
@@ -178,19 +230,38 @@ def _shut_down(joined: bool, started: bool) -> None:
             try:
                 if joined:
                     serve.delete(APP_NAME)
-                elif started:
+                elif serving:
                     serve.shutdown()
             finally:
                 ray.shutdown()
     finally:
-        _, alive = psutil.wait_procs(own, timeout=SHUTDOWN_GRACE_S)
+        _kill(own + _descendants(), SHUTDOWN_GRACE_S if serving else STARTING_GRACE_S)
+
+
+def _kill(processes: list[Any], grace_s: float) -> None:
+    """SIGTERM to ``processes`` still alive, SIGKILL to those alive after ``grace_s``; then the
+    same for any process they started meanwhile."""
+    import psutil
+
+    for _ in range(3):
+        alive = [p for p in processes if p.is_running()]
+        if not alive:
+            return
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.terminate()
+        _, alive = psutil.wait_procs(alive, timeout=grace_s)
         for process in alive:
             with contextlib.suppress(psutil.Error):
                 process.kill()
+        psutil.wait_procs(alive, timeout=1.0)
+        processes = _descendants()
 
 
 SHUTDOWN_GRACE_S = 10.0
 """How long the embedded Ray's processes get to exit on their own before they are killed."""
+STARTING_GRACE_S = 2.0
+"""The same, when the server never served (a start interrupted or failed)."""
 
 
 def _descendants() -> list[Any]:

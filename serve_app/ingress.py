@@ -109,6 +109,7 @@ class Ingress:
             await self._load_local(config.local, versions, config.num_load_threads)
         self.cors = config.cors
         self._table = config.routing
+        metrics.serving(self._table.models)
         self.rest_timeout_s = config.rest_api_timeout_in_ms / 1000 or None
         self.prometheus_path = config.prometheus_path
         if self._local_options is not None:
@@ -131,6 +132,7 @@ class Ingress:
                 max_concurrent_requests=listen.max_concurrent_requests,
                 socket_path=listen.grpc_socket_path,
                 channel_arguments=list(listen.grpc_channel_arguments.items()),
+                rest_body_timeout_s=listen.rest_body_timeout_s,
             )
             await listeners.start()
             self._listeners = listeners
@@ -178,6 +180,8 @@ class Ingress:
         )
         for local in self._local.values():
             local.reconfigure(config)
+            if local.servable is not None:
+                metrics.learn_signatures(local.model, local.servable.signatures)
 
     def check_health(self) -> None:
         """Serve's health check: a replica whose REST server stopped is replaced."""

@@ -84,7 +84,9 @@ class Admission:
     """The bound on requests in flight in one serving replica (``max_concurrent_requests``),
     gRPC and REST together: beyond it a request is answered at once with RESOURCE_EXHAUSTED
     (REST: 429), as TF Serving's gRPC server answers when its threads are all busy, instead of
-    queueing without bound (memory and latency grow with the queue)."""
+    queueing without bound (memory and latency grow with the queue). A REST request enters once
+    its body is whole (``rest.whole_body``, within ``rest_body_timeout_s``, else 408): a client
+    that trickles its body holds a connection, not a slot."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -281,6 +283,7 @@ class Listeners:
         backends: Mapping[str, Any] | None = None,
         socket_path: str | None = None,
         channel_arguments: Sequence[tuple[str, int | str]] = (),
+        rest_body_timeout_s: float = 30.0,
     ) -> None:
         self.backend = backend
         self.backends = dict(backends or {})
@@ -293,6 +296,9 @@ class Listeners:
         self.max_request_bytes = max_request_bytes
         """The largest gRPC message taken (gRPC answers RESOURCE_EXHAUSTED beyond it)."""
         self.admission = Admission(max_concurrent_requests)
+        self.rest_body_timeout_s = rest_body_timeout_s
+        """A REST body must arrive within this; a request counts against ``admission`` only
+        once it has (a slow client holds a connection, never a slot): 408 otherwise."""
         self.services = [s for s in SERVICES if health or s != HEALTH_SERVICE]
         """The gRPC services registered (``grpc_health_service``: Health or not)."""
         self.reflection = reflection
@@ -381,11 +387,32 @@ class Listeners:
             return
         if scope["path"] in (*UNBOUNDED_PATHS, self.backend.prometheus_path):
             response = await self.backend.rest(Request(scope, receive))
-        elif not self.admission.enter():
-            from serve_app.rest import error_response
+            await response(scope, receive, send)
+            return
+        from serve_app import rest
 
-            response = error_response(grpc.StatusCode.RESOURCE_EXHAUSTED, self.admission.message())
+        timeout_s = self.rest_body_timeout_s
+        try:
+            body = await rest.whole_body(
+                receive, rest.content_length(scope), self.max_request_bytes, timeout_s
+            )
+        except rest.Disconnected:
+            return
+        if body is None:
+            from starlette.responses import Response
+
+            message = f"The request body did not arrive within {timeout_s:g}s; closing"
+            response = Response(
+                rest.error_text(message),
+                status_code=408,
+                media_type="application/json",
+                headers={"connection": "close"},  # the rest of the body is never read
+            )
+        elif not self.admission.enter():
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            response = rest.error_response(code, self.admission.message())
         else:
+            receive = body
             try:
                 response = await self.backend.rest(Request(scope, receive))
             finally:

@@ -37,6 +37,7 @@ from compat.errors import (
     ServingError,
     StatusCode,
     from_code,
+    truncate,
 )
 from compat.open_inference import BY_NAME, datatype, from_raw, pack_bytes, parse_version, pb
 from compat.routing import RoutingTable
@@ -374,5 +375,6 @@ def _json(doc: Any, status: int = 200) -> Response:
 
 
 def error(code: StatusCode, message: str, status: int | None = None) -> Response:
-    """The protocol's error body, with the HTTP status of the gRPC code."""
-    return _json({"error": message}, status or HTTP_STATUS.get(code, 500))
+    """The protocol's error body, with the HTTP status of the gRPC code; a message beyond 1024
+    characters is cut as the gRPC edge cuts it."""
+    return _json({"error": truncate(message)}, status or HTTP_STATUS.get(code, 500))

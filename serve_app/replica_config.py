@@ -111,6 +111,8 @@ class ListenConfig(_Config):
     """The admin port (ray-tfserving's runtime routes); 0: none."""
     shutdown_grace_s: float
     """How long calls in flight may finish once the ports stop taking connections."""
+    rest_body_timeout_s: float
+    """How long a REST body may take to arrive (408 beyond)."""
     replicas: int
     """How many serving replicas share the node (each takes its share of the cores)."""
 

@@ -5,8 +5,10 @@ gRPC code -> HTTP status through the one table in ``compat.errors``), ``http_res
 (the two path regexes, percent-decoded model names and labels, version parsing) and
 ``http_rest_api_handler.cc`` (dispatch: a path that parses but names no known method stays
 ``Malformed request: <METHOD> <path>``, 400). Bodies are JSON, gzip-encoded when the request says
-so. The body is parsed here, once, into a ``ModelCall`` (``rest_call``); the version decodes
-Predict's tensors against its signature and writes the JSON answer.
+so; the client port reads each whole before the request is admitted (``whole_body``: 408 for
+one that does not arrive within ``rest_body_timeout_s``). The body is parsed here, once, into a
+``ModelCall`` (``rest_call``); the version decodes Predict's tensors against its signature and
+writes the JSON answer.
 
 ``RestApi`` needs a backend with ``call_model(ModelCall) -> ModelReply`` (resolve the call's
 ModelSpec and answer it from the version, errors as a reply with a gRPC code) and
@@ -16,10 +18,13 @@ ModelSpec and answer it from the version, errors as a reply with a gRPC code) an
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import json
 import re
 import time
 import zlib
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 from urllib.parse import unquote
 
@@ -32,6 +37,7 @@ from compat.errors import (
     InvalidArgument,
     ServingError,
     StatusCode,
+    truncate,
 )
 from compat.protos import (
     classification_pb2,
@@ -260,6 +266,52 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+
+class Disconnected(Exception):
+    """The client went away before its body was whole: nothing to answer."""
+
+
+async def whole_body(receive: Receive, declared: int | None, limit: int, timeout_s: float) -> Any:
+    """A REST request's body read whole, within ``timeout_s``: a receive that replays it, or
+    None when it did not arrive in time. Reading stops past ``limit`` bytes (the handler then
+    answers 413: it sees the bytes past the limit still coming), and a body whose declared
+    Content-Length is beyond it is not read at all (413 from the header alone). A client that
+    goes away meanwhile raises ``Disconnected``."""
+    if declared is not None and declared > limit:
+        return receive
+    messages: collections.deque[dict[str, Any]] = collections.deque()
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    raise Disconnected
+                messages.append(message)
+                size += len(message.get("body", b""))
+                if not message.get("more_body", False) or size > limit:
+                    break
+    except TimeoutError:
+        return None
+
+    async def replay() -> dict[str, Any]:
+        if messages:
+            return messages.popleft()
+        return await receive()
+
+    return replay
+
+
+def content_length(scope: dict[str, Any]) -> int | None:
+    """An ASGI request's Content-Length; None when it has none (chunked) or it is no number."""
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
 async def read_decoded_body(request: Request, backend: Any, deflate: bool = False) -> bytes:
     """The body, within the backend's ``max_request_bytes``, gunzipped (and, with ``deflate``,
     inflated) as its Content-Encoding says, to at most ``INFLATE_RATIO`` times its size."""
@@ -366,8 +418,10 @@ def _pretty_proto_json(value: Any) -> str:
 
 
 def error_response(code: StatusCode, message: str) -> Response:
-    """``MakeJsonFromStatus`` (rapidjson's PrettyWriter) with ``ToHTTPStatusCode``'s status."""
-    return _json(error_text(message), HTTP_STATUS.get(code, 500))
+    """``MakeJsonFromStatus`` (rapidjson's PrettyWriter) with ``ToHTTPStatusCode``'s status.
+    A message beyond 1024 characters (one that quotes a request's names) is cut as the gRPC
+    edge cuts it (``compat.errors.truncate``): an answer never grows with the request."""
+    return _json(error_text(truncate(message)), HTTP_STATUS.get(code, 500))
 
 
 def error_text(message: str) -> str:

@@ -364,6 +364,10 @@ class VersionManager:
     def model_status(self, spec: Any) -> get_model_status_pb2.GetModelStatusResponse:
         return self.status.model_status(spec, self.plan.routing)
 
+    async def __del__(self) -> None:
+        """Serve's shutdown of this replica: the poll loop ends first, quietly."""
+        self._task.cancel()
+
     async def drain(self) -> None:
         """The server is about to stop: from now on readiness (``/readyz``) is 503 and gRPC
         health NOT_SERVING, so load balancers send new traffic elsewhere; requests are still

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+
+from compat.errors import MAX_MESSAGE_LENGTH, truncate
 
 Json = Any
 """A value as ``json.loads`` returns it."""
@@ -58,19 +61,42 @@ def _value_to_string(value: Json) -> str:
 
 
 def _pretty(value: Json, level: int = 0) -> str:
-    """rapidjson PrettyWriter output (4-space indent), as error messages embed values."""
+    """rapidjson PrettyWriter output (4-space indent), as error messages embed values: its
+    first ``QUOTE_LIMIT`` characters, then TF Serving's truncation marker. The value is printed
+    only that far (a request's 100 MB array costs an error message 1 KB, not 100 MB)."""
+    out: list[str] = []
+    size = 0
+    for piece in _pieces(value, level):
+        out.append(piece)
+        size += len(piece)
+        if size > QUOTE_LIMIT:
+            return truncate("".join(out), QUOTE_LIMIT)
+    return "".join(out)
+
+
+QUOTE_LIMIT = MAX_MESSAGE_LENGTH
+"""The most characters of a request's value an error message quotes (TF Serving's gRPC edge
+truncates whole messages at the same length)."""
+
+
+def _pieces(value: Json, level: int) -> Iterator[str]:
+    """``_pretty``'s text, a piece at a time."""
     if isinstance(value, dict | list) and value:
         inner = "    " * (level + 1)
-        if isinstance(value, dict):
-            items = [f"{inner}{_string(k)}: {_pretty(v, level + 1)}" for k, v in value.items()]
-            opening, closing = "{", "}"
-        else:
-            items = [f"{inner}{_pretty(v, level + 1)}" for v in value]
-            opening, closing = "[", "]"
-        return opening + "\n" + ",\n".join(items) + "\n" + "    " * level + closing
-    if _is_double(value):
-        return _rapidjson_double(_as_double(value))
-    return json.dumps(value, ensure_ascii=False)
+        yield "{\n" if isinstance(value, dict) else "[\n"
+        for i, item in enumerate(value.items() if isinstance(value, dict) else value):
+            yield (",\n" if i else "") + inner
+            if isinstance(value, dict):
+                yield _string(item[0][: QUOTE_LIMIT + 1]) + ": "
+                item = item[1]
+            yield from _pieces(item, level + 1)
+        yield "\n" + "    " * level + ("}" if isinstance(value, dict) else "]")
+    elif _is_double(value):
+        yield _rapidjson_double(_as_double(value))
+    elif isinstance(value, str):
+        yield _string(value[: QUOTE_LIMIT + 1])  # a longer one is cut anyway
+    else:
+        yield json.dumps(value, ensure_ascii=False)
 
 
 def _string(value: str) -> str:

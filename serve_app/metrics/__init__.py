@@ -20,18 +20,21 @@ Exported names carry Ray's ``ray_`` prefix: ``ray_tfserving_requests_total``,
 from serve_app.metrics.labels import RequestLabels
 from serve_app.metrics.recording import (
     flush,
+    learn_signatures,
     record_batch,
     record_lifecycle_error,
     record_load,
     record_model_call,
     record_request,
     record_request_log,
+    serving,
 )
 from serve_app.metrics.scraping import merge, prometheus_text
 
 __all__ = [
     "RequestLabels",
     "flush",
+    "learn_signatures",
     "merge",
     "prometheus_text",
     "record_batch",
@@ -40,4 +43,5 @@ __all__ = [
     "record_model_call",
     "record_request",
     "record_request_log",
+    "serving",
 ]

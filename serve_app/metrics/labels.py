@@ -4,7 +4,9 @@ A request's labels come from the typed call and its answer (``serve_app.calls``)
 request's bytes: the model and signature from ``ModelCall.spec`` (REST Predict's signature from
 its parsed JSON, ``ModelCall.signature``), the API and protocol from ``ModelCall.api`` and
 ``ModelCall.wire``, the version from the route the ingress resolved, and the status from the
-reply's gRPC code (``ModelReply.code``, or the error of a call that did not parse).
+reply's gRPC code (``ModelReply.code``, or the error of a call that did not parse). A model or
+signature name that is no served one becomes ``UNKNOWN`` when it is recorded
+(``recording.RequestRecorder``): a client sending made-up names adds no series.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ PER_BUCKET = "_per_bucket"
 ``scraping.merge`` turns into the histogram of the name without it (``RequestRecorder``)."""
 DEFAULT_SIGNATURE = "serving_default"
 """The ``signature`` label of a call that names none (TF Serving's default signature)."""
+UNKNOWN = "__unknown__"
+"""The ``model`` or ``signature`` label of a call naming a model or signature not served."""
+MAX_SIGNATURES = 1024
+"""The (model, signature) pairs a process labels by name; beyond, they are ``UNKNOWN`` too."""
 NO_SIGNATURE_APIS = frozenset({Api.METADATA, Api.MULTI_INFERENCE})
 """APIs whose ``signature`` label is empty: they name no signature (or one per task)."""
 

@@ -3,7 +3,9 @@
 * the serving replica records every model request (count, errors, latency) labelled with
   ``labels.RequestLabels``: it sees both transports, the resolved version and the final status.
   It adds them up in-process (``RequestRecorder``: one dict update per request) and hands them to
-  Ray every ``FLUSH_INTERVAL_S``, the latency histogram as per-bucket counters;
+  Ray every ``FLUSH_INTERVAL_S``, the latency histogram as per-bucket counters. Names that are
+  not served are labelled ``UNKNOWN`` (the series stay as many as the served models and
+  signatures, whatever clients send);
 * a replica holding a version records its load latency once and, with batching, the number of
   examples each batch gathers (only it sees batches);
 * the request log counts the records it wrote or dropped.
@@ -18,7 +20,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from compat.errors import StatusCode
@@ -26,11 +28,14 @@ from serve_app.calls import ModelCall
 from serve_app.metrics.labels import (
     BATCH_BUCKETS,
     BUCKET_LABELS,
+    DEFAULT_SIGNATURE,
     EXACT_SUM,
     LATENCY_BUCKETS,
     LOAD_BUCKETS,
+    MAX_SIGNATURES,
     PER_BUCKET,
     REQUEST_LABELS,
+    UNKNOWN,
     RequestLabels,
 )
 
@@ -183,9 +188,47 @@ class RequestRecorder:
         self._lock = threading.Lock()
         self._pending: dict[RequestLabels, list[Any]] = {}
         self._thread: threading.Thread | None = None
+        self._models: frozenset[str] | None = None
+        """The served models' names (``serving``); None: not told yet, every name kept."""
+        self._signatures: set[tuple[str, str]] = set()
+        """(model, signature) pairs known to exist: loaded here, or answered OK."""
+
+    def serving(self, models: Iterable[str]) -> None:
+        """The models served now (the routing table's): any other name is ``UNKNOWN``."""
+        with self._lock:
+            self._models = frozenset(models)
+
+    def learn_signatures(self, model: str, signatures: Iterable[str]) -> None:
+        """Signatures a version of ``model`` has (loaded in this process)."""
+        with self._lock:
+            for signature in signatures:
+                self._known_signature(model, signature)
+
+    def _known_signature(self, model: str, signature: str) -> bool:
+        key = (model, signature)
+        if key in self._signatures:
+            return True
+        if len(self._signatures) >= MAX_SIGNATURES:
+            return False
+        self._signatures.add(key)
+        return True
+
+    def _bounded(self, labels: RequestLabels) -> RequestLabels:
+        """``labels`` with a model that is not served, or a signature not known to exist (an
+        error naming one never loaded nor answered OK), as ``UNKNOWN``."""
+        if self._models is not None and labels.model not in self._models:
+            signature = UNKNOWN if labels.signature else ""
+            return labels._replace(model=UNKNOWN, version="", signature=signature)
+        signature = labels.signature
+        if signature in ("", DEFAULT_SIGNATURE) or (labels.model, signature) in self._signatures:
+            return labels
+        if not labels.error and self._known_signature(labels.model, signature):
+            return labels
+        return labels._replace(signature=UNKNOWN)
 
     def add(self, labels: RequestLabels, seconds: float) -> None:
         with self._lock:
+            labels = self._bounded(labels)
             entry = self._pending.get(labels)
             if entry is None:
                 entry = self._pending[labels] = [0, 0, 0.0, [0] * (len(LATENCY_BUCKETS) + 1)]
@@ -234,6 +277,18 @@ def record_request(labels: RequestLabels, seconds: float) -> None:
 def flush() -> None:
     """Hand the requests counted so far to Ray's metrics now (a replica shutting down)."""
     _RECORDER.flush()
+
+
+@_never_raises
+def serving(models: Iterable[str]) -> None:
+    """The models served now: requests naming any other are labelled ``UNKNOWN``."""
+    _RECORDER.serving(models)
+
+
+@_never_raises
+def learn_signatures(model: str, signatures: Iterable[str]) -> None:
+    """The signatures of a version of ``model`` this process loaded."""
+    _RECORDER.learn_signatures(model, signatures)
 
 
 @_never_raises

@@ -472,6 +472,56 @@ def test_request_errors(body: str, signature: Signature, message: str) -> None:
     assert error.message == message
 
 
+HUGE = 1_000_000
+"""Elements (or characters) of a request value an error message quotes."""
+
+QUOTING_ERRORS = {
+    "not_an_object": (
+        lambda: json_codec.parse_json(json.dumps(list(range(HUGE))).encode()),
+        "JSON Value: [\n    0,\n    1,",
+        " Is not object",
+    ),
+    "instances_not_a_list": (
+        lambda: decode({"instances": "x" * HUGE}, sig(x=DT.DT_FLOAT)),
+        'JSON Value: {\n    "instances": "xxx',
+        " Excepting 'instances' to be an list/array",
+    ),
+    "examples_not_a_list": (
+        lambda: json_codec.decode_examples_request({"examples": {"k": [1.5] * HUGE}}),
+        'JSON Value: {\n    "examples": {\n        "k": [\n            1.5,',
+        " Expecting 'examples' value to be an list/array",
+    ),
+    "value_of_the_wrong_type": (
+        lambda: decode({"instances": [{"s": ["x" * HUGE]}]}, sig(s=DT.DT_FLOAT)),
+        "Failed to process element: 0 key: s of 'instances' list. Error: INVALID_ARGUMENT: "
+        'JSON Value: "xxx',
+        " Type: String is not of expected type: float",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("call", "starts", "ends"), QUOTING_ERRORS.values(), ids=QUOTING_ERRORS.keys()
+)
+def test_quoted_request_values_are_cut_at_1024_characters(call, starts: str, ends: str) -> None:
+    """An error that quotes a request's value (``JSON Value: ...``, rapidjson's print of it)
+    quotes its first 1024 characters and TF Serving's marker, however big the value: the
+    message, and the work of printing it, do not grow with the request."""
+    message = error_of(call).message
+    assert message.startswith(starts) and message.endswith(ends), message[:200]
+    assert "...TRUNCATED" in message
+    assert len(message) < 1024 + len("...TRUNCATED") + 200, len(message)
+
+
+def test_values_within_the_bound_are_quoted_whole() -> None:
+    value = {"a": [1, 2.5, {"b": "x" * 900}], "c": []}
+    assert json_values._pretty(value) == (
+        '{\n    "a": [\n        1,\n        2.5,\n        {\n            "b": "'
+        + "x" * 900
+        + '"\n        }\n    ],\n    "c": []\n}'
+    )
+
+
 def test_unsupported_dtype_columnar_is_unimplemented() -> None:
     error = error_of(decode, '{"inputs": [1]}', sig(c=DT.DT_COMPLEX64))
     assert isinstance(error, Unimplemented)

@@ -50,7 +50,9 @@ class Cli:
 
     def __post_init__(self) -> None:
         self._seen = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        """Reads the output until every process holding the pipe (Ray's too) is gone."""
+        self.reader.start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -379,8 +381,12 @@ def test_every_port_is_loopback(single_model: tuple[Cli, int, int]) -> None:
 
 
 def test_ctrl_c_stops_cleanly(single_model: tuple[Cli, int, int]) -> None:
+    """Ctrl-C on a server that has served a while: exit 0, the ports closed, and nothing of
+    the stop printed as a traceback (the version manager's poll loop ends quietly)."""
     cli, port, _ = single_model
     assert cli.stop() == 0
+    cli.reader.join(30)
+    assert "Traceback" not in cli.output, cli.output[-4000:]
     with pytest.raises(grpc.RpcError) as info:
         predict(port, "half_plus_two")
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -490,27 +496,43 @@ def test_model_that_cannot_load_fails_startup() -> None:
 
 
 def session_processes(cli: Cli) -> list[str]:
-    """Command lines of every process still in the CLI's session (its Ray included)."""
+    """Command lines of every process still in the CLI's session, or naming its RAY_TMPDIR
+    (its Ray included, wherever a process was reparented)."""
     out = subprocess.run(
         ["ps", "-wweo", "sid=,args="], capture_output=True, text=True, check=True
     ).stdout
+    rows = [line.strip().split(None, 1) for line in out.splitlines() if line.strip()]
     return [
-        line.split(None, 1)[1]
-        for line in out.splitlines()
-        if int(line.split(None, 1)[0]) == cli.process.pid
+        row[1]
+        for row in rows
+        if len(row) == 2 and (int(row[0]) == cli.process.pid or str(cli.tmpdir) in row[1])
     ]
+
+
+STOP_BOUND_S = 10.0
+"""A signal while starting: every process of the server is gone within this."""
 
 
 def signal_until_gone(cli: Cli, sig: int, exit_within: float = 30.0) -> tuple[int, float]:
     """Send ``sig``: (exit status, seconds until nothing of the CLI's session is left), which
-    must be within 30 s of its exit's bound."""
+    must be within ``exit_within`` s."""
     signalled = time.monotonic()
     cli.process.send_signal(sig)
     code = cli.wait_exit(exit_within)
     while session_processes(cli) and time.monotonic() - signalled < exit_within:
         time.sleep(0.2)
     assert session_processes(cli) == [], cli.output[-3000:]
-    return code, time.monotonic() - signalled
+    took = time.monotonic() - signalled
+    cli.reader.join(10)
+    return code, took
+
+
+def handles_sigterm(pid: int) -> bool:
+    """The process has put its own SIGTERM handler in place (``SigCgt`` in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False
 
 
 def test_accelerator_gpu_without_a_gpu_fails_startup_and_says_why() -> None:
@@ -533,24 +555,47 @@ def test_accelerator_gpu_without_a_gpu_fails_startup_and_says_why() -> None:
 
 @pytest.mark.parametrize(
     ("sig", "after"),
-    [(signal.SIGINT, "ray_start"), (signal.SIGTERM, "waiting_for_resources")],
+    [
+        (signal.SIGINT, "imports"),
+        (signal.SIGINT, "ray_start"),
+        (signal.SIGTERM, "waiting_for_resources"),
+        (signal.SIGINT, "loading"),
+    ],
 )
-def test_a_signal_while_starting_stops_everything(sig: int, after: str) -> None:
-    """SIGINT while Ray starts, or SIGTERM while a replica waits for a GPU that no node has:
-    the server exits, and within 30 s nothing of its session is left (Ray's processes too)."""
+def test_a_signal_while_starting_stops_everything(sig: int, after: str, tmp_path: Path) -> None:
+    """A signal at any moment of the start: while Python imports TensorFlow and Ray, while Ray
+    starts, while a replica waits for a GPU that no node has, while a version loads (its load
+    hangs: a FIFO for its variables index). The server exits non-zero, within STOP_BOUND_S
+    nothing of its session is left (Ray's processes too), and it prints no traceback."""
     (port,) = free_ports(1)
-    cli = run_cli(
-        f"--port={port}",
-        f"--model_base_path={TESTDATA / 'saved_model_half_plus_two_cpu'}",
-        "--accelerator=gpu",
-        "--resource_wait_seconds=600",
-    )
+    if after == "loading":
+        base = tmp_path / "m"
+        shutil.copytree(TESTDATA / "saved_model_half_plus_two_cpu" / "00000123", base / "1")
+        (base / "1" / "variables" / "variables.index").unlink()
+        os.mkfifo(base / "1" / "variables" / "variables.index")
+        cli = run_cli(f"--port={port}", "--model_name=m", f"--model_base_path={base}")
+    else:
+        cli = run_cli(
+            f"--port={port}",
+            f"--model_base_path={TESTDATA / 'saved_model_half_plus_two_cpu'}",
+            "--accelerator=gpu",
+            "--resource_wait_seconds=600",
+        )
     try:
         deadline = time.monotonic() + 120
-        if after == "ray_start":
+        if after == "imports":  # its handlers are in place, Ray not imported yet
+            while not handles_sigterm(cli.process.pid):
+                assert time.monotonic() < deadline and cli.process.poll() is None, cli.output
+                time.sleep(0.01)
+        elif after == "ray_start":
             while not any("gcs_server" in p for p in session_processes(cli)):
                 assert time.monotonic() < deadline and cli.process.poll() is None, cli.output
                 time.sleep(0.05)
+        elif after == "loading":
+            while not any("m version 1 is loading" in line for line in cli.lines):
+                assert time.monotonic() < deadline and cli.process.poll() is None, cli.output
+                time.sleep(0.1)
+            time.sleep(1)
         else:
             while not any(
                 "ServeReplica:default:VersionManager" in p for p in session_processes(cli)
@@ -558,8 +603,13 @@ def test_a_signal_while_starting_stops_everything(sig: int, after: str) -> None:
                 assert time.monotonic() < deadline and cli.process.poll() is None, cli.output
                 time.sleep(0.2)
             time.sleep(2)  # the serving replicas are pending: no GPU
-        _, took = signal_until_gone(cli, sig)
-        print(f"\n{signal.Signals(sig).name} during {after}: all gone after {took:.1f}s")
+        code, took = signal_until_gone(cli, sig, exit_within=STOP_BOUND_S)
+        assert code != 0, cli.output[-3000:]
+        assert "Traceback" not in cli.output, cli.output[-4000:]
+        assert READY_LINE not in cli.output
+        print(
+            f"\n{signal.Signals(sig).name} during {after}: exit {code}, all gone after {took:.1f}s"
+        )
     finally:
         cli.stop()
 

@@ -6,7 +6,9 @@ is parsed); a REST body beyond it is 413, whether it says so in Content-Length, 
 or is a gzip body that would inflate beyond it. Under a flood far beyond what the server can
 answer, requests beyond the in-flight bound are answered at once with RESOURCE_EXHAUSTED (REST
 429), the serving processes' memory stays bounded, health keeps answering, and the server is
-correct afterwards. Every load loop is bounded in time and count.
+correct afterwards. A REST body that does not arrive within ``rest_body_timeout_s`` is 408, and
+clients that trickle bodies hold no request slot meanwhile. Every load loop is bounded in time
+and count.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+import select
+import socket
+import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -28,6 +34,8 @@ LIMIT = 64 << 10
 IN_FLIGHT = 8
 """max_concurrent_requests per serving replica (two replicas)."""
 FLOOD_S = 15.0
+BODY_TIMEOUT_S = 3.0
+"""rest_body_timeout_s: a body still incomplete after this is 408."""
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +46,7 @@ def server(testdata: Path) -> Server:  # type: ignore[misc]
         f"model_base_path={base}",
         f"max_request_bytes={LIMIT}",
         f"max_concurrent_requests={IN_FLIGHT}",
+        f"rest_body_timeout_s={BODY_TIMEOUT_S}",
         wait_for=("half_plus_two",),
     )
     yield s
@@ -216,3 +225,62 @@ def test_a_rest_flood_is_429_at_once(server: Server) -> None:
         f"\nREST flood, {FLOOD_S:.0f}s: {result.requests} OK, {result.statuses[429]} 429 "
         f"(offered {offered:.1f}x what was answered), p99 {p99:.1f} ms"
     )
+
+
+def slow_client(server: Server, answers: list[bytes]) -> None:
+    """Headers, then a body that trickles (a byte each 0.5 s for 1.5 s) and stalls, far short
+    of its Content-Length; what the server sends until it closes (15 s at most), to
+    ``answers``."""
+    host, port = server.http_base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=15) as sock:
+        sock.sendall(
+            b"POST /v1/models/half_plus_two:predict HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+        )
+        for _ in range(3):
+            time.sleep(0.5)
+            sock.sendall(b" ")
+        answer = b""
+        ends = time.monotonic() + 15
+        while time.monotonic() < ends:  # the server closes the connection after its answer
+            if select.select([sock], [], [], 0.5)[0]:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+        answers.append(answer)
+
+
+def test_slow_bodies_get_408_and_hold_no_request_slot(server: Server) -> None:
+    """4 x IN_FLIGHT clients per replica's bound trickle their bodies (slowloris): each is
+    answered exactly 408 once ``rest_body_timeout_s`` has passed, and meanwhile normal REST and
+    gRPC requests are all answered (they would be 429 if the slow ones held the slots)."""
+    answers: list[bytes] = []
+    slow = [
+        threading.Thread(target=slow_client, args=(server, answers), daemon=True)
+        for _ in range(4 * IN_FLIGHT)
+    ]
+    for t in slow:
+        t.start()
+    time.sleep(0.5)  # every slow client has sent its headers
+    body = json.dumps({"instances": [2.0, 3.0]}).encode()
+    failed: list[str] = []
+    answered = 0
+    while any(t.is_alive() for t in slow) and answered < 60:
+        status, text = post(server, body, {"Content-Type": "application/json"})
+        if status != 200 or json.loads(text) != {"predictions": [3.0, 3.5]}:
+            failed.append(f"REST {status}: {text[:200]}")
+        try:
+            assert list(predict(server, 1).outputs["y"].float_val) == [3.0]
+        except grpc.RpcError as e:
+            failed.append(f"gRPC {e.code()}: {e.details()}")
+        answered += 2
+        time.sleep(0.05)
+    for t in slow:
+        t.join(20)
+    assert not failed, failed[:5]
+    assert answered >= 4
+    statuses = [a.split(b"\r\n", 1)[0] for a in answers]
+    assert statuses == [b"HTTP/1.1 408 Request Timeout"] * len(slow), statuses
+    assert all(b"did not arrive within 3s" in a for a in answers)
+    print(f"\n{len(slow)} slow bodies: all 408; {answered} normal requests meanwhile, 0 failed")

@@ -182,3 +182,28 @@ def test_request_counters_move_with_traffic(server: Server) -> None:
     assert total(after, requests, **grpc_ok, signature="serving_default") >= 3
     assert total(after, errors, **rest_ok) == 0  # successes are not errors
     assert total(after, PREFIX + "request_latency_seconds_sum", **rest_ok) > 0
+
+
+def test_made_up_model_names_add_no_series(server: Server) -> None:
+    """40 requests naming 40 models that do not exist (gRPC and REST): they are counted under
+    ``model="__unknown__"``, and no series carries any of their names."""
+    import grpc
+
+    requests = PREFIX + "requests_total"
+    unknown = dict(model="__unknown__", version="", status="NOT_FOUND")
+    before = scrape(server)
+    for i in range(20):
+        assert post(server, f"/v1/models/made-up-{i}:predict", {"instances": [1.0]}) == 404
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = f"made-up-grpc-{i}"
+        with pytest.raises(grpc.RpcError) as e:
+            server.prediction_stub().Predict(request, 30.0)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    after = wait_until(
+        server,
+        lambda s: total(s, requests, **unknown) - total(before, requests, **unknown) >= 40,
+        "made-up models not counted as __unknown__",
+    )
+    models = {dict(labels).get("model", "") for _, labels in after}
+    assert not [m for m in models if m.startswith("made-up")], models
+    assert models >= {MODEL, "__unknown__"}

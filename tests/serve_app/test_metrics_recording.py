@@ -138,3 +138,55 @@ def test_a_recording_error_is_logged_once_and_never_raised(
     finally:
         logger.removeHandler(caplog.handler)
     assert [r.getMessage() for r in caplog.records] == ["Recording metrics failed in record_load"]
+
+
+def test_unknown_models_and_signatures_collapse_to_one_series() -> None:
+    """10,000 requests naming made-up models, and made-up signatures of a served model, add one
+    series each (``__unknown__``), not one per name; served names keep theirs."""
+    r, sink = recorder()
+    r.serving(["m", "other"])
+    r.learn_signatures("m", ["serving_default", "classify_x"])
+    for i in range(10_000):
+        r.add(MISSING._replace(model=f"random-{i}", signature=f"s{i}"), 0.001)
+        r.add(OK._replace(signature=f"no-such-{i}", status="FAILED_PRECONDITION"), 0.001)
+    r.add(OK, 0.001)
+    r.add(OK._replace(signature="classify_x", status="INVALID_ARGUMENT"), 0.001)
+    r.add(MISSING._replace(model="other"), 0.001)
+    r.flush()
+    series = {dict(tags)["model"] + "/" + dict(tags)["signature"] for tags in sink.requests.totals}
+    assert series == {
+        "__unknown__/__unknown__",
+        "m/__unknown__",
+        "m/serving_default",
+        "m/classify_x",
+        "other/serving_default",
+    }
+    unknown = MISSING._replace(model="__unknown__", signature="__unknown__")
+    assert sink.requests.value(**unknown.tags()) == 10_000
+    assert sink.errors.value(**unknown.tags()) == 10_000
+
+
+def test_a_signature_answered_ok_is_kept_and_learning_is_bounded() -> None:
+    """A signature a served model answered OK exists (its own deployment, not loaded here):
+    later errors naming it keep the name. At most MAX_SIGNATURES pairs are learnt."""
+    from serve_app.metrics.labels import MAX_SIGNATURES
+
+    r, sink = recorder()
+    r.serving(["m"])
+    r.add(OK._replace(signature="remote"), 0.001)
+    r.add(OK._replace(signature="remote", status="INVALID_ARGUMENT"), 0.001)
+    for i in range(MAX_SIGNATURES + 10):
+        r.add(OK._replace(signature=f"ok-{i}"), 0.001)
+    r.flush()
+    names = {dict(tags)["signature"] for tags in sink.requests.totals}
+    assert "remote" in names and "__unknown__" in names
+    assert len(names) <= MAX_SIGNATURES + 1
+    bad = OK._replace(signature="remote", status="INVALID_ARGUMENT")
+    assert sink.errors.value(**bad.tags()) == 1
+
+
+def test_before_the_routing_table_every_name_is_kept() -> None:
+    r, sink = recorder()
+    r.add(MISSING._replace(model="x"), 0.001)
+    r.flush()
+    assert sink.requests.value(**MISSING._replace(model="x").tags()) == 1

@@ -246,3 +246,15 @@ def test_settings_are_kept_with_a_warning_at_another_ray() -> None:
     (record,) = records
     assert record.levelno == logging.WARNING
     assert "9.9.9-test" in record.getMessage() and RAY_VERSION in record.getMessage()
+
+
+def test_the_package_reads_the_variable_the_setup_hook_reads() -> None:
+    """``serve_app`` imports Ray (and patches it) only in workers where the variable is set, so
+    that the CLI takes its signals before Ray is imported: the two names must agree."""
+    import serve_app
+
+    assert serve_app.GRPC_HOST_ENV == ray_patches.GRPC_HOST_ENV
+    code = "import sys, serve_app.cli; print('ray' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k != ray_patches.GRPC_HOST_ENV}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]
