@@ -57,20 +57,50 @@ def _value_to_string(value: Json) -> str:
     return _pretty(value)
 
 
+MAX_QUOTED = 1 << 16
+"""The most characters of a value an error message quotes: rapidjson's pretty print indents each
+level by four more spaces, so a deeply nested body would print quadratically beyond its size."""
+
+
+class _Full(Exception):
+    """The rendering reached ``MAX_QUOTED``."""
+
+
 def _pretty(value: Json, level: int = 0) -> str:
-    """rapidjson PrettyWriter output (4-space indent), as error messages embed values."""
+    """rapidjson PrettyWriter output (4-space indent), as error messages embed values; cut at
+    ``MAX_QUOTED`` characters (then ``...``)."""
+    out: list[str] = []
+    size = 0
+
+    def emit(text: str) -> None:
+        nonlocal size
+        out.append(text)
+        size += len(text)
+        if size > MAX_QUOTED:
+            raise _Full
+
+    try:
+        _write_pretty(value, level, emit)
+    except _Full:
+        return "".join(out)[:MAX_QUOTED] + "..."
+    return "".join(out)
+
+
+def _write_pretty(value: Json, level: int, emit: Any) -> None:
     if isinstance(value, dict | list) and value:
         inner = "    " * (level + 1)
-        if isinstance(value, dict):
-            items = [f"{inner}{_string(k)}: {_pretty(v, level + 1)}" for k, v in value.items()]
-            opening, closing = "{", "}"
-        else:
-            items = [f"{inner}{_pretty(v, level + 1)}" for v in value]
-            opening, closing = "[", "]"
-        return opening + "\n" + ",\n".join(items) + "\n" + "    " * level + closing
-    if _is_double(value):
-        return _rapidjson_double(_as_double(value))
-    return json.dumps(value, ensure_ascii=False)
+        emit("{\n" if isinstance(value, dict) else "[\n")
+        for i, item in enumerate(value.items() if isinstance(value, dict) else value):
+            emit(",\n" + inner if i else inner)
+            if isinstance(value, dict):
+                key, item = item
+                emit(f"{_string(key)}: ")
+            _write_pretty(item, level + 1, emit)
+        emit("\n" + "    " * level + ("}" if isinstance(value, dict) else "]"))
+    elif _is_double(value):
+        emit(_rapidjson_double(_as_double(value)))
+    else:
+        emit(json.dumps(value, ensure_ascii=False))
 
 
 def _string(value: str) -> str:
