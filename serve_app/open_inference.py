@@ -260,8 +260,7 @@ def infer_request(
         kind = datatype(item.get("datatype"), what)
         shape = item.get("shape")
         if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and -(2**63) <= d < 2**63
-            for d in shape
+            isinstance(d, int) and not isinstance(d, bool) and -(2**63) <= d < 2**63 for d in shape
         ):
             raise InvalidArgument(f"{what} needs a 'shape' list of integers")
         count = count_elements(shape, what)

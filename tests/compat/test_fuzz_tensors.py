@@ -25,8 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tensorflow as tf
 
 from compat import dataplane, tensors
-from compat.limits import FACTOR
 from compat.errors import ServingError
+from compat.limits import FACTOR
 from compat.protos import predict_pb2, tensor_pb2, types_pb2
 from compat.signatures import Signature, TensorSpec
 from tests.allocation import bound, traced

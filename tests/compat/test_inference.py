@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from compat import inference
 from compat.errors import InvalidArgument, ServingError, Unimplemented
+from compat.limits import growth_allowed
 from compat.protos import (
     classification_pb2,
     example_pb2,
@@ -30,7 +31,6 @@ from compat.protos import (
     regression_pb2,
 )
 from compat.servable import Servable
-from compat.limits import growth_allowed
 from compat.signatures import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD
 from tests.allocation import bound, traced
 from tests.harness import TESTDATA

@@ -849,8 +849,10 @@ _leaf = st.one_of(
 )
 _value = st.recursive(
     _leaf,
-    lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(st.sampled_from(["x", "s", "b64"]), children, max_size=2),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.sampled_from(["x", "s", "b64"]), children, max_size=2)
+    ),
     max_leaves=12,
 )
 
@@ -875,7 +877,9 @@ def hostile_json_body(draw: st.DrawFn) -> bytes:
     return text.encode()
 
 
-_FUZZ = settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+_FUZZ = settings(
+    max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
 
 
 @_FUZZ

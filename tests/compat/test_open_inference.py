@@ -165,9 +165,7 @@ def hostile_infer_request(draw: st.DrawFn) -> bytes:
     raw = draw(st.booleans())
     for i in range(draw(st.integers(1, 3))):
         kind = draw(st.sampled_from(oi.DATATYPES))
-        tensor = request.inputs.add(
-            name=f"x{i}", datatype=kind.name, shape=draw(hostile_shape())
-        )
+        tensor = request.inputs.add(name=f"x{i}", datatype=kind.name, shape=draw(hostile_shape()))
         if raw:
             request.raw_input_contents.append(draw(st.binary(max_size=64)))
         elif kind.name == "BYTES":
@@ -179,7 +177,9 @@ def hostile_infer_request(draw: st.DrawFn) -> bytes:
     return request.SerializeToString()
 
 
-@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
 @given(hostile_infer_request())
 def test_hostile_shapes_are_refused_before_anything_is_allocated(body: bytes) -> None:
     """A few bytes declaring 3e8 (or 2^62) elements: INVALID_ARGUMENT naming the input, and no
@@ -225,8 +225,8 @@ def test_shapes_no_tensor_can_have_are_refused(shape: list[int], message: str) -
 @given(st.text(max_size=24))
 @settings(deadline=None, derandomize=True)
 def test_a_version_is_ascii_digits_or_a_label(text: str) -> None:
-    """``²`` and ``١`` are digits to ``str.isdigit`` but no version number (TF Serving reads
-    versions as ASCII digits): they are labels, which no model has."""
+    """``²`` and Arabic-Indic ``1`` are digits to ``str.isdigit`` but no version number (TF
+    Serving reads versions as ASCII digits): they are labels, which no model has."""
     try:
         version = oi.parse_version(text)
     except InvalidArgument:

@@ -283,13 +283,16 @@ def hostile_v2_body(draw: st.DrawFn) -> tuple[bytes, str | None]:
             binary.append(data)
             item["parameters"] = {"binary_data_size": len(data)}
         else:
-            leaf = {"BYTES": st.text(max_size=4), "BOOL": st.booleans()}.get(kind, st.integers(0, 9))
+            leaves = {"BYTES": st.text(max_size=4), "BOOL": st.booleans()}
+            leaf = leaves.get(kind, st.integers(0, 9))
             item["data"] = draw(st.lists(leaf, max_size=8))
         inputs.append(item)
     return body_of({"inputs": inputs}, *binary)
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=200, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
 @given(hostile_v2_body(), st.sampled_from(["", "1", "\u00b2", "stable"]))
 def test_hostile_v2_shapes_are_refused_within_the_bodys_bound(
     body: tuple[bytes, str | None], version: str
@@ -302,7 +305,7 @@ def test_hostile_v2_shapes_are_refused_within_the_bodys_bound(
         assert "input 'x" in error.message
         return
     message, _ = request
-    decoded, error, peak = traced(lambda: decode_inputs(message))
+    _, error, peak = traced(lambda: decode_inputs(message))
     assert peak <= bound(message.ByteSize())
     assert error is None or isinstance(error, InvalidArgument), repr(error)
 
