@@ -18,14 +18,16 @@ from compat.limits import ALLOWANCE, FACTOR, JSON_FACTOR
 
 def traced(call: Callable[[], Any]) -> tuple[Any, BaseException | None, int]:
     """(result or None, the exception raised or None, tracemalloc's peak in bytes)."""
+    result, error = None, None
     tracemalloc.start()
     try:
-        try:
-            return call(), None, tracemalloc.get_traced_memory()[1]
-        except Exception as e:  # what it raised is the caller's to judge
-            return None, e, tracemalloc.get_traced_memory()[1]
+        result = call()
+    except Exception as e:  # what it raised is the caller's to judge
+        error = e.with_traceback(None)  # no frame (and what it holds) outlives the call
     finally:
+        peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
+    return result, error, peak
 
 
 def bound(received: int, grown: int = 0, factor: int = FACTOR) -> int:
