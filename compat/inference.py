@@ -31,6 +31,7 @@ from google.protobuf import text_format
 
 from compat.dataplane import set_model_spec, signature_name
 from compat.errors import InvalidArgument, Unimplemented
+from compat.limits import growth_allowed
 from compat.protos import (
     classification_pb2,
     inference_pb2,
@@ -239,7 +240,10 @@ def serialized_examples(model_input: input_pb2.Input) -> np.ndarray:
     """The tensor TF Serving feeds: a vector of serialized tf.Examples (util.cc).
 
     With ``example_list_with_context`` each entry is ``context + example`` as bytes; parsing
-    the concatenation merges both, the example's features winning over the context's.
+    the concatenation merges both, the example's features winning over the context's. That
+    copies the context into every example, so the merge is refused (INVALID_ARGUMENT) before
+    it is made when it would exceed the input's own size by more than ``MAX_GROWTH_BYTES``
+    (``compat.limits``): 100,000 empty examples with a 30 KB context would be 3 GB.
     """
     kind = model_input.WhichOneof("kind")
     if kind == "example_list":
@@ -247,6 +251,7 @@ def serialized_examples(model_input: input_pb2.Input) -> np.ndarray:
     elif kind == "example_list_with_context":
         with_context = model_input.example_list_with_context
         context = with_context.context.SerializeToString()
+        _check_merge(len(context), with_context)
         examples = [context + e.SerializeToString() for e in with_context.examples]
     else:
         examples = []
@@ -255,6 +260,19 @@ def serialized_examples(model_input: input_pb2.Input) -> np.ndarray:
     tensor = np.empty(len(examples), dtype=object)
     tensor[:] = examples
     return tensor
+
+
+def _check_merge(context: int, with_context: input_pb2.ExampleListWithContext) -> None:
+    """Refuse a context merge that would grow the input far beyond its own size."""
+    count = len(with_context.examples)
+    received = with_context.ByteSize()
+    merged = count * context + received
+    allowed = growth_allowed(received)
+    if count and merged > allowed:
+        raise InvalidArgument(
+            f"Input of {count} examples with a context of {context} bytes would merge to "
+            f"{merged} bytes, more than the {allowed} bytes allowed for a {received}-byte input"
+        )
 
 
 def _placeholder_dtypes(servable: Servable) -> dict[str, int]:

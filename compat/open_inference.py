@@ -11,7 +11,6 @@ field), typed otherwise. Errors are INVALID_ARGUMENT with a message naming the i
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
@@ -21,6 +20,7 @@ import numpy as np
 from open_inference.grpc import protocol as pb
 
 from compat.errors import InvalidArgument
+from compat.limits import element_count
 from compat.protos import types_pb2
 from compat.signatures import Signature, TensorSpec
 
@@ -76,11 +76,25 @@ def datatype(name: object, what: str) -> Datatype:
     return found
 
 
-def _count(shape: Iterable[int], what: str) -> int:
+def count_elements(shape: Iterable[int], what: str) -> int:
+    """The elements of ``what``'s shape, or INVALID_ARGUMENT for a negative dimension or more
+    than an int64 counts."""
     dims = list(shape)
     if any(d < 0 for d in dims):
         raise InvalidArgument(f"{what} has a negative dimension in its shape {dims}")
-    return math.prod(dims)
+    try:
+        return element_count(dims)
+    except ValueError as e:
+        raise InvalidArgument(f"{what}: {e}") from None
+
+
+def _reshape(flat: np.ndarray, shape: list[int], what: str) -> np.ndarray:
+    """``flat`` as ``shape`` (already checked to hold its elements): numpy refuses a shape of
+    no elements whose other dims overflow its index type."""
+    try:
+        return flat.reshape(shape)
+    except ValueError as e:
+        raise InvalidArgument(f"{what}: shape {shape}: {e}") from None
 
 
 # --- BYTES: 4-byte little-endian lengths, each followed by its bytes -------------------------
@@ -96,6 +110,10 @@ def pack_bytes(values: Iterable[Any]) -> bytes:
 
 
 def unpack_bytes(raw: bytes, count: int, what: str) -> np.ndarray:
+    """``count`` length-prefixed strings; a count the bytes cannot hold (4 bytes of length
+    each) is refused before anything is allocated."""
+    if count > len(raw) // 4:
+        raise InvalidArgument(f"{what}: raw BYTES hold fewer than {count} elements")
     out = np.empty(count, dtype=object)
     view = memoryview(raw)
     offset = 0
@@ -115,16 +133,16 @@ def unpack_bytes(raw: bytes, count: int, what: str) -> np.ndarray:
 
 def from_raw(raw: bytes, datatype: Datatype, shape: list[int], what: str) -> np.ndarray:
     """Raw little-endian bytes (BYTES: length-prefixed) -> an array of ``shape``."""
-    count = _count(shape, what)
+    count = count_elements(shape, what)
     if datatype.name == "BYTES":
-        return unpack_bytes(raw, count, what).reshape(shape)
+        return _reshape(unpack_bytes(raw, count, what), shape, what)
     expected = count * datatype.numpy.itemsize
     if len(raw) != expected:
         raise InvalidArgument(
             f"{what}: {len(raw)} bytes of raw data, but shape {shape} of {datatype.name} "
             f"needs {expected}"
         )
-    return np.frombuffer(raw, dtype=datatype.numpy).reshape(shape)
+    return _reshape(np.frombuffer(raw, dtype=datatype.numpy), shape, what)
 
 
 def to_raw(array: np.ndarray) -> bytes:
@@ -160,7 +178,7 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
                 f"{what} is {kind.name}, which has no typed contents: send it in raw_input_contents"
             )
         values = getattr(tensor.contents, kind.contents)
-        count = _count(shape, what)
+        count = count_elements(shape, what)
         if len(values) != count:
             raise InvalidArgument(
                 f"{what} has {len(values)} values in {kind.contents}, but shape {shape} "
@@ -171,7 +189,7 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
             array[:] = list(values)
         else:
             array = np.array(values, dtype=kind.numpy)
-        inputs[tensor.name] = array.reshape(shape)
+        inputs[tensor.name] = _reshape(array, shape, what)
     return inputs
 
 
@@ -254,11 +272,12 @@ def model_metadata(
 
 
 def parse_version(text: str) -> int | str | None:
-    """A V2 ``model_version``: "" is the latest, digits a version number, anything else one of
-    the model's version labels (TF Serving's ``version_labels``: ``stable``, ``canary``)."""
+    """A V2 ``model_version``: "" is the latest, ASCII digits a version number (an int64, as
+    TF Serving reads versions), anything else one of the model's version labels (TF Serving's
+    ``version_labels``: ``stable``, ``canary``; ``²`` is a label, which no model has)."""
     if not text:
         return None
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         if int(text) > 2**63 - 1:
             raise InvalidArgument(f"model version '{text}' is beyond int64")
         return int(text)

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import ml_dtypes
 import numpy as np
 
+from compat.limits import MAX_GROWTH_BYTES, element_count
 from compat.protos import tensor_pb2, types_pb2
 
 #: TensorShape's rank limit (tensor_shape.h ``MaxDimensions``).
@@ -94,12 +95,12 @@ def dtype_name(dtype: int) -> str:
 
 
 def shape_of(proto: tensor_pb2.TensorProto) -> tuple[int, ...]:
-    """The dims of a TensorProto; ``ValueError`` for a negative dim or too many dims."""
+    """The dims of a TensorProto; ``ValueError`` for a negative dim, too many dims or more
+    elements than an int64 counts."""
     dims = tuple(d.size for d in proto.tensor_shape.dim)
     if len(dims) > MAX_RANK:
         raise ValueError(f"shape has {len(dims)} dimensions, more than {MAX_RANK}")
-    if any(d < 0 for d in dims):
-        raise ValueError(f"shape {list(dims)} has a negative dimension")
+    element_count(dims)
     return dims
 
 
@@ -146,7 +147,7 @@ def _from_field(values: Sequence, codec: _Codec, count: int) -> np.ndarray:
     return _fill(flat, count, codec.dtype)
 
 
-MAX_FILL_BYTES = 64 << 20
+MAX_FILL_BYTES = MAX_GROWTH_BYTES
 """The most a tensor may grow beyond the values it carries (TF's repeat-the-last-value rule):
 a request can never make the server allocate far beyond its own size. ``make_tensor_proto(0.0,
 shape=[1, 2048, 2048, 3])`` (48 MiB from one value) passes; a declared shape of 10^12 elements
@@ -176,6 +177,8 @@ def _fill(flat: np.ndarray, count: int, dtype: np.dtype) -> np.ndarray:
 
 def _decode_string_list(content: bytes, count: int) -> np.ndarray:
     """TF's ``port::DecodeStringList``: ``count`` varint32 lengths, then the bytes."""
+    if count > len(content):  # each length takes a byte at least: refused before any work
+        raise ValueError("truncated string tensor_content")
     lengths = []
     pos = 0
     for _ in range(count):

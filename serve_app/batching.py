@@ -4,7 +4,9 @@ Calls are grouped by what makes them stackable: the same signature and outputs, 
 a batch dimension in the signature, and equal dtypes and non-batch shapes (or, with
 ``pad_variable_length_inputs``, equal ranks: shorter inputs are zero-padded to the longest and
 outputs sliced back). Groups are cut at ``max_batch_size`` rows and padded up to the next of
-``allowed_batch_sizes``. Every call gets exactly the rows it sent, or its own error.
+``allowed_batch_sizes``. Every call gets exactly the rows it sent, or its own error. Calls whose
+zero padding would grow their inputs by more than ``compat.limits.MAX_GROWTH_BYTES`` (one input
+long in one dim, another in another) run one by one instead.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import math
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Hashable, Sequence
@@ -22,6 +25,7 @@ import numpy as np
 
 from compat.dataplane import PredictCall
 from compat.errors import DeadlineExceeded, Internal, InvalidArgument, ServingError, Unavailable
+from compat.limits import growth_allowed
 from compat.servable import Servable
 from serve_app.args import BatchingArgs
 
@@ -102,6 +106,22 @@ def _pad_to(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.pad(value, widths)
 
 
+def _pad_shape(parts: list[np.ndarray]) -> tuple[int, ...]:
+    """The non-batch shape every part is padded to: the longest of each dim."""
+    if parts[0].ndim <= 1:
+        return ()
+    return tuple(max(p.shape[d] for p in parts) for d in range(1, parts[0].ndim))
+
+
+def _padded_bytes(calls: list[PredictCall], pad_shapes: dict[str, tuple[int, ...]]) -> int:
+    """What the stacked, padded inputs take (before the rows ``allowed_batch_sizes`` adds)."""
+    total = 0
+    for alias, shape in pad_shapes.items():
+        itemsize = calls[0].inputs[alias].itemsize
+        total += sum(batch_rows(c) for c in calls) * math.prod(shape) * itemsize
+    return total
+
+
 def _run_stacked(servable: Servable, calls: list[PredictCall], knobs: BatchingArgs) -> list[Result]:
     if len(calls) == 1 and not knobs.allowed_batch_sizes:
         return [_run_one(servable, calls[0])]
@@ -113,16 +133,14 @@ def _run_stacked(servable: Servable, calls: list[PredictCall], knobs: BatchingAr
         at = bisect.bisect_left(knobs.allowed_batch_sizes, total)
         target = knobs.allowed_batch_sizes[min(at, len(knobs.allowed_batch_sizes) - 1)]
         target = max(target, total)
+    pad_shapes = {alias: _pad_shape([c.inputs[alias] for c in calls]) for alias in first.inputs}
+    if _padded_bytes(calls, pad_shapes) > growth_allowed(
+        sum(v.nbytes for c in calls for v in c.inputs.values())
+    ):
+        return [_run_one(servable, c) for c in calls]  # padding would cost far beyond the calls
     stacked: dict[str, np.ndarray] = {}
-    pad_shapes: dict[str, tuple[int, ...]] = {}
-    for alias in first.inputs:
+    for alias, shape in pad_shapes.items():
         parts = [c.inputs[alias] for c in calls]
-        shape = (
-            tuple(int(d) for d in np.max([p.shape[1:] for p in parts], axis=0))
-            if parts[0].ndim > 1
-            else ()
-        )
-        pad_shapes[alias] = shape
         merged = np.concatenate([_pad_to(p, shape) for p in parts], axis=0)
         if target > total:  # pad the batch up to an allowed size with copies of the last row
             merged = np.concatenate([merged, np.repeat(merged[-1:], target - total, axis=0)])

@@ -39,7 +39,15 @@ from compat.errors import (
     from_code,
     truncate,
 )
-from compat.open_inference import BY_NAME, datatype, from_raw, pack_bytes, parse_version, pb
+from compat.open_inference import (
+    BY_NAME,
+    count_elements,
+    datatype,
+    from_raw,
+    pack_bytes,
+    parse_version,
+    pb,
+)
 from compat.routing import RoutingTable
 from serve_app.calls import Api, ModelCall, ModelReply, Wire, parse_request, v2_spec
 from serve_app.rest import TooLarge, read_decoded_body, rest_deadline
@@ -231,7 +239,9 @@ def infer_request(
     """A REST infer body (JSON, then binary tensors) -> a ModelInferRequest with every input
     raw, and which outputs want binary data."""
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(
+            body
+        ):
             raise InvalidArgument(f"{HEADER_LENGTH} {header_length!r} does not fit the body")
         header, binary = body[: int(header_length)], memoryview(body)[int(header_length) :]
     else:
@@ -251,9 +261,10 @@ def infer_request(
         kind = datatype(item.get("datatype"), what)
         shape = item.get("shape")
         if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) for d in shape
+            isinstance(d, int) and not isinstance(d, bool) and -(2**63) <= d < 2**63 for d in shape
         ):
             raise InvalidArgument(f"{what} needs a 'shape' list of integers")
+        count = count_elements(shape, what)
         tensor = message.inputs.add(name=item["name"], datatype=kind.name, shape=shape)
         parameters = _parameter_dict(item, what)
         size = parameters.pop("binary_data_size", None)
@@ -265,7 +276,7 @@ def infer_request(
             offset += size
             from_raw(raw, kind, shape, what)  # checked here, with the input's name
         else:
-            raw = _json_data(item.get("data"), kind, shape, what)
+            raw = _json_data(item.get("data"), kind, shape, count, what)
         message.raw_input_contents.append(raw)
     if offset != len(binary):
         raise InvalidArgument(f"{len(binary) - offset} bytes of binary data belong to no input")
@@ -273,10 +284,11 @@ def infer_request(
     return message, wanted
 
 
-def _json_data(data: Any, datatype: Any, shape: list[int], what: str) -> bytes:
+def _json_data(data: Any, datatype: Any, shape: list[int], count: int, what: str) -> bytes:
+    """An input's JSON ``data`` as raw bytes (only the values given are ever allocated; their
+    count must be the shape's)."""
     if data is None:
         raise InvalidArgument(f"{what} has neither 'data' nor binary_data_size")
-    count = int(np.prod(shape)) if shape else 1
     if datatype.name == "BYTES":
         flat = list(_flatten(data))
         if not all(isinstance(v, str) for v in flat):

@@ -196,7 +196,16 @@ def _fill(value: Json, level: int, shape: list[int], dtype: int, out: list) -> N
         _fill(item, level + 1, shape, dtype, out)
 
 
+MAX_RANK = 64
+"""numpy's most dimensions (TF's TensorShape goes to 254; TF Serving's JSON parser CHECK-fails
+beyond that)."""
+
+
 def _to_array(values: list, dtype: int, shape: list[int] | tuple[int, ...]) -> np.ndarray:
+    if len(shape) > MAX_RANK:
+        raise InvalidArgument(
+            f"JSON value of {len(shape)} dimensions: tensors have at most {MAX_RANK} here"
+        )
     target = NUMPY_DTYPES[dtype]
     if target.kind == "O":
         flat = np.empty(len(values), dtype=object)

@@ -14,12 +14,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tensorflow as tf
 
 from compat import inference
 from compat.errors import InvalidArgument, ServingError, Unimplemented
+from compat.limits import growth_allowed
 from compat.protos import (
     classification_pb2,
     example_pb2,
@@ -29,6 +32,7 @@ from compat.protos import (
 )
 from compat.servable import Servable
 from compat.signatures import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD
+from tests.allocation import bound, traced
 from tests.harness import TESTDATA
 
 MODEL = "default"
@@ -730,3 +734,57 @@ def test_multi_inference_model_spec() -> None:
     )
     assert inference.multi_inference_model_spec(request).name == "first"
     assert inference.multi_inference_model_spec(inference_pb2.MultiInferenceRequest()).name == ""
+
+
+# --- a request's memory is bounded by its size ------------------------------------------
+
+
+@st.composite
+def example_input(draw: st.DrawFn) -> bytes:
+    """An Input of up to 100,000 examples, with or without a context of up to 40 KB."""
+    model_input = input_pb2.Input()
+    count = draw(st.sampled_from([0, 1, 10, 1000, 100_000]))
+    example = example_pb2.Example()
+    if draw(st.booleans()):
+        example.features.feature["x"].float_list.value.extend(
+            draw(st.lists(st.floats(width=32), max_size=4))
+        )
+    if draw(st.booleans()):
+        with_context = model_input.example_list_with_context
+        context = draw(st.sampled_from([0, 10, 1000, 30_000, 40_000]))
+        with_context.context.features.feature["c"].bytes_list.value.append(b"c" * context)
+        with_context.examples.extend([example] * count)
+    else:
+        model_input.example_list.examples.extend([example] * count)
+    return model_input.SerializeToString()
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(example_input())
+def test_examples_never_expand_far_beyond_the_input(body: bytes) -> None:
+    """A context is merged into each example (util.cc): refused, before the merge is made, when
+    it would exceed the input's size by more than ``MAX_GROWTH_BYTES``."""
+    model_input = input_pb2.Input.FromString(body)
+    examples, error, peak = traced(lambda: inference.serialized_examples(model_input))
+    if error is not None:
+        assert isinstance(error, InvalidArgument), repr(error)
+        assert peak <= bound(len(body)), peak
+        return
+    merged = sum(len(e) for e in examples.tolist())
+    assert merged <= growth_allowed(len(body))
+    assert peak <= bound(len(body), merged), peak
+
+
+def test_a_context_merged_into_100000_examples_is_refused() -> None:
+    """The live row: 30 KB of context, 100,000 empty examples (224 KB) would be 3 GB."""
+    model_input = input_pb2.Input()
+    with_context = model_input.example_list_with_context
+    with_context.context.features.feature["c"].bytes_list.value.append(b"c" * 30_000)
+    with_context.examples.extend([example_pb2.Example()] * 100_000)
+    _, error, peak = traced(lambda: inference.serialized_examples(model_input))
+    assert isinstance(error, InvalidArgument)
+    assert error.message == (
+        "Input of 100000 examples with a context of 30023 bytes would merge to 3002530027 "
+        "bytes, more than the 67338891 bytes allowed for a 230027-byte input"
+    )
+    assert peak < 1 << 20

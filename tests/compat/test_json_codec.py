@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from compat import json_codec
+from compat import inference, json_codec
 from compat.errors import Internal, InvalidArgument, ServingError, Unimplemented
 from compat.json_codec import encode as json_encode
 from compat.json_codec import predict as json_predict
@@ -31,6 +34,7 @@ from compat.protos import (
     types_pb2,
 )
 from compat.signatures import Signature, TensorSpec, signatures_of
+from tests.allocation import json_bound, traced
 from tests.harness import TESTDATA
 
 HALF_PLUS_TWO = TESTDATA / "saved_model_half_plus_two_cpu" / "00000123" / "saved_model.pb"
@@ -881,3 +885,91 @@ def test_parse_json_variants() -> None:
     assert error_of(json_codec.parse_json, huge).message.startswith("JSON Parse error: ")
     error = error_of(json_codec.parse_json, '{"a": "\\x"}')
     assert error.message == "JSON Parse error: Invalid escape character in string. at offset: 7"
+
+
+# --- a request's memory is bounded by its size ------------------------------------------
+
+_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    st.text(max_size=6),
+    st.fixed_dictionaries({"b64": st.sampled_from(["AAAA", "not b64!", ""])}),
+)
+_value = st.recursive(
+    _leaf,
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.sampled_from(["x", "s", "b64"]), children, max_size=2)
+    ),
+    max_leaves=12,
+)
+
+
+@st.composite
+def hostile_json_body(draw: st.DrawFn) -> bytes:
+    """A REST body: keys of predict and classify requests holding a small value, repeated (up
+    to 300 times) or nested (up to 300 deep)."""
+    doc: dict[str, object] = {}
+    for key in draw(
+        st.lists(
+            st.sampled_from(["instances", "inputs", "signature_name", "examples", "context"]),
+            max_size=3,
+            unique=True,
+        )
+    ):
+        value = draw(_value)
+        for _ in range(draw(st.sampled_from([0, 0, 30, 300]))):
+            value = [value]
+        doc[key] = [value] * draw(st.sampled_from([1, 30, 300])) if draw(st.booleans()) else value
+    text = json.dumps(doc, allow_nan=True) if doc else "{}"
+    return text.encode()
+
+
+_FUZZ = settings(
+    max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
+
+
+@_FUZZ
+@given(hostile_json_body(), st.sampled_from([DT.DT_FLOAT, DT.DT_INT64, DT.DT_STRING, DT.DT_BOOL]))
+def test_json_bodies_cost_a_small_multiple_of_their_size(body: bytes, dtype: int) -> None:
+    """Predict (fast parse and reference parse) and classify: each answers or refuses with a
+    ServingError, within ``JSON_FACTOR`` x the body (+ the context merge when one is made)."""
+    signature = sig(x=dtype)
+    for decode_body in (
+        lambda: json_codec.decode_predict_request(json_codec.parse_predict_json(body), signature),
+        lambda: json_codec.decode_predict_request(body, signature),
+    ):
+        _, error, peak = traced(decode_body)
+        assert error is None or isinstance(error, ServingError), repr(error)
+        assert peak <= json_bound(len(body)), (peak, len(body))
+    examples, error, peak = traced(
+        lambda: inference.serialized_examples(json_codec.decode_examples_request(body))
+    )
+    assert error is None or isinstance(error, ServingError), repr(error)
+    merged = 0 if examples is None else sum(len(e) for e in examples.tolist())
+    assert peak <= json_bound(len(body), merged), (peak, len(body))
+
+
+@_FUZZ
+@given(_value)
+def test_values_quoted_in_messages_print_as_rapidjson_does(value: object) -> None:
+    """PrettyWriter's layout is json.dumps's with a 4-space indent (doubles aside)."""
+    text = json.dumps(value)
+    if any(mark in text for mark in (".", "e", "E", "Infinity", "NaN")) or re.search(
+        r"\d{19}", text
+    ):
+        return  # doubles, and integers that rapidjson holds as doubles
+    assert json_values._pretty(value) == json.dumps(value, indent=4, ensure_ascii=False)
+
+
+def test_a_deeply_nested_value_in_a_message_is_cut() -> None:
+    """Each level indents four more spaces: 100 levels, 200 times, would print 8 MB from 40 KB."""
+    deep = "[" * 100 + "1" + "]" * 100
+    body = '{"instances": 1, "inputs": [' + ",".join([deep] * 200) + "]}"
+    error = error_of(decode, body, sig(x=DT.DT_FLOAT))
+    assert error.message.startswith('JSON Value: {\n    "instances": 1,\n    "inputs": [\n')
+    assert len(error.message) < json_values.QUOTE_LIMIT + 200
+    assert "...TRUNCATED" in error.message

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tensorflow.python.framework import dtypes as tf_dtypes
 
 from compat import open_inference as oi
 from compat.errors import InvalidArgument
 from compat.signatures import Signature, TensorSpec
+from tests.allocation import bound, traced
 from tests.open_inference_samples import SAMPLES
 
 
@@ -139,3 +142,102 @@ def test_versions_are_numbers_or_labels(text: str, wanted: int | str | None) -> 
 def test_a_version_beyond_int64_is_refused() -> None:
     with pytest.raises(InvalidArgument):
         oi.parse_version(str(2**63))
+
+
+# --- a request's memory is bounded by its size ------------------------------------------
+
+HOSTILE_DIMS = st.sampled_from([-1, -(2**40), 3 * 10**8, 2**31, 2**62, 2**63 - 1])
+
+
+@st.composite
+def hostile_shape(draw: st.DrawFn) -> list[int]:
+    """Small dims, and most often one hostile dim among them."""
+    shape = draw(st.lists(st.integers(0, 4), max_size=3))
+    if draw(st.integers(0, 3)):
+        shape.insert(draw(st.integers(0, len(shape))), draw(HOSTILE_DIMS))
+    return shape
+
+
+@st.composite
+def hostile_infer_request(draw: st.DrawFn) -> bytes:
+    """A ModelInferRequest of small tensors whose declared shapes may be hostile."""
+    request = oi.pb.ModelInferRequest(model_name="m")
+    raw = draw(st.booleans())
+    for i in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(oi.DATATYPES))
+        tensor = request.inputs.add(name=f"x{i}", datatype=kind.name, shape=draw(hostile_shape()))
+        if raw:
+            request.raw_input_contents.append(draw(st.binary(max_size=64)))
+        elif kind.name == "BYTES":
+            tensor.contents.bytes_contents.extend(draw(st.lists(st.binary(max_size=8), max_size=8)))
+        elif kind.contents is not None:
+            values = draw(st.lists(st.integers(0, 1), max_size=16))
+            field = getattr(tensor.contents, kind.contents)
+            field.extend([bool(v) for v in values] if kind.name == "BOOL" else values)
+    return request.SerializeToString()
+
+
+@settings(
+    max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
+@given(hostile_infer_request())
+def test_hostile_shapes_are_refused_before_anything_is_allocated(body: bytes) -> None:
+    """A few bytes declaring 3e8 (or 2^62) elements: INVALID_ARGUMENT naming the input, and no
+    more allocated than the body's size allows (``compat.limits``)."""
+    inputs, error, peak = traced(lambda: oi.decode_inputs(oi.pb.ModelInferRequest.FromString(body)))
+    assert peak <= bound(len(body)), (peak, len(body))
+    if error is not None:
+        assert isinstance(error, InvalidArgument), repr(error)
+        assert "input 'x" in error.message
+        return
+    request = oi.pb.ModelInferRequest.FromString(body)
+    for tensor in request.inputs:
+        assert inputs[tensor.name].shape == tuple(tensor.shape)
+
+
+def test_bytes_declaring_more_elements_than_their_data_holds_are_refused_at_once() -> None:
+    request = oi.pb.ModelInferRequest()
+    request.inputs.add(name="s", datatype="BYTES", shape=[3 * 10**8])
+    request.raw_input_contents.append(b"")
+    _, error, peak = traced(lambda: oi.decode_inputs(request))
+    assert isinstance(error, InvalidArgument)
+    assert error.message == "input 's': raw BYTES hold fewer than 300000000 elements"
+    assert peak < 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ([2**62, 4], "input 'x': shape [4611686018427387904, 4] has more than 2^63 - 1 elements"),
+        ([0, 2**62, 2**62], "input 'x': shape [0, 4611686018427387904, 4611686018427387904]"),
+        ([3, -2], "input 'x' has a negative dimension in its shape [3, -2]"),
+    ],
+)
+def test_shapes_no_tensor_can_have_are_refused(shape: list[int], message: str) -> None:
+    request = oi.pb.ModelInferRequest()
+    request.inputs.add(name="x", datatype="FP32", shape=shape)
+    request.raw_input_contents.append(b"")
+    with pytest.raises(InvalidArgument) as e:
+        oi.decode_inputs(request)
+    assert e.value.message.startswith(message)
+
+
+@given(st.text(max_size=24))
+@settings(deadline=None, derandomize=True)
+def test_a_version_is_ascii_digits_or_a_label(text: str) -> None:
+    """``²`` and Arabic-Indic ``1`` are digits to ``str.isdigit`` but no version number (TF
+    Serving reads versions as ASCII digits): they are labels, which no model has."""
+    try:
+        version = oi.parse_version(text)
+    except InvalidArgument:
+        assert text.isascii() and text.isdigit() and int(text) >= 2**63
+        return
+    if isinstance(version, int):
+        assert text.isascii() and text.isdigit() and version == int(text)
+    else:
+        assert version == (text or None)
+
+
+@pytest.mark.parametrize("text", ["\u00b2", "\u0661", "\uff11", "1\u00b2"])
+def test_unicode_digits_are_labels(text: str) -> None:
+    assert oi.parse_version(text) == text

@@ -9,9 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tensorflow_serving.apis import predict_pb2
 
+from compat.dataplane import PredictCall
+from compat.limits import growth_allowed
+from compat.protos import types_pb2
 from compat.servable import Servable
+from compat.signatures import Signature, TensorSpec
+from serve_app.args import BatchingArgs
+from serve_app.batching import run_batch
+from tests.allocation import bound, traced
 from tests.harness import Server, start_server
 from tests.serve_app.test_metrics import PATH, PREFIX, Samples, scrape, total, wait_until
 
@@ -124,3 +133,59 @@ def test_padding_and_allowed_batch_sizes_give_exact_results(padding_server: Serv
             for x, y in pool.map(call, range(10)):
                 assert y.shape == x.shape
                 np.testing.assert_allclose(y, 0.5 * x + 3.0)
+
+
+# --- padding is bounded by the calls' size (in-process, on a fake servable) ---------------
+
+
+class _Echo:
+    """A servable whose one output is its input ``x`` (batched along dim 0)."""
+
+    def run(self, signature: Signature, inputs: dict, aliases: list) -> dict:
+        return {"y": np.asarray(inputs["x"])}
+
+
+_ECHO = Signature(
+    "serving_default",
+    "tensorflow/serving/predict",
+    {"x": TensorSpec("x:0", types_pb2.DT_FLOAT, None)},
+    {"y": TensorSpec("y:0", types_pb2.DT_FLOAT, None)},
+)
+
+
+def _call(shape: tuple[int, ...]) -> PredictCall:
+    return PredictCall(_ECHO, {"x": np.ones(shape, np.float32)}, ["y"], "serving_default")
+
+
+@pytest.mark.unit
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 2), st.sampled_from([0, 1, 7, 3000, 10**6, 10**9])).filter(
+            lambda s: s[0] * s[1] <= 10**6
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    st.sampled_from([(), (4, 8)]),
+)
+def test_padding_never_costs_far_beyond_the_calls(
+    shapes: list[tuple[int, int]], allowed: tuple[int, ...]
+) -> None:
+    """Calls of equal rank, short in one dim and long in another (``[1, 0, 10^9]`` beside
+    ``[1, 10^9, 0]`` is 4 EB padded): every call gets its own rows back, and padding takes no
+    more than ``compat.limits.MAX_GROWTH_BYTES`` beyond the calls (else they run one by one)."""
+    calls = [_call((1, a, b) if i % 2 else (1, b, a)) for i, (a, b) in enumerate(shapes)]
+    knobs = BatchingArgs(
+        enabled=True,
+        max_batch_size=8,
+        allowed_batch_sizes=list(allowed),
+        pad_variable_length_inputs=True,
+    )
+    sent = sum(c.inputs["x"].nbytes for c in calls)
+    results, error, peak = traced(lambda: run_batch(_Echo(), calls, knobs))  # type: ignore[arg-type]
+    assert error is None, repr(error)
+    assert peak <= 3 * growth_allowed(sent) + bound(sent), (peak, sent)
+    for call, result in zip(calls, results, strict=True):
+        assert not isinstance(result, Exception)
+        assert result["y"].shape == call.inputs["x"].shape

@@ -4,8 +4,10 @@ Each hostile request (bytes that are no request, requests of the wrong type, mut
 PredictRequests with hostile tensors, hostile model names and paths, malformed, truncated,
 gzip-bombed or mis-typed REST bodies) must get a TF Serving-style status well within its
 deadline; a valid request follows each one and must give the right answer; and no serving
-replica may die (the same processes serve before and after). The seed is fixed and the examples
-bounded; ``RTFS_FUZZ_EXAMPLES`` runs more.
+replica may die (the same processes serve before and after). Requests declaring far more than
+they carry (a V2 BYTES [3e8] of no data, a context merged into 100,000 examples) are refused
+without raising the replica's peak RSS. The seed is fixed and the examples bounded;
+``RTFS_FUZZ_EXAMPLES`` runs more.
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ import http.client
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tensorflow_serving.apis import predict_pb2
+from open_inference.grpc import protocol as open_inference
+from tensorflow.core.example import example_pb2
+from tensorflow_serving.apis import classification_pb2, predict_pb2
 
 from tests.compat.test_fuzz_tensors import hostile_tensor
 from tests.harness import Server, start_server
@@ -231,6 +236,93 @@ def test_hostile_rest_requests_get_a_status_and_the_server_stays_correct(
     assert status in {200, 400, 404, 413, 429, 501}, (path, status)
     good = json.dumps({"instances": [2.0]}).encode()
     assert rest(server, "POST", "/v1/models/half_plus_two:predict", good, {}) == 200
+
+
+# --- a request's memory is bounded by its size, live ---------------------------------------
+
+
+def _peak_rss_growth_kb(server: Server, send: Callable[[], object]) -> tuple[object, int]:
+    """What ``send`` returns, and how far the serving replicas' peak RSS rose meanwhile (the
+    peak is reset to the current RSS first, through ``/proc/<pid>/clear_refs``)."""
+    pids = [pid for pid, _ in server.replicas("Ingress")]
+
+    def peak(pid: int) -> int:
+        status = Path(f"/proc/{pid}/status").read_text()
+        line = next(line for line in status.splitlines() if line.startswith("VmHWM"))
+        return int(line.split()[1])
+
+    for pid in pids:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    before = {pid: peak(pid) for pid in pids}
+    answer = send()
+    return answer, max(peak(pid) - before[pid] for pid in pids)
+
+
+def _status(channel: grpc.Channel, method: str, payload: bytes) -> tuple[grpc.StatusCode, str]:
+    try:
+        channel.unary_unary(method)(payload, timeout=60)
+    except grpc.RpcError as e:
+        return e.code(), e.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+def test_v2_bytes_declaring_3e8_elements_in_no_data_cost_nothing(
+    server: Server, channel: grpc.Channel
+) -> None:
+    """A 0 KB ModelInfer declaring a BYTES [3e8]: refused before anything is allocated (it
+    was INVALID_ARGUMENT after 3.4 s and +2.3 GB of peak RSS)."""
+    request = open_inference.ModelInferRequest(model_name="half_plus_two")
+    request.inputs.add(name="x", datatype="BYTES", shape=[300_000_000])
+    request.raw_input_contents.append(b"")
+    payload = request.SerializeToString()
+    (code, message), growth_kb = _peak_rss_growth_kb(
+        server, lambda: _status(channel, "/inference.GRPCInferenceService/ModelInfer", payload)
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message == "input 'x': raw BYTES hold fewer than 300000000 elements"
+    assert growth_kb < 50 << 10, growth_kb
+    valid_predict(channel)
+
+
+def test_a_context_merged_into_100000_examples_is_refused_before_the_merge(
+    server: Server, channel: grpc.Channel
+) -> None:
+    """Classify with a 30 KB context and 100,000 empty examples (224 KB) would feed 3 GB of
+    merged examples (it was +2.9 GB of peak RSS): INVALID_ARGUMENT, and the replica stays flat."""
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = "half_plus_two"
+    request.model_spec.signature_name = "classify_x_to_y"
+    with_context = request.input.example_list_with_context
+    with_context.context.features.feature["c"].bytes_list.value.append(b"c" * 30_000)
+    with_context.examples.extend([example_pb2.Example()] * 100_000)
+    payload = request.SerializeToString()
+    (code, message), growth_kb = _peak_rss_growth_kb(
+        server, lambda: _status(channel, METHODS[1], payload)
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message.startswith("Input of 100000 examples with a context of 30023 bytes"), message
+    assert growth_kb < 50 << 10, growth_kb
+    valid_predict(channel)
+
+
+def test_a_version_of_unicode_digits_is_a_label_no_model_has(
+    server: Server, channel: grpc.Channel
+) -> None:
+    """``²`` is a digit to ``str.isdigit`` and no number to ``int``: it was UNKNOWN (REST 500)."""
+    request = open_inference.ModelInferRequest(model_name="half_plus_two", model_version="\u00b2")
+    request.inputs.add(name="x", datatype="FP32", shape=[1]).contents.fp32_contents.append(1.0)
+    code, message = _status(
+        channel, "/inference.GRPCInferenceService/ModelInfer", request.SerializeToString()
+    )
+    assert (code, message) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "Unrecognized servable version label: \u00b2",
+    )
+    body = json.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}]}
+    ).encode()
+    path = "/v2/models/half_plus_two/versions/%C2%B2/infer"
+    assert rest(server, "POST", path, body, {"Content-Type": "application/json"}) == 400
 
 
 def test_no_serving_replica_died(server: Server, channel: grpc.Channel) -> None:

@@ -7,10 +7,13 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from compat.errors import InvalidArgument
-from compat.open_inference import pack_bytes, pb, to_raw
+from compat.open_inference import decode_inputs, pack_bytes, pb, to_raw
 from serve_app.open_inference import HEADER_LENGTH, infer_request, infer_response
+from tests.allocation import bound, json_bound, traced
 
 pytestmark = pytest.mark.unit
 
@@ -257,3 +260,58 @@ def test_hostile_json_is_invalid_argument_never_an_exception(
     with pytest.raises(InvalidArgument) as e:
         infer_request(body.encode() if isinstance(body, str) else body, None, "m", "")
     assert message in e.value.message
+
+
+# --- a request's memory is bounded by its size ------------------------------------------
+
+
+@st.composite
+def hostile_v2_body(draw: st.DrawFn) -> tuple[bytes, str | None]:
+    """A V2 REST infer body of small tensors (JSON data or binary) with hostile shapes."""
+    inputs, binary = [], []
+    for i in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["FP32", "INT64", "BOOL", "BYTES", "UINT8"]))
+        shape = draw(st.lists(st.integers(0, 3), max_size=2))
+        if draw(st.integers(0, 3)):
+            shape.insert(
+                draw(st.integers(0, len(shape))),
+                draw(st.sampled_from([-1, 3 * 10**8, 2**31, 2**62, 2**63 - 1, 2**64, -(2**70)])),
+            )
+        item: dict = {"name": f"x{i}", "datatype": kind, "shape": shape}
+        if draw(st.booleans()):
+            data = draw(st.binary(max_size=32))
+            binary.append(data)
+            item["parameters"] = {"binary_data_size": len(data)}
+        else:
+            leaves = {"BYTES": st.text(max_size=4), "BOOL": st.booleans()}
+            leaf = leaves.get(kind, st.integers(0, 9))
+            item["data"] = draw(st.lists(leaf, max_size=8))
+        inputs.append(item)
+    return body_of({"inputs": inputs}, *binary)
+
+
+@settings(
+    max_examples=200, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
+@given(hostile_v2_body(), st.sampled_from(["", "1", "\u00b2", "stable"]))
+def test_hostile_v2_shapes_are_refused_within_the_bodys_bound(
+    body: tuple[bytes, str | None], version: str
+) -> None:
+    raw, length = body
+    request, error, peak = traced(lambda: infer_request(raw, length, "m", version))
+    assert peak <= json_bound(len(raw)), (peak, len(raw))
+    if error is not None:
+        assert isinstance(error, InvalidArgument), repr(error)
+        assert "input 'x" in error.message
+        return
+    message, _ = request
+    _, error, peak = traced(lambda: decode_inputs(message))
+    assert peak <= bound(message.ByteSize())
+    assert error is None or isinstance(error, InvalidArgument), repr(error)
+
+
+@pytest.mark.parametrize("length", ["\u00b2", "\u0661", "1\u00b2"])
+def test_a_header_length_of_unicode_digits_is_refused(length: str) -> None:
+    with pytest.raises(InvalidArgument) as e:
+        infer_request(b"{}", length, "m", "")
+    assert HEADER_LENGTH in e.value.message
