@@ -70,6 +70,7 @@ def _version_options(args: AppArgs, scaling: ScalingArgs) -> VersionOptions:
         max_load_retries=args.max_load_retries,
         load_retry_interval_s=args.load_retry_interval_s,
         check_method_name=args.enable_signature_method_name_check,
+        object_store_cache_max_mb=args.object_store_cache_max_mb,
     )
 
 

@@ -143,6 +143,10 @@ class RequestLogArgs(BaseModel):
     max_pending: int = Field(default=1000, ge=1)
     """Records waiting for the writer thread; beyond, a record is dropped (and counted), so a
     slow or full disk never slows or fails a request."""
+    max_pending_bytes: int = Field(default=64 << 20, ge=0)
+    """Bytes the records waiting for the writer thread may hold (each its request and
+    response); beyond, a record is dropped (and counted), so a burst of large requests pins
+    no more memory than this per model and process."""
 
 
 class ModelArgs(BaseModel):
@@ -301,6 +305,18 @@ class AppArgs(BaseModel):
         default=30000, ge=0
     )
     """Deadline of a REST request."""
+    request_log_allowed_dirs: Annotated[Strings, Flag("request_log_allowed_dirs")] = []
+    """Directories a reloaded config's request logs may be written under, besides those of
+    the startup config's request logs (``--request_log_allowed_dirs=/var/log/a,/var/log/b``):
+    a ReloadConfig, or a re-read config file, whose ``logging_config`` puts a
+    ``filename_prefix`` elsewhere (symlinks and ``..`` followed) is INVALID_ARGUMENT. At
+    startup this becomes the resolved list, the startup config's directories included."""
+    object_store_cache_max_mb: Annotated[int, Flag("object_store_cache_max_mb")] = Field(
+        default=10240, ge=0
+    )
+    """Size bound of each node's cache of versions downloaded from an object store
+    (``serve_app.store``): beyond it, the least recently used versions no process of the node
+    holds are deleted."""
     prometheus_path: str | None = None
     """Serve Prometheus metrics at this HTTP path (from ``--monitoring_config_file``)."""
 

@@ -49,6 +49,8 @@ class VersionOptions(_Config):
     """Seconds between load attempts (``--load_retry_interval_micros``)."""
     check_method_name: bool
     """Predict refuses a signature of another method (``--enable_signature_method_name_check``)."""
+    object_store_cache_max_mb: int
+    """Size bound of the node's cache of object-store versions (``--object_store_cache_max_mb``)."""
 
 
 class VersionConfig(_Config):
