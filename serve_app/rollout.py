@@ -25,7 +25,7 @@ from compat import model_config
 from compat.errors import InvalidArgument, NotFound, ServingError, StatusCode
 from compat.protos import get_model_status_pb2, model_management_pb2, status_pb2
 from compat.routing import ModelRoutes
-from serve_app import repository, store
+from serve_app import repository, request_log, store
 from serve_app.applier import Applier, Builder
 from serve_app.args import AppArgs, ModelArgs, models_from_config
 from serve_app.calls import ModelReply, parse_request
@@ -94,6 +94,7 @@ class VersionManager:
         assert self.args.model_config_file
         try:
             models = models_from_config(model_config.read_file(self.args.model_config_file))
+            models = request_log.confine(models, self.args.request_log_allowed_dirs)
         except ServingError as e:
             logger.warning("Ignoring model config file: %s", e.message)
             return
@@ -308,6 +309,7 @@ class VersionManager:
                     "ModelConfigList is currently supported"
                 )
             models = models_from_config(request.config)
+            models = request_log.confine(models, self.args.request_log_allowed_dirs)
             for m in models:
                 if not os.path.isdir(m.base_path):
                     raise InvalidArgument(f"Model base path {m.base_path} does not exist")

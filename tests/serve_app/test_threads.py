@@ -19,6 +19,7 @@ def options(**session: int) -> VersionOptions:
         max_load_retries=0,
         load_retry_interval_s=0.0,
         check_method_name=False,
+        object_store_cache_max_mb=10240,
     )
 
 
