@@ -180,6 +180,7 @@ def server(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
             f"--model_config_file={config}",
             f"--ssl_config_file={ssl_config(root / 'ssl.config', pki, client_verify=True)}",
             "--file_system_poll_wait_seconds=1",
+            "--model_config_file_poll_wait_seconds=1",
             "--serving_replicas=1",
             f"--monitoring_config_file={TESTDATA / 'monitoring_config.txt'}",
         )
@@ -482,6 +483,32 @@ def test_a_reload_may_not_put_request_logs_outside_the_allowed_directories(
     with grpc_channel(server.port, pki.ca, pki.client) as channel:
         assert predict(channel, "half_plus_two") == 3.0  # logged where it was
         assert predict(channel, "warm") == 3.0
+    time.sleep(1.0)  # a record would be written off the request path
+    assert not any(elsewhere.iterdir())
+
+
+def test_a_re_read_config_file_may_not_put_request_logs_elsewhere_either(
+    server: Server, pki: Pki
+) -> None:
+    """The config file, re-read every second here, is ignored with the reason logged while it
+    logs outside the allowed directories; the served models stay as they were."""
+    root = server.logs.parent
+    config = root / "models.config"
+    elsewhere = root / "elsewhere-polled"
+    elsewhere.mkdir(exist_ok=True)
+    original = config.read_text()
+    prefix = f"{elsewhere}/hpt"
+    why = f"request log filename_prefix {prefix!r} is in {elsewhere}, outside the directories"
+    config.write_text(original.replace(f"{server.logs}/all/hpt", prefix))
+    try:
+        deadline = time.monotonic() + 30
+        while not any(why in line for line in server.cli.lines):
+            assert time.monotonic() < deadline, server.cli.output[-3000:]
+            time.sleep(0.2)
+        with grpc_channel(server.port, pki.ca, pki.client) as channel:
+            assert predict(channel, "half_plus_two") == 3.0
+    finally:
+        config.write_text(original)
     time.sleep(1.0)  # a record would be written off the request path
     assert not any(elsewhere.iterdir())
 
