@@ -144,14 +144,20 @@ def finish_predict(call: PredictCall, model: str, version: int) -> predict_pb2.P
     return response
 
 
-def predict_response_bytes(call: PredictCall, model: str, version: int) -> bytes:
+def predict_response_bytes(
+    call: PredictCall, model: str, version: int, *, tensor_content: bool = False
+) -> bytes:
     """``finish_predict``'s response serialized, written field by field (``tensor_bytes`` for
-    each output), as the gRPC Predict answers it: one encoding of the outputs, no message."""
+    each output), as the gRPC Predict answers it: one encoding of the outputs, no message.
+    ``tensor_content``: numeric outputs as raw bytes
+    (``--enable_serialization_as_tensor_content``)."""
     spec = _string(1, model) + length_delimited(2, b"\x08" + varint(version) if version else b"")
     spec += _string(3, call.signature_name)
     entries = [
         length_delimited(
-            1, _string(1, alias) + length_delimited(2, tensor_bytes(call.outputs[alias]))
+            1,
+            _string(1, alias)
+            + length_delimited(2, tensor_bytes(call.outputs[alias], tensor_content=tensor_content)),
         )
         for alias in call.output_aliases
     ]

@@ -38,6 +38,35 @@ class SessionOptions:
     allow_gpu: bool = True
     tags: Sequence[str] = (SERVE_TAG,)
     """The MetaGraph to load: the one tagged with exactly these (``--saved_model_tags``)."""
+    config_text: str = ""
+    """ConfigProto text the knobs above apply over (``--tensorflow_session_config_file``)."""
+    mixed_precision: str = ""
+    """``bfloat16``: TF's oneDNN bfloat16 auto mixed precision rewrite (``--mixed_precision``)."""
+
+
+def session_config(options: SessionOptions) -> Any:
+    """The session's ConfigProto: ``config_text``'s, with the thread knobs set (0 keeps the
+    text's) and the GPU memory knobs, as TF Serving applies its flags over its session config
+    file."""
+    from google.protobuf import text_format
+    from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+
+    config = text_format.Parse(options.config_text, config_pb2.ConfigProto())
+    if options.intra_op_parallelism:
+        config.intra_op_parallelism_threads = options.intra_op_parallelism
+    if options.inter_op_parallelism:
+        config.inter_op_parallelism_threads = options.inter_op_parallelism
+    config.allow_soft_placement = True
+    if options.per_process_gpu_memory_fraction > 0:
+        config.gpu_options.per_process_gpu_memory_fraction = options.per_process_gpu_memory_fraction
+    elif not config.gpu_options.per_process_gpu_memory_fraction:
+        config.gpu_options.allow_growth = True
+    if not options.allow_gpu:
+        config.device_count["GPU"] = 0
+    if options.mixed_precision == "bfloat16":
+        rewrite = config.graph_options.rewrite_options
+        rewrite.auto_mixed_precision_onednn_bfloat16 = rewriter_config_pb2.RewriterConfig.ON
+    return config
 
 
 def usable_cores() -> int:
@@ -81,19 +110,7 @@ class Servable:
         """The loaded MetaGraph's tags."""
         self.meta_graph = read_meta_graph(self.path, self.tags)
         self.signatures: dict[str, Signature] = signatures_of(self.meta_graph)
-        config = tf.compat.v1.ConfigProto(
-            intra_op_parallelism_threads=options.intra_op_parallelism,
-            inter_op_parallelism_threads=options.inter_op_parallelism,
-            allow_soft_placement=True,
-        )
-        if options.per_process_gpu_memory_fraction > 0:
-            config.gpu_options.per_process_gpu_memory_fraction = (
-                options.per_process_gpu_memory_fraction
-            )
-        else:
-            config.gpu_options.allow_growth = True
-        if not options.allow_gpu:
-            config.device_count["GPU"] = 0
+        config = session_config(options)
         self._graph = tf.Graph()
         self._session = tf.compat.v1.Session(graph=self._graph, config=config)
         try:

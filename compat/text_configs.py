@@ -136,6 +136,30 @@ def read_batching_parameters(path: str | Path) -> dict[str, Any]:
     return knobs
 
 
+BATCHING_PARAMS_FILE = "batching_params.pbtxt"
+"""A version's own BatchingParameters, in its SavedModel directory
+(``--enable_per_model_batching_parameters``)."""
+
+
+def read_session_config(path: str | Path) -> str:
+    """A TF ConfigProto text file (``--tensorflow_session_config_file``) -> its text, checked:
+    a file that does not parse fails startup with TF Serving's message."""
+    from tensorflow.core.protobuf import config_pb2
+
+    _parse(path, config_pb2.ConfigProto, "session config")
+    return Path(path).read_text()
+
+
+def session_threads(text: str) -> tuple[int, int]:
+    """The (intra-op, inter-op) threads a ConfigProto text sets; 0 where it sets none."""
+    if not text:
+        return 0, 0
+    from tensorflow.core.protobuf import config_pb2
+
+    config = text_format.Parse(text, config_pb2.ConfigProto())
+    return config.intra_op_parallelism_threads, config.inter_op_parallelism_threads
+
+
 def read_prometheus_path(path: str | Path) -> str | None:
     """MonitoringConfig text -> the metrics path, or None when Prometheus export is off."""
     config = _parse(path, MonitoringConfig, "monitoring config")

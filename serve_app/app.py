@@ -56,13 +56,20 @@ def _version(*parts: Any) -> str:
 
 
 def _version_options(args: AppArgs, scaling: ScalingArgs) -> VersionOptions:
-    """How each version loads (``ModelVersion``'s keyword arguments)."""
+    """How each version loads (``ModelVersion``'s keyword arguments). The session config
+    file's threads count where the flags leave them at 0 (they are the node's, then shared out
+    as the flags' are)."""
+    from compat.text_configs import session_threads
+
+    intra, inter = session_threads(args.session_config)
     session = SessionConfig(
-        intra_op_parallelism=args.intra_op_parallelism,
-        inter_op_parallelism=args.inter_op_parallelism,
+        intra_op_parallelism=args.intra_op_parallelism or intra,
+        inter_op_parallelism=args.inter_op_parallelism or inter,
         per_process_gpu_memory_fraction=args.per_process_gpu_memory_fraction,
         allow_gpu=scaling.accelerator != "cpu",
         tags=args.saved_model_tags,
+        config_text=args.session_config,
+        mixed_precision=args.mixed_precision,
     )
     return VersionOptions(
         session=session,
@@ -70,6 +77,9 @@ def _version_options(args: AppArgs, scaling: ScalingArgs) -> VersionOptions:
         max_load_retries=args.max_load_retries,
         load_retry_interval_s=args.load_retry_interval_s,
         check_method_name=args.enable_signature_method_name_check,
+        warmup_iterations=args.num_request_iterations_for_warmup,
+        tensor_content=args.enable_serialization_as_tensor_content,
+        per_model_batching=args.enable_per_model_batching_parameters,
         object_store_cache_max_mb=args.object_store_cache_max_mb,
     )
 
@@ -206,6 +216,8 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
         routing=plan.routing,
         rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
         prometheus_path=args.prometheus_path,
+        num_load_threads=args.num_load_threads,
+        cors=args.rest_api_enable_cors_support,
     )
     actor_options: dict[str, Any] = {"num_cpus": args.serving_num_cpus}
     local_options = None

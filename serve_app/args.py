@@ -74,9 +74,10 @@ class BatchingArgs(BaseModel):
     max_enqueued_batches: int = Field(default=100, ge=1)
     """Queue bound in batches; a request that needs one more is refused with UNAVAILABLE."""
     num_batch_threads: int = Field(default=0, ge=0)
-    """Batches run concurrently per replica (TF Serving's batch threads). 0: as many as the
-    replica has TF intra-op threads, which in a serving replica is its share of the node's
-    cores (TF Serving's default is every core, for its one process)."""
+    """Batches run concurrently on the node (TF Serving's batch threads, for its one process),
+    shared out between the serving replicas, at least one each (``share_threads``). 0: as
+    many as a replica has TF intra-op threads, its share of the node's cores (TF Serving's
+    default is every core). A model in deployments of its own runs this many per replica."""
     allowed_batch_sizes: Ints = []
     """If set, a batch is padded up to the next allowed size (last == max_batch_size)."""
     pad_variable_length_inputs: bool = False
@@ -143,10 +144,6 @@ class RequestLogArgs(BaseModel):
     max_pending: int = Field(default=1000, ge=1)
     """Records waiting for the writer thread; beyond, a record is dropped (and counted), so a
     slow or full disk never slows or fails a request."""
-    max_pending_bytes: int = Field(default=64 << 20, ge=0)
-    """Bytes the records waiting for the writer thread may hold (each its request and
-    response); beyond, a record is dropped (and counted), so a burst of large requests pins
-    no more memory than this per model and process."""
 
 
 class ModelArgs(BaseModel):
@@ -204,9 +201,10 @@ class AppArgs(BaseModel):
     larger REST body (or a gzip body that inflates beyond it) is 413, each with a message that
     says so. TF Serving's own limit (INT_MAX) by default."""
     grpc_health_service: Annotated[bool, Flag("enable_grpc_healthcheck_service")] = True
-    """Serve ``grpc.health.v1.Health`` on the gRPC port (``--enable_grpc_healthcheck_service``;
-    on here by default, off in TF Serving); it says SERVING once every model's newest version
-    is AVAILABLE, NOT_SERVING before and while draining."""
+    """Serve ``grpc.health.v1.Health`` on the gRPC port: on by default here (off in TF Serving),
+    since the gRPC probes of Kubernetes and load balancers ask it and a client that does not
+    call it pays nothing. It says SERVING once every model's newest version is AVAILABLE,
+    NOT_SERVING before and while draining."""
     ssl_config_file: Annotated[str | None, Flag("ssl_config_file")] = None
     """TF Serving's SSLConfig text file (``--ssl_config_file``): the gRPC and the REST port
     then speak TLS only (mutual TLS with ``client_verify``), and refuse plaintext. Every serving
@@ -254,13 +252,26 @@ class AppArgs(BaseModel):
     ] = False
     """Refuse signatures whose method_name does not fit the RPC (TF Serving's flag, off)."""
     max_load_retries: Annotated[int, Flag("max_num_load_retries")] = Field(default=2, ge=0)
-    """Extra attempts to load a version that failed before it is given up (END with error)."""
+    """Extra attempts to load a version that failed before it is given up (END with error): 2
+    here, 5 in TF Serving, whose retries wait a minute each (``load_retry_interval_micros``)
+    and hold a startup 5 minutes for a version that cannot load. Here retries follow at
+    once, so a bad version fails startup in seconds; one whose directory then changes is
+    loaded again at the next poll, which covers what TF Serving's slow retries wait for."""
     load_retry_interval_s: Annotated[float, Flag("load_retry_interval_micros", scale=1e-6)] = Field(
         default=0.0, ge=0
     )
-    """The wait between two attempts to load a version (``--load_retry_interval_micros``).
-    0, at once, by default: TF Serving waits a minute, with 5 retries, before a version that
-    cannot load is given up; here ``max_load_retries`` (2) attempts follow at once."""
+    """The wait between two attempts to load a version: none by default here (TF Serving: a
+    minute), see ``max_load_retries``; ``--load_retry_interval_micros=60000000`` with
+    ``--max_num_load_retries=5`` is TF Serving's behaviour."""
+    load_probe_timeout_s: Annotated[float, Flag("load_probe_timeout_seconds")] = Field(
+        default=600.0, ge=0
+    )
+    """A new version first loads (and warms up) in a process of its own, and only then in the
+    serving replicas: one whose load crashes, runs out of memory or is not done within this
+    many seconds is END with the reason and never reaches them (ours; 0: no probe)."""
+    load_probe_memory_mb: Annotated[int, Flag("load_probe_memory_mb")] = Field(default=0, ge=0)
+    """The memory a new version's probe may take beyond TF's own (ours; 0: the node's available
+    memory divided by the serving replicas, each of which would hold a copy)."""
     batching: BatchingArgs = BatchingArgs()
     """Dynamic batching knobs."""
     scaling: ScalingArgs = ScalingArgs()
@@ -289,14 +300,16 @@ class AppArgs(BaseModel):
     intra_op_parallelism: Annotated[int, Flag("tensorflow_intra_op_parallelism")] = Field(
         default=0, ge=0
     )
-    """TF intra-op threads per replica (0: the node's cores shared out between the serving
-    replicas, at least one each; TF's own default would give every process every core)."""
+    """TF intra-op threads of the node, as TF Serving's one process takes them, shared out
+    between the serving replicas, at least one each (0: the node's cores so shared; TF's own
+    default would give every process every core). A model in deployments of its own takes
+    this many per replica."""
     inter_op_parallelism: Annotated[int, Flag("tensorflow_inter_op_parallelism")] = 0
-    """TF inter-op threads per replica. Negative: every op runs in the thread that runs the model,
-    as TF takes it. 0: in a serving replica without a GPU, its intra-op threads, and with one
-    intra-op thread its ops run in the calling thread (no thread hand-off per op: DeepLab with
-    batching 309 -> 349 req/s on 2 cores) and it starts one model run at a time outside
-    batching; elsewhere TF's default."""
+    """TF inter-op threads of the node, shared out as ``intra_op_parallelism``. Negative: every
+    op runs in the thread that runs the model, as TF takes it. 0: in a serving replica without
+    a GPU, its intra-op threads, and with one intra-op thread its ops run in the calling thread
+    (no thread hand-off per op: DeepLab with batching 309 -> 349 req/s on 2 cores) and it
+    starts one model run at a time outside batching; elsewhere TF's default."""
     per_process_gpu_memory_fraction: Annotated[float, Flag("per_process_gpu_memory_fraction")] = (
         Field(default=0.0, ge=0, le=1)
     )
@@ -306,19 +319,70 @@ class AppArgs(BaseModel):
     )
     """Deadline of a REST request."""
     request_log_allowed_dirs: Annotated[Strings, Flag("request_log_allowed_dirs")] = []
-    """Directories a reloaded config's request logs may be written under, besides those of
-    the startup config's request logs (``--request_log_allowed_dirs=/var/log/a,/var/log/b``):
-    a ReloadConfig, or a re-read config file, whose ``logging_config`` puts a
-    ``filename_prefix`` elsewhere (symlinks and ``..`` followed) is INVALID_ARGUMENT. At
-    startup this becomes the resolved list, the startup config's directories included."""
-    object_store_cache_max_mb: Annotated[int, Flag("object_store_cache_max_mb")] = Field(
-        default=10240, ge=0
+    """Directories a reloaded config's request logs may go under, besides the startup config's
+    (``launch.resolve_models`` adds those, resolved); elsewhere a reload is INVALID_ARGUMENT."""
+    object_store_cache_max_mb: Annotated[int, Flag("object_store_cache_max_mb"), Field(ge=0)] = (
+        10240
     )
-    """Size bound of each node's cache of versions downloaded from an object store
-    (``serve_app.store``): beyond it, the least recently used versions no process of the node
-    holds are deleted."""
+    """Size bound of each node's object-store cache (``serve_app.cache``): beyond it, the least
+    recently used versions no process of the node serves are deleted."""
     prometheus_path: str | None = None
     """Serve Prometheus metrics at this HTTP path (from ``--monitoring_config_file``)."""
+
+    # --- TF Serving 2.20's flags of model loading and serving options (issue 25) -------------
+    allow_version_labels_for_unavailable_models: Annotated[
+        bool, Flag("allow_version_labels_for_unavailable_models")
+    ] = False
+    """A reload may give a label that names no version yet a version not yet AVAILABLE, as TF
+    Serving's flag allows; a label that already names a version still moves only to an
+    AVAILABLE one. Labels in the startup config are always accepted once their versions load."""
+    enable_per_model_batching_parameters: Annotated[
+        bool, Flag("enable_per_model_batching_parameters")
+    ] = False
+    """With batching on, a version's ``batching_params.pbtxt`` (a BatchingParameters text file
+    in its SavedModel directory) sets that version's batching, as in TF Serving; only
+    ``num_batch_threads`` still comes from the server's. A version without one uses the
+    server's batching; a file that does not parse fails the version's load."""
+    tensorflow_session_config_file: Annotated[
+        str | None, Flag("tensorflow_session_config_file")
+    ] = None
+    """A TF ConfigProto text file applied to every version's session, as in TF Serving; the
+    thread and GPU memory flags, where set, win over it. Read once, at startup (its text is
+    ``session_config``)."""
+    session_config: str = ""
+    """The ConfigProto text of ``tensorflow_session_config_file``, filled from it at startup."""
+    num_load_threads: Annotated[int, Flag("num_load_threads")] = Field(default=0, ge=0)
+    """Versions a serving replica loads at once (TF Serving's load thread pool); 0, as there,
+    one at a time. Models in deployments of their own load in their own processes anyway."""
+    num_request_iterations_for_warmup: Annotated[int, Flag("num_request_iterations_for_warmup")] = (
+        Field(default=0, ge=0)
+    )
+    """How many times each warmup record is replayed (TF Serving's flag; 0 or 1: once)."""
+    rest_api_enable_cors_support: Annotated[bool, Flag("rest_api_enable_cors_support")] = False
+    """Add TF Serving's CORS headers to every REST API answer and answer a preflight
+    ``OPTIONS`` (``Access-Control-Allow-Origin: *``, ``-Methods: POST, GET``, ``-Headers:
+    Content-Type``)."""
+    enable_serialization_as_tensor_content: Annotated[
+        bool, Flag("enable_serialization_as_tensor_content")
+    ] = False
+    """gRPC Predict answers numeric outputs in ``tensor_content`` (raw bytes) rather than the
+    typed ``*_val`` fields, as TF Serving's flag does; string outputs stay in ``string_val``."""
+    mixed_precision: Annotated[Literal["", "bfloat16"], Flag("mixed_precision")] = ""
+    """``bfloat16``: TF's oneDNN bfloat16 auto mixed precision rewrite on every session, as TF
+    Serving's flag sets it; TF applies it only on a CPU with bfloat16 instructions
+    (``avx512_bf16``, ``amx_bf16``), and the command line warns when this one has none."""
+
+    @model_validator(mode="after")
+    def _read_session_config(self) -> AppArgs:
+        if self.tensorflow_session_config_file and not self.session_config:
+            from compat.errors import ServingError
+            from compat.text_configs import read_session_config
+
+            try:
+                self.session_config = read_session_config(self.tensorflow_session_config_file)
+            except ServingError as e:
+                raise ValueError(e.message) from None
+        return self
 
     @field_validator("grpc_channel_arguments", mode="before")
     @classmethod

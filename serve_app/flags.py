@@ -34,9 +34,13 @@ NO_EFFECT = {
     "rest_api_num_threads": "uvicorn serves every request on the replica's event loop",
     "remove_unused_fields_from_bundle_metagraph": "a memory saving of TF Serving's loader",
     "flush_filesystem_caches": "a memory saving of TF Serving's loader",
-    # Labels named in the startup config are accepted once their versions load (as with this
-    # flag set); a reload may still only label AVAILABLE versions.
-    "allow_version_labels_for_unavailable_models": "labels in the startup config always are",
+    "num_unload_threads": "a version is unloaded once its last call ends, on no thread pool",
+    "num_tflite_pools": "no TFLite interpreter pools: TFLite models are not served",
+    "num_tflite_interpreters_per_pool": "no TFLite interpreter pools: TFLite models are not served",
+    "thread_pool_factory_config_file": (
+        "TF's ops run on each session's own pools (--tensorflow_*_parallelism)"
+    ),
+    "skip_initialize_tpu": "no TPU is initialized here",
 }
 
 #: TF Serving flags asking for what is not served here: (the values that ask for nothing we
@@ -45,10 +49,28 @@ NO_EFFECT = {
 #: refused at startup with the reason, rather than silently serving something else.
 REFUSED: dict[str, tuple[tuple[str, ...], str]] = {
     "platform_config_file": (("",), "platform configs are not read; use the flags"),
-    "use_tflite_model": (("false",), "TFLite models are not served"),
+    "prefer_tflite_model": (("false",), "TFLite models are not served"),
+    "use_tflite_model": (("false",), "TFLite models are not served (TF Serving's older name)"),
     "xla_cpu_compilation_enabled": (("false",), "XLA JIT compilation is not enabled here"),
+    "xla_gpu_compilation_enabled": (("false",), "XLA JIT compilation is not enabled here"),
     "enable_profiler": (("false",), "no ProfilerService is served"),
+    "use_alts_credentials": (
+        ("false",),
+        "ALTS (Google's internal transport security) is not served; use --ssl_config_file",
+    ),
 }
+
+#: TF Serving's boolean flags among ``NO_EFFECT`` and ``REFUSED``: like the boolean fields'
+#: flags, they take TF's syntax (``--flag``, ``--flag=true``, ``--flag=false``, ``--flag=1``,
+#: ``--flag=0``) and ``--noflag``.
+BOOLEAN = frozenset(
+    {
+        "remove_unused_fields_from_bundle_metagraph",
+        "flush_filesystem_caches",
+        "skip_initialize_tpu",
+        *(name for name, (accepted, _) in REFUSED.items() if accepted == ("false",)),
+    }
+)
 
 
 class LaunchArgs(BaseModel):
@@ -76,12 +98,30 @@ class LaunchArgs(BaseModel):
 
 
 def _bool(text: str) -> bool:
+    """TF's parser (``command_line_flags.cc``) takes true/false (any case) and 1/0."""
     lowered = text.lower()
     if lowered in ("true", "1", "yes"):
         return True
     if lowered in ("false", "0", "no"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _bool_text(text: str) -> str:
+    """A boolean flag without a field: ``true`` or ``false``, as ``REFUSED`` compares them."""
+    return "true" if _bool(text) else "false"
+
+
+def _add_negation(p: argparse.ArgumentParser, name: str, false: Any) -> None:
+    """``--no<name>`` sets the boolean flag ``--<name>`` false (hidden from --help)."""
+    p.add_argument(
+        f"--no{name}",
+        dest=name,
+        action="store_const",
+        const=false,
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+    )
 
 
 def _flag(info: FieldInfo) -> Flag | None:
@@ -133,6 +173,8 @@ def _add(p: argparse.ArgumentParser, info: FieldInfo, flag: Flag) -> None:
     elif kind in (int, float):
         options["type"] = kind
     p.add_argument(f"--{flag.name}", **options)
+    if kind is bool:
+        _add_negation(p, flag.name, False)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -156,7 +198,18 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="store_true", help="print the version and exit")
     for name in (*NO_EFFECT, *REFUSED):
-        p.add_argument(f"--{name}", default=None, help=argparse.SUPPRESS)
+        if name in BOOLEAN:
+            p.add_argument(
+                f"--{name}",
+                default=None,
+                type=_bool_text,
+                nargs="?",
+                const="true",
+                help=argparse.SUPPRESS,
+            )
+            _add_negation(p, name, "false")
+        else:
+            p.add_argument(f"--{name}", default=None, help=argparse.SUPPRESS)
     return p
 
 
@@ -174,21 +227,41 @@ def refused_flags(ns: argparse.Namespace) -> list[str]:
         value = getattr(ns, name)
         if value is None:
             continue
-        normal = value.strip()
-        if accepted == ("false",):  # a boolean flag
-            normal = {"1": "true", "yes": "true", "0": "false", "no": "false"}.get(
-                normal.lower(), normal.lower()
-            )
-        if normal not in accepted:
+        if value.strip() not in accepted:  # a boolean's value is already true or false
             refused.append(f"--{name}={value}: {why}")
     return refused
 
 
 def warn_no_effect(ns: argparse.Namespace) -> None:
-    """One line naming the tuning flags given that have no effect here, and why."""
-    given = [f"--{name} ({why})" for name, why in NO_EFFECT.items() if getattr(ns, name)]
+    """One line naming the tuning flags given that have no effect here, and why; one line
+    for a flag whose effect this machine or the other flags rule out."""
+    given = [
+        f"--{name} ({why})" for name, why in NO_EFFECT.items() if getattr(ns, name) is not None
+    ]
     if given:
         print(f"ray-tfserving: no effect here: {'; '.join(given)}", file=sys.stderr)
+    if ns.enable_per_model_batching_parameters and not ns.enable_batching:
+        print(
+            "ray-tfserving: --enable_per_model_batching_parameters without --enable_batching: "
+            "no batching, so no batching_params.pbtxt is read",
+            file=sys.stderr,
+        )
+    if ns.mixed_precision == "bfloat16" and not cpu_has_bfloat16():
+        print(
+            "ray-tfserving: --mixed_precision=bfloat16: this CPU has no bfloat16 instructions "
+            "(avx512_bf16, amx_bf16); TF keeps float32 here",
+            file=sys.stderr,
+        )
+
+
+def cpu_has_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has the bfloat16 instructions TF's oneDNN rewrite needs (Linux's
+    /proc/cpuinfo flags; elsewhere, unknown: False)."""
+    try:
+        words = set(Path(cpuinfo).read_text().split())
+    except OSError:
+        return False
+    return bool(words & {"avx512_bf16", "amx_bf16"})
 
 
 def to_app_args(ns: argparse.Namespace) -> AppArgs:

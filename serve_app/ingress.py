@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import ray
@@ -78,6 +79,8 @@ class Ingress:
         self._v2 = OpenInference(self)
         self.prometheus_path: str | None = None
         self.rest_timeout_s: float | None = 30.0
+        self.cors = False
+        """TF Serving's CORS headers on REST answers (``--rest_api_enable_cors_support``)."""
         self._local_options = _share_cores(
             local_options,
             listen.replicas if listen else 1,
@@ -102,7 +105,9 @@ class Ingress:
         The first time, the client ports are bound only once the versions are loaded."""
         config = IngressConfig.model_validate(user_config)
         if self._local_options is not None:
-            await self._load_local(config.local, config.versions or VersionConfig())
+            versions = config.versions or VersionConfig()
+            await self._load_local(config.local, versions, config.num_load_threads)
+        self.cors = config.cors
         self._table = config.routing
         self.rest_timeout_s = config.rest_api_timeout_in_ms / 1000 or None
         self.prometheus_path = config.prometheus_path
@@ -150,14 +155,27 @@ class Ingress:
             await asyncio.sleep(REPORT_INTERVAL_S)
             await self._report()
 
-    async def _load_local(self, wanted: dict[str, LocalVersion], config: VersionConfig) -> None:
+    async def _load_local(
+        self, wanted: dict[str, LocalVersion], config: VersionConfig, load_threads: int = 0
+    ) -> None:
+        """Load the versions not held yet, ``load_threads`` at once (``--num_load_threads``;
+        0, as TF Serving's, one at a time), then give every version the batching knobs, their
+        thread counts this replica's share of the node's."""
         assert self._local_options is not None
         options = dict(self._local_options)  # its fields, the session still a SessionConfig
-        for target, v in wanted.items():
-            if target not in self._local:
-                self._local[target] = await asyncio.to_thread(
-                    ModelVersion, v.model, v.version, v.path, **options
-                )
+        new = {t: v for t, v in wanted.items() if t not in self._local}
+
+        def load(target: str) -> ModelVersion:
+            v = new[target]
+            return ModelVersion(v.model, v.version, v.path, **options)
+
+        self._local.update(await load_all(list(new), load, load_threads))
+        replicas = self._listen.replicas if self._listen else 1
+        batching = config.batching
+        threads = share_threads(batching.num_batch_threads, replicas)
+        config = config.model_copy(
+            update={"batching": batching.model_copy(update={"num_batch_threads": threads})}
+        )
         for local in self._local.values():
             local.reconfigure(config)
 
@@ -311,7 +329,9 @@ class Ingress:
 
 
 def _share_cores(options: VersionOptions | None, replicas: int, gpu: bool) -> VersionOptions | None:
-    """TF's threads in a serving replica, from what the arguments leave at 0.
+    """TF's threads in a serving replica: the arguments' are the node's (TF Serving's, for its
+    one process), so a replica takes its share (``share_threads``), and what they leave at 0
+    is filled in.
 
     ``intra_op_parallelism`` 0 (TF's default: every core, right for one process) becomes this
     replica's share of the node's cores: the serving replicas each run their own TF, and each
@@ -328,15 +348,32 @@ def _share_cores(options: VersionOptions | None, replicas: int, gpu: bool) -> Ve
     if options is None:
         return None
     session = options.session
-    update: dict[str, int] = {}
-    if not session.intra_op_parallelism:
-        update["intra_op_parallelism"] = max(1, usable_cores() // replicas)
-    threads = update.get("intra_op_parallelism", session.intra_op_parallelism)
-    if not session.inter_op_parallelism and not gpu:
-        update["inter_op_parallelism"] = INLINE_OPS if threads == 1 else threads
-    if not update:
-        return options
+    threads = share_threads(session.intra_op_parallelism or usable_cores(), replicas)
+    inter = share_threads(session.inter_op_parallelism, replicas)
+    if not inter and not gpu:
+        inter = INLINE_OPS if threads == 1 else threads
+    update = {"intra_op_parallelism": threads, "inter_op_parallelism": inter}
     return options.model_copy(update={"session": session.model_copy(update=update)})
+
+
+def share_threads(count: int, replicas: int) -> int:
+    """A replica's share of ``count`` threads of the node (TF Serving's thread flags, for its
+    one process): an equal part, at least one; 0 and negative counts (TF's defaults and
+    markers) are kept."""
+    return max(1, count // replicas) if count > 0 else count
+
+
+async def load_all(
+    targets: list[str], load: Callable[[str], ModelVersion], threads: int
+) -> dict[str, ModelVersion]:
+    """``load`` each target off the event loop, ``threads`` at once (0: one at a time)."""
+    gate = asyncio.Semaphore(max(1, threads))
+
+    async def one(target: str) -> ModelVersion:
+        async with gate:
+            return await asyncio.to_thread(load, target)
+
+    return dict(zip(targets, await asyncio.gather(*map(one, targets)), strict=True))
 
 
 def _tls(ssl_config_file: str | None) -> Any:

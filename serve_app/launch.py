@@ -14,6 +14,7 @@ from typing import Any
 from serve_app.args import APP_NAME, AppArgs, ModelArgs
 from serve_app.plan import Plan
 from serve_app.repository import ModelPathError, aspired_versions, check_model_path, scan_versions
+from serve_app.store import ScanError
 
 logger = logging.getLogger("ray.serve")
 
@@ -68,7 +69,10 @@ def initial_plan(args: AppArgs) -> Plan:
 
     plan = Plan()
     for m in args.models:
-        aspired = aspired_versions(scan_versions(m.base_path), m.version_policy)
+        try:
+            aspired = aspired_versions(scan_versions(m.base_path), m.version_policy)
+        except ScanError:  # gone since it was checked: the version manager's polls find it
+            continue
         if not aspired:
             continue
         plan.deployed[m.name] = {v: str(p) for v, p in aspired.items()}

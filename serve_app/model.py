@@ -54,6 +54,23 @@ def runs_at_once(session: SessionConfig) -> int:
     return session.intra_op_parallelism or usable_cores()
 
 
+def own_batching(path: str) -> BatchingArgs | None:
+    """The version's ``batching_params.pbtxt`` (TF Serving's per-model batching parameters),
+    unset fields at TF Serving's defaults; None without one. A file that does not parse fails
+    the load with TF Serving's message."""
+    from pathlib import Path
+
+    from compat.text_configs import BATCHING_PARAMS_FILE, read_batching_parameters
+
+    file = Path(path) / BATCHING_PARAMS_FILE
+    if not file.is_file():
+        return None
+    try:
+        return BatchingArgs.model_validate(read_batching_parameters(file))
+    except ValueError as e:  # e.g. allowed_batch_sizes not ending at max_batch_size
+        raise InvalidArgument(f"Invalid batching parameters in {file}: {e}") from None
+
+
 @dataclass(frozen=True)
 class LoadState:
     """What the version manager needs to know about a replica's load."""
@@ -68,6 +85,10 @@ class LoadState:
 class ModelVersion:
     """Serves one (model, version): ``call`` takes a ``ModelCall`` and answers a ``ModelReply``."""
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> ModelVersion:
+        freeze_once()  # before this object exists: frozen, it would pin its version for good
+        return super().__new__(cls)
+
     def __init__(
         self,
         model: str,
@@ -78,12 +99,19 @@ class ModelVersion:
         max_load_retries: int = 0,
         load_retry_interval_s: float = 0.0,
         check_method_name: bool = False,
+        warmup_iterations: int = 0,
+        tensor_content: bool = False,
+        per_model_batching: bool = False,
         object_store_cache_max_mb: int = 10240,
     ) -> None:
         session = SessionConfig.model_validate(session)
         self.model = model
         self.version = version
         self.check_method_name = check_method_name
+        self.tensor_content = tensor_content
+        """Predict outputs in ``tensor_content`` (``--enable_serialization_as_tensor_content``)."""
+        self.own_batching: BatchingArgs | None = None
+        """The version's ``batching_params.pbtxt`` (``--enable_per_model_batching_parameters``)."""
         self.servable: Servable | None = None
         self.error: ServingError | None = None
         self._threads = session.intra_op_parallelism or usable_cores()
@@ -111,8 +139,12 @@ class ModelVersion:
                     self._cached = store.fetch(path, max_bytes=object_store_cache_max_mb << 20)
                 local = str(self._cached or path)
                 self.servable = Servable(local, SessionOptions(**session.model_dump()))
+                if per_model_batching:
+                    self.own_batching = own_batching(local)
                 if warmup:
-                    warmed = replay_warmup(self.servable, local, model, version)
+                    warmed = replay_warmup(
+                        self.servable, local, model, version, iterations=max(1, warmup_iterations)
+                    )
                 self.error = None
                 break
             except ServingError as e:
@@ -134,7 +166,6 @@ class ModelVersion:
         self.warmup_records = warmed
         metrics.record_load(model, version, self.servable is not None, self.load_seconds)
         if self.servable is not None:
-            freeze_once()
             logger.info(
                 "Loaded %s version %s in %.2fs%s",
                 model,
@@ -159,7 +190,12 @@ class ModelVersion:
         self._batches.configure(self.batching)
 
     def _resolve(self, knobs: BatchingArgs) -> BatchingArgs:
-        """``num_batch_threads`` 0 made the session's intra-op threads."""
+        """The server's knobs, or with batching on the version's own file's but for the
+        server's ``num_batch_threads`` (TF Serving's shared thread pool); that 0 made the
+        session's intra-op threads."""
+        if knobs.enabled and self.own_batching is not None:
+            threads = knobs.num_batch_threads
+            knobs = self.own_batching.model_copy(update={"num_batch_threads": threads})
         if knobs.num_batch_threads:
             return knobs
         return knobs.model_copy(update={"num_batch_threads": self._threads})
@@ -241,7 +277,9 @@ class ModelVersion:
             return await self._predict_json(servable, call, logged)
         prepared = dataplane.prepare_predict(servable, call.request, self.check_method_name)
         prepared.outputs = await self._run(prepared, call.deadline)
-        payload = dataplane.predict_response_bytes(prepared, self.model, self.version)
+        payload = dataplane.predict_response_bytes(
+            prepared, self.model, self.version, tensor_content=self.tensor_content
+        )
         if not logged:
             return payload, None
         return payload, lambda: (call.request, predict_pb2.PredictResponse.FromString(payload))
@@ -394,10 +432,10 @@ _HANDLERS: dict[Api, Callable[[ModelVersion, ModelCall, bool], Awaitable[Answer]
 
 @functools.cache
 def freeze_once() -> None:
-    """Once a process has loaded its first version: everything alive then (TensorFlow's
-    modules and graph, some 400,000 objects) moves out of the garbage collector's sight
-    (``gc.freeze``). Every collection used to walk them all: a REST body of a 128x128 image
-    parsed nested took 24 ms with them, 4 ms without. Versions loaded later stay collectable,
-    so an unloaded version's cycles are still freed."""
+    """Before a process loads its first version: everything alive then (TensorFlow's modules,
+    some 390,000 objects) moves out of the garbage collector's sight (``gc.freeze``). Every
+    collection used to walk them all: a REST body of a 128x128 image parsed nested took 24 ms
+    with them, 4 ms without. No version is frozen, so an unloaded version's cycles are freed
+    (frozen after its load, the first version's graph stayed in memory for the process's life)."""
     gc.collect()
     gc.freeze()

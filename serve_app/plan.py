@@ -92,13 +92,18 @@ def _canary(
     return Canary(version=version, weight=share)
 
 
-def invalid_labels(models: list[ModelArgs], routing: RoutingTable) -> str:
+def invalid_labels(
+    models: list[ModelArgs], routing: RoutingTable, allow_unavailable: bool = False
+) -> str:
     """TF Serving's message for the first label (``version_labels``) that names a version not
-    AVAILABLE now; "" when every label may be assigned (``ServerCore::ReloadConfig``)."""
+    AVAILABLE now; "" when every label may be assigned (``ServerCore::ReloadConfig``). With
+    ``allow_unavailable`` (``--allow_version_labels_for_unavailable_models``) a label not in
+    use yet, or naming the version it names now, may name any version."""
     for m in models:
-        available = routing.models.get(m.name, ModelRoutes()).versions
-        for v in m.version_labels.values():
-            if v not in available:
+        routes = routing.models.get(m.name, ModelRoutes())
+        for label, v in m.version_labels.items():
+            unused = routes.labels.get(label, v) == v
+            if v not in routes.versions and not (allow_unavailable and unused):
                 return (
                     f"Request to assign label to version {v} of model {m.name}, which is "
                     "not currently available for inference"
@@ -150,6 +155,12 @@ def plan_model(
     """The next steps for ``model``: from its config (version policy, labels), the scan of its
     base path, its deployed versions, their statuses and its routes now. The manager plans
     again, with a new scan, after the loads, and takes ``unload`` and ``relabel`` from that."""
+    # A deployed version whose directory is still there but no longer whole (its files
+    # vanished, a mount half back) keeps serving from memory: only a listing without its
+    # directory unloads it.
+    held = {v: p for v, p in deployed.items() if v in scan.numeric and v not in scan.complete}
+    if held:
+        scan = Scan({**scan.complete, **held}, scan.numeric, scan.stamps)
     wanted = aspired(model, scan, statuses)
     steps = ModelSteps(
         incomplete={

@@ -34,6 +34,10 @@ class SessionConfig(_Config):
     """False: TF sees no GPU (``accelerator=cpu``)."""
     tags: list[str] = [SERVE_TAG]
     """The MetaGraph loaded: the one tagged with exactly these (``--saved_model_tags``)."""
+    config_text: str = ""
+    """ConfigProto text the knobs above apply over (``--tensorflow_session_config_file``)."""
+    mixed_precision: str = ""
+    """``bfloat16``: TF's bfloat16 auto mixed precision rewrite (``--mixed_precision``)."""
 
 
 class VersionOptions(_Config):
@@ -49,6 +53,13 @@ class VersionOptions(_Config):
     """Seconds between load attempts (``--load_retry_interval_micros``)."""
     check_method_name: bool
     """Predict refuses a signature of another method (``--enable_signature_method_name_check``)."""
+    warmup_iterations: int
+    """Times each warmup record is replayed (``--num_request_iterations_for_warmup``; 0: once)."""
+    tensor_content: bool
+    """gRPC Predict outputs in ``tensor_content`` (``--enable_serialization_as_tensor_content``)."""
+    per_model_batching: bool
+    """A version's ``batching_params.pbtxt`` sets its batching
+    (``--enable_per_model_batching_parameters``)."""
     object_store_cache_max_mb: int
     """Size bound of the node's cache of object-store versions (``--object_store_cache_max_mb``)."""
 
@@ -119,3 +130,8 @@ class IngressConfig(_Config):
     """Deployment name -> the co-located version the serving replicas load (colocate only)."""
     versions: VersionConfig | None = None
     """The co-located versions' ``user_config``; None when the replicas hold no model."""
+    num_load_threads: int = 0
+    """Co-located versions loaded at once (``--num_load_threads``); 0: one at a time."""
+    cors: bool = False
+    """TF Serving's CORS headers on REST answers, and preflights answered
+    (``--rest_api_enable_cors_support``)."""

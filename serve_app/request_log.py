@@ -7,7 +7,7 @@ so ``python -m serve_app.warmup_from_logs`` turns logged traffic into a version'
 Off the request path: a request that is sampled puts a closure (which builds its record) on a
 bounded queue and goes on; one writer thread per model and process builds the records and
 writes them. The queue is bounded in records (``max_pending``) and in the bytes its closures
-hold (``max_pending_bytes``, the request and response each pins, from ``held_bytes``): a
+hold (``MAX_PENDING_BYTES``, the request and response each pins, from ``held_bytes``): a
 burst of large requests waits in memory up to that bound, never beyond. A full queue, an
 unwritable directory or a full disk drops records: each drop is
 counted (``ray_tfserving_request_log_records_total{outcome="dropped"}``) and logged at most once
@@ -38,6 +38,9 @@ from serve_app.args import ModelArgs, RequestLogArgs
 
 logger = logging.getLogger("ray.serve")
 
+MAX_PENDING_BYTES = 64 << 20
+"""What the records waiting for a model's writer may hold, per process: beyond, a record is
+dropped (and counted), so a burst of large requests pins no more memory than this."""
 DROP_LOG_INTERVAL_S = 60.0
 """At most one log line per model and this many seconds about dropped records."""
 
@@ -48,9 +51,12 @@ Build = Callable[[], Any]
 class RequestLog:
     """One model's request log in this process."""
 
-    def __init__(self, model: str, args: RequestLogArgs) -> None:
+    def __init__(
+        self, model: str, args: RequestLogArgs, max_pending_bytes: int = MAX_PENDING_BYTES
+    ) -> None:
         self.model = model
         self.args = args
+        self.max_pending_bytes = max_pending_bytes
         self._queue: queue.Queue[tuple[Build, int] | None] = queue.Queue(args.max_pending)
         self._pending_bytes = 0
         """What the queued closures hold, by ``held_bytes``."""
@@ -80,7 +86,7 @@ class RequestLog:
                     )
                     self._thread.start()
         with self._lock:
-            if self._pending_bytes + nbytes > self.args.max_pending_bytes:
+            if self._pending_bytes + nbytes > self.max_pending_bytes:
                 full = True
             else:
                 full = False
@@ -88,7 +94,7 @@ class RequestLog:
         if full:
             self._drop(
                 f"the writer is behind ({self._pending_bytes} bytes of records wait; "
-                f"max_pending_bytes is {self.args.max_pending_bytes}, this record {nbytes})"
+                f"max_pending_bytes is {self.max_pending_bytes}, this record {nbytes})"
             )
             return
         try:

@@ -65,6 +65,15 @@ _INT64_MAX = 2**63 - 1
 _INT32_MAX = 2**31 - 1
 
 
+#: What TF Serving's REST server adds with ``--rest_api_enable_cors_support``
+#: (``AddCORSHeaders``, http_rest_api_util.cc).
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, GET",
+    "Access-Control-Allow-Headers": "Content-Type",
+}
+
+
 class Backend(Protocol):
     async def call_model(self, call: ModelCall) -> ModelReply: ...
 
@@ -78,7 +87,19 @@ class RestApi:
         self.backend = backend
 
     async def handle(self, request: Request) -> Response:
+        """One REST request. With the backend's ``cors`` set (``--rest_api_enable_cors_support``)
+        every API answer carries TF Serving's CORS headers and a preflight (``OPTIONS`` on an
+        API path) is answered 200 with them and no body."""
         path = request_path(request)
+        cors = getattr(self.backend, "cors", False) and _API_PATH.fullmatch(path) is not None
+        if cors and request.method == "OPTIONS":
+            return Response(status_code=200, headers=CORS_HEADERS)
+        response = await self._handle(request, path)
+        if cors:
+            response.headers.update(CORS_HEADERS)
+        return response
+
+    async def _handle(self, request: Request, path: str) -> Response:
         try:
             if path in ("/healthz", "/readyz"):
                 return await self._health(path)

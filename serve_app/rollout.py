@@ -18,17 +18,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
+import time
 from typing import Any
 
-from compat import model_config
 from compat.errors import InvalidArgument, NotFound, ServingError, StatusCode
 from compat.protos import get_model_status_pb2, model_management_pb2, status_pb2
 from compat.routing import ModelRoutes
-from serve_app import repository, request_log, store
+from serve_app import probe, repository, request_log, store
 from serve_app.applier import Applier, Builder
 from serve_app.args import AppArgs, ModelArgs, models_from_config
 from serve_app.calls import ModelReply, parse_request
+from serve_app.config_source import ConfigFileSource
+from serve_app.faults import Faults
 from serve_app.plan import (
     ModelSteps,
     Plan,
@@ -39,8 +40,12 @@ from serve_app.plan import (
     routing_for,
 )
 from serve_app.status import Reports, State, Statuses, VersionStatus
+from serve_app.store import ScanError
 
 logger = logging.getLogger("ray.serve")
+
+MAX_BACKOFF_S = 60.0
+"""The longest wait before a failed step of the version manager is tried again."""
 
 
 class VersionManager:
@@ -70,35 +75,64 @@ class VersionManager:
         self._started = False
         self._draining = False
         """Set on SIGTERM (``drain``): readiness and health say not serving, requests still are."""
+        self._scans: dict[str, repository.Scan] = {}
+        """Model -> its last successful scan: readiness reads it, never storage."""
+        self._faults = Faults()
+        """Failing steps, each logged once per distinct cause and counted."""
+        self._probes = probe.Probes()
+        """The new versions' load probes running now."""
+        self._config_file = ConfigFileSource(self._faults, self.args.request_log_allowed_dirs)
+        """The model config file, read again at each poll."""
         self._task = asyncio.get_event_loop().create_task(self._poll_forever())
 
     # --- background loop ---------------------------------------------------------------------
 
     async def _poll_forever(self) -> None:
+        """Poll, plan and apply, forever. A step that fails (a listing, a config file, a Serve
+        call) is logged once per distinct cause, counted (``lifecycle_errors``) and retried
+        with a backoff; nothing ends this loop but the replica's end."""
         await asyncio.sleep(0)
+        failures = 0
         while True:
             try:
+                if self._started:
+                    self._reread_config_file()
                 async with self._lock:
                     if not self._started:
                         await self._settle_initial()
                         self._started = True
                     await self._reconcile()
-            except Exception:
-                logger.exception("Version manager step failed; retrying")
-            wait = self.args.file_system_poll_wait_seconds
-            await asyncio.sleep(wait if wait > 0 else 3600)
-            if self.args.model_config_file and self.args.model_config_file_poll_wait_seconds > 0:
-                self._reread_config_file()
+                failures = 0
+                self._faults.clear("poll")
+            except asyncio.CancelledError:
+                raise
+            except RuntimeError as e:
+                if "after shutdown" in str(e) or "interpreter shutdown" in str(e):
+                    return  # the replica is stopping: its executor is gone
+                failures += 1
+                self._faults.report("poll", "", f"{type(e).__name__}: {e}", exc=e)
+            except Exception as e:
+                failures += 1
+                self._faults.report("poll", "", f"{type(e).__name__}: {e}", exc=e)
+            await asyncio.sleep(self._next_wait(failures))
+
+    def _next_wait(self, failures: int) -> float:
+        """The poll interval; after ``failures`` failed steps in a row, a backoff from one
+        second doubling up to ``MAX_BACKOFF_S`` (never longer than the interval itself)."""
+        wait = self.args.file_system_poll_wait_seconds
+        wait = float(wait) if wait > 0 else 3600.0
+        if failures:
+            return min(wait, MAX_BACKOFF_S, float(2 ** min(failures - 1, 10)))
+        return wait
 
     def _reread_config_file(self) -> None:
-        assert self.args.model_config_file
-        try:
-            models = models_from_config(model_config.read_file(self.args.model_config_file))
-            models = request_log.confine(models, self.args.request_log_allowed_dirs)
-        except ServingError as e:
-            logger.warning("Ignoring model config file: %s", e.message)
+        """The model config file again (``serve_app.config_source``), when it is polled."""
+        path = self.args.model_config_file
+        if not path or self.args.model_config_file_poll_wait_seconds <= 0:
             return
-        self.args.models = models
+        models = self._config_file.read(path, self.args.models)
+        if models is not None:
+            self.args.models = models
 
     async def _settle_initial(self) -> None:
         """The versions deployed with the app: learn whether each loaded.
@@ -135,8 +169,20 @@ class VersionManager:
         """The Source: the base path now, with the stamps of the versions that failed. Read in
         a thread: a listing (an object store's, a slow mount's) must not hold up the replica's
         event loop, where Serve's own calls to it are answered too."""
-        ended = [v for v, s in self.status.get(model.name, {}).items() if s.state == State.END]
-        return await asyncio.to_thread(repository.scan, model.base_path, ended)
+        now = time.monotonic()
+        ended = [  # failed versions, retried once their files change or their wait is over
+            v
+            for v, s in self.status.get(model.name, {}).items()
+            if s.state == State.END and not s.retry_due(now)
+        ]
+        try:
+            scan = await asyncio.to_thread(repository.scan, model.base_path, ended)
+        except ScanError as e:
+            self._faults.report("scan", model.name, str(e))
+            raise
+        self._faults.clear("scan", model.name)
+        self._scans[model.name] = scan
+        return scan
 
     async def _steps(self, model: ModelArgs) -> ModelSteps:
         """The planner's next steps for ``model``, from a fresh scan."""
@@ -150,6 +196,14 @@ class VersionManager:
         )
 
     async def _reconcile_model(self, model: ModelArgs) -> None:
+        """One model's step. A base path that cannot be read changes nothing: every served
+        version keeps serving (TF Serving: a failed poll emits no aspired versions)."""
+        try:
+            await self._reconcile_model_steps(model)
+        except ScanError:
+            return
+
+    async def _reconcile_model_steps(self, model: ModelArgs) -> None:
         name = model.name
         statuses = self.status.setdefault(name, {})
         steps = await self._steps(model)
@@ -158,7 +212,9 @@ class VersionManager:
         if steps.unload_first:  # TF Serving's resource-preserving policy: unload before loading
             await self._retire(name, steps.unload_first)
         if steps.load:
-            await self._add(name, steps.load)
+            proven = await self._probe(name, steps.load)
+            if proven:
+                await self._add(name, proven)
         # After the loads the plan is made again: a version that failed drops out of the
         # aspired set, so the version it was meant to replace keeps serving (availability
         # first, as TF Serving does); the directory may have changed while versions loaded.
@@ -167,6 +223,32 @@ class VersionManager:
             await self._retire(name, steps.unload)
         elif steps.relabel:  # a label the config added or moved (a retire reroutes anyway)
             await self._route_and_apply(self.plan.copy_deep())
+
+    async def _probe(self, model: str, versions: dict[int, str]) -> dict[int, str]:
+        """The versions of ``versions`` that loaded in a process of their own
+        (``serve_app.probe``); the others are END with the reason. The lock is let go while
+        the probes run: status, reloads and label weights are answered meanwhile."""
+        if not probe.enabled(self.args, model):
+            return versions
+        statuses = self.status.setdefault(model, {})
+        for v, path in versions.items():
+            statuses[v] = VersionStatus(State.LOADING, path=str(path), stamp=store.stamp(path))
+            logger.info("Probing %s version %d from %s in a process of its own", model, v, path)
+        runs = [self._probes.start(self.args, model, v, str(p)) for v, p in versions.items()]
+        self._lock.release()
+        try:
+            outcomes = await asyncio.gather(*runs)
+        finally:
+            await self._lock.acquire()
+        proven = {}
+        for (v, path), outcome in zip(versions.items(), outcomes, strict=True):
+            if outcome.code == StatusCode.OK:
+                proven[v] = path
+                continue
+            statuses[v].record(outcome)
+            self._faults.report("probe", model, f"version {v}: {outcome.message}")
+            logger.error("%s version %d will not be served: %s", model, v, outcome.message)
+        return proven
 
     async def _add(self, model: str, versions: dict[int, str]) -> None:
         """Deploy green next to blue, wait until loaded, then route to it."""
@@ -293,7 +375,7 @@ class VersionManager:
         server is not draining)."""
         if not self._started or self._draining:
             return False
-        return self.status.newest_available(self.args.models)
+        return self.status.newest_available(self.args.models, self._scans)
 
     async def reload_config(self, raw: bytes) -> ModelReply:
         """HandleReloadConfigRequest: the new config replaces the old, then waits for loads."""
@@ -310,9 +392,8 @@ class VersionManager:
                 )
             models = models_from_config(request.config)
             models = request_log.confine(models, self.args.request_log_allowed_dirs)
-            for m in models:
-                if not os.path.isdir(m.base_path):
-                    raise InvalidArgument(f"Model base path {m.base_path} does not exist")
+            for m in models:  # every base path the startup config takes, object stores too
+                await asyncio.to_thread(repository.check_base_path, m.base_path)
         except ServingError as e:
             response.status.CopyFrom(
                 status_pb2.StatusProto(error_code=e.code.value[0], error_message=e.message)
@@ -322,7 +403,8 @@ class VersionManager:
             # As ServerCore::ReloadConfig: labels are checked against the versions AVAILABLE
             # now, before any model changes; an invalid label leaves the served models as they
             # were.
-            bad_labels = invalid_labels(models, self.plan.routing)
+            allow = self.args.allow_version_labels_for_unavailable_models
+            bad_labels = invalid_labels(models, self.plan.routing, allow)
             if not bad_labels:
                 self.args.models = models
                 self.args.model_config_file = None

@@ -9,7 +9,7 @@ GetModelStatus, the server's readiness and the snapshot operators and the CLI re
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +18,13 @@ from compat.protos import get_model_status_pb2
 from compat.routing import ModelRoutes, RoutingTable
 from serve_app import store
 from serve_app.args import ModelArgs
-from serve_app.repository import aspired_versions, scan_versions
+from serve_app.repository import Scan, aspired_versions
 
 State = get_model_status_pb2.ModelVersionStatus.State
+
+RETRY_AFTER_S = 60.0
+"""A version that failed to load is tried again this long after its first failure (TF
+Serving's ``load_retry_interval_micros`` default), then twice as long after each next one."""
 
 REPORT_TTL_S = 5.0
 """A serving replica that has not reported for this long is taken for gone."""
@@ -40,6 +44,10 @@ class VersionStatus:
     """How long its load (and warmup) took, in the replica that reported it."""
     warmup_records: int = 0
     """Records of its warmup file replayed."""
+    failures: int = 0
+    """Failed loads in a row."""
+    failed_at: float = 0.0
+    """When the last one failed (monotonic)."""
 
     def record(self, outcome: LoadOutcome) -> None:
         """How its load went: loaded (AVAILABLE once routed), or END with the error."""
@@ -50,6 +58,17 @@ class VersionStatus:
         else:
             self.state, self.error_code = State.END, outcome.code.value[0]
             self.error_message = outcome.message
+            self.failures += 1
+            self.failed_at = time.monotonic()
+
+    def retry_due(self, now: float) -> bool:
+        """A version that failed to load is tried again once its files change, and also after
+        ``RETRY_AFTER_S`` doubling with each failure (up to an hour): what failed for a storage
+        blip loads once the store is back, with nobody touching its files."""
+        if self.state != State.END or not self.error_code or not self.failures:
+            return False
+        wait = min(RETRY_AFTER_S * 2 ** min(self.failures - 1, 10), 3600.0)
+        return now - self.failed_at >= wait
 
     @classmethod
     def incomplete(cls, path: str) -> VersionStatus:
@@ -130,10 +149,18 @@ class Statuses(dict[str, dict[int, VersionStatus]]):
         s = self.get(model, {}).get(version)
         return s is not None and s.loaded
 
-    def newest_available(self, models: Iterable[ModelArgs]) -> bool:
-        """Every model's newest aspired version (on disk now) is AVAILABLE."""
+    def newest_available(self, models: Iterable[ModelArgs], scans: Mapping[str, Scan]) -> bool:
+        """Every model's newest aspired version (in its last successful scan: readiness reads
+        state, never storage) is AVAILABLE. A version that failed to load is not aspired: a
+        bad version on disk must not take the server out of its load balancer while the
+        version before it serves."""
         for model in models:
-            aspired = aspired_versions(scan_versions(model.base_path), model.version_policy)
+            scan = scans.get(model.name)
+            if scan is None:
+                return False
+            versions = self.get(model.name, {})
+            loadable = {v: p for v, p in scan.complete.items() if not _failed(versions.get(v))}
+            aspired = aspired_versions(loadable, model.version_policy)
             if not aspired:
                 return False
             s = self.get(model.name, {}).get(max(aspired))
@@ -156,6 +183,10 @@ class Statuses(dict[str, dict[int, VersionStatus]]):
                 for m, vs in self.items()
             },
         }
+
+
+def _failed(status: VersionStatus | None) -> bool:
+    return status is not None and status.state == State.END and bool(status.error_code)
 
 
 @dataclass

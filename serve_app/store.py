@@ -37,6 +37,25 @@ SCHEMES = ("s3://", "gs://", "gcs://")
 _SHARD = re.compile(r"variables/variables\.data-(\d+)-of-(\d+)$")
 
 
+class ScanError(OSError):
+    """A look at a base path that failed (it vanished, a mount or an object store erred, the
+    credentials expired): as TF Serving's FileSystemStoragePathSource, a failed poll changes
+    nothing; only a successful listing that lacks a version unloads it."""
+
+
+INT64_MAX = 2**63 - 1
+
+
+def version_number(name: str) -> int | None:
+    """A child's name as TF Serving reads a version directory's (``safe_strto64``, without the
+    sign and blanks it also takes): ASCII digits within int64, ``00000123`` is 123; anything
+    else (``²``, ``1.5``, ``tmp``) is no version and is ignored."""
+    if not name or not name.isascii() or not name.isdigit():
+        return None
+    number = int(name)
+    return number if number <= INT64_MAX else None
+
+
 def is_remote(path: str | os.PathLike[str]) -> bool:
     return str(path).startswith(SCHEMES)
 
@@ -85,21 +104,26 @@ class Listing:
 
 
 def list_versions(base_url: str) -> dict[int, Listing]:
-    """Every numeric version under ``base_url`` with its objects (empty if none or unreadable)."""
+    """Every numeric version under ``base_url`` with its objects (empty if there is none).
+    A listing that fails (the store unreachable, a 5xx, expired credentials) raises
+    ``ScanError``: it is never read as "no versions"."""
     try:
         fs, root = _filesystem(base_url)
+        fs.invalidate_cache(root)
         found = fs.find(root, detail=True)
-    except (OSError, ValueError) as e:
-        logger.warning("Cannot list %s: %s", base_url, e)
-        return {}
+    except Exception as e:  # botocore's and aiohttp's errors are not all OSErrors
+        raise ScanError(f"Cannot list {base_url}: {type(e).__name__}: {e}") from None
+    if not found:  # as TF Serving's FileExists on an object store: no object, no base path
+        raise ScanError(f"Could not find base path {base_url}")
     versions: dict[int, Listing] = {}
     for key, info in found.items():
         rel = key[len(root) :].lstrip("/")
         version, _, inner = rel.partition("/")
-        if not version.isdigit() or not inner or info.get("type") == "directory":
+        number = version_number(version)
+        if number is None or not inner or info.get("type") == "directory":
             continue
         tag = str(info.get("ETag") or info.get("etag") or info.get("md5Hash") or "")
-        listing = versions.setdefault(int(version), Listing(name=version))
+        listing = versions.setdefault(number, Listing(name=version))
         listing.files[inner] = (int(info["size"]), tag)
     return versions
 
@@ -133,15 +157,32 @@ class Scanner:
 
 def stamp(url: str | os.PathLike[str]) -> str:
     """What changes when a version's files change (a failed version is retried then): a local
-    directory's mtime, an object-store version's listing fingerprint."""
+    version's files (paths, sizes, mtimes), an object-store version's listing fingerprint."""
     if not is_remote(url):
-        try:
-            return str(os.stat(url).st_mtime)
-        except OSError:
-            return ""
+        return _tree_stamp(Path(url))
     base, _, version = str(url).rstrip("/").rpartition("/")
-    listing = list_versions(base).get(int(version)) if version.isdigit() else None
+    number = version_number(version)
+    try:
+        listing = list_versions(base).get(number) if number is not None else None
+    except ScanError:
+        return ""
     return listing.fingerprint if listing else ""
+
+
+def _tree_stamp(root: Path) -> str:
+    """Every file under a local version: its path, size and mtime (a directory's own mtime
+    misses a file rewritten in place, or one replaced under ``variables/``)."""
+    entries = []
+    try:
+        for dirpath, _, files in os.walk(root):
+            for name in files:
+                st = os.stat(os.path.join(dirpath, name))
+                entries.append(
+                    (os.path.relpath(os.path.join(dirpath, name), root), st.st_size, st.st_mtime_ns)
+                )
+    except OSError:
+        return ""
+    return hashlib.sha256(repr(sorted(entries)).encode()).hexdigest()[:16] if entries else ""
 
 
 def cache_root() -> Path:
@@ -154,7 +195,7 @@ def fetch(url: str, retries: int = 3, max_bytes: int = cache.DEFAULT_MAX_BYTES) 
     held in the cache (not evicted) until ``release``. Beyond ``max_bytes`` of cache, versions
     no process holds are evicted, least recently used first."""
     base, _, version = url.rstrip("/").rpartition("/")
-    listing = list_versions(base).get(int(version))
+    listing = list_versions(base).get(version_number(version) or -1)
     if listing is None or not listing.whole:
         raise FileNotFoundError(f"{url} holds no complete SavedModel")
     try:  # every name checked before a byte is written

@@ -13,6 +13,7 @@ model's own deployment; any of them may have several replicas on several nodes. 
 Exported names carry Ray's ``ray_`` prefix: ``ray_tfserving_requests_total``,
 ``ray_tfserving_request_errors_total``, ``ray_tfserving_request_latency_seconds``,
 ``ray_tfserving_batch_size``, ``ray_tfserving_model_load_latency_seconds``,
+``ray_tfserving_lifecycle_errors_total``,
 ``ray_tfserving_request_log_records_total`` and ``ray_tfserving_model_version_state``.
 """
 
@@ -20,6 +21,7 @@ from serve_app.metrics.labels import RequestLabels
 from serve_app.metrics.recording import (
     flush,
     record_batch,
+    record_lifecycle_error,
     record_load,
     record_model_call,
     record_request,
@@ -33,6 +35,7 @@ __all__ = [
     "merge",
     "prometheus_text",
     "record_batch",
+    "record_lifecycle_error",
     "record_load",
     "record_model_call",
     "record_request",

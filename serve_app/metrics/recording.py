@@ -98,6 +98,13 @@ class _Metrics:
             "dropped (the writer behind, an unwritable directory, a full disk).",
             tag_keys=("model", "outcome"),
         )
+        self.lifecycle_errors = Counter(
+            "tfserving_lifecycle_errors",
+            "Failed steps of the version manager, by step (scan: a base path's listing, "
+            "config_file: the model config file's re-read, probe: a new version's load in a "
+            "process of its own, poll: any other) and model (empty: the whole server).",
+            tag_keys=("step", "model"),
+        )
         self.load_latency = _Histogram(
             "tfserving_model_load_latency_seconds",
             "Time a replica took to load (and warm up) its model version, in seconds.",
@@ -271,3 +278,9 @@ def record_load(model: str, version: int, ok: bool, seconds: float) -> None:
     _metrics().load_latency.observe(
         seconds, {"model": model, "version": str(version), "status": status}
     )
+
+
+@_never_raises
+def record_lifecycle_error(step: str, model: str) -> None:
+    """A failed step of the version manager (``serve_app.faults``)."""
+    _metrics().lifecycle_errors.inc(1.0, {"step": step, "model": model})

@@ -197,6 +197,24 @@ def test_predict_response_bytes_is_finish_predict_serialized(
     assert tf.make_ndarray(written.outputs["ids"]).tolist() == [list(range(-3, 200))]
 
 
+def test_predict_response_bytes_in_tensor_content(servable: Servable) -> None:
+    """--enable_serialization_as_tensor_content: the same outputs, numeric ones as raw bytes."""
+    call = dataplane.prepare_predict(servable, request(x=[[1.0], [2.0]]))
+    call.output_aliases = ["y", "names"]
+    call.outputs = {
+        "y": np.array([[2.5], [3.0]], np.float32),
+        "names": np.array([b"a", b"\xff"], dtype=object),
+    }
+    written = predict_pb2.PredictResponse.FromString(
+        dataplane.predict_response_bytes(call, "half_plus_two", 123, tensor_content=True)
+    )
+    y = written.outputs["y"]
+    assert not y.float_val and y.tensor_content == np.array([2.5, 3.0], "<f4").tobytes()
+    assert tf.make_ndarray(y).tolist() == [[2.5], [3.0]]
+    assert list(written.outputs["names"].string_val) == [b"a", b"\xff"]
+    assert written.model_spec.version.value == 123
+
+
 def test_metadata_is_the_signature_def_map(servable: Servable) -> None:
     r = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
     response = dataplane.metadata(servable, r, "half_plus_two", 123)

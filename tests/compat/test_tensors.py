@@ -329,6 +329,23 @@ def test_tensor_bytes_is_from_numpy_serialized(dt: int, shape: tuple) -> None:
     assert_same(as_tf_bytes(tf_parse(written)), x)
 
 
+@pytest.mark.parametrize("shape", TENSOR_SHAPES.values(), ids=TENSOR_SHAPES.keys())
+@pytest.mark.parametrize("dt", ALL_DTYPES, ids=NAMES.values())
+def test_tensor_bytes_as_tensor_content_is_from_numpys(dt: int, shape: tuple) -> None:
+    """--enable_serialization_as_tensor_content: numeric values as raw bytes in
+    ``tensor_content`` (strings stay in ``string_val``), read back by TF as the same tensor."""
+    x = sample(dt, shape)
+    written = tensor_pb2.TensorProto.FromString(tensors.tensor_bytes(x, tensor_content=True))
+    built = tensors.from_numpy(x, tensor_content=True)
+    assert written.SerializeToString(deterministic=True) == built.SerializeToString(
+        deterministic=True
+    )
+    if x.size and x.dtype != object:
+        present = {f.name for f, _ in written.ListFields()}
+        assert present == {"dtype", "tensor_shape", "tensor_content"}
+    assert_same(as_tf_bytes(tf_parse(written)), x)
+
+
 def test_tensor_bytes_negative_and_wide_integers() -> None:
     for dtype in (np.int32, np.int64, np.uint32, np.uint64, np.int8):
         info = np.iinfo(dtype)

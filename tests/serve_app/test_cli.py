@@ -22,6 +22,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
     get_model_status_pb2,
@@ -219,6 +220,8 @@ def single_model(socket_dir: Path) -> Iterator[tuple[Cli, int, int]]:
         f"--monitoring_config_file={TESTDATA / 'monitoring_config.txt'}",
         "--rest_api_timeout_in_ms=5000",
         "--file_system_poll_wait_seconds=1",
+        "--rest_api_enable_cors_support",
+        "--flush_filesystem_caches",  # a bare boolean, as TF's parser takes it
     )
     try:
         cli.wait_ready()
@@ -259,6 +262,32 @@ def test_single_model_serves_grpc_and_rest(single_model: tuple[Cli, int, int]) -
         }
 
 
+def test_rest_answers_carry_tf_servings_cors_headers(single_model: tuple[Cli, int, int]) -> None:
+    """--rest_api_enable_cors_support: a browser's preflight is answered, and the answer it
+    then gets carries TF Serving's CORS headers."""
+    _, _, rest_port = single_model
+    url = f"http://127.0.0.1:{rest_port}/v1/models/half_plus_two:predict"
+    cors = {
+        "Access-Control-Allow-Origin": "*",
+        "Access-Control-Allow-Methods": "POST, GET",
+        "Access-Control-Allow-Headers": "Content-Type",
+    }
+    preflight = urllib.request.Request(
+        url,
+        method="OPTIONS",
+        headers={"Origin": "http://page.example", "Access-Control-Request-Method": "POST"},
+    )
+    with urllib.request.urlopen(preflight, timeout=30) as response:
+        assert response.status == 200
+        assert {k: response.headers[k] for k in cors} == cors
+    post = urllib.request.Request(
+        url, data=b'{"instances": [2.0]}', headers={"Origin": "http://page.example"}
+    )
+    with urllib.request.urlopen(post, timeout=30) as response:
+        assert json.loads(response.read()) == {"predictions": [3.0]}
+        assert {k: response.headers[k] for k in cors} == cors
+
+
 def test_predict_over_the_unix_socket(single_model: tuple[Cli, int, int], socket_dir: Path) -> None:
     """TF Serving's testPredictUDS: --grpc_socket_path, then Predict over unix:<path>."""
     cli, _, _ = single_model
@@ -294,7 +323,12 @@ def test_start_is_quiet_and_says_what_it_serves(
     lines = cli.lines[: (cli.ready_at or 0) + 4]
     assert not [line for line in lines if TF_CPP_LINE.search(line)], cli.output
     assert not [line for line in lines if "absl::InitializeLog" in line or " INFO " in line]
-    steps = [line for line in lines if line.startswith("ray-tfserving: ")]
+    warned = [line for line in lines if line.startswith("ray-tfserving: no effect here: ")]
+    assert warned == [
+        "ray-tfserving: no effect here: --flush_filesystem_caches (a memory saving of TF "
+        "Serving's loader)"
+    ]
+    steps = [line for line in lines if line.startswith("ray-tfserving: ") and line not in warned]
     assert steps[0] == "ray-tfserving: starting Ray (embedded, loopback only)", steps
     assert re.fullmatch(r"ray-tfserving: Ray is up \(\d+\.\ds\); deploying", steps[1]), steps
     assert re.fullmatch(
@@ -356,16 +390,23 @@ def test_config_file_with_batching_and_polling(tmp_path: Path) -> None:
     """TF Serving's testGoodModelConfig plus --enable_batching with its batching_config.txt;
     --model_base_path is ignored next to --model_config_file, as in TF Serving. With
     --model_config_file_poll_wait_seconds, a rewritten config file is applied (its
-    testModelConfigReload), here by dropping half_plus_three."""
+    testModelConfigReload), here by dropping half_plus_three. With TF Serving 2.20's flags of
+    issue 25: the two models load at once (--num_load_threads), half_plus_three batches by its
+    own batching_params.pbtxt, every session takes the session config file, and Predict's
+    outputs come in tensor_content."""
     text = (TESTDATA / "good_model_config.txt").read_text()
     text = text.replace(
         "${TEST_HALF_PLUS_TWO_DIR}", str(TESTDATA / "saved_model_half_plus_two_cpu")
     )
-    text = text.replace(
-        "${TEST_HALF_PLUS_THREE_DIR}", str(TESTDATA / "saved_model_half_plus_three")
-    )
+    # half_plus_three with its own batching_params.pbtxt (--enable_per_model_batching_parameters)
+    three = tmp_path / "half_plus_three"
+    shutil.copytree(TESTDATA / "saved_model_half_plus_three", three)
+    (three / "00000123" / "batching_params.pbtxt").write_text("max_batch_size { value: 1 }")
+    text = text.replace("${TEST_HALF_PLUS_THREE_DIR}", str(three))
     config = tmp_path / "good_model_config.conf"
     config.write_text(text)
+    session = tmp_path / "session_config.pbtxt"
+    session.write_text("intra_op_parallelism_threads: 2\n")
     (port,) = free_ports(1)
     cli = run_cli(
         f"--port={port}",
@@ -374,13 +415,35 @@ def test_config_file_with_batching_and_polling(tmp_path: Path) -> None:
         "--enable_batching",
         f"--batching_parameters_file={TESTDATA / 'batching_config.txt'}",
         "--model_config_file_poll_wait_seconds=1",
+        "--num_load_threads=2",
+        "--enable_per_model_batching_parameters",
+        f"--tensorflow_session_config_file={session}",
+        "--enable_serialization_as_tensor_content",
     )
     try:
         cli.wait_ready()
         for model, expected in (("half_plus_two", 3.0), ("half_plus_three", 4.0)):
             result = predict(port, model)
-            assert list(result.outputs["y"].float_val) == [expected], model
+            y = result.outputs["y"]  # --enable_serialization_as_tensor_content
+            assert not y.float_val and y.tensor_content, model
+            assert tf.make_ndarray(y).tolist() == [expected], model
             assert result.model_spec.version.value == 123
+        two_rows = predict_request("half_plus_three")
+        two_rows.inputs["x"].float_val.append(3.0)
+        two_rows.inputs["x"].tensor_shape.dim[0].size = 2
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as e:  # its own file's max_batch_size
+                stub.Predict(two_rows, 30.0)
+            assert (e.value.code(), e.value.details()) == (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "Task size 2 is larger than maximum input batch size 1",
+            )
+            two_rows.model_spec.name = "half_plus_two"  # the server's file: up to 128
+            assert tf.make_ndarray(stub.Predict(two_rows, 30.0).outputs["y"]).tolist() == [
+                3.0,
+                3.5,
+            ]
         config.write_text(
             'model_config_list { config { name: "half_plus_two" '
             f'base_path: "{TESTDATA / "saved_model_half_plus_two_cpu"}" '
@@ -398,7 +461,7 @@ def test_config_file_with_batching_and_polling(tmp_path: Path) -> None:
                 break
             assert time.monotonic() < deadline, "the rewritten config file was not applied"
             time.sleep(0.5)
-        assert list(predict(port, "half_plus_two").outputs["y"].float_val) == [3.0]
+        assert tf.make_ndarray(predict(port, "half_plus_two").outputs["y"]).tolist() == [3.0]
     finally:
         assert cli.stop() == 0, cli.output[-4000:]
 

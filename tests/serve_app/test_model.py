@@ -215,3 +215,127 @@ def test_no_batch_threads_given_is_the_sessions_threads(testdata: Path) -> None:
         assert m.batching.num_batch_threads == 5
     finally:
         m.servable.close()  # type: ignore[union-attr]
+
+
+FREED_AFTER_UNLOAD = """
+import gc, sys, weakref
+from serve_app.model import ModelVersion
+first = ModelVersion("m", 1, sys.argv[1], session={"intra_op_parallelism": 1})
+assert first.load_state().ok
+servable = weakref.ref(first.servable)
+del first
+gc.collect()
+print("freed" if servable() is None else "pinned")
+"""
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "model", ["saved_model_half_plus_two_cpu", "saved_model_half_plus_two_tf2_cpu"]
+)
+def test_the_first_version_a_process_loads_is_freed_once_unloaded(
+    testdata: Path, model: str
+) -> None:
+    """``gc.freeze`` happens before the first version exists: frozen with it, its graph and
+    session stayed in memory after its unload, for the process's life. A process of its own:
+    the freeze is once per process."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", FREED_AFTER_UNLOAD, str(testdata / model / "00000123")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "freed"
+
+
+@pytest.fixture
+def version_dir(testdata: Path, tmp_path: Path) -> Path:
+    """A writable copy of half_plus_two's version 123."""
+    import shutil
+
+    path = tmp_path / "half_plus_two" / "123"
+    shutil.copytree(testdata / "saved_model_half_plus_two_cpu" / "00000123", path)
+    return path
+
+
+def test_a_versions_batching_params_file_sets_its_batching(version_dir: Path) -> None:
+    """--enable_per_model_batching_parameters: the version's batching_params.pbtxt replaces the
+    server's knobs, but for num_batch_threads (TF Serving's shared pool); a batch larger than
+    the file's max_batch_size is refused as any oversized batch is."""
+    (version_dir / "batching_params.pbtxt").write_text(
+        "max_batch_size { value: 4 } batch_timeout_micros { value: 123 } "
+        "num_batch_threads { value: 9 } allowed_batch_sizes: 2 allowed_batch_sizes: 4"
+    )
+    m = ModelVersion("half_plus_two", 123, str(version_dir), session={}, per_model_batching=True)
+    try:
+        assert m.load_state().ok
+        m.reconfigure(batching(max_batch_size=32, num_batch_threads=2))
+        knobs = m.batching
+        assert (knobs.max_batch_size, knobs.batch_timeout_micros) == (4, 123)
+        assert (knobs.allowed_batch_sizes, knobs.num_batch_threads) == ([2, 4], 2)
+        assert knobs.max_enqueued_batches == 10  # unset in the file: TF Serving's default
+        (reply,) = asyncio.run(gather(m, 5))
+        assert reply.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert reply.message == "Task size 5 is larger than maximum input batch size 4"
+        assert y(asyncio.run(gather(m, 3))[0]).tolist() == [[3.0]] * 3
+        m.reconfigure({"batching": {"enabled": False}})  # no batching: the file is not used
+        assert not m.batching.enabled
+    finally:
+        m.servable.close()  # type: ignore[union-attr]
+    plain = ModelVersion("half_plus_two", 123, str(version_dir), session={})
+    try:
+        plain.reconfigure(batching(max_batch_size=32))
+        assert plain.batching.max_batch_size == 32  # without the flag the file is not read
+    finally:
+        plain.servable.close()  # type: ignore[union-attr]
+
+
+def test_a_batching_params_file_that_does_not_parse_fails_the_load(version_dir: Path) -> None:
+    (version_dir / "batching_params.pbtxt").write_text("max_batch_size: {{")
+    m = ModelVersion("half_plus_two", 123, str(version_dir), session={}, per_model_batching=True)
+    state = m.load_state()
+    assert not state.ok and "Invalid protobuf file" in state.message
+    (version_dir / "batching_params.pbtxt").write_text(
+        "max_batch_size { value: 4 } allowed_batch_sizes: 2"
+    )
+    m = ModelVersion("half_plus_two", 123, str(version_dir), session={}, per_model_batching=True)
+    state = m.load_state()
+    assert not state.ok and "must equal max_batch_size" in state.message
+
+
+def test_predict_outputs_in_tensor_content(testdata: Path) -> None:
+    """--enable_serialization_as_tensor_content: gRPC Predict's outputs as raw bytes."""
+    path = testdata / "saved_model_half_plus_two_cpu" / "00000123"
+    m = ModelVersion("half_plus_two", 123, str(path), session={}, tensor_content=True)
+    try:
+        (reply,) = asyncio.run(gather(m, 2))
+        out = predict_pb2.PredictResponse.FromString(reply.raise_for_status()).outputs["y"]
+        assert not out.float_val and out.tensor_content
+        assert tf.make_ndarray(out).tolist() == [[3.0], [3.0]]
+    finally:
+        m.servable.close()  # type: ignore[union-attr]
+
+
+def test_warmup_iterations_reach_the_replay(
+    testdata: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--num_request_iterations_for_warmup: each record replayed that many times (0: once);
+    ``compat.warmup``'s tests hold what an iteration does."""
+    from serve_app import model as model_module
+
+    seen: list[int] = []
+
+    def replay(*args: Any, iterations: int = 1) -> int:
+        seen.append(iterations)
+        return 0
+
+    monkeypatch.setattr(model_module, "replay_warmup", replay)
+    path = str(testdata / "saved_model_half_plus_two_cpu" / "00000123")
+    for given in (0, 1, 3):
+        m = ModelVersion("half_plus_two", 123, path, session={}, warmup_iterations=given)
+        m.servable.close()  # type: ignore[union-attr]
+    assert seen == [1, 1, 3]

@@ -5,8 +5,6 @@ disk."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from compat.errors import InvalidArgument, NotFound, StatusCode
@@ -85,6 +83,31 @@ def test_labels_may_only_name_available_versions() -> None:
     )
 
 
+def test_with_the_flag_an_unused_label_may_name_a_version_not_yet_available() -> None:
+    """--allow_version_labels_for_unavailable_models (ServerCore's label check): a label not in
+    use yet, or naming the version it names now, may name a version not yet AVAILABLE; a label
+    in use moves only to an AVAILABLE version."""
+    table = RoutingTable(
+        models={"m": ModelRoutes(versions={1: "m-v1"}, latest=1, labels={"stable": 1})}
+    )
+
+    def check(labels: dict[str, int], allow: bool = True) -> str:
+        return invalid_labels(
+            [ModelArgs(name="m", base_path="/b", version_labels=labels)], table, allow
+        )
+
+    assert check({"canary": 2}) == ""  # a new label on version 2, not loaded yet
+    assert check({"stable": 1, "canary": 2}) == ""
+    refused = (
+        "Request to assign label to version 2 of model m, which is not currently available "
+        "for inference"
+    )
+    assert check({"stable": 2}) == refused  # in use, moved to a version not available
+    assert check({"canary": 2}, allow=False) == refused  # without the flag, as before
+    other = RoutingTable(models={"n": ModelRoutes(versions={1: "n-v1"}, latest=1)})
+    assert invalid_labels([MODEL], other, True) == ""  # a model not served yet
+
+
 def statuses() -> Statuses:
     s = Statuses()
     s["m"] = {
@@ -127,17 +150,19 @@ def test_model_status_errors_are_tf_serving_s(spec, error, message: str) -> None
     assert e.value.message == message
 
 
-def test_ready_means_the_newest_aspired_version_is_available(tmp_path: Path) -> None:
-    for v in (1, 2):
-        (tmp_path / str(v)).mkdir()
-        (tmp_path / str(v) / "saved_model.pb").write_bytes(b"")
-    latest = ModelArgs(name="m", base_path=str(tmp_path))
-    assert not statuses().newest_available([latest])  # version 2 is END
+def test_ready_means_the_newest_aspired_version_is_available() -> None:
+    """Readiness reads the last successful scan (state), never storage."""
+    scans = {"m": on_disk(1, 2, 3)}
+    latest = ModelArgs(name="m", base_path="/b")
+    assert not statuses().newest_available([latest], scans)  # version 3 is not loaded yet
     pinned = latest.model_copy(
         update={"version_policy": VersionPolicy(kind="specific", versions=[1])}
     )
-    assert statuses().newest_available([pinned])
-    assert not statuses().newest_available([ModelArgs(name="m", base_path=str(tmp_path / "none"))])
+    assert statuses().newest_available([pinned], scans)
+    # Version 2 failed to load: version 1 serving is what the server can do, and it is ready.
+    assert statuses().newest_available([latest], {"m": on_disk(1, 2)})
+    assert not statuses().newest_available([latest], {"m": on_disk()})
+    assert not statuses().newest_available([latest], {})  # never scanned yet
 
 
 def test_the_snapshot_names_states_and_tells_loads() -> None:
@@ -238,11 +263,44 @@ def test_all_versions_failing_loads_nothing_and_unloads_nothing() -> None:
 
 
 def test_a_version_whose_path_vanished_is_unloaded() -> None:
+    """Only a successful listing without a version's directory unloads it (a base path that
+    cannot be read is a ``ScanError``: the manager plans nothing then)."""
     steps = plan_model(policy("all"), on_disk(2), deployed(1, 2), up(1, 2), NO_ROUTES)
     assert (steps.load, steps.unload) == ({}, {1})
-    # The whole base path gone: nothing is aspired, the last version goes too.
+    # A base path listed empty: nothing is aspired, the last version goes too (TF Serving).
     steps = plan_model(policy("latest"), on_disk(), deployed(2), up(2), NO_ROUTES)
     assert steps.unload == {2}
+
+
+def test_a_served_version_whose_files_vanished_keeps_serving_from_memory() -> None:
+    """Its directory is still listed but no longer whole: it stays, nothing loads for it."""
+    scan = on_disk(1, incomplete=(2,))
+    steps = plan_model(policy("latest"), scan, deployed(2), up(2), NO_ROUTES)
+    assert (steps.load, steps.unload, steps.incomplete) == ({}, set(), {})
+    # ... and under "all", version 1 (whole) loads beside it, version 2 stays.
+    steps = plan_model(policy("all"), scan, deployed(2), up(2), NO_ROUTES)
+    assert (steps.load, steps.unload) == ({1: "/b/1"}, set())
+
+
+def test_a_failed_version_is_retried_after_its_wait_even_unchanged() -> None:
+    """A load that failed (a storage blip) is tried again after ``RETRY_AFTER_S``, then twice
+    as long after each failure, up to an hour; one that loaded or never failed is not "due"."""
+    from serve_app.status import RETRY_AFTER_S
+
+    status = VersionStatus(State.LOADING)
+    status.record(LoadOutcome(StatusCode.UNAVAILABLE, "the store is down"))
+    failed_at = status.failed_at
+    assert not status.retry_due(failed_at + RETRY_AFTER_S - 1)
+    assert status.retry_due(failed_at + RETRY_AFTER_S + 0.5)
+    status.record(LoadOutcome(StatusCode.UNAVAILABLE, "still down"))
+    assert not status.retry_due(status.failed_at + RETRY_AFTER_S + 0.5)
+    assert status.retry_due(status.failed_at + 2 * RETRY_AFTER_S + 0.5)
+    for _ in range(20):
+        status.record(LoadOutcome(StatusCode.UNAVAILABLE, "down for good"))
+    assert not status.retry_due(status.failed_at + 3599)
+    assert status.retry_due(status.failed_at + 3600.5)
+    assert not VersionStatus(State.AVAILABLE, loaded=True).retry_due(1e12)
+    assert not VersionStatus.incomplete("/b/2").retry_due(1e12)  # it loads once whole
 
 
 def test_an_incomplete_directory_gets_a_status_and_is_not_loaded() -> None:

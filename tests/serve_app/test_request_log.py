@@ -237,8 +237,8 @@ def _metadata_request():  # type: ignore[no-untyped-def]
 def test_the_queue_holds_no_more_than_max_pending_bytes_of_requests(tmp_path: Path) -> None:
     """A writer behind with large requests waiting: what the queue pins stays within the
     bound, the rest is dropped at once (and counted), and nothing is pinned once written."""
-    args = RequestLogArgs(filename_prefix=str(tmp_path / "log"), max_pending_bytes=1 << 20)
-    log = request_log.RequestLog("m", args)
+    args = RequestLogArgs(filename_prefix=str(tmp_path / "log"))
+    log = request_log.RequestLog("m", args, max_pending_bytes=1 << 20)
     gate = threading.Event()
     alive: list[weakref.ref[np.ndarray]] = []
 

@@ -132,6 +132,44 @@ def test_scanner_waits_for_a_stable_listing(
     assert store.fetch(f"{base}/7") == local  # cached, not fetched again
 
 
+@pytest.mark.parametrize("fault", ["403", "503", "reset"])
+def test_a_listing_that_fails_is_an_error_never_no_versions(
+    environment: str, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    """Expired credentials, an overloaded store, one that cannot be reached: ``ScanError``,
+    which the version manager takes as "change nothing"; the scanner's memory of the last
+    good listing survives it (a version seen whole before is ready at the next good scan)."""
+    from tests.faultproxy import FaultProxy
+
+    upload(environment, "5")
+    proxy = FaultProxy(environment)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    base = f"s3://{BUCKET}/{PREFIX}"
+    scanner = store.Scanner()
+    try:
+        scanner.ready(base)
+        proxy.mode = fault
+        with pytest.raises(store.ScanError, match=f"Cannot list {base}"):
+            scanner.ready(base)
+        assert store.stamp(f"{base}/5") == ""
+        assert proxy.requests[fault] > 0
+        proxy.mode = "pass"
+        assert 5 in scanner.ready(base)
+    finally:
+        proxy.stop()
+
+
+def test_an_empty_prefix_is_no_base_path(environment: str) -> None:
+    """As TF Serving's FileExists on an object store: no object under the prefix, no base path
+    (an error that unloads nothing), while a prefix with only other objects lists no version."""
+    with pytest.raises(store.ScanError, match="Could not find base path"):
+        store.list_versions(f"s3://{BUCKET}/nothing-here")
+    client(environment).put_object(Bucket=BUCKET, Key="others/README", Body=b"x")
+    client(environment).put_object(Bucket=BUCKET, Key="others/²/saved_model.pb", Body=b"x")
+    assert store.list_versions(f"s3://{BUCKET}/others") == {}
+
+
 # --- a live server --------------------------------------------------------------------------
 
 
@@ -190,6 +228,38 @@ def test_an_unfinished_upload_is_never_loaded_and_the_finished_one_rolls_out(
     assert failed == [] and load.wrong == []
     response = server.prediction_stub().Predict(predict_request(), 10.0)
     assert response.model_spec.version.value == 124
+
+
+def test_a_reload_takes_object_store_base_paths(server: Server, endpoint: str) -> None:
+    """HandleReloadConfigRequest takes every base path the startup config takes: a model added
+    from another S3 prefix is served; a prefix that holds nothing is INVALID_ARGUMENT, and the
+    served models stay as they were."""
+    from tensorflow_serving.apis import model_management_pb2
+
+    from tests.serve_app.test_bad_day import State, wait_state
+
+    s3 = client(endpoint)
+    for path in sorted(SOURCE.rglob("*")):
+        if path.is_file():
+            s3.upload_file(str(path), BUCKET, f"copy/7/{path.relative_to(SOURCE).as_posix()}")
+
+    def reload(*entries: tuple[str, str]) -> Any:
+        request = model_management_pb2.ReloadConfigRequest()
+        for name, base in entries:
+            config = request.config.model_config_list.config.add()
+            config.name, config.base_path, config.model_platform = name, base, "tensorflow"
+        return server.model_stub().HandleReloadConfigRequest(request, 120.0)
+
+    served = ("half_plus_two", f"s3://{BUCKET}/{PREFIX}")
+    with pytest.raises(grpc.RpcError) as refused:
+        reload(served, ("copy", f"s3://{BUCKET}/no-such-prefix"))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"s3://{BUCKET}/no-such-prefix" in (refused.value.details() or "")
+    assert reload(served, ("copy", f"s3://{BUCKET}/copy")).status.error_code == 0
+    wait_state(server, 7, State.AVAILABLE, model="copy")
+    request = predict_request()
+    request.model_spec.name = "copy"
+    assert server.prediction_stub().Predict(request, 10.0).outputs["y"].float_val == [3.0]
 
 
 # --- the cache: private, names checked, partial downloads cleaned, bounded --------------------
