@@ -57,7 +57,7 @@ def root() -> Path:
     configured = os.environ.get(ENV) or ""
     with _lock:
         chosen = _roots.get(configured)
-        if chosen is None:
+        if chosen is None or not chosen.is_dir():  # first use, or deleted since
             chosen = _roots[configured] = _private(configured)
             _clean(chosen)
         return chosen
