@@ -80,6 +80,7 @@ def _version_options(args: AppArgs, scaling: ScalingArgs) -> VersionOptions:
         warmup_iterations=args.num_request_iterations_for_warmup,
         tensor_content=args.enable_serialization_as_tensor_content,
         per_model_batching=args.enable_per_model_batching_parameters,
+        object_store_cache_max_mb=args.object_store_cache_max_mb,
     )
 
 

@@ -2,7 +2,8 @@
 ``--model_config_file_poll_wait_seconds``): read again at each poll of the version manager
 (``serve_app.rollout``), and trusted only when it reads whole.
 
-A file that cannot be read, is not UTF-8 or does not parse keeps the last good config: the
+A file that cannot be read, is not UTF-8, does not parse, or puts a request log outside the
+directories allowed at startup (``request_log.confine``) keeps the last good config: the
 reason is logged once (``serve_app.faults``) and the file is read again at the next poll. A
 file that lists no model at all (an editor's truncate-then-write, caught in between) is taken
 only once two polls in a row read it so, as an operator who empties it on purpose means it.
@@ -14,6 +15,7 @@ import logging
 
 from compat import model_config
 from compat.errors import ServingError
+from serve_app import request_log
 from serve_app.args import ModelArgs, models_from_config
 from serve_app.faults import Faults
 
@@ -23,8 +25,10 @@ logger = logging.getLogger("ray.serve")
 class ConfigFileSource:
     """One model config file, read again at each poll."""
 
-    def __init__(self, faults: Faults) -> None:
+    def __init__(self, faults: Faults, allowed_log_dirs: list[str] | None = None) -> None:
         self._faults = faults
+        self._allowed_log_dirs = allowed_log_dirs
+        """Where its request logs may go (``request_log.confine``); None: anywhere."""
         self._empty_seen = False
         """The previous poll read a file that lists no model."""
 
@@ -32,6 +36,8 @@ class ConfigFileSource:
         """The models the file at ``path`` lists now, or None: keep ``serving``."""
         try:
             models = models_from_config(model_config.read_file(path))
+            if self._allowed_log_dirs is not None:
+                models = request_log.confine(models, self._allowed_log_dirs)
         except ServingError as e:
             self._faults.report("config_file", "", f"{path}: {e.message}")
             return None

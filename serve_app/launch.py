@@ -34,8 +34,11 @@ def parse_cli_args(raw: dict[str, Any]) -> AppArgs:
 
 
 def resolve_models(args: AppArgs) -> AppArgs:
-    """Fill ``args.models`` from the config file or the single-model flags, absolute paths."""
+    """Fill ``args.models`` from the config file or the single-model flags, absolute paths
+    (base paths, request logs' prefixes), and ``request_log_allowed_dirs`` with the request
+    logs' directories."""
     from compat import model_config
+    from serve_app import request_log
     from serve_app.args import models_from_config
 
     if args.models:
@@ -45,7 +48,10 @@ def resolve_models(args: AppArgs) -> AppArgs:
     else:
         models = [ModelArgs(name=args.model_name, base_path=args.model_base_path)]
     resolved = [m.model_copy(update={"base_path": absolute(m.base_path)}) for m in models]
-    return args.model_copy(update={"models": resolved})
+    # The request logs' directories at startup are those a reload may write under.
+    allowed = request_log.allowed_dirs(resolved, args.request_log_allowed_dirs)
+    resolved = request_log.confine(resolved, allowed)
+    return args.model_copy(update={"models": resolved, "request_log_allowed_dirs": allowed})
 
 
 def absolute(path: str) -> str:

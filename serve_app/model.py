@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import grpc
@@ -101,6 +102,7 @@ class ModelVersion:
         warmup_iterations: int = 0,
         tensor_content: bool = False,
         per_model_batching: bool = False,
+        object_store_cache_max_mb: int = 10240,
     ) -> None:
         session = SessionConfig.model_validate(session)
         self.model = model
@@ -127,11 +129,15 @@ class ModelVersion:
         )
         started = time.monotonic()
         warmed = 0
+        self._cached: Path | None = None
+        """The object-store version's copy in the node's cache, held while it is served."""
         for attempt in range(max_load_retries + 1):
             if attempt:
                 time.sleep(load_retry_interval_s)
             try:
-                local = str(store.fetch(path)) if store.is_remote(path) else path
+                if store.is_remote(path) and self._cached is None:  # held until __del__
+                    self._cached = store.fetch(path, max_bytes=object_store_cache_max_mb << 20)
+                local = str(self._cached or path)
                 self.servable = Servable(local, SessionOptions(**session.model_dump()))
                 if per_model_batching:
                     self.own_batching = own_batching(local)
@@ -241,7 +247,8 @@ class ModelVersion:
         try:
             payload, record = await _HANDLERS[call.api](self, call, logged)
             if logged and record is not None:
-                log.submit(functools.partial(self._log_record, call, record))  # type: ignore[union-attr]
+                held = request_log.held_bytes(record)  # the request and response it keeps
+                log.submit(functools.partial(self._log_record, call.api, record), held)  # type: ignore[union-attr]
             return ModelReply(payload=payload)
         except ServingError as e:
             return ModelReply.error(e)
@@ -249,7 +256,7 @@ class ModelVersion:
             logger.exception("Unexpected error in %s version %s", self.model, self.version)
             return ModelReply(code=grpc.StatusCode.INTERNAL, message=f"{type(e).__name__}: {e}")
 
-    def _log_record(self, call: ModelCall, record: Callable[[], tuple[Any, Any]]) -> Any:
+    def _log_record(self, api: Api, record: Callable[[], tuple[Any, Any]]) -> Any:
         """The ``PredictionLog`` of an answered call (built in the request log's thread)."""
         request, response = record()
         log = prediction_log_pb2.PredictionLog()
@@ -259,7 +266,7 @@ class ModelVersion:
         meta.model_spec.signature_name = signature
         meta.sampling_config.sampling_rate = self.request_log.args.sampling_rate  # type: ignore[union-attr]
         meta.saved_model_tags.extend(self._servable().tags)
-        kind = _LOG_KINDS[call.api]
+        kind = _LOG_KINDS[api]
         getattr(log, kind).request.CopyFrom(request)
         getattr(log, kind).response.CopyFrom(response)
         return log
@@ -389,6 +396,8 @@ class ModelVersion:
     def __del__(self) -> None:
         if getattr(self, "servable", None) is not None:
             self.servable.close()  # type: ignore[union-attr]
+        if getattr(self, "_cached", None) is not None:
+            store.release(self._cached)  # type: ignore[arg-type]
 
 
 def check_deadline(deadline: float | None) -> None:

@@ -60,6 +60,8 @@ class VersionOptions(_Config):
     per_model_batching: bool
     """A version's ``batching_params.pbtxt`` sets its batching
     (``--enable_per_model_batching_parameters``)."""
+    object_store_cache_max_mb: int
+    """Size bound of the node's cache of object-store versions (``--object_store_cache_max_mb``)."""
 
 
 class VersionConfig(_Config):

@@ -24,7 +24,7 @@ from typing import Any
 from compat.errors import InvalidArgument, NotFound, ServingError, StatusCode
 from compat.protos import get_model_status_pb2, model_management_pb2, status_pb2
 from compat.routing import ModelRoutes
-from serve_app import probe, repository, store
+from serve_app import probe, repository, request_log, store
 from serve_app.applier import Applier, Builder
 from serve_app.args import AppArgs, ModelArgs, models_from_config
 from serve_app.calls import ModelReply, parse_request
@@ -82,7 +82,7 @@ class VersionManager:
         """Failing steps, each logged once per distinct cause and counted."""
         self._probes = probe.Probes()
         """The new versions' load probes running now."""
-        self._config_file = ConfigFileSource(self._faults)
+        self._config_file = ConfigFileSource(self._faults, self.args.request_log_allowed_dirs)
         """The model config file, read again at each poll."""
         self._task = asyncio.get_event_loop().create_task(self._poll_forever())
 
@@ -396,6 +396,7 @@ class VersionManager:
                     "ModelConfigList is currently supported"
                 )
             models = models_from_config(request.config)
+            models = request_log.confine(models, self.args.request_log_allowed_dirs)
             for m in models:  # every base path the startup config takes, object stores too
                 await asyncio.to_thread(repository.check_base_path, m.base_path)
         except ServingError as e:

@@ -12,9 +12,10 @@ S3-compatible store), Google's application default credentials.
   ``variables/variables.index`` when there are variables, and every shard
   ``variables.data-0000i-of-0000N``) and its listing (names, sizes, ETags) is the same as at the
   previous scan, a poll apart: an upload in progress changes it.
-- **Each replica downloads** a version into a local cache (``$RAY_TFSERVING_CACHE``, else the
-  temp dir), into a temporary directory first, checks every file's size against the listing,
-  then renames it into place; a version already in the cache is used as it is.
+- **Each replica downloads** a version into its node's cache (``serve_app.cache``: private to
+  the server's user, names checked, bounded), into a temporary directory first, checks every
+  file's size against the listing, then renames it into place; a version already in the cache
+  is used as it is.
 """
 
 from __future__ import annotations
@@ -23,20 +24,17 @@ import hashlib
 import logging
 import os
 import re
-import shutil
-import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from serve_app import cache
 
 logger = logging.getLogger("ray.serve")
 
 SCHEMES = ("s3://", "gs://", "gcs://")
 _SHARD = re.compile(r"variables/variables\.data-(\d+)-of-(\d+)$")
-_COMPLETE = ".complete"
-"""Written last into a cached version; a cache entry without it is not used."""
 
 
 class ScanError(OSError):
@@ -188,49 +186,61 @@ def _tree_stamp(root: Path) -> str:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("RAY_TFSERVING_CACHE") or Path(tempfile.gettempdir()) / "rtfs-cache")
+    """This process's cache directory (``serve_app.cache``: private, checked, cleaned)."""
+    return cache.root()
 
 
-def fetch(url: str, retries: int = 3) -> Path:
-    """A local copy of the version at ``url``: downloaded atomically and checked, or cached."""
+def fetch(url: str, retries: int = 3, max_bytes: int = cache.DEFAULT_MAX_BYTES) -> Path:
+    """A local copy of the version at ``url``: downloaded atomically and checked, or cached;
+    held in the cache (not evicted) until ``release``. Beyond ``max_bytes`` of cache, versions
+    no process holds are evicted, least recently used first."""
     base, _, version = url.rstrip("/").rpartition("/")
     listing = list_versions(base).get(version_number(version) or -1)
     if listing is None or not listing.whole:
         raise FileNotFoundError(f"{url} holds no complete SavedModel")
+    try:  # every name checked before a byte is written
+        files = {
+            rel: size
+            for name, (size, _) in listing.files.items()
+            if (rel := cache.relative_path(name))
+        }
+    except ValueError as e:
+        raise ValueError(f"{url}: {e}; the version is not downloaded") from None
     key = hashlib.sha256(f"{url}#{listing.fingerprint}".encode()).hexdigest()[:24]
-    final = cache_root() / key
-    if (final / _COMPLETE).is_file():
+    root = cache_root()
+    final = root / key
+    if cache.hold(final):
+        cache.evict(root, max_bytes)
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fs, root = _filesystem(url)
+    fs, remote = _filesystem(url)
     for attempt in range(retries):
-        tmp = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         try:
-            started = time.monotonic()
-            for rel in listing.files:
-                target = tmp / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                fs.get_file(f"{root}/{rel}", str(target))
-            _verify(tmp, listing)
-            (tmp / _COMPLETE).write_text(listing.fingerprint)
-            try:
-                os.rename(tmp, final)
-            except OSError:  # another replica on this node was first
-                shutil.rmtree(tmp, ignore_errors=True)
-                if not (final / _COMPLETE).is_file():
-                    raise
+            with cache.staging(root, key) as (tmp, fd):
+                started = time.monotonic()
+                for rel in files:
+                    target = tmp / rel
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    fs.get_file(f"{remote}/{rel}", str(target))
+                _verify(tmp, files)
+                cache.publish(tmp, fd, final, listing.fingerprint)
             logger.info("Downloaded %s in %.2fs", url, time.monotonic() - started)
+            cache.evict(root, max_bytes)
             return final
         except (OSError, ValueError) as e:
-            shutil.rmtree(tmp, ignore_errors=True)
             if attempt == retries - 1:
                 raise
             logger.warning("Downloading %s failed (%s); retrying", url, e)
     raise AssertionError("unreachable")
 
 
-def _verify(local: Path, listing: Listing) -> None:
-    for rel, (size, _) in listing.files.items():
+def release(path: str | os.PathLike[str]) -> None:
+    """A version fetched into the cache is no longer served by this process: it may be
+    evicted."""
+    cache.release(Path(path))
+
+
+def _verify(local: Path, files: dict[str, int]) -> None:
+    for rel, size in files.items():
         actual = (local / rel).stat().st_size
         if actual != size:
             raise ValueError(f"{rel}: {actual} bytes downloaded, {size} listed")

@@ -180,6 +180,7 @@ def server(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
             f"--model_config_file={config}",
             f"--ssl_config_file={ssl_config(root / 'ssl.config', pki, client_verify=True)}",
             "--file_system_poll_wait_seconds=1",
+            "--model_config_file_poll_wait_seconds=1",
             "--serving_replicas=1",
             f"--monitoring_config_file={TESTDATA / 'monitoring_config.txt'}",
         )
@@ -431,6 +432,85 @@ def test_warmup_from_the_logs_is_replayed_by_the_next_version(server: Server, pk
         assert time.monotonic() < deadline, server.cli.output[-3000:]
         time.sleep(0.2)
     assert lines[0].endswith("s, 5 warmup records replayed)"), lines
+
+
+# --- where request logs may go ------------------------------------------------------------
+
+
+def test_a_reload_may_not_put_request_logs_outside_the_allowed_directories(
+    server: Server, pki: Pki
+) -> None:
+    """Allowed: the startup config's request-log directories (no --request_log_allowed_dirs
+    here). A ReloadConfig whose ``logging_config`` writes elsewhere, by path, by ``..`` or
+    through a symlink, is INVALID_ARGUMENT with the reason; the served models stay as they were
+    and nothing is written there."""
+    from google.protobuf import text_format
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+    from tensorflow_serving.config import model_server_config_pb2
+
+    root = server.logs.parent
+    elsewhere = root / "elsewhere"
+    elsewhere.mkdir(exist_ok=True)
+    (server.logs / "all").mkdir(parents=True, exist_ok=True)
+    link = server.logs / "all" / "out"
+    if not link.is_symlink():
+        link.symlink_to(elsewhere)
+    allowed = f"{server.logs / 'all'}, {server.logs / 'sampled'}, {root / 'readonly'}"
+    models = MODELS.format(
+        hpt=HALF_PLUS_TWO, logs=server.logs, readonly=root / "readonly", base=server.base
+    )
+    for prefix in (
+        f"{elsewhere}/hpt",
+        f"{server.logs}/all/../../elsewhere/hpt",
+        f"{link}/hpt",
+    ):
+        request = model_management_pb2.ReloadConfigRequest()
+        text_format.Parse(
+            models.replace(f"{server.logs}/all/hpt", prefix),
+            request.config,
+        )
+        assert isinstance(request.config, model_server_config_pb2.ModelServerConfig)
+        with grpc_channel(server.port, pki.ca, pki.client) as channel:
+            stub = model_service_pb2_grpc.ModelServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as e:
+                stub.HandleReloadConfigRequest(request, 60.0)
+        assert (e.value.code(), e.value.details()) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"Model half_plus_two: request log filename_prefix {prefix!r} is in {elsewhere}, "
+            f"outside the directories allowed at startup ({allowed}): those of the startup "
+            "config's request logs and --request_log_allowed_dirs",
+        )
+    with grpc_channel(server.port, pki.ca, pki.client) as channel:
+        assert predict(channel, "half_plus_two") == 3.0  # logged where it was
+        assert predict(channel, "warm") == 3.0
+    time.sleep(1.0)  # a record would be written off the request path
+    assert not any(elsewhere.iterdir())
+
+
+def test_a_re_read_config_file_may_not_put_request_logs_elsewhere_either(
+    server: Server, pki: Pki
+) -> None:
+    """The config file, re-read every second here, is ignored with the reason logged while it
+    logs outside the allowed directories; the served models stay as they were."""
+    root = server.logs.parent
+    config = root / "models.config"
+    elsewhere = root / "elsewhere-polled"
+    elsewhere.mkdir(exist_ok=True)
+    original = config.read_text()
+    prefix = f"{elsewhere}/hpt"
+    why = f"request log filename_prefix {prefix!r} is in {elsewhere}, outside the directories"
+    config.write_text(original.replace(f"{server.logs}/all/hpt", prefix))
+    try:
+        deadline = time.monotonic() + 30
+        while not any(why in line for line in server.cli.lines):
+            assert time.monotonic() < deadline, server.cli.output[-3000:]
+            time.sleep(0.2)
+        with grpc_channel(server.port, pki.ca, pki.client) as channel:
+            assert predict(channel, "half_plus_two") == 3.0
+    finally:
+        config.write_text(original)
+    time.sleep(1.0)  # a record would be written off the request path
+    assert not any(elsewhere.iterdir())
 
 
 # --- TLS without client certificates -----------------------------------------------------

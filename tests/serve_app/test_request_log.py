@@ -3,10 +3,12 @@ drops (counted, never raised) when the directory cannot be written or the writer
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,8 @@ from compat import model_config
 from compat.errors import InvalidArgument
 from compat.protos import prediction_log_pb2
 from serve_app import request_log
-from serve_app.args import RequestLogArgs
+from serve_app.args import AppArgs, ModelArgs, RequestLogArgs
+from serve_app.launch import resolve_models
 
 pytestmark = pytest.mark.unit
 
@@ -226,3 +229,129 @@ def _metadata_request():  # type: ignore[no-untyped-def]
     request.model_spec.name = "half_plus_two"
     request.metadata_field.append("signature_def")
     return request
+
+
+# --- the queue is bounded by bytes -------------------------------------------------------------
+
+
+def test_the_queue_holds_no_more_than_max_pending_bytes_of_requests(tmp_path: Path) -> None:
+    """A writer behind with large requests waiting: what the queue pins stays within the
+    bound, the rest is dropped at once (and counted), and nothing is pinned once written."""
+    args = RequestLogArgs(filename_prefix=str(tmp_path / "log"))
+    log = request_log.RequestLog("m", args, max_pending_bytes=1 << 20)
+    gate = threading.Event()
+    alive: list[weakref.ref[np.ndarray]] = []
+
+    def submit(i: int) -> None:
+        tensor = np.full((64 << 10,), i, np.float32)  # 256 KiB
+        alive.append(weakref.ref(tensor))
+
+        def build() -> prediction_log_pb2.PredictionLog:
+            gate.wait(10)
+            return record(int(tensor[0]))
+
+        log.submit(build, request_log.held_bytes(build))
+
+    for i in range(40):  # 10 MiB offered
+        submit(i)
+        assert log.pending_bytes <= 1 << 20
+    queued = sum(ref() is not None for ref in alive)
+    assert queued == 4  # 1 MiB (with the one the writer builds), not the 10 MiB offered
+    gate.set()
+    log.close()
+    assert log.written == queued and log.written + log.dropped == 40
+    assert log.pending_bytes == 0
+    assert all(ref() is None for ref in alive)  # the writer keeps no request once written
+
+
+def test_held_bytes_counts_the_request_and_response_a_record_keeps() -> None:
+    from compat.protos import predict_pb2
+    from serve_app.calls import Api, ModelCall
+
+    request = predict_pb2.PredictRequest()
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.zeros((100_000,), np.float32)))
+    call = ModelCall(Api.PREDICT, request.model_spec, request)
+    payload = b"r" * 5000
+    grpc_record = lambda: (call.request, payload)  # noqa: E731 (as the version makes it)
+    assert 400_000 <= request_log.held_bytes(grpc_record) <= 410_000
+
+    class Prepared:  # a Predict decoded from JSON or ModelInfer: its arrays
+        inputs = {"x": np.zeros((1000,), np.float64)}
+        outputs = {"y": np.zeros((500,), np.float32)}
+
+    assert request_log.held_bytes(functools.partial(print, Prepared())) == 10_000
+    assert request_log.held_bytes(lambda: None) == 0
+
+
+# --- a reloaded config's request logs stay where the operator allowed -------------------------
+
+
+def model(prefix: str, name: str = "m") -> ModelArgs:
+    log = RequestLogArgs(filename_prefix=prefix, sampling_rate=1.0)
+    return ModelArgs(name=name, base_path="/b", request_log=log)
+
+
+def test_the_allowed_directories_are_the_startup_config_s_and_the_flag_s(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    args = resolve_models(
+        AppArgs(
+            models=[model("logs/a/m"), model(str(tmp_path / "link/m"), "n")],
+            request_log_allowed_dirs="extra,/var/log/../log/rtfs",  # type: ignore[arg-type]
+        )
+    )
+    assert args.request_log_allowed_dirs == [
+        str(tmp_path / "extra"),
+        "/var/log/rtfs",
+        str(tmp_path / "logs/a"),
+        str(tmp_path / "real"),
+    ]
+    # the startup prefixes, resolved: the writers open what was checked
+    assert [m.request_log.filename_prefix for m in args.models] == [  # type: ignore[union-attr]
+        str(tmp_path / "logs/a/m"),
+        str(tmp_path / "real/m"),
+    ]
+
+
+@pytest.mark.parametrize("prefix", ["{a}/m", "{a}/deeper/still/m", "{a}/x/../m", "{link_in}/m"])
+def test_a_reload_may_log_under_an_allowed_directory(tmp_path: Path, prefix: str) -> None:
+    a, elsewhere = tmp_path / "a", tmp_path / "elsewhere"
+    a.mkdir()
+    elsewhere.mkdir()
+    (a / "inside").mkdir()
+    (tmp_path / "link_in").symlink_to(a / "inside")
+    prefix = prefix.format(a=a, link_in=tmp_path / "link_in")
+    (confined,) = request_log.confine([model(prefix)], [str(a)])
+    written_to = Path(confined.request_log.filename_prefix)  # type: ignore[union-attr]
+    assert written_to.parent.resolve().is_relative_to(a) and written_to.name == "m"
+
+
+@pytest.mark.parametrize(
+    ("prefix", "where"),
+    [
+        ("{elsewhere}/m", "{elsewhere}"),
+        ("{a}/../elsewhere/m", "{elsewhere}"),  # .. out of it
+        ("{a}/link_out/m", "{elsewhere}"),  # a symlink out of it
+        ("{a}/link_out/../x/m", "{tmp}/x"),  # .. after a symlink: read as the kernel does
+        ("{a}2/m", "{a}2"),  # a sibling whose name begins the same
+        ("/etc/cron.d/m", "/etc/cron.d"),
+    ],
+)
+def test_a_reload_that_logs_anywhere_else_is_invalid_argument(
+    tmp_path: Path, prefix: str, where: str
+) -> None:
+    a, elsewhere = tmp_path / "a", tmp_path / "elsewhere"
+    a.mkdir()
+    elsewhere.mkdir()
+    (a / "link_out").symlink_to(elsewhere)
+    prefix, where = (s.format(a=a, elsewhere=elsewhere, tmp=tmp_path) for s in (prefix, where))
+    with pytest.raises(InvalidArgument) as e:
+        request_log.confine([model("/ok/m", "fine"), model(prefix)], [str(a), "/ok"])
+    assert e.value.message == (
+        f"Model m: request log filename_prefix {prefix!r} is in {where}, outside the "
+        f"directories allowed at startup ({a}, /ok): those of the startup config's request "
+        "logs and --request_log_allowed_dirs"
+    )

@@ -6,7 +6,14 @@ finished is never loaded.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
+import subprocess
+import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +21,7 @@ from typing import Any
 import grpc
 import pytest
 
-from serve_app import store
+from serve_app import cache, store
 from tests.harness import TESTDATA, Server, free_ports, start_server
 from tests.serve_app.test_serving_path import Load, predict_request
 
@@ -257,3 +264,205 @@ def test_a_reload_takes_object_store_base_paths(server: Server, endpoint: str) -
     request = predict_request()
     request.model_spec.name = "copy"
     assert server.prediction_stub().Predict(request, 10.0).outputs["y"].float_val == [3.0]
+
+
+# --- the cache: private, names checked, partial downloads cleaned, bounded --------------------
+
+
+@contextlib.contextmanager
+def held_by_another_process(path: Path, kind: str = "LOCK_SH") -> Iterator[None]:
+    """Another process holds ``flock(kind)`` on the directory ``path`` (a replica serving a
+    cached version, or one downloading into it) until the block ends."""
+    script = (
+        "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
+        f"fcntl.flock(fd, fcntl.{kind}); print('held', flush=True); sys.stdin.read()"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "held\n"
+        yield
+    finally:
+        child.communicate("", timeout=30)
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "cache"
+    monkeypatch.setenv(cache.ENV, str(path))
+    return path
+
+
+@pytest.mark.unit
+def test_the_cache_is_made_private_to_the_server_s_user(cache_dir: Path) -> None:
+    assert store.cache_root() == cache_dir
+    info = cache_dir.stat()
+    assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o700, os.getuid())
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("problem", ["group writable", "world writable", "symlink", "owner"])
+def test_a_configured_cache_that_is_not_private_is_refused(
+    cache_dir: Path, tmp_path: Path, problem: str
+) -> None:
+    if problem == "symlink":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        cache_dir.symlink_to(tmp_path / "elsewhere")
+    else:
+        cache_dir.mkdir()
+        cache_dir.chmod({"group writable": 0o770, "world writable": 0o777}.get(problem, 0o700))
+    if problem == "owner":
+        if os.geteuid() != 0:
+            pytest.skip("giving a directory to another user needs root")
+        os.chown(cache_dir, 65534, 65534)
+    with pytest.raises(PermissionError) as e:
+        store.cache_root()
+    why = {
+        "group writable": "may be written by group or others (mode 770)",
+        "world writable": "may be written by group or others (mode 777)",
+        "symlink": "is not a directory (a symlink?)",
+        "owner": f"belongs to uid 65534, not to this server's user (uid {os.getuid()})",
+    }[problem]
+    assert str(e.value) == (
+        f"The object-store cache {cache_dir} {why}: it must be private to the server's user "
+        "(a 0700 directory of its own; set $RAY_TFSERVING_CACHE to another path)"
+    )
+
+
+@pytest.mark.unit
+def test_a_default_cache_someone_else_made_is_replaced_by_a_fresh_private_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(cache.ENV, raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(cache, "_roots", {})
+    squatted = tmp_path / f"rtfs-cache-{os.getuid()}"
+    squatted.mkdir()
+    squatted.chmod(0o777)
+    (squatted / "planted").mkdir()
+    root = store.cache_root()
+    assert root != squatted and root.parent == tmp_path
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700 and not any(root.iterdir())
+
+
+@pytest.mark.unit
+def test_partial_downloads_are_deleted_at_start_but_not_one_under_way(cache_dir: Path) -> None:
+    cache_dir.mkdir(mode=0o700)
+    for name in (".tmp-dead-1", ".tmp-live-2", ".evict-old-3", "kept"):
+        (cache_dir / name / "variables").mkdir(parents=True)
+        (cache_dir / name / "variables" / "variables.index").write_bytes(b"x" * 100)
+    with held_by_another_process(cache_dir / ".tmp-live-2", "LOCK_EX"):
+        store.cache_root()
+        assert sorted(p.name for p in cache_dir.iterdir()) == [".tmp-live-2", "kept"]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("name", "checked"),
+    [
+        ("saved_model.pb", "saved_model.pb"),
+        ("variables/variables.data-00000-of-00001", "variables/variables.data-00000-of-00001"),
+        ("assets.extra/..warmup", "assets.extra/..warmup"),
+        ("variables/", None),  # a folder marker: nothing to write
+    ],
+)
+def test_plain_object_names_are_kept(name: str, checked: str | None) -> None:
+    assert cache.relative_path(name) == checked
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "name", ["../../x", "a/../../x", "/etc/x", "a//b", "./a", "a/.", "", "a\0b", ".complete"]
+)
+def test_object_names_that_could_leave_the_version_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="is not a plain relative path"):
+        cache.relative_path(name)
+
+
+def make_entry(directory: Path, name: str, size: int, used: float) -> Path:
+    entry = directory / name
+    (entry / "variables").mkdir(parents=True)
+    (entry / "variables" / "variables.data-00000-of-00001").write_bytes(b"x" * size)
+    (entry / cache.COMPLETE).write_text("")
+    os.utime(entry / cache.COMPLETE, (used, used))
+    return entry
+
+
+@pytest.mark.unit
+def test_eviction_deletes_the_least_recently_used_entries_no_process_holds(
+    cache_dir: Path,
+) -> None:
+    root = store.cache_root()
+    entries = [make_entry(root, f"e{i}", 1000, 1_000_000 + i) for i in range(4)]
+    assert cache.hold(entries[0])  # served by this process (which makes it the newest)
+    with held_by_another_process(entries[1]):  # served by another replica of the node
+        assert cache.evict(root, 3500) == ["e2"]  # the oldest nobody serves
+        assert cache.evict(root, 3500) == []
+        cache.release(entries[0])  # 3000 bytes left: within the bound, nothing more goes
+        assert sorted(p.name for p in root.iterdir()) == ["e0", "e1", "e3"]
+        assert cache.evict(root, 0) == ["e3", "e0"]  # e0 was used last (its hold)
+    assert [p.name for p in root.iterdir()] == ["e1"]
+    assert cache.hold(entries[1])  # now nobody else holds it; hold marks it used
+    assert (entries[1] / cache.COMPLETE).stat().st_mtime > 1_000_003
+    cache.release(entries[1])  # released past a bound of 0: evicted
+    assert not any(root.iterdir())
+
+
+# --- the cache, against the endpoint ----------------------------------------------------------
+
+
+def upload_version(url: str, prefix: str, extra: dict[str, bytes] | None = None) -> None:
+    s3 = client(url)
+    for path in sorted(SOURCE.rglob("*")):
+        if path.is_file():
+            s3.upload_file(str(path), BUCKET, f"{prefix}/{path.relative_to(SOURCE).as_posix()}")
+    for key, body in (extra or {}).items():
+        s3.put_object(Bucket=BUCKET, Key=f"{prefix}/{key}", Body=body)
+
+
+@pytest.mark.parametrize(
+    "key", ["../../escaped", "/rtfs-escaped-{id}/x", "variables/../../../escaped", ".complete"]
+)
+def test_a_version_with_an_object_name_that_would_leave_it_is_not_downloaded(
+    environment: str, cache_dir: Path, key: str
+) -> None:
+    unique = uuid.uuid4().hex[:8]
+    key = key.format(id=unique)
+    base = f"s3://{BUCKET}/hostile-{unique}"
+    upload_version(environment, f"hostile-{unique}/7", {key: b"planted"})
+    with pytest.raises(ValueError) as e:
+        store.fetch(f"{base}/7")
+    assert str(e.value) == (
+        f"{base}/7: object name {key!r} is not a plain relative path; the version is not downloaded"
+    )
+    outside = [cache_dir.parent / "escaped", Path(f"/rtfs-escaped-{unique}")]
+    assert not any(p.exists() for p in outside)
+    assert not cache_dir.exists() or not any(cache_dir.iterdir())  # not even a partial one
+
+
+def test_versions_no_longer_served_are_evicted_beyond_the_bound(
+    environment: str, cache_dir: Path
+) -> None:
+    base = f"s3://{BUCKET}/evicted-{uuid.uuid4().hex[:8]}"
+    for v in (1, 2, 3):
+        upload_version(environment, f"{base.removeprefix(f's3://{BUCKET}/')}/{v}")
+    one = sum(p.stat().st_size for p in SOURCE.rglob("*") if p.is_file())
+    bound = int(one * 1.5)  # room for one version
+    first = store.fetch(f"{base}/1", max_bytes=bound)
+    second = store.fetch(f"{base}/2", max_bytes=bound)  # both served: both kept, over the bound
+    assert first.is_dir() and second.is_dir() and first != second
+    assert store.fetch(f"{base}/1", max_bytes=bound) == first  # cached: no download
+    store.release(first)
+    assert first.is_dir()  # still held once
+    store.release(first)  # no longer served: evicted, the bound being passed
+    assert not first.exists() and second.is_dir()
+    third = store.fetch(f"{base}/3", max_bytes=bound)
+    assert second.is_dir()  # still served
+    store.release(second)
+    assert sorted(cache_dir.iterdir()) == [third]
+    assert (third / "saved_model.pb").read_bytes() == (SOURCE / "saved_model.pb").read_bytes()
+    store.release(third)

@@ -23,6 +23,7 @@ def options(**session: int) -> VersionOptions:
         warmup_iterations=0,
         tensor_content=False,
         per_model_batching=False,
+        object_store_cache_max_mb=10240,
     )
 
 
