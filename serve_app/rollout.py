@@ -242,7 +242,10 @@ class VersionManager:
         finally:
             await self._lock.acquire()
         proven = {}
+        deployed = self.plan.deployed.get(model, {})
         for (v, path), outcome in zip(versions.items(), outcomes, strict=True):
+            if v in deployed:  # a reload (or the poll) added it while the lock was let go
+                continue
             if outcome.code == StatusCode.OK:
                 proven[v] = path
                 continue

@@ -136,7 +136,7 @@ def test_scanner_waits_for_a_stable_listing(
     assert store.fetch(f"{base}/7") == local  # cached, not fetched again
 
 
-@pytest.mark.parametrize("fault", ["403", "503", "reset"])
+@pytest.mark.parametrize("fault", ["403"])  # 503 and reset, slower to fail: test_bad_day
 def test_a_listing_that_fails_is_an_error_never_no_versions(
     environment: str, monkeypatch: pytest.MonkeyPatch, fault: str
 ) -> None:
