@@ -37,19 +37,13 @@ from serve_app.status import LoadOutcome
 logger = logging.getLogger("ray.serve")
 
 
-def _vm_data_bytes() -> int:
-    """The process's private writable memory now (``VmData``), what ``RLIMIT_DATA`` bounds."""
-    with open("/proc/self/status") as f:
+def _proc_bytes(path: str, key: str) -> int:
+    """A ``kB`` figure of ``/proc``, in bytes: ``VmData`` of ``/proc/self/status`` is the
+    process's private writable memory (what ``RLIMIT_DATA`` bounds), ``MemAvailable`` of
+    ``/proc/meminfo`` the node's memory available now."""
+    with open(path) as f:
         for line in f:
-            if line.startswith("VmData:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _available_bytes() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     return 0
 
@@ -61,8 +55,8 @@ def _load(
     """In the probe's own process: load and warm up the version under the memory bound."""
     from serve_app.model import ModelVersion  # imports TF: counted before the bound is set
 
-    budget = budget_bytes or _available_bytes() // max(1, sharing)
-    limit = _vm_data_bytes() + budget
+    budget = budget_bytes or _proc_bytes("/proc/meminfo", "MemAvailable") // max(1, sharing)
+    limit = _proc_bytes("/proc/self/status", "VmData") + budget
     resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     started = time.monotonic()
     try:
