@@ -131,7 +131,7 @@ class ModelSteps:
 def gave_up(status: VersionStatus | None, stamp: str | None) -> bool:
     """A version that failed to load is retried only once its directory changed (``stamp``,
     from the scan, is what it looks like now)."""
-    if status is None or status.state != State.END or not status.error_code:
+    if status is None or not status.load_failed:
         return False
     return status.stamp == stamp
 

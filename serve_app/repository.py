@@ -49,12 +49,10 @@ def scan(base_path: str | Path, stamp: Iterable[int] = ()) -> Scan:
 def _children(base: Path) -> list[tuple[int, Path]]:
     """(version, directory) of each version directory of a local base path; ``ScanError`` when
     the base path does not exist or cannot be listed (TF Serving: "Could not find base path")."""
+    if not base.is_dir():
+        raise ScanError(f"Could not find base path {base}")
     try:
-        if not base.is_dir():
-            raise ScanError(f"Could not find base path {base}")
         children = list(base.iterdir())
-    except ScanError:
-        raise
     except OSError as e:
         raise ScanError(f"Cannot list base path {base}: {e.strerror or e}") from None
     found = []

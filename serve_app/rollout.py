@@ -107,12 +107,10 @@ class VersionManager:
                 self._faults.clear("poll")
             except asyncio.CancelledError:
                 raise
-            except RuntimeError as e:
-                if "after shutdown" in str(e) or "interpreter shutdown" in str(e):
-                    return  # the replica is stopping: its executor is gone
-                failures += 1
-                self._faults.report("poll", "", f"{type(e).__name__}: {e}", exc=e)
             except Exception as e:
+                stopping = "after shutdown" in str(e) or "interpreter shutdown" in str(e)
+                if isinstance(e, RuntimeError) and stopping:
+                    return  # the replica is stopping: its executor is gone
                 failures += 1
                 self._faults.report("poll", "", f"{type(e).__name__}: {e}", exc=e)
             await asyncio.sleep(self._next_wait(failures))

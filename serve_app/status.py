@@ -61,11 +61,16 @@ class VersionStatus:
             self.failures += 1
             self.failed_at = time.monotonic()
 
+    @property
+    def load_failed(self) -> bool:
+        """It ended with a load error (not an unload, which ends with OK)."""
+        return self.state == State.END and bool(self.error_code)
+
     def retry_due(self, now: float) -> bool:
         """A version that failed to load is tried again once its files change, and also after
         ``RETRY_AFTER_S`` doubling with each failure (up to an hour): what failed for a storage
         blip loads once the store is back, with nobody touching its files."""
-        if self.state != State.END or not self.error_code or not self.failures:
+        if not self.load_failed or not self.failures:
             return False
         wait = min(RETRY_AFTER_S * 2 ** min(self.failures - 1, 10), 3600.0)
         return now - self.failed_at >= wait
@@ -159,7 +164,11 @@ class Statuses(dict[str, dict[int, VersionStatus]]):
             if scan is None:
                 return False
             versions = self.get(model.name, {})
-            loadable = {v: p for v, p in scan.complete.items() if not _failed(versions.get(v))}
+            loadable = {
+                v: p
+                for v, p in scan.complete.items()
+                if not (v in versions and versions[v].load_failed)
+            }
             aspired = aspired_versions(loadable, model.version_policy)
             if not aspired:
                 return False
@@ -183,10 +192,6 @@ class Statuses(dict[str, dict[int, VersionStatus]]):
                 for m, vs in self.items()
             },
         }
-
-
-def _failed(status: VersionStatus | None) -> bool:
-    return status is not None and status.state == State.END and bool(status.error_code)
 
 
 @dataclass

@@ -195,7 +195,8 @@ def fetch(url: str, retries: int = 3, max_bytes: int = cache.DEFAULT_MAX_BYTES) 
     held in the cache (not evicted) until ``release``. Beyond ``max_bytes`` of cache, versions
     no process holds are evicted, least recently used first."""
     base, _, version = url.rstrip("/").rpartition("/")
-    listing = list_versions(base).get(version_number(version) or -1)
+    number = version_number(version)
+    listing = list_versions(base).get(number) if number is not None else None
     if listing is None or not listing.whole:
         raise FileNotFoundError(f"{url} holds no complete SavedModel")
     try:  # every name checked before a byte is written

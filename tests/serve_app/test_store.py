@@ -136,6 +136,16 @@ def test_scanner_waits_for_a_stable_listing(
     assert store.fetch(f"{base}/7") == local  # cached, not fetched again
 
 
+def test_version_0_is_fetched(
+    environment: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 0 is a version, as TF Serving reads it (``fetch`` once looked it up as -1)."""
+    monkeypatch.setenv("RAY_TFSERVING_CACHE", str(tmp_path / "cache"))
+    upload(environment, "0", prefix="zero")
+    local = store.fetch(f"s3://{BUCKET}/zero/0")
+    assert (local / "saved_model.pb").read_bytes() == (SOURCE / "saved_model.pb").read_bytes()
+
+
 @pytest.mark.parametrize("fault", ["403"])  # 503 and reset, slower to fail: test_bad_day
 def test_a_listing_that_fails_is_an_error_never_no_versions(
     environment: str, monkeypatch: pytest.MonkeyPatch, fault: str
