@@ -24,7 +24,7 @@ import json
 import re
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import unquote
 
@@ -248,8 +248,8 @@ class TooLarge(Exception):
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused as soon as it is known to exceed ``limit`` bytes (its Content-Length,
     or the bytes received so far)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    declared = content_length(request.scope)
+    if declared is not None and declared > limit:
         raise TooLarge(
             f"Request body of {declared} bytes is larger than the limit of {limit} bytes "
             "(max_request_bytes)"
@@ -304,7 +304,7 @@ async def whole_body(receive: Receive, declared: int | None, limit: int, timeout
     return replay
 
 
-def content_length(scope: dict[str, Any]) -> int | None:
+def content_length(scope: Mapping[str, Any]) -> int | None:
     """An ASGI request's Content-Length; None when it has none (chunked) or it is no number."""
     for name, value in scope.get("headers", ()):
         if name.lower() == b"content-length":
