@@ -39,14 +39,19 @@ class Settings:
 class RayConfig:
     """One ray-tfserving boot, measured over gRPC and REST: a label, app arguments, environment.
 
-    ``--variant "LABEL batching=on KEY=VALUE key.sub=value ..."``: upper-case keys are
-    environment variables (Ray's workers inherit them), the rest ``serve run`` app arguments.
+    ``--variant "LABEL batching=on KEY=VALUE file.key=value key.sub=value ..."``: upper-case
+    keys are environment variables (Ray's workers inherit them), ``file.key`` a line of TF
+    Serving's batching parameters file (``file.num_batch_threads=2`` writes ``num_batch_threads
+    { value: 2 }``), the rest ``serve run`` app arguments. A variant without app arguments is
+    booted with the ``ray-tfserving`` command, as a user boots it.
     """
 
     label: str
     batching: bool = False
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    file_lines: dict[str, str] = field(default_factory=dict)
+    """Batching parameters beside (or over) ``BATCHING_ON``, written into the batching file."""
     cli: bool = False
     """Booted as a user does, with the ``ray-tfserving`` command and TF Serving's flags
     (batching: ``--enable_batching`` and a batching parameters file holding ``BATCHING_ON``);
@@ -63,8 +68,13 @@ class RayConfig:
                 config.batching = value == "on"
             elif re.fullmatch(r"[A-Z][A-Z0-9_]*", key):
                 config.env[key] = value
+            elif key.startswith("file."):
+                config.file_lines[key.removeprefix("file.")] = value
             else:
                 config.args.append(token)
+        if config.file_lines and (config.args or not config.batching):
+            raise ValueError(f"{text!r}: file.* lines need batching=on and no app arguments")
+        config.cli = not config.args
         return config
 
     @property
@@ -73,6 +83,7 @@ class RayConfig:
 
     def describe(self) -> str:
         words = self.cli_flags("FILE") if self.via_cli else self.app_args()
+        words += [f"{key}={value}" for key, value in self.file_lines.items()]
         return " ".join([*words, *(f"{k}={v}" for k, v in self.env.items())])
 
     def cli_flags(self, batching_file: str) -> list[str]:
@@ -80,11 +91,12 @@ class RayConfig:
         return ["--enable_batching", f"--batching_parameters_file={batching_file}"] * self.batching
 
     def batching_file(self) -> str:
-        """TF Serving's batching parameters file for ``BATCHING_ON``."""
-        return "".join(
-            f"{key.split('.', 1)[1]} {{ value: {value} }}\n"
-            for key, value in (arg.split("=", 1) for arg in BATCHING_ON)
-        )
+        """TF Serving's batching parameters file for ``BATCHING_ON`` and ``file_lines``."""
+        lines = {
+            key.split(".", 1)[1]: value for key, value in (arg.split("=", 1) for arg in BATCHING_ON)
+        }
+        lines.update(self.file_lines)
+        return "".join(f"{key} {{ value: {value} }}\n" for key, value in lines.items())
 
     def app_args(self) -> list[str]:
         batching = ["batching.enabled=true", *BATCHING_ON] if self.batching else []

@@ -168,6 +168,15 @@ def test_default_configs_boot_through_the_cli_with_tf_servings_batching_file(
     for arg in BATCHING_ON:
         key, value = arg.split("=")
         assert knobs[key.removeprefix("batching.")] == int(value)
-    # A variant, or an app argument for every boot, goes through serve run's key=value.
-    assert not RayConfig.parse("x batching=on").via_cli
+    # A variant of TF Serving's knobs boots through the CLI too, its batching file tuned;
+    # an app argument (in a variant, or for every boot) goes through serve run's key=value.
+    tuned = RayConfig.parse("tuned batching=on file.num_batch_threads=2 file.max_batch_size=8")
+    assert tuned.via_cli
+    path.write_text(tuned.batching_file())
+    knobs = read_batching_parameters(path)
+    assert knobs["num_batch_threads"] == 2 and knobs["max_batch_size"] == 8
+    assert knobs["batch_timeout_micros"] == 2000
+    assert not RayConfig.parse("x batching=on intra_op_parallelism=1").via_cli
+    with pytest.raises(ValueError, match="file"):
+        RayConfig.parse("x file.num_batch_threads=2")
     assert not parse_args(["--quick", "--ray-arg", "a=b"])[0].ray_configs[0].via_cli
