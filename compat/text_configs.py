@@ -114,11 +114,11 @@ BATCHING_DEFAULTS: dict[str, int] = {
 """What TF Serving's batching takes for a BatchingParameters field left unset (its scheduler's
 ``QueueOptions``: ``input_batch_size_limit`` 1000, ``batch_timeout_micros`` 0,
 ``max_enqueued_batches`` 10; ``Options::num_batch_threads``: ``port::MaxParallelism()``, every
-core, which ``serve_app.args.BatchingArgs`` writes 0), and with ``--enable_batching`` alone."""
+core, which ``config.args.BatchingArgs`` writes 0), and with ``--enable_batching`` alone."""
 
 
 def read_batching_parameters(path: str | Path) -> dict[str, Any]:
-    """BatchingParameters text -> the keyword arguments of ``serve_app.args.BatchingArgs``;
+    """BatchingParameters text -> the keyword arguments of ``serve_app.config.args.BatchingArgs``;
     a field left unset takes TF Serving's default (``BATCHING_DEFAULTS``)."""
     p = _parse(path, BatchingParameters, "batching parameters")
     knobs: dict[str, Any] = {"enabled": True, **BATCHING_DEFAULTS}

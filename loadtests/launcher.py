@@ -45,7 +45,12 @@ ConfigWriter = Callable[[Mapping[str, str], Mapping[str, str]], str]
 def printed_serve_config(app_args: Mapping[str, str], environ: Mapping[str, str]) -> str:
     """The Serve config that ``python -m serve_app.launch key=value ...`` prints, run in the
     server's environment (Ray's settings in it go into the config's runtime_env)."""
-    command = [sys.executable, "-m", "serve_app.launch", *(f"{k}={v}" for k, v in app_args.items())]
+    command = [
+        sys.executable,
+        "-m",
+        "serve_app.launch.boot",
+        *(f"{k}={v}" for k, v in app_args.items()),
+    ]
     done = subprocess.run(
         command, cwd=REPO, env=dict(environ), capture_output=True, text=True, timeout=120
     )
@@ -148,7 +153,7 @@ def start_server(
         os.environ,
         RAY_TMPDIR=str(tmpdir),
         PYTHONUNBUFFERED="1",
-        # A single-machine Ray: every Ray server binds loopback (see serve_app.launch).
+        # A single-machine Ray: every Ray server binds loopback (see serve_app.launch.boot).
         RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
         **(env or {}),
     )

@@ -2,12 +2,12 @@
 
 ``serve run serve_app:app [key=value ...]`` and a Serve config's ``import_path: serve_app:app``
 call ``app`` with the arguments: it validates them and returns the application built by
-``serve_app.app.build_app``, without starting anything (``serve_app.launch``).
+``serve_app.launch.app.build_app``, without starting anything (``serve_app.launch.boot``).
 
 Importing the package in a Ray worker applies ``ray_patches.bind_grpc_to_host`` when the
 server binds loopback only: a replica imports it while unpickling its deployment, before Serve
 binds the replica's inter-deployment gRPC server. Elsewhere importing it imports no Ray (the
-CLI takes its signals before Ray is imported: ``serve_app.cli``).
+CLI takes its signals before Ray is imported: ``serve_app.launch.cli``).
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ GRPC_HOST_ENV = "RAY_TFSERVING_GRPC_HOST"
 ray_patches imports Ray, this package only where the variable is set)."""
 
 if os.environ.get(GRPC_HOST_ENV):
-    from serve_app.ray_patches import bind_grpc_to_host
+    from serve_app.launch.ray_patches import bind_grpc_to_host
 
     bind_grpc_to_host()
 
 
 def app(args: dict[str, Any]) -> Application:
-    """The ``serve run`` entry point (see ``serve_app.launch.application_from_cli_args``)."""
-    from serve_app.launch import application_from_cli_args
+    """The ``serve run`` entry point (see ``serve_app.launch.boot.application_from_cli_args``)."""
+    from serve_app.launch.boot import application_from_cli_args
 
     return application_from_cli_args(args)
 

@@ -1,10 +1,10 @@
 """The typed contract between the transports and a model version: ``ModelCall`` in,
 ``ModelReply`` out.
 
-A transport (gRPC in ``serve_app.listeners`` / ``serve_app.ingress``, REST in
-``serve_app.rest``) parses the request once into a ``ModelCall``: which API, the parsed request,
+A transport (gRPC in ``serve_app.transports.listeners`` / ``serve_app.runtime.ingress``, REST in
+``transports.rest``) parses the request once into a ``ModelCall``: which API, the parsed request,
 the wire format the answer goes back in, and the caller's deadline. The model spec is read once,
-from the parsed request. The version (``serve_app.model.ModelVersion.call``) answers a
+from the parsed request. The version (``serve_app.runtime.model.ModelVersion.call``) answers a
 ``ModelReply``: the response already encoded for that wire, or a status. Status travels as data,
 never as an exception: an exception that crosses a Ray call costs a traceback, and status is
 converted to gRPC or HTTP only at the edge (``compat.errors``).
@@ -58,7 +58,7 @@ class Wire(enum.StrEnum):
     """The serialized response message."""
     REST = "rest"
     """TF Serving's REST JSON (``compat.json_codec``); GetModelMetadata answers its message
-    either way (``serve_app.rest`` prints it as TF Serving's status JSON)."""
+    either way (``serve_app.transports.rest`` prints it as TF Serving's status JSON)."""
 
 
 #: The request message of each API; a gRPC request's bytes parse into it.

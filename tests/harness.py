@@ -1,5 +1,5 @@
 """The test harness: live ray-tfserving servers for tests (``loadtests.launcher`` boots them;
-the Serve config is written here in-process with ``serve_app.launch``, the same function that
+the Serve config is written here in-process with ``serve_app.launch.boot``, the same function that
 ``python -m serve_app.launch`` prints with), the official stubs on them, a view of their own
 processes, and the test data the suite needs (``require_test_data``)."""
 
@@ -50,7 +50,7 @@ def require_test_data() -> str | None:
 
 def _serve_config(app_args: Mapping[str, str], environ: Mapping[str, str]) -> str:
     """What ``python -m serve_app.launch`` prints, without the subprocess (seconds per boot)."""
-    from serve_app.launch import serve_config_yaml
+    from serve_app.launch.boot import serve_config_yaml
 
     return serve_config_yaml(app_args, environ)
 

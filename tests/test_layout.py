@@ -1,8 +1,9 @@
 """The layering, read from the source with ``ast`` (nothing is imported): ``compat/`` is the TF
 Serving API without Ray or a web framework, ``export/`` depends on nothing of ours, ``loadtests/``
-drives ray-tfserving from outside (nothing of ``serve_app/``), no two of our modules import each
-other, even through others or inside a function, and no module of the product grows past 400
-non-blank lines."""
+drives ray-tfserving from outside (nothing of ``serve_app/``), ``serve_app/``'s subpackages are
+layers (``LAYERS``: transports never reach the lifecycle, only ``launch`` imports everything), no
+two of our modules import each other, even through others or inside a function, and no module of
+the product grows past 400 non-blank lines."""
 
 from __future__ import annotations
 
@@ -57,13 +58,66 @@ def test_export_imports_nothing_of_ours() -> None:
 
 def test_loadtests_import_nothing_of_serve_app() -> None:
     """The benchmark and the soak start ray-tfserving as a user does (``python -m
-    serve_app.launch`` prints the Serve config, ``serve run`` serves it); the test harness that
+    serve_app.launch.boot`` prints the Serve config, ``serve run`` serves it); the test harness that
     may import the server is ``tests/harness.py``."""
     assert not imports_of("loadtests", {"serve_app", "tests"})
 
 
 def test_the_product_imports_neither_load_tests_nor_tests() -> None:
     assert not imports_of("serve_app", {"loadtests", "tests"})
+
+
+LAYERS: dict[str, set[str]] = {
+    "config": set(),
+    "shared": {"config"},
+    "storage": {"config", "shared"},
+    "transports": {"config", "shared"},
+    "runtime": {"config", "shared", "storage", "transports"},
+    "lifecycle": {"config", "shared", "storage", "runtime"},
+    "launch": {"config", "shared", "storage", "transports", "runtime", "lifecycle"},
+    "entry": {"launch"},
+}
+"""Each part of ``serve_app`` and the parts it may import. ``shared`` is the request contract
+(``calls``) and ``metrics``, which every layer records; ``entry`` is the package itself, whose
+``app`` (``serve run serve_app:app``) imports the launch lazily. A part imports itself freely."""
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    if parts == ["serve_app"]:
+        return "entry"
+    if parts[1] in LAYERS:
+        return parts[1]
+    assert parts[1] in {"calls", "metrics"}, f"{module} is in no layer: add it to LAYERS"
+    return "shared"
+
+
+def layer_breaches(graph: dict[str, set[str]]) -> set[str]:
+    """``importer -> imported`` for each import of ``serve_app`` that ``LAYERS`` does not allow."""
+    return {
+        f"{name} -> {dep}"
+        for name, deps in graph.items()
+        if name.startswith("serve_app")
+        for dep in deps
+        if dep.startswith("serve_app")
+        and layer(dep) != layer(name)
+        and layer(dep) not in LAYERS[layer(name)]
+    }
+
+
+def test_serve_apps_layers_import_only_the_layers_below() -> None:
+    graph = import_graph()
+    assert {layer(n) for n in graph if n.startswith("serve_app")} == set(LAYERS)
+    assert not layer_breaches(graph)
+    # The check sees a breach: a transport reaching the lifecycle, the runtime the launch.
+    fake = {
+        "serve_app.transports.rest": {"serve_app.lifecycle.rollout"},
+        "serve_app.runtime.model": {"serve_app.launch.app", "serve_app.calls"},
+    }
+    assert layer_breaches(fake) == {
+        "serve_app.transports.rest -> serve_app.lifecycle.rollout",
+        "serve_app.runtime.model -> serve_app.launch.app",
+    }
 
 
 def module_name(path: Path) -> str:
@@ -112,7 +166,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_circles() -> None:
     graph = import_graph()
-    assert len(graph) > 60 and graph["serve_app.app"] >= {"serve_app.rollout"}
+    assert len(graph) > 60 and graph["serve_app.launch.app"] >= {"serve_app.lifecycle.rollout"}
     assert not cycles(graph)
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
 
@@ -130,5 +184,5 @@ def test_no_module_is_longer_than_400_non_blank_lines(package: str) -> None:
 def test_the_checks_see_the_code() -> None:
     """The walk finds what it looks for: a module of each package, and their imports."""
     assert all(modules(p) for p in PACKAGES)
-    assert "compat.errors" in set(imported(REPO / "serve_app" / "ingress.py"))
+    assert "compat.errors" in set(imported(REPO / "serve_app" / "runtime" / "ingress.py"))
     assert imports_of("serve_app", {"compat"})

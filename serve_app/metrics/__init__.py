@@ -1,6 +1,6 @@
 """Prometheus metrics: recorded with Ray's metrics API where they happen, served by any replica.
 
-A request is answered by one serving replica (``serve_app.ingress``), or forwarded from it to a
+A request is answered by one serving replica (``runtime.ingress``), or forwarded from it to a
 model's own deployment; any of them may have several replicas on several nodes. Three parts:
 
 * ``labels``: what the families are called and labelled; a request's labels come from the typed

@@ -322,7 +322,7 @@ def _rows(inputs: dict[str, Any]) -> int:
 
 @_never_raises
 def record_request_log(model: str, outcome: str, count: int = 1) -> None:
-    """Records of a model's request log written or dropped (``serve_app.request_log``)."""
+    """Records of a model's request log written or dropped (``serve_app.runtime.request_log``)."""
     _metrics().request_log.inc(float(count), {"model": model, "outcome": outcome})
 
 
@@ -337,5 +337,5 @@ def record_load(model: str, version: int, ok: bool, seconds: float) -> None:
 
 @_never_raises
 def record_lifecycle_error(step: str, model: str) -> None:
-    """A failed step of the version manager (``serve_app.faults``)."""
+    """A failed step of the version manager (``serve_app.lifecycle.faults``)."""
     _metrics().lifecycle_errors.inc(1.0, {"step": step, "model": model})

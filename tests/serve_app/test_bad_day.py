@@ -309,7 +309,7 @@ def test_a_version_that_hangs_or_runs_out_of_memory_never_reaches_the_replicas(
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, FaultProxy]]:
     from moto.server import ThreadedMotoServer
 
-    from tests.serve_app.test_store import CREDENTIALS, PREFIX, client, upload
+    from tests.serve_app.storage.test_store import CREDENTIALS, PREFIX, client, upload
 
     (port,) = free_ports(1)
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)

@@ -15,7 +15,7 @@ from compat import json_codec
 from compat.errors import NotFound, ServingError
 from compat.protos import classification_pb2, inference_pb2, model_pb2, predict_pb2
 from serve_app.calls import Api, ModelCall, ModelReply, Wire, grpc_call
-from serve_app.rest import Disconnected, error_response, rest_call, whole_body
+from serve_app.transports.rest import Disconnected, error_response, rest_call, whole_body
 
 pytestmark = pytest.mark.unit
 
@@ -132,7 +132,7 @@ def test_every_api_has_a_request_type_and_a_call_round_trips() -> None:
 def test_gzip_bodies_inflate_within_the_limit_only() -> None:
     import gzip
 
-    from serve_app.rest import TooLarge, gunzip
+    from serve_app.transports.rest import TooLarge, gunzip
 
     body = b'{"instances": [1.0]}'
     assert gunzip(gzip.compress(body)) == body

@@ -25,7 +25,7 @@ import grpc
 import pytest
 
 from tests.harness import REPO, TESTDATA, free_ports
-from tests.serve_app.test_cli import predict, run_cli
+from tests.serve_app.launch.test_cli import predict, run_cli
 from tests.serve_app.test_serving_path import Load, listeners
 
 MODEL = "half_plus_two"  # the name test_serving_path.Load asks for
@@ -48,7 +48,7 @@ def cluster() -> Iterator[RayCluster]:
     from ray.cluster_utils import Cluster
 
     # Loopback only: Ray keeps 127.0.0.1 only when it believes it is a single-machine install
-    # (the same switch as serve_app/launch.py); its node processes read the variable.
+    # (the same switch as serve_app/launch/boot.py); its node processes read the variable.
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
     temp = tempfile.mkdtemp(prefix="rtfs-cluster-")
@@ -136,7 +136,7 @@ def publish(base: Path, version: int) -> None:
 def wait_version(port: int, version: int, timeout: float = 180.0) -> None:
     from tensorflow_serving.apis import get_model_status_pb2
 
-    from tests.serve_app.test_cli import model_status
+    from tests.serve_app.launch.test_cli import model_status
 
     state = get_model_status_pb2.ModelVersionStatus
     deadline = time.monotonic() + timeout

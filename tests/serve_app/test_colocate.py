@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import Server, start_server
-from tests.serve_app.test_rollout import (
+from tests.serve_app.lifecycle.test_rollout import (
     MODEL,
     Load,
     State,

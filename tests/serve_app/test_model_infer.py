@@ -13,7 +13,7 @@ import pytest
 
 from compat.open_inference import pb, to_raw
 from serve_app.calls import Api, ModelCall, Wire, v2_spec
-from serve_app.model import ModelVersion
+from serve_app.runtime.model import ModelVersion
 
 pytestmark = pytest.mark.unit
 

@@ -30,7 +30,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2, prediction_
 
 from tests.harness import REPO, TESTDATA, free_ports
 from tests.pki import Pem, Pki, make_pki
-from tests.serve_app.test_cli import Cli, run_cli
+from tests.serve_app.launch.test_cli import Cli, run_cli
 
 HALF_PLUS_TWO = TESTDATA / "saved_model_half_plus_two_cpu"
 
@@ -545,7 +545,7 @@ def test_tls_without_client_verify_serves_any_client_and_refuses_plaintext(
 
 
 def test_a_bad_ssl_config_fails_startup_clearly(pki: Pki, tmp_path: Path) -> None:
-    from tests.serve_app.test_cli import run_to_exit
+    from tests.serve_app.launch.test_cli import run_to_exit
 
     config = tmp_path / "ssl.config"
     config.write_text(

@@ -1,0 +1,96 @@
+"""The served models, typed: one ``config`` entry of TF Serving's ModelServerConfig each
+(``ModelArgs``: its version policy, labels and request log), and the conversion from the proto.
+``serve_app.config.args`` holds the whole application's arguments and re-exports these."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+
+def _comma_list(value: Any) -> Any:
+    """``a,b,c`` -> ``[a, b, c]``: a list field given as one string (a flag, ``key=value``)."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+Ints = Annotated[list[int], BeforeValidator(_comma_list)]
+Strings = Annotated[list[str], BeforeValidator(_comma_list)]
+
+
+class VersionPolicy(BaseModel):
+    """TF Serving's ``model_version_policy``: which versions of a model to serve."""
+
+    model_config = ConfigDict(
+        extra="forbid", protected_namespaces=(), use_attribute_docstrings=True
+    )
+
+    kind: Literal["latest", "all", "specific"] = "latest"
+    """``latest`` serves the newest ``num_versions``; ``all`` every version; ``specific`` a list."""
+    num_versions: int = Field(default=1, ge=1)
+    """For ``latest``: how many of the newest versions to serve."""
+    versions: Ints = []
+    """For ``specific``: the versions to serve."""
+
+
+class RequestLogArgs(BaseModel):
+    """A model's request log (TF Serving's ``logging_config`` of a model config entry): a
+    sample of its successful requests, each with its response, written as TFRecord files of
+    ``tensorflow.serving.PredictionLog``, the format of TF Serving's warmup file."""
+
+    model_config = ConfigDict(
+        extra="forbid", protected_namespaces=(), use_attribute_docstrings=True
+    )
+
+    filename_prefix: str
+    """``log_collector_config.filename_prefix``: each serving process writes
+    ``<prefix>-<start time>-<pid>-<n>.tfrecord`` files, rotated by size."""
+    sampling_rate: float = Field(default=0.0, ge=0, le=1)
+    """``sampling_config.sampling_rate``: the share of requests logged (0: none, 1: all)."""
+    max_file_bytes: int = Field(default=64 << 20, ge=1 << 10)
+    """A file is closed and the next one begun once it holds this many bytes."""
+    max_pending: int = Field(default=1000, ge=1)
+    """Records waiting for the writer thread; beyond, a record is dropped (and counted), so a
+    slow or full disk never slows or fails a request."""
+
+
+class ModelArgs(BaseModel):
+    """One served model, as one ``config`` entry of TF Serving's ModelServerConfig."""
+
+    model_config = ConfigDict(
+        extra="forbid", protected_namespaces=(), use_attribute_docstrings=True
+    )
+
+    name: str
+    """Model name clients put in ``model_spec.name``."""
+    base_path: str
+    """Directory holding numeric version subdirectories."""
+    version_policy: VersionPolicy = VersionPolicy()
+    """Which versions to serve."""
+    version_labels: dict[str, int] = {}
+    """Label -> version; a label may only name an AVAILABLE version."""
+    request_log: RequestLogArgs | None = None
+    """Log a sample of this model's requests (``logging_config``); None: none."""
+
+
+def models_from_config(config: Any) -> list[ModelArgs]:
+    """ModelServerConfig proto -> typed model list (TF Serving's checks in
+    ``compat.model_config.entries``)."""
+    from compat import model_config
+
+    return [
+        ModelArgs(
+            name=e.name,
+            base_path=e.base_path,
+            version_policy=VersionPolicy(
+                kind=e.policy,  # type: ignore[arg-type]
+                num_versions=e.num_versions,
+                versions=e.versions,
+            ),
+            version_labels=e.labels,
+            request_log=RequestLogArgs.model_validate(e.request_log) if e.request_log else None,
+        )
+        for e in model_config.entries(config)
+    ]

@@ -1,0 +1,134 @@
+"""The applier: makes a plan real in Ray Serve and waits until it is (TF Serving's Loader side).
+
+``apply`` redeploys the application built from a plan (the builder is handed in: it is
+``launch.app.build_app``, the only place ``.bind()`` happens) and waits until every serving
+replica routes with the plan's table and every deployment of it is HEALTHY, nothing else left.
+``await_loaded`` waits for one version and says how its load went (``status.LoadOutcome``):
+from its own deployment, or, co-located, from the serving replicas' reports. It decides
+nothing: the version manager (``serve_app.lifecycle.rollout``) calls it with what the planner
+(``serve_app.lifecycle.plan``) chose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from compat.errors import StatusCode
+from serve_app.config.args import AppArgs
+from serve_app.lifecycle.plan import Plan, deployment_name
+from serve_app.lifecycle.status import LoadOutcome, ReplicaReport, Reports
+
+logger = logging.getLogger("ray.serve")
+
+LOAD_TIMEOUT_S = 600.0
+"""How long a version's load, or a redeploy settling, is waited for."""
+
+Builder = Callable[[AppArgs, Plan], Application]
+"""``build_app``: the application for a plan."""
+
+_TIMED_OUT = LoadOutcome(StatusCode.DEADLINE_EXCEEDED, "Timed out loading")
+
+
+class Applier:
+    """Serve calls and waits for one application (the one this replica belongs to)."""
+
+    def __init__(self, builder: Builder, reports: Reports, serving_replicas: int) -> None:
+        self._build = builder
+        self._reports = reports
+        """Serving replica -> what it last reported holding (``VersionManager.report_replica``)."""
+        self._replicas = serving_replicas
+        self.app_name = serve.get_replica_context().app_name
+
+    async def apply(self, args: AppArgs, plan: Plan) -> None:
+        """Redeploy the application with ``plan`` and wait until Ray has settled it."""
+        target = serve.RunTarget(
+            target=self._build(args, plan), name=self.app_name, route_prefix=None
+        )
+        await asyncio.to_thread(serve.run_many, [target], wait_for_applications_running=False)
+        await self._await_settled(plan)
+
+    def _all_serving_replicas(self, check: Callable[[ReplicaReport], bool]) -> bool:
+        """``check`` holds for every live serving replica, and all of them have reported."""
+        return self._reports.all_hold(self._replicas, check)
+
+    async def _await_settled(self, plan: Plan) -> None:
+        """Every serving replica routes with ``plan``'s table (their reports say so as soon as
+        their reconfigure ends), every deployment of the plan is HEALTHY and no other is left
+        (Serve's status)."""
+        deadline = time.monotonic() + LOAD_TIMEOUT_S
+        names = {deployment_name(m, v) for m, vs in plan.deployed.items() for v in vs}
+        names |= {"Ingress", "VersionManager"}
+        while time.monotonic() < deadline:
+            if self._all_serving_replicas(lambda r: r.epoch >= plan.routing.epoch):
+                status = await asyncio.to_thread(serve.status)
+                app = status.applications.get(self.app_name)
+                if app is not None:
+                    # Ingress too: replicas of an older version are still being stopped while
+                    # it is UPDATING (a client could connect to one that is about to go).
+                    healthy = all(
+                        d.status == "HEALTHY" for n, d in app.deployments.items() if n in names
+                    )
+                    if healthy and not set(app.deployments) - names:
+                        return
+            await asyncio.sleep(0.05)
+        logger.warning("Application did not settle within %.0fs", LOAD_TIMEOUT_S)
+
+    async def await_loaded(self, model: str, version: int, own_deployment: bool) -> LoadOutcome:
+        """Wait for a version: from its deployment (``own_deployment``), or co-located, from
+        the serving replicas' reports."""
+        outcome = await (
+            self._await_deployment(model, version)
+            if own_deployment
+            else self._await_local(deployment_name(model, version))
+        )
+        if outcome.code == StatusCode.OK:
+            logger.info("%s version %d loaded in %.2fs", model, version, outcome.load_seconds)
+        else:
+            logger.error("%s version %d failed to load: %s", model, version, outcome.message)
+        return outcome
+
+    async def _await_deployment(self, model: str, version: int) -> LoadOutcome:
+        """HEALTHY, then its replica's ``load_state``; a failed deployment is UNAVAILABLE."""
+        name = deployment_name(model, version)
+        deadline = time.monotonic() + LOAD_TIMEOUT_S
+        while time.monotonic() < deadline:
+            status = await asyncio.to_thread(serve.status)
+            app = status.applications.get(self.app_name)
+            d = app.deployments.get(name) if app else None
+            if d is not None and d.status == "HEALTHY":
+                handle = serve.get_deployment_handle(name, self.app_name)
+                return _outcome(await handle.load_state.remote())
+            if d is not None and d.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+                return LoadOutcome(StatusCode.UNAVAILABLE, d.message)
+            await asyncio.sleep(0.2)
+        return _TIMED_OUT
+
+    async def _await_local(self, target: str) -> LoadOutcome:
+        """Co-located: every serving replica loads the version in its reconfigure and reports
+        how it went; loaded once all of them hold it, failed as soon as one failed."""
+        deadline = time.monotonic() + LOAD_TIMEOUT_S
+        while time.monotonic() < deadline:
+            live = self._reports.live()
+            failed = [r.loads[target] for r in live if target in r.loads and not r.loads[target].ok]
+            if failed:
+                return _outcome(failed[0])
+            if self._all_serving_replicas(lambda r: target in r.loads):
+                return _outcome(live[0].loads[target])
+            await asyncio.sleep(0.2)
+        return _TIMED_OUT
+
+
+def _outcome(state: Any) -> LoadOutcome:
+    """A replica's ``model.LoadState`` as a ``LoadOutcome``."""
+    if not state.ok:
+        return LoadOutcome(StatusCode.FAILED_PRECONDITION, state.message)
+    return LoadOutcome(
+        load_seconds=state.load_seconds, warmup_records=getattr(state, "warmup_records", 0)
+    )

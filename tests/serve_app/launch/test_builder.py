@@ -1,0 +1,118 @@
+"""The builder that ``serve run serve_app:app`` and ``serve deploy`` call, without a server: pure
+(Serve's controller runs it on a cluster), and what every replica needs travels in the
+deployments' runtime_env."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+import ray
+
+import serve_app.launch.app  # noqa: F401 - Ray and TensorFlow set variables of their own on import
+from serve_app.launch.boot import application_from_cli_args, parse_cli_args, serve_config
+from tests.harness import TESTDATA
+
+pytestmark = pytest.mark.unit
+
+HALF_PLUS_TWO = str(TESTDATA / "saved_model_half_plus_two_cpu")
+
+
+def deployments(app: Any) -> dict[str, Any]:
+    """Every deployment bound into the application, by name."""
+    found: dict[str, Any] = {}
+
+    def walk(node: Any) -> None:
+        bound = getattr(node, "_bound_deployment", None)
+        if bound is None or bound.name in found:
+            return
+        found[bound.name] = bound
+        for arg in (*bound.init_args, *bound.init_kwargs.values()):
+            for item in arg if isinstance(arg, list) else [arg]:
+                walk(item)
+
+    walk(app)
+    return found
+
+
+def test_the_builder_is_pure() -> None:
+    before = dict(os.environ)
+    app = application_from_cli_args({"model_name": "hpt", "model_base_path": HALF_PLUS_TWO})
+    assert not ray.is_initialized()  # no ray.init, hence no serve.start either
+    assert dict(os.environ) == before
+    assert set(deployments(app)) == {"Ingress", "VersionManager"}
+
+
+@pytest.mark.parametrize(("host", "rebound"), [("127.0.0.1", True), ("0.0.0.0", False)])
+def test_the_serve_config_carries_what_every_replica_needs(host: str, rebound: bool) -> None:
+    """At the application's level (not per deployment: there the version manager's own
+    redeploys inherit the same, and Serve sees an unchanged application)."""
+    args = parse_cli_args({"model_name": "hpt", "model_base_path": HALF_PLUS_TWO, "host": host})
+    (application,) = serve_config(args)["applications"]
+    env = application["runtime_env"]
+    assert env["env_vars"]["RAY_SERVE_USE_GRPC_BY_DEFAULT"] == "1"
+    assert int(env["env_vars"]["RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH"]) == 2**31 - 1
+    # Loopback: Serve's inter-deployment servers are rebound to it; on a network they keep
+    # Ray's binding, which the other nodes must reach.
+    assert ("worker_process_setup_hook" in env) is rebound
+    app = application_from_cli_args(application["args"])
+    found = deployments(app)
+    assert all("runtime_env" not in d.ray_actor_options for d in found.values())
+
+
+def test_own_deployments_are_per_model() -> None:
+    app = application_from_cli_args(
+        {
+            "model_name": "hpt",
+            "model_base_path": HALF_PLUS_TWO,
+            "own_deployments.hpt.num_replicas": "3",
+            "own_deployments.hpt.num_cpus": "0.5",
+        }
+    )
+    found = deployments(app)
+    assert set(found) == {"Ingress", "VersionManager", "hpt-v123"}
+    assert found["hpt-v123"].num_replicas == 3
+    assert found["hpt-v123"].ray_actor_options["num_cpus"] == 0.5
+    # No model is held by the serving replicas, which then reserve little.
+    assert found["Ingress"].user_config["local"] == {}
+
+
+def test_serve_config_round_trips_the_arguments() -> None:
+    args = parse_cli_args(
+        {
+            "model_name": "hpt",
+            "model_base_path": HALF_PLUS_TWO,
+            "batching.enabled": "true",
+            "batching.allowed_batch_sizes": "2,4,32",
+            "grpc_port": "9100",
+        }
+    )
+    config = serve_config(args)
+    (application,) = config["applications"]
+    again = parse_cli_args(application["args"])
+    assert again == args
+    assert config["proxy_location"] == "Disabled"
+
+
+def test_user_configs_are_the_receivers_typed_models_and_the_manager_gets_the_builder() -> None:
+    """What the builder ships validates as what each receiver reads (``replica_config``), and
+    the version manager is handed ``build_app`` for its redeploys (it imports no builder)."""
+    from serve_app.launch.app import build_app
+    from serve_app.runtime.replica_config import IngressConfig, ListenConfig, VersionConfig
+
+    app = application_from_cli_args(
+        {
+            "model_name": "hpt",
+            "model_base_path": HALF_PLUS_TWO,
+            "batching.enabled": "true",
+            "grpc_port": "9100",
+        }
+    )
+    found = deployments(app)
+    config = IngressConfig.model_validate(found["Ingress"].user_config)
+    assert set(config.local) == {"hpt-v123"} and config.local["hpt-v123"].version == 123
+    assert config.versions == VersionConfig.model_validate({"batching": {"enabled": True}})
+    _, _, listen = found["Ingress"].init_args
+    assert isinstance(listen, ListenConfig) and listen.grpc_port == 9100
+    assert found["VersionManager"].init_args[2] is build_app

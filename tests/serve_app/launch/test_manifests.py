@@ -1,0 +1,128 @@
+"""The files for real clusters (no server): generated ones match their source, every file
+passes Ray's own schemas, and a typo in any of them fails."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import ray
+import yaml
+from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
+
+from serve_app.launch import manifests
+from serve_app.launch.boot import parse_cli_args
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[3]
+RAY_SCHEMA = Path(ray.__file__).parent / "autoscaler" / "ray-schema.json"
+
+
+def load(path: str) -> Any:
+    return yaml.safe_load((REPO / path).read_text())
+
+
+def test_generated_files_are_up_to_date() -> None:
+    for path, text in manifests.files().items():
+        assert path.read_text() == text, f"{path}: run python -m serve_app.launch.manifests"
+    assert manifests.main(["--check"]) == 0
+
+
+def check_serve_config(config: dict[str, Any]) -> None:
+    """Ray Serve's schema, plus the keys it would ignore: every key must be one it knows, and
+    the application's ``args`` must be ours (``AppArgs`` forbids unknown keys)."""
+    ServeDeploySchema.model_validate(config)
+    unknown = set(config) - set(ServeDeploySchema.model_fields)
+    assert not unknown, f"unknown Serve config keys: {unknown}"
+    for app in config["applications"]:
+        unknown = set(app) - set(ServeApplicationSchema.model_fields)
+        assert not unknown, f"unknown application keys: {unknown}"
+        assert app["import_path"] == "serve_app:app"
+        parse_cli_args(app["args"])
+
+
+def test_serve_config_passes_serves_schema_and_is_the_cluster_args() -> None:
+    config = load("deploy/serve.yaml")
+    check_serve_config(config)
+    assert config["proxy_location"] == "Disabled"  # the serving replicas hold the ports
+    args = parse_cli_args(config["applications"][0]["args"])
+    assert args == manifests.CLUSTER_ARGS
+
+
+@pytest.mark.parametrize(
+    ("where", "typo"),
+    [
+        ((), "proxy_locaton"),
+        (("applications", 0), "import_pth"),
+        (("applications", 0, "args"), "grpc_prot"),
+        (("applications", 0, "args", "scaling"), "num_gpu"),
+    ],
+)
+def test_a_typo_in_the_serve_config_fails(where: tuple[Any, ...], typo: str) -> None:
+    config = copy.deepcopy(load("deploy/serve.yaml"))
+    node = config
+    for key in where:
+        node = node[key]
+    node[typo] = 1
+    with pytest.raises(Exception):  # noqa: B017 - pydantic's or our own assertion
+        check_serve_config(config)
+
+
+def test_rayservice_embeds_the_same_serve_config() -> None:
+    service = load("deploy/rayservice.yaml")
+    assert (service["apiVersion"], service["kind"]) == ("ray.io/v1", "RayService")
+    embedded = yaml.safe_load(service["spec"]["serveConfigV2"])
+    check_serve_config(embedded)
+    assert embedded == load("deploy/serve.yaml")
+    cluster = service["spec"]["rayClusterConfig"]
+    assert cluster["rayVersion"] == ray.__version__
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # no replica there
+    (gpu,) = cluster["workerGroupSpecs"]
+    assert gpu["rayStartParams"]["num-gpus"] == "1"
+    (worker,) = gpu["template"]["spec"]["containers"]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    ports = {p["containerPort"] for p in worker["ports"]}
+    args = manifests.CLUSTER_ARGS
+    assert {args.grpc_port, args.http_port} <= ports  # clients reach the serving replicas
+    assert worker["image"] == manifests.IMAGE
+    dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
+    assert f"FROM {manifests.RAY_IMAGE}" in dockerfile
+    assert all(pin in dockerfile for pin in manifests.PIP)
+
+
+def test_cluster_yaml_passes_rays_schema_with_gpus_declared() -> None:
+    schema = json.loads(RAY_SCHEMA.read_text())
+    config = load("cluster.yaml")
+    jsonschema.validate(config, schema)
+    types = config["available_node_types"]
+    assert types[config["head_node_type"]]["resources"] == {"CPU": 0}  # runs no replicas
+    gpu = types["gpu_worker"]
+    assert gpu["resources"]["GPU"] >= 1 and gpu["max_workers"] > gpu["min_workers"] >= 0
+    typo = copy.deepcopy(config)
+    typo["max_worker"] = 4
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(typo, schema)
+
+
+def test_cluster_yaml_installs_the_pins_and_deploys_the_generated_config() -> None:
+    config = load("cluster.yaml")
+    assert config["docker"]["image"] == manifests.RAY_IMAGE
+    setup = " ".join(config["setup_commands"])
+    assert all(f"'{pin}'" in setup for pin in manifests.PIP)
+    head = " ".join(config["head_start_ray_commands"])
+    assert "serve deploy /home/ray/ray-tfserving/deploy/serve.yaml" in head
+    assert config["file_mounts"]["/home/ray/models"]  # where CLUSTER_ARGS reads models
+    assert manifests.CLUSTER_ARGS.model_base_path.startswith(manifests.MODELS_DIR)
+
+
+def test_pins_match_the_package() -> None:
+    text = (REPO / "pyproject.toml").read_text()
+    for pin in manifests.PIP:
+        name = pin.split("==")[0].split("[")[0]
+        version = pin.split("==")[1]
+        assert f"{name}" in text and f"=={version}" in text, pin
