@@ -23,7 +23,7 @@ GRPC_HOST_ENV = "RAY_TFSERVING_GRPC_HOST"
 ray_patches imports Ray, this package only where the variable is set)."""
 
 if os.environ.get(GRPC_HOST_ENV):
-    from serve_app.launch.ray_patches import bind_grpc_to_host
+    from serve_app.ray_patches import bind_grpc_to_host
 
     bind_grpc_to_host()
 

@@ -23,15 +23,16 @@ from ray import serve
 from ray.serve import Application
 
 from serve_app.config.args import AppArgs, ScalingArgs
-from serve_app.launch.ray_patches import (
+from serve_app.lifecycle.plan import Plan, deployment_name
+from serve_app.lifecycle.rollout import VersionManager
+from serve_app.ray_patches import (
     BIND_GRPC_HOOK,
     GRPC_BIND,
     GRPC_HOST_ENV,
     require_ray,
     serve_env,
+    versioned,
 )
-from serve_app.lifecycle.plan import Plan, deployment_name
-from serve_app.lifecycle.rollout import VersionManager
 from serve_app.runtime.ingress import Ingress
 from serve_app.runtime.model import ModelVersion
 from serve_app.runtime.replica_config import (
@@ -193,8 +194,9 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
                 serve.deployment(ModelVersion)
                 .options(
                     name=deployment_name(model, version),
-                    version=_version(model, version, path, session, options["ray_actor_options"]),
-                    _internal=True,
+                    **versioned(
+                        _version(model, version, path, session, options["ray_actor_options"])
+                    ),
                     **options,
                 )
                 .bind(model, version, path, **dict(own))
@@ -204,8 +206,7 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
         .options(
             name="VersionManager",
             num_replicas=1,
-            version=_version("manager"),
-            _internal=True,
+            **versioned(_version("manager")),
             ray_actor_options={"num_cpus": 0.05},
             max_ongoing_requests=1000,
             graceful_shutdown_wait_loop_s=SHUTDOWN_POLL_S,
@@ -247,8 +248,7 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
         .options(
             name="Ingress",
             num_replicas=args.ingress_replicas,
-            version=code,
-            _internal=True,
+            **versioned(code),
             ray_actor_options=actor_options,
             max_ongoing_requests=1000,
             # Serve's own wait after __del__: our listeners drain within shutdown_grace_s.

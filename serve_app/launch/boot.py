@@ -122,7 +122,7 @@ def start_ray_and_serve(args: AppArgs, address: str | None = None) -> None:
             )
         else:
             if args.loopback:
-                from serve_app.launch.ray_patches import keep_embedded_ray_on_loopback
+                from serve_app.ray_patches import keep_embedded_ray_on_loopback
 
                 keep_embedded_ray_on_loopback()
             for key, value in EMBEDDED_RAY_ENV.items():  # Ray's processes inherit them

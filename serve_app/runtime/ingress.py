@@ -41,6 +41,7 @@ from compat.routing import RoutingTable
 from compat.servable import usable_cores
 from serve_app import metrics
 from serve_app.calls import Api, ModelCall, ModelReply, grpc_call
+from serve_app.ray_patches import replica_names
 from serve_app.runtime import request_log
 from serve_app.runtime.model import ModelVersion
 from serve_app.runtime.replica_config import (
@@ -97,7 +98,7 @@ class Ingress:
         self.max_request_bytes: int = listen.max_request_bytes if listen else MAX_MESSAGE_BYTES
         """The largest gRPC message and REST body taken (``max_request_bytes``)."""
         self._listeners: Listeners | None = None
-        self._replica = serve.get_replica_context().replica_id.to_full_id_str()
+        self._replica = replica_names()[0]
         self._heartbeat: asyncio.Task[None] | None = None
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:

@@ -257,9 +257,10 @@ def _uvicorn_server(app: Any, **ssl: Any) -> Any:
 def placement() -> str:
     """Where Ray put this process: its replica, node and GPUs (for the log)."""
     import ray
-    from ray import serve
 
-    replica = serve.get_replica_context().replica_id.unique_id
+    from serve_app.ray_patches import replica_names
+
+    replica = replica_names()[1]
     node = ray.get_runtime_context().get_node_id()[:8]
     return f"replica {replica}, node {node}, GPUs {ray.get_gpu_ids()}"
 

@@ -21,9 +21,10 @@ import psutil
 import pytest
 import ray
 
-from serve_app.launch import manifests, ray_patches
+from serve_app import ray_patches
+from serve_app.launch import manifests
 from serve_app.launch.boot import EMBEDDED_RAY_ENV
-from serve_app.launch.ray_patches import (
+from serve_app.ray_patches import (
     ENABLE_CLUSTER_ENV,
     GRPC_BIND,
     GRPC_BINDERS,
@@ -258,3 +259,14 @@ def test_the_package_reads_the_variable_the_setup_hook_reads() -> None:
     env = {k: v for k, v in os.environ.items() if k != ray_patches.GRPC_HOST_ENV}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+def test_versioned_options_pin_the_code_version_on_rays_deployment() -> None:
+    """Ray refuses ``version`` in public options; ``versioned`` passes it the way Serve does."""
+    from ray import serve
+
+    deployment = serve.deployment(lambda: None, name="d")
+    with pytest.raises(ValueError, match="version"):
+        deployment.options(version="v1")
+    pinned = deployment.options(**ray_patches.versioned("v1"))
+    assert pinned.version == "v1" and pinned.name == "d"

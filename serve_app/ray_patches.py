@@ -58,7 +58,7 @@ RAY_VERSION = "2.60.0"
 GRPC_HOST_ENV = "RAY_TFSERVING_GRPC_HOST"
 """The address Serve's gRPC servers are rebound to (``bind_grpc_to_host``); unset: Ray's own."""
 
-BIND_GRPC_HOOK = "serve_app.launch.ray_patches.bind_grpc_to_host"
+BIND_GRPC_HOOK = "serve_app.ray_patches.bind_grpc_to_host"
 """``bind_grpc_to_host`` as a runtime_env's ``worker_process_setup_hook``."""
 
 ENABLE_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -102,7 +102,7 @@ def require_ray(patch: str, version: str = ray.__version__) -> None:
         raise RayPatchError(
             f"ray-tfserving {patch}, a patch of Ray's private API written for Ray {RAY_VERSION} "
             f"only; this is Ray {version}. Install ray[serve]=={RAY_VERSION}, or check the "
-            "patch in serve_app/launch/ray_patches.py against this Ray and move RAY_VERSION."
+            "patch in serve_app/ray_patches.py against this Ray and move RAY_VERSION."
         )
 
 
@@ -186,3 +186,21 @@ def _warn_settings(version: str) -> None:
         RAY_VERSION,
         version,
     )
+
+
+def versioned(version: str) -> dict[str, Any]:
+    """``Deployment.options`` keywords that pin a deployment's code version, so that a redeploy
+    leaves a deployment whose version is unchanged running (no restart). Ray 2.60 removed
+    ``version`` from the public options; it still takes it with ``_internal=True``
+    (``ray.serve.deployment.Deployment.options``), which is what Serve itself passes."""
+    return {"version": version, "_internal": True}
+
+
+def replica_names() -> tuple[str, str]:
+    """This replica's full id (``app#deployment#id``, unique in the cluster: the heartbeat's
+    key) and its short id (for the log), from ``serve.get_replica_context().replica_id``: a
+    ``ReplicaID`` of Serve's private ``_private.common``."""
+    from ray import serve
+
+    replica_id = serve.get_replica_context().replica_id
+    return replica_id.to_full_id_str(), replica_id.unique_id
