@@ -2,9 +2,9 @@
 directory, versions that hang or run out of memory while loading, each under steady Predict
 load (``test_serving_path.Load``: 8 clients, a channel each) that must see 0 failed calls.
 
-Two servers: one on a local base path and a model config file polled every second, one on a
-real S3 endpoint (moto's server) behind a proxy that fails on demand (``tests.faultproxy``).
-Every wait is bounded; nothing asserts how fast anything is."""
+One server, its model config file polled every second, serving two models: one on a local base
+path, one on a real S3 endpoint (moto's server) behind a proxy that fails on demand
+(``tests.faultproxy``). Every wait is bounded; nothing asserts how fast anything is."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -29,10 +30,13 @@ from tensorflow_serving.apis import (
 from compat.errors import StatusCode
 from tests.faultproxy import FaultProxy
 from tests.harness import TESTDATA, Server, free_ports, start_server
+from tests.serve_app.storage.test_store import CREDENTIALS, PREFIX, client, upload
 from tests.serve_app.test_serving_path import Load
 
 State = get_model_status_pb2.ModelVersionStatus
 MODEL = "half_plus_two"
+STORED = "stored"
+"""The model on S3 (a copy of half_plus_two)."""
 SOURCE = TESTDATA / "saved_model_half_plus_two_cpu" / "00000123"
 CONFIG = """model_config_list {{
 {models}
@@ -127,49 +131,76 @@ def export_with_warmup(module: tf.Module, path: Path, x: float) -> Path:
     return path
 
 
-# --- a local base path and a polled model config file --------------------------------------
+# --- one server: a local base path and a store, in a polled model config file --------------
+
+
+@dataclass
+class BadDay:
+    server: Server
+    base: Path
+    """The local model's base path."""
+    config: Path
+    """The model config file, polled every second."""
+    admin_port: int
+    proxy: FaultProxy
+    """Between the server and the S3 endpoint: fails on demand."""
+
+    def entries(self, *extra: str) -> str:
+        """The config file's text: both models, and ``extra`` entries."""
+        store = f"s3://{BAD_DAY_BUCKET}/{PREFIX}"
+        models = [ENTRY.format(name=MODEL, path=self.base), ENTRY.format(name=STORED, path=store)]
+        return CONFIG.format(models="\n".join([*models, *extra]))
 
 
 @pytest.fixture(scope="module")
-def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path, Path]]:
+def bad_day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BadDay]:
+    from moto.server import ThreadedMotoServer
+
+    (port, admin) = free_ports(2)
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    client(endpoint).create_bucket(Bucket=BAD_DAY_BUCKET)
+    upload(endpoint, "1", bucket=BAD_DAY_BUCKET)
+    proxy = FaultProxy(endpoint)
     root = tmp_path_factory.mktemp("bad-day")
     base = root / MODEL
     base.mkdir()
     publish(base, 123)
-    config = root / "models.config"
-    config.write_text(CONFIG.format(models=ENTRY.format(name=MODEL, path=base)))
-    (admin,) = free_ports(1)
-    server = start_server(
-        f"model_config_file={config}",
-        f"admin_port={admin}",
-        f"prometheus_path={METRICS}",
-        "model_config_file_poll_wait_seconds=1",
-        "file_system_poll_wait_seconds=0.5",
-        f"load_probe_timeout_s={PROBE_TIMEOUT_S}",
-        "load_probe_memory_mb=256",
-        "grpc_health_service=true",
-        wait_for=(MODEL,),
-    )
-    _ADMIN[id(server)] = admin
-    yield server, base, config
-    server.stop()
+    day = BadDay(None, base, root / "models.config", admin, proxy)  # type: ignore[arg-type]
+    day.config.write_text(day.entries())
+    env = {
+        **CREDENTIALS,
+        "AWS_ENDPOINT_URL_S3": proxy.url,
+        "AWS_MAX_ATTEMPTS": "2",
+        "RAY_TFSERVING_CACHE": str(root / "cache"),
+    }
+    try:
+        day.server = start_server(
+            f"model_config_file={day.config}",
+            f"admin_port={admin}",
+            f"prometheus_path={METRICS}",
+            "model_config_file_poll_wait_seconds=1",
+            "file_system_poll_wait_seconds=0.5",
+            f"load_probe_timeout_s={PROBE_TIMEOUT_S}",
+            "load_probe_memory_mb=256",
+            "grpc_health_service=true",
+            wait_for=(MODEL, STORED),
+            env=env,
+        )
+        yield day
+        day.server.stop()
+    finally:
+        proxy.stop()
+        moto.stop()
 
 
-_ADMIN: dict[int, int] = {}
-
-
-def local_admin_port(server: Server) -> int:
-    return _ADMIN[id(server)]
-
-
-def test_a_base_path_that_vanishes_for_seconds_unloads_nothing(
-    local: tuple[Server, Path, Path],
-) -> None:
+def test_a_base_path_that_vanishes_for_seconds_unloads_nothing(bad_day: BadDay) -> None:
     """An NFS blip: the base path is gone for 4 s. A failed poll changes nothing (TF Serving's
     FileSystemStoragePathSource): the version keeps serving, readiness answers from state, and
     the cause is logged once, not at every poll, and counted at every one. Then the served
     version's graph file vanishes for 3 s while its directory stays: it keeps serving."""
-    server, base, _ = local
+    server, base = bad_day.server, bad_day.base
     version = max(status(server))
     with Load(server) as load:
         away = base.with_name(base.name + ".away")
@@ -207,10 +238,10 @@ def lifecycle_errors(server: Server, at_least: int, **labels: str) -> float:
         time.sleep(1.0)
 
 
-def test_a_stray_directory_stops_no_rollout(local: tuple[Server, Path, Path]) -> None:
+def test_a_stray_directory_stops_no_rollout(bad_day: BadDay) -> None:
     """``²`` passes ``str.isdigit`` and breaks ``int()``; a name past int64 is no version
     either. Both are ignored as TF Serving ignores them, and a new version still rolls out."""
-    server, base, _ = local
+    server, base = bad_day.server, bad_day.base
     (base / "²").mkdir()
     (base / "99999999999999999999").mkdir()
     newest = max(status(server)) + 1
@@ -223,13 +254,11 @@ def test_a_stray_directory_stops_no_rollout(local: tuple[Server, Path, Path]) ->
     assert set(status(server)) <= {123, 124, 125}
 
 
-def test_a_bad_config_file_keeps_the_last_good_one(
-    local: tuple[Server, Path, Path], testdata: Path
-) -> None:
+def test_a_bad_config_file_keeps_the_last_good_one(bad_day: BadDay) -> None:
     """A non-UTF-8 byte, then an unparsable file: the served models stay, and the file is read
     again at the next poll: fixed to add a model, that model is served. A file emptied for a
     moment (a truncate-then-write) unloads nothing."""
-    server, base, config = local
+    server, config = bad_day.server, bad_day.config
     good = config.read_text()
     version = max(status(server))
     with Load(server) as load:
@@ -238,14 +267,12 @@ def test_a_bad_config_file_keeps_the_last_good_one(
         config.write_text("model_config_list { config { name: ")
         hold(server, 2.5, version)
         three = TESTDATA / "saved_model_half_plus_three"
-        both = "\n".join(
-            [ENTRY.format(name=MODEL, path=base), ENTRY.format(name="half_plus_three", path=three)]
-        )
-        config.write_text(CONFIG.format(models=both))
+        both = bad_day.entries(ENTRY.format(name="half_plus_three", path=three))
+        config.write_text(both)
         wait_state(server, 123, State.AVAILABLE, model="half_plus_three")
         config.write_text("")
         time.sleep(0.3)
-        config.write_text(CONFIG.format(models=both))
+        config.write_text(both)
         hold(server, 3.0, version)
         hold(server, 0.5, 123, model="half_plus_three")
         config.write_text(good)
@@ -270,20 +297,20 @@ def label_weight(admin_port: int) -> tuple[int, str]:
 
 
 def test_a_version_that_hangs_or_runs_out_of_memory_never_reaches_the_replicas(
-    local: tuple[Server, Path, Path], tmp_path: Path
+    bad_day: BadDay, tmp_path: Path
 ) -> None:
     """A version whose warmup never ends is stopped after ``load_probe_timeout_s`` in a
     process of its own (DEADLINE_EXCEEDED); one whose warmup wants 2 GB, with 256 MB to spare,
     fails there with RESOURCE_EXHAUSTED. Meanwhile the manager answers status and a reload, and
     the served version answers every call."""
-    server, base, _ = local
+    server, base = bad_day.server, bad_day.base
     serving_now = max(v for v, s in status(server).items() if s[0] == State.AVAILABLE)
     looping = export_with_warmup(_Looping(), tmp_path / "looping", 1e15)
     hungry = export_with_warmup(_Hungry(), tmp_path / "hungry", 5e8)
     with Load(server) as load:
         publish(base, 200, looping)
         wait_state(server, 200, State.LOADING)
-        code, body = label_weight(local_admin_port(server))  # answered while it probes
+        code, body = label_weight(bad_day.admin_port)  # answered while it probes
         assert (code, "Unrecognized servable version label: stable" in body) == (400, True)
         assert status(server)[200][0] == State.LOADING
         _, code, message = wait_state(server, 200, State.END, timeout=PROBE_TIMEOUT_S + 120)
@@ -305,55 +332,19 @@ def test_a_version_that_hangs_or_runs_out_of_memory_never_reaches_the_replicas(
 # --- a store that fails on demand ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, FaultProxy]]:
-    from moto.server import ThreadedMotoServer
-
-    from tests.serve_app.storage.test_store import CREDENTIALS, PREFIX, client, upload
-
-    (port,) = free_ports(1)
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    moto.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    client(endpoint).create_bucket(Bucket=BAD_DAY_BUCKET)
-    upload(endpoint, "1", bucket=BAD_DAY_BUCKET)
-    proxy = FaultProxy(endpoint)
-    cache = tmp_path_factory.mktemp("cache")
-    env = {
-        **CREDENTIALS,
-        "AWS_ENDPOINT_URL_S3": proxy.url,
-        "AWS_MAX_ATTEMPTS": "2",
-        "RAY_TFSERVING_CACHE": str(cache),
-    }
-    server = start_server(
-        "model_name=half_plus_two",
-        f"model_base_path=s3://{BAD_DAY_BUCKET}/{PREFIX}",
-        "file_system_poll_wait_seconds=0.5",
-        "grpc_health_service=true",
-        wait_for=(MODEL,),
-        env=env,
-    )
-    yield server, proxy
-    server.stop()
-    proxy.stop()
-    moto.stop()
-
-
 @pytest.mark.parametrize("fault", ["403", "503", "reset"])
-def test_a_store_that_fails_for_seconds_unloads_nothing(
-    store: tuple[Server, FaultProxy], fault: str
-) -> None:
+def test_a_store_that_fails_for_seconds_unloads_nothing(bad_day: BadDay, fault: str) -> None:
     """Expired credentials (403), an overloaded store (503), an unreachable one (connections
     reset), each for 4 s: every listing fails, the served version keeps serving."""
-    server, proxy = store
-    version = max(v for v, s in status(server).items() if s[0] == State.AVAILABLE)
-    with Load(server) as load:
+    server, proxy = bad_day.server, bad_day.proxy
+    version = max(v for v, s in status(server, STORED).items() if s[0] == State.AVAILABLE)
+    with Load(server, model=STORED) as load:
         proxy.mode = fault
         try:
-            hold(server, 4.0, version)
+            hold(server, 4.0, version, STORED)
         finally:
             proxy.mode = "pass"
-        hold(server, 1.0, version)
+        hold(server, 1.0, version, STORED)
     assert proxy.requests[fault] > 0  # the fault was met
     assert load.calls and all(c == grpc.StatusCode.OK for _, _, c in load.calls)
     assert load.wrong == []

@@ -68,9 +68,9 @@ def unix_channel(path: Path) -> grpc.Channel:
     return grpc.insecure_channel(f"unix:{path}", options=[("grpc.use_local_subchannel_pool", 1)])
 
 
-def predict_request(x: float = 2.0) -> predict_pb2.PredictRequest:
+def predict_request(x: float = 2.0, model: str = MODEL) -> predict_pb2.PredictRequest:
     request = predict_pb2.PredictRequest()
-    request.model_spec.name = MODEL
+    request.model_spec.name = model
     request.inputs["x"].CopyFrom(tf.make_tensor_proto([[x]], dtype=tf.float32))
     return request
 
@@ -196,6 +196,8 @@ class Load:
     connect: Callable[[], grpc.Channel] | None = None
     """A new channel of a client's own (default: one to the gRPC port)."""
     clients: int = CLIENTS
+    model: str = MODEL
+    """The model called (any half_plus_two export: the answer is checked)."""
     calls: list[tuple[float, float, grpc.StatusCode]] = field(default_factory=list)
     """(start, end, code) of every call, monotonic seconds."""
     stop: threading.Event = field(default_factory=threading.Event)
@@ -209,7 +211,7 @@ class Load:
     def _run(self) -> None:
         with (self.connect or (lambda: own_connection(self.server)))() as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-            request = predict_request()
+            request = predict_request(model=self.model)
             for _ in range(MAX_CALLS_PER_CLIENT):
                 if self.stop.is_set():
                     return
