@@ -209,3 +209,25 @@ def test_rays_private_api_is_used_in_ray_patches_only() -> None:
     assert not private_ray_uses("serve_app") | private_ray_uses("compat")
     patches = (REPO / "serve_app" / "ray_patches.py").read_text()
     assert all(text in patches for text in PRIVATE_RAY)
+
+
+@pytest.mark.parametrize(
+    ("module", "absent"),
+    [
+        ("serve_app", {"ray", "tensorflow", "serve_app.launch"}),
+        ("serve_app.config.args", {"ray", "tensorflow", "serve_app.launch"}),
+        ("compat.errors", {"ray", "tensorflow", "serve_app"}),
+    ],
+)
+def test_importing_a_part_imports_only_what_it_needs(module: str, absent: set[str]) -> None:
+    """The package imports nothing on its own (``serve_app:app`` loads the launch when Serve
+    calls it), so a part is imported without the whole application."""
+    import subprocess
+    import sys
+
+    code = f"import sys, {module}; print(sorted(m for m in {sorted(absent)!r} if m in sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -230,6 +230,10 @@ class AppArgs(BaseModel):
     load_probe_memory_mb: Annotated[int, Flag("load_probe_memory_mb")] = Field(default=0, ge=0)
     """The memory a new version's probe may take beyond TF's own (ours; 0: the node's available
     memory divided by the serving replicas, each of which would hold a copy)."""
+    load_probe_spare: Annotated[bool, Flag("load_probe_spare")] = True
+    """Keep one probe process started ahead, TensorFlow imported, for the next new version: a
+    probe then takes about its load's time instead of seconds more (ours; it holds TF's memory
+    while it waits, some 600 MB of RSS here, most of it TF's shared libraries)."""
     batching: BatchingArgs = BatchingArgs()
     """Dynamic batching knobs."""
     scaling: ScalingArgs = ScalingArgs()

@@ -3,8 +3,8 @@
 Every serving replica loads a co-located version in its own process, all of them at once: a
 version that crashes TF, runs out of memory or never finishes its load (or its warmup) would
 take every one of them down with it. So the version manager (``lifecycle.rollout``) first loads
-it once in a process of its own, a Ray task on a fresh worker (``max_calls=1``: the process
-ends with the task), with the same loader and warmup (``serve_app.runtime.model.ModelVersion``) and
+it once in a process of its own (a Ray actor, ``Prober``, that loads one version and is then
+ended), with the same loader and warmup (``serve_app.runtime.model.ModelVersion``) and
 
 - a memory bound (``RLIMIT_DATA``): the memory the process holds once TF is imported, plus
   ``load_probe_memory_mb``, or by default the node's available memory shared out between the
@@ -16,6 +16,11 @@ ends with the task), with the same loader and warmup (``serve_app.runtime.model.
 Only a version whose probe loaded goes to the serving replicas; any other is END with the
 reason, and the versions serving now keep serving. The manager waits for a probe without
 holding its lock, so status, reloads and label weights are answered meanwhile.
+
+Starting a process and importing TensorFlow takes seconds, the load of a small version a
+fraction of one; so with ``load_probe_spare`` one prober is started ahead, imports TF and
+waits for the next new version, and each probe that takes it starts the next one. A probe
+still has a process of its own: the spare has loaded nothing.
 """
 
 from __future__ import annotations
@@ -48,12 +53,34 @@ def _proc_bytes(path: str, key: str) -> int:
     return 0
 
 
-@ray.remote(num_cpus=0, max_retries=0, max_calls=1)
+@ray.remote(num_cpus=0, max_restarts=0, max_task_retries=0)
+class Prober:
+    """A process for one probe: TF is imported when it starts (the spare waits so), the bound
+    is set and the version loaded when ``load`` is called; then the manager ends it."""
+
+    def __init__(self) -> None:
+        import serve_app.runtime.model  # noqa: F401  TF: counted before the bound is set
+
+    def ready(self) -> bool:
+        return True
+
+    def load(
+        self,
+        model: str,
+        version: int,
+        path: str,
+        options: dict[str, Any],
+        budget_bytes: int,
+        sharing: int,
+    ) -> dict[str, Any]:
+        return _load(model, version, path, options, budget_bytes, sharing)
+
+
 def _load(
     model: str, version: int, path: str, options: dict[str, Any], budget_bytes: int, sharing: int
 ) -> dict[str, Any]:
     """In the probe's own process: load and warm up the version under the memory bound."""
-    from serve_app.runtime.model import ModelVersion  # imports TF: counted before the bound is set
+    from serve_app.runtime.model import ModelVersion
 
     budget = budget_bytes or _proc_bytes("/proc/meminfo", "MemAvailable") // max(1, sharing)
     limit = _proc_bytes("/proc/self/status", "VmData") + budget
@@ -90,26 +117,31 @@ def options(args: AppArgs) -> dict[str, Any]:
     }
 
 
-async def probe(args: AppArgs, model: str, version: int, path: str) -> LoadOutcome:
-    """Load ``version`` once in a process of its own; OK, or why it cannot be served."""
+async def probe(
+    args: AppArgs, model: str, version: int, path: str, prober: Any = None
+) -> LoadOutcome:
+    """Load ``version`` once in a process of its own (``prober``, a ``Prober`` started ahead,
+    or a new one); OK, or why it cannot be served. The process is ended in every case."""
+    prober = prober or Prober.remote()  # type: ignore[attr-defined]
+    try:
+        return await _probe(args, model, version, path, prober)
+    finally:
+        ray.kill(prober, no_restart=True)
+
+
+async def _probe(args: AppArgs, model: str, version: int, path: str, prober: Any) -> LoadOutcome:
     timeout = args.load_probe_timeout_s
     budget = args.load_probe_memory_mb * 2**20
-    ref = _load.options(name=f"probe:{model}:{version}").remote(
-        model, version, path, options(args), budget, args.ingress_replicas
-    )
+    ref = prober.load.remote(model, version, path, options(args), budget, args.ingress_replicas)
     try:
         result = await asyncio.wait_for(asyncio.shield(ref), timeout)
     except TimeoutError:
-        ray.cancel(ref, force=True)
         return LoadOutcome(
             StatusCode.DEADLINE_EXCEEDED,
             f"Loading version {version} of {model} did not finish within {timeout:g} s "
             "(load_probe_timeout_seconds) in a process of its own; it was stopped, and the "
             "serving replicas never loaded it",
         )
-    except asyncio.CancelledError:
-        ray.cancel(ref, force=True)
-        raise
     except Exception as e:  # the process died: a crash, or the node's OOM killer
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         return LoadOutcome(
@@ -136,19 +168,38 @@ def enabled(args: AppArgs, model: str) -> bool:
 
 class Probes:
     """The probes running now, by (model, version, path): a reload that asks for a version
-    being probed waits for the same probe."""
+    being probed waits for the same probe. With ``spare``, one prober is kept started ahead."""
 
-    def __init__(self) -> None:
+    def __init__(self, spare: bool = False) -> None:
         self._running: dict[tuple[str, int, str], asyncio.Future[LoadOutcome]] = {}
+        self._want_spare = spare
+        self._spare: Any = None
+        self.warm()
+
+    def warm(self) -> None:
+        """Start the spare prober, unless one is waiting (or none is wanted)."""
+        if self._want_spare and self._spare is None:
+            self._spare = Prober.remote()  # type: ignore[attr-defined]
+
+    def _take_spare(self) -> Any:
+        spare, self._spare = self._spare, None
+        self.warm()
+        return spare
 
     def start(self, args: AppArgs, model: str, version: int, path: str) -> Awaitable[LoadOutcome]:
         key = (model, version, path)
         run = self._running.get(key)
         if run is None:
-            run = asyncio.ensure_future(probe(args, model, version, path))
+            run = asyncio.ensure_future(probe(args, model, version, path, self._take_spare()))
             self._running[key] = run
             run.add_done_callback(functools.partial(self._done, key))
         return asyncio.shield(run)
 
     def _done(self, key: tuple[str, int, str], _: object) -> None:
         self._running.pop(key, None)
+
+    def close(self) -> None:
+        """End the spare (the manager stops)."""
+        if self._spare is not None:
+            ray.kill(self._spare, no_restart=True)
+            self._spare = None

@@ -82,7 +82,10 @@ class VersionManager:
         """Model -> its last successful scan: readiness reads it, never storage."""
         self._faults = Faults()
         """Failing steps, each logged once per distinct cause and counted."""
-        self._probes = probe.Probes()
+        self._probes = probe.Probes(
+            self.args.load_probe_spare
+            and any(probe.enabled(self.args, m.name) for m in self.args.models)
+        )
         """The new versions' load probes running now."""
         self._config_file = ConfigFileSource(self._faults, self.args.request_log_allowed_dirs)
         """The model config file, read again at each poll."""
@@ -370,6 +373,7 @@ class VersionManager:
     async def __del__(self) -> None:
         """Serve's shutdown of this replica: the poll loop ends first, quietly."""
         self._task.cancel()
+        self._probes.close()
 
     async def drain(self) -> None:
         """The server is about to stop: from now on readiness (``/readyz``) is 503 and gRPC

@@ -296,14 +296,30 @@ def label_weight(admin_port: int) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
+def probers(
+    server: Server, other_than: frozenset[int] | set[int] = frozenset(), timeout: float = 60.0
+) -> set[int]:
+    """The pids of the server's probe processes once there is exactly one (the spare, waiting)
+    and it is none of ``other_than`` (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = {pid for pid, _, args in server.processes() if args.startswith("ray::Prober")}
+        if (len(pids) == 1 and not pids & other_than) or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.5)
+
+
 def test_a_version_that_hangs_or_runs_out_of_memory_never_reaches_the_replicas(
     bad_day: BadDay, tmp_path: Path
 ) -> None:
     """A version whose warmup never ends is stopped after ``load_probe_timeout_s`` in a
     process of its own (DEADLINE_EXCEEDED); one whose warmup wants 2 GB, with 256 MB to spare,
     fails there with RESOURCE_EXHAUSTED. Meanwhile the manager answers status and a reload, and
-    the served version answers every call."""
+    the served version answers every call. A spare probe process waits throughout; each probe
+    takes it, and ends with its version."""
     server, base = bad_day.server, bad_day.base
+    spare = probers(server)
+    assert len(spare) == 1
     serving_now = max(v for v, s in status(server).items() if s[0] == State.AVAILABLE)
     looping = export_with_warmup(_Looping(), tmp_path / "looping", 1e15)
     hungry = export_with_warmup(_Hungry(), tmp_path / "hungry", 5e8)
@@ -322,6 +338,7 @@ def test_a_version_that_hangs_or_runs_out_of_memory_never_reaches_the_replicas(
         assert code == StatusCode.RESOURCE_EXHAUSTED.value[0], message
         assert "256 MB" in message
         hold(server, 1.0, serving_now)
+    assert len(after := probers(server, other_than=spare)) == 1 and not after & spare
     assert load.calls and all(c == grpc.StatusCode.OK for _, _, c in load.calls)
     assert load.wrong == []
     assert "ServeReplica" not in "".join(
