@@ -133,8 +133,11 @@ async def _probe(args: AppArgs, model: str, version: int, path: str, prober: Any
     timeout = args.load_probe_timeout_s
     budget = args.load_probe_memory_mb * 2**20
     ref = prober.load.remote(model, version, path, options(args), budget, args.ingress_replicas)
+    answer: asyncio.Future[Any] = asyncio.ensure_future(ref)  # type: ignore[arg-type]
+    # Once given up on, the answer fails when its process is ended: that is no news.
+    answer.add_done_callback(lambda f: f.cancelled() or f.exception())
     try:
-        result = await asyncio.wait_for(asyncio.shield(ref), timeout)
+        result = await asyncio.wait_for(asyncio.shield(answer), timeout)
     except TimeoutError:
         return LoadOutcome(
             StatusCode.DEADLINE_EXCEEDED,
