@@ -2,7 +2,7 @@
 (``runtime.ingress``), or the model-version deployment of a model in deployments of its own.
 
 A replica loads its version in ``__init__`` (retrying a bounded number of times; a version in an
-object store is first downloaded into the node's cache, ``serve_app.storage.store``), replays the
+object store is first downloaded into the node's cache: ``serve_app.storage``), replays the
 version's warmup file, and only then reports healthy. A version that cannot load does not crash
 the replica (that would fail the whole Serve application): it keeps the error, answers every
 call with it, and the version manager reads it, marks the version END with that error and never
@@ -36,7 +36,7 @@ from serve_app.config.args import BatchingArgs
 from serve_app.runtime import request_log
 from serve_app.runtime.batching import BatchScheduler, batchable
 from serve_app.runtime.replica_config import SessionConfig, VersionConfig
-from serve_app.storage import store
+from serve_app.storage.factory import open_store
 
 logger = logging.getLogger("ray.serve")
 
@@ -131,15 +131,16 @@ class ModelVersion:
         )
         started = time.monotonic()
         warmed = 0
-        self._cached: Path | None = None
-        """The object-store version's copy in the node's cache, held while it is served."""
+        self._store = open_store(path)
+        self._local: Path | None = None
+        """The version's local directory (``VersionStore.fetch``), held while it is served."""
         for attempt in range(max_load_retries + 1):
             if attempt:
                 time.sleep(load_retry_interval_s)
             try:
-                if store.is_remote(path) and self._cached is None:  # held until __del__
-                    self._cached = store.fetch(path, max_bytes=object_store_cache_max_mb << 20)
-                local = str(self._cached or path)
+                if self._local is None:  # held until __del__
+                    self._local = self._store.fetch(path, object_store_cache_max_mb << 20)
+                local = str(self._local)
                 self.servable = Servable(local, SessionOptions(**session.model_dump()))
                 if per_model_batching:
                     self.own_batching = own_batching(local)
@@ -398,8 +399,8 @@ class ModelVersion:
     def __del__(self) -> None:
         if getattr(self, "servable", None) is not None:
             self.servable.close()  # type: ignore[union-attr]
-        if getattr(self, "_cached", None) is not None:
-            store.release(self._cached)  # type: ignore[arg-type]
+        if getattr(self, "_local", None) is not None:
+            self._store.release(self._local)  # type: ignore[arg-type]
 
 
 def check_deadline(deadline: float | None) -> None:
