@@ -25,10 +25,11 @@ from typing import Any, cast
 import grpc
 import numpy as np
 
-from compat import dataplane, inference, json_codec, open_inference, tensors
+from compat import dataplane, inference, json_codec, open_inference, platforms, tensors
 from compat.errors import DeadlineExceeded, InvalidArgument, ServingError, Unavailable
+from compat.platforms import LoadedModel
 from compat.protos import predict_pb2, prediction_log_pb2
-from compat.servable import Servable, SessionOptions, usable_cores
+from compat.servable import SessionOptions, usable_cores
 from compat.warmup import replay_warmup
 from serve_app import metrics
 from serve_app.calls import Api, ModelCall, ModelReply, Wire
@@ -114,7 +115,7 @@ class ModelVersion:
         """Predict outputs in ``tensor_content`` (``--enable_serialization_as_tensor_content``)."""
         self.own_batching: BatchingArgs | None = None
         """The version's ``batching_params.pbtxt`` (``--enable_per_model_batching_parameters``)."""
-        self.servable: Servable | None = None
+        self.servable: LoadedModel | None = None
         self.error: ServingError | None = None
         self._threads = session.intra_op_parallelism or usable_cores()
         """The session's intra-op threads: batch threads when ``num_batch_threads`` is 0."""
@@ -141,7 +142,7 @@ class ModelVersion:
                 if self._local is None:  # held until __del__
                     self._local = self._store.fetch(path, object_store_cache_max_mb << 20)
                 local = str(self._local)
-                self.servable = Servable(local, SessionOptions(**session.model_dump()))
+                self.servable = platforms.load(local, SessionOptions(**session.model_dump()))
                 if per_model_batching:
                     self.own_batching = own_batching(local)
                 if warmup:
@@ -214,7 +215,7 @@ class ModelVersion:
             return LoadState(False, self.error.message, self.load_seconds)
         return LoadState(True, "", self.load_seconds, self.warmup_records)
 
-    def _servable(self) -> Servable:
+    def _servable(self) -> LoadedModel:
         if self.servable is None:
             assert self.error is not None
             raise self.error
@@ -287,7 +288,7 @@ class ModelVersion:
             return payload, None
         return payload, lambda: (call.request, predict_pb2.PredictResponse.FromString(payload))
 
-    async def _predict_json(self, servable: Servable, call: ModelCall, logged: bool) -> Answer:
+    async def _predict_json(self, servable: LoadedModel, call: ModelCall, logged: bool) -> Answer:
         """REST Predict: the JSON document's tensors decoded against the signature, TF Serving's
         JSON out (``compat.json_codec``)."""
         doc = call.request
