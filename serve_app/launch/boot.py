@@ -90,9 +90,9 @@ def initial_plan(args: AppArgs) -> Plan:
 
 EMBEDDED_RAY_ENV = {
     # Serve's controller reconciles twice a second instead of ten times: on a 2-core node its
-    # loop, and the GCS queries each turn makes, cost DeepLab 4-7% of its throughput (h2load,
-    # 16 streams, same run). A dead replica is replaced, and a rollout moves on, at most 0.4 s
-    # later.
+    # loop, and the GCS queries each turn makes, cost DeepLab some of its throughput (measured
+    # as in the README's "Benchmark"). A dead replica is replaced, and a rollout moves on, at
+    # most 0.4 s later.
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
 }
 """Ray settings of the Ray the CLI starts itself (the environment's own values win); a cluster

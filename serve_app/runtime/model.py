@@ -437,9 +437,10 @@ _HANDLERS: dict[Api, Callable[[ModelVersion, ModelCall, bool], Awaitable[Answer]
 @functools.cache
 def freeze_once() -> None:
     """Before a process loads its first version: everything alive then (TensorFlow's modules,
-    some 390,000 objects) moves out of the garbage collector's sight (``gc.freeze``). Every
-    collection used to walk them all: a REST body of a 128x128 image parsed nested took 24 ms
-    with them, 4 ms without. No version is frozen, so an unloaded version's cycles are freed
-    (frozen after its load, the first version's graph stayed in memory for the process's life)."""
+    hundreds of thousands of objects) moves out of the garbage collector's sight
+    (``gc.freeze``). Every collection used to walk them all, and parsing a big nested REST body
+    (many collections) was several times slower with them (measured as in the README's
+    "Benchmark"). No version is frozen, so an unloaded version's cycles are freed (frozen after
+    its load, the first version's graph stayed in memory for the process's life)."""
     gc.collect()
     gc.freeze()
