@@ -1,4 +1,5 @@
-"""The data plane: TF Serving's Predict and GetModelMetadata semantics over one Servable.
+"""The data plane: TF Serving's Predict and GetModelMetadata semantics over one loaded model
+(``compat.platforms.LoadedModel``).
 
 Transports are thin over this module: gRPC hands it request protos, REST hands it decoded JSON;
 both get the same validation, the same errors and the same outputs. Running the model is split
@@ -13,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from compat.errors import Internal, InvalidArgument
+from compat.platforms import LoadedModel
 from compat.protos import get_model_metadata_pb2, model_pb2, predict_pb2
-from compat.servable import Servable
 from compat.signatures import (
     CLASSIFY_METHOD,
     DEFAULT_SIGNATURE,
@@ -46,7 +47,7 @@ def signature_name(requested: str) -> str:
 
 
 def check_predict_signature(
-    servable: Servable, name: str, check_method_name: bool = False
+    servable: LoadedModel, name: str, check_method_name: bool = False
 ) -> Signature:
     """The signature for a Predict, with TF Serving's checks (predict_util.cc); the method-name
     check only with ``--enable_signature_method_name_check``, off by default as in TF Serving."""
@@ -96,7 +97,7 @@ def output_aliases(signature: Signature, output_filter: Iterable[str]) -> list[s
 
 
 def prepare_predict(
-    servable: Servable, request: predict_pb2.PredictRequest, check_method_name: bool = False
+    servable: LoadedModel, request: predict_pb2.PredictRequest, check_method_name: bool = False
 ) -> PredictCall:
     """Validate a PredictRequest and decode its tensors."""
     name = signature_name(request.model_spec.signature_name)
@@ -117,7 +118,7 @@ def prepare_predict(
 
 
 def prepare_predict_arrays(
-    servable: Servable,
+    servable: LoadedModel,
     requested_signature: str,
     inputs: Mapping[str, np.ndarray],
     output_filter: Iterable[str] = (),
@@ -179,7 +180,7 @@ def set_model_spec(
 
 
 def metadata(
-    servable: Servable,
+    servable: LoadedModel,
     request: get_model_metadata_pb2.GetModelMetadataRequest,
     model: str,
     version: int,

@@ -1,4 +1,5 @@
-"""Classify, Regress and MultiInference: TF Serving's tf.Example APIs over one Servable.
+"""Classify, Regress and MultiInference: TF Serving's tf.Example APIs over one loaded
+model (``compat.platforms.LoadedModel``).
 
 Pure and synchronous (no Ray): a transport resolves the servable, calls :func:`classify`,
 :func:`regress` or :func:`multi_inference`, and sends back the response proto. Semantics and
@@ -32,6 +33,7 @@ from google.protobuf import text_format
 from compat.dataplane import set_model_spec, signature_name
 from compat.errors import InvalidArgument, Unimplemented
 from compat.limits import growth_allowed
+from compat.platforms import LoadedModel
 from compat.protos import (
     classification_pb2,
     inference_pb2,
@@ -40,7 +42,6 @@ from compat.protos import (
     regression_pb2,
     types_pb2,
 )
-from compat.servable import Servable
 from compat.signatures import CLASSIFY_METHOD, REGRESS_METHOD, Signature, TensorSpec
 from compat.tensors import infer_dtype
 
@@ -52,7 +53,7 @@ OUTPUTS = "outputs"
 
 _PLACEHOLDER_OPS = frozenset({"Placeholder", "PlaceholderWithDefault"})
 #: Per servable: placeholder node name -> the DataType the graph declares for it.
-_PLACEHOLDER_DTYPES: weakref.WeakKeyDictionary[Servable, dict[str, int]] = (
+_PLACEHOLDER_DTYPES: weakref.WeakKeyDictionary[LoadedModel, dict[str, int]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -205,12 +206,12 @@ class _Task:
         return {alias: results[spec.name] for alias, spec in self.outputs.items()}
 
 
-def _debug_string(servable: Servable, signature: Signature) -> str:
+def _debug_string(servable: LoadedModel, signature: Signature) -> str:
     """``SignatureDef::DebugString()``: the proto in text format."""
     return text_format.MessageToString(servable.meta_graph.signature_def[signature.key])
 
 
-def _task(api: _Api, servable: Servable, name: str, check_method_name: bool) -> _Task:
+def _task(api: _Api, servable: LoadedModel, name: str, check_method_name: bool) -> _Task:
     """PreProcessClassification / PreProcessRegression, on signature ``name`` (known to exist)."""
     signature = servable.signatures[name]
     if check_method_name and signature.method_name != api.method_name:
@@ -275,7 +276,7 @@ def _check_merge(context: int, with_context: input_pb2.ExampleListWithContext) -
         )
 
 
-def _placeholder_dtypes(servable: Servable) -> dict[str, int]:
+def _placeholder_dtypes(servable: LoadedModel) -> dict[str, int]:
     """Placeholder name -> its dtype in the graph, computed once per servable."""
     dtypes = _PLACEHOLDER_DTYPES.get(servable)
     if dtypes is None:
@@ -288,7 +289,9 @@ def _placeholder_dtypes(servable: Servable) -> dict[str, int]:
     return dtypes
 
 
-def _run(servable: Servable, tasks: Iterable[_Task], examples: np.ndarray) -> dict[str, np.ndarray]:
+def _run(
+    servable: LoadedModel, tasks: Iterable[_Task], examples: np.ndarray
+) -> dict[str, np.ndarray]:
     """One session run feeding ``examples`` to every task's input; results by tensor name.
 
     A feed is typed by the graph's placeholder when it is one, else by the signature's
@@ -311,7 +314,7 @@ def _run(servable: Servable, tasks: Iterable[_Task], examples: np.ndarray) -> di
 
 def _infer(
     api: _Api,
-    servable: Servable,
+    servable: LoadedModel,
     request: classification_pb2.ClassificationRequest | regression_pb2.RegressionRequest,
     response: _Response,
     model: str,
@@ -334,7 +337,7 @@ def _infer(
 
 
 def classify(
-    servable: Servable,
+    servable: LoadedModel,
     request: classification_pb2.ClassificationRequest,
     model: str,
     version: int,
@@ -354,7 +357,7 @@ def classify(
 
 
 def regress(
-    servable: Servable,
+    servable: LoadedModel,
     request: regression_pb2.RegressionRequest,
     model: str,
     version: int,
@@ -386,7 +389,7 @@ def multi_inference_model_spec(
 
 
 def multi_inference(
-    servable: Servable,
+    servable: LoadedModel,
     request: inference_pb2.MultiInferenceRequest,
     model: str,
     version: int,

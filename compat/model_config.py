@@ -7,7 +7,8 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from compat.errors import FailedPrecondition, InvalidArgument
+from compat import platforms
+from compat.errors import InvalidArgument
 from compat.protos import model_server_config_pb2
 
 
@@ -99,8 +100,8 @@ def check_platform(c: model_server_config_pb2.ModelConfig) -> None:
                 f"ModelServerConfig::model_type choice {c.model_type} not supported."
             )
         platform = "tensorflow"
-    if platform and platform != "tensorflow":
-        raise FailedPrecondition(f"PlatformConfigMap has no entry for platform {platform}")
+    if platform:
+        platforms.loader(platform)  # FAILED_PRECONDITION for a platform not served
 
 
 LOG_COLLECTOR_TYPES = ("tfrecord",)

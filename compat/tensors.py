@@ -280,8 +280,8 @@ def tensor_bytes(array: np.ndarray | object, *, tensor_content: bool = False) ->
     """``from_numpy(array, tensor_content=...).SerializeToString()``'s message, written without
     building it for a numeric array: its dtype, its shape and one packed typed field (or, with
     ``tensor_content``, the raw bytes) straight from numpy, so that a big output costs about
-    its ``tobytes`` (building the message, then serializing it, cost DeepLab's 128x128 map
-    0.2 ms). Strings go through ``from_numpy``."""
+    its ``tobytes``, not a message built and then serialized. Strings go through
+    ``from_numpy``."""
     arr = np.asarray(array)
     dt = infer_dtype(arr)
     codec = _CODECS[dt]

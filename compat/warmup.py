@@ -23,8 +23,8 @@ from google.protobuf.message import DecodeError
 from compat.dataplane import prepare_predict
 from compat.errors import InvalidArgument, ServingError, StatusCode, Unimplemented, from_code
 from compat.inference import classify, multi_inference, regress
+from compat.platforms import LoadedModel
 from compat.protos import prediction_log_pb2
-from compat.servable import Servable
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def warmup_file(path: str | os.PathLike[str]) -> Path:
 
 
 def _replay(
-    servable: Servable,
+    servable: LoadedModel,
     log: prediction_log_pb2.PredictionLog,
     model: str,
     version: int,
@@ -69,7 +69,7 @@ def _replay(
 
 
 def replay_warmup(
-    servable: Servable,
+    servable: LoadedModel,
     path: str | os.PathLike[str],
     model: str,
     version: int,

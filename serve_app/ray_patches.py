@@ -80,9 +80,9 @@ SERVE_ENV = {
     # completion-queue poller, and each completion wakes every bound loop (they race to read
     # its socket; a loser takes the GIL for nothing, a winner forwards the other loops' events
     # with call_soon_threadsafe). Three loops were bound in a serving replica: ours (the client
-    # ports), the replica's (Serve's inter-deployment server) and the handles' router. One
-    # loop, measured in one run on 2 cores: half_plus_two with batching 3096 -> 3655 req/s,
-    # without 2542 -> 2820; DeepLab unchanged (342/331 -> 328/334).
+    # ports), the replica's (Serve's inter-deployment server) and the handles' router. With
+    # one loop half_plus_two serves more, DeepLab the same (measured as in the README's
+    # "Benchmark").
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
 }

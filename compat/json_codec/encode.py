@@ -149,7 +149,7 @@ def encode_predict_response(outputs: Mapping[str, np.ndarray], row_format: bool)
 
 def _fast_text(array: np.ndarray) -> str | None:
     """orjson's text of a non-empty integer or bool array: the tokens' text, byte for byte
-    (16384 int64: 0.04 ms against 1.3 ms), or None."""
+    (far faster than formatting each number), or None."""
     if array.dtype.kind not in "iub" or array.size == 0 or array.ndim == 0:
         return None
     return orjson.dumps(np.ascontiguousarray(array), option=orjson.OPT_SERIALIZE_NUMPY).decode()

@@ -270,7 +270,7 @@ class AppArgs(BaseModel):
     """TF inter-op threads of the node, shared out as ``intra_op_parallelism``. Negative: every
     op runs in the thread that runs the model, as TF takes it. 0: in a serving replica without
     a GPU, its intra-op threads, and with one intra-op thread its ops run in the calling thread
-    (no thread hand-off per op: DeepLab with batching 309 -> 349 req/s on 2 cores) and it
+    (no thread hand-off per op: faster, measured as in the README's "Benchmark") and it
     starts one model run at a time outside batching; elsewhere TF's default."""
     per_process_gpu_memory_fraction: Annotated[float, Flag("per_process_gpu_memory_fraction")] = (
         Field(default=0.0, ge=0, le=1)

@@ -17,9 +17,9 @@ from serve_app.lifecycle.repository import (
     ModelPathError,
     aspired_versions,
     check_model_path,
-    scan_versions,
 )
-from serve_app.storage.store import ScanError
+from serve_app.storage.factory import open_store
+from serve_app.storage.versions import ScanError
 
 logger = logging.getLogger("ray.serve")
 
@@ -61,9 +61,7 @@ def resolve_models(args: AppArgs) -> AppArgs:
 
 def absolute(path: str) -> str:
     """A local path made absolute; an object-store URI as it is."""
-    from serve_app.storage import store
-
-    return path if store.is_remote(path) else str(Path(path).resolve())
+    return open_store(path).location
 
 
 def initial_plan(args: AppArgs) -> Plan:
@@ -75,7 +73,7 @@ def initial_plan(args: AppArgs) -> Plan:
     plan = Plan()
     for m in args.models:
         try:
-            aspired = aspired_versions(scan_versions(m.base_path), m.version_policy)
+            aspired = aspired_versions(open_store(m.base_path).ready(), m.version_policy)
         except ScanError:  # gone since it was checked: the version manager's polls find it
             continue
         if not aspired:
@@ -92,9 +90,9 @@ def initial_plan(args: AppArgs) -> Plan:
 
 EMBEDDED_RAY_ENV = {
     # Serve's controller reconciles twice a second instead of ten times: on a 2-core node its
-    # loop, and the GCS queries each turn makes, cost DeepLab 4-7% of its throughput (h2load,
-    # 16 streams, same run). A dead replica is replaced, and a rollout moves on, at most 0.4 s
-    # later.
+    # loop, and the GCS queries each turn makes, cost DeepLab some of its throughput (measured
+    # as in the README's "Benchmark"). A dead replica is replaced, and a rollout moves on, at
+    # most 0.4 s later.
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
 }
 """Ray settings of the Ray the CLI starts itself (the environment's own values win); a cluster

@@ -42,8 +42,8 @@ from serve_app.lifecycle.plan import (
 )
 from serve_app.lifecycle.status import Reports, State, Statuses, VersionStatus
 from serve_app.runtime import request_log
-from serve_app.storage import store
-from serve_app.storage.store import ScanError
+from serve_app.storage.factory import Stores
+from serve_app.storage.versions import ScanError, VersionStore
 
 logger = logging.getLogger("ray.serve")
 
@@ -80,6 +80,8 @@ class VersionManager:
         """Set on SIGTERM (``drain``): readiness and health say not serving, requests still are."""
         self._scans: dict[str, repository.Scan] = {}
         """Model -> its last successful scan: readiness reads it, never storage."""
+        self._stores = Stores()
+        """Base path -> its store, kept across polls (an object store's state is in it)."""
         self._faults = Faults()
         """Failing steps, each logged once per distinct cause and counted."""
         self._probes = probe.Probes(
@@ -180,7 +182,7 @@ class VersionManager:
             if s.state == State.END and not s.retry_due(now)
         ]
         try:
-            scan = await asyncio.to_thread(repository.scan, model.base_path, ended)
+            scan = await asyncio.to_thread(repository.scan, self._stores[model.base_path], ended)
         except ScanError as e:
             self._faults.report("scan", model.name, str(e))
             raise
@@ -211,14 +213,15 @@ class VersionManager:
         name = model.name
         statuses = self.status.setdefault(name, {})
         steps = await self._steps(model)
+        store = self._stores[model.base_path]
         for v, path in steps.incomplete.items():
-            statuses[v] = VersionStatus.incomplete(str(path))
+            statuses[v] = VersionStatus.incomplete(str(path), store.incomplete(str(path)))
         if steps.unload_first:  # TF Serving's resource-preserving policy: unload before loading
             await self._retire(name, steps.unload_first)
         if steps.load:
-            proven = await self._probe(name, steps.load)
+            proven = await self._probe(name, steps.load, store)
             if proven:
-                await self._add(name, proven)
+                await self._add(name, proven, store)
         # After the loads the plan is made again: a version that failed drops out of the
         # aspired set, so the version it was meant to replace keeps serving (availability
         # first, as TF Serving does); the directory may have changed while versions loaded.
@@ -228,7 +231,9 @@ class VersionManager:
         elif steps.relabel:  # a label the config added or moved (a retire reroutes anyway)
             await self._route_and_apply(self.plan.copy_deep())
 
-    async def _probe(self, model: str, versions: dict[int, str]) -> dict[int, str]:
+    async def _probe(
+        self, model: str, versions: dict[int, str], store: VersionStore
+    ) -> dict[int, str]:
         """The versions of ``versions`` that loaded in a process of their own
         (``lifecycle.probe``); the others are END with the reason. The lock is let go while
         the probes run: status, reloads and label weights are answered meanwhile."""
@@ -257,7 +262,7 @@ class VersionManager:
             logger.error("%s version %d will not be served: %s", model, v, outcome.message)
         return proven
 
-    async def _add(self, model: str, versions: dict[int, str]) -> None:
+    async def _add(self, model: str, versions: dict[int, str], store: VersionStore) -> None:
         """Deploy green next to blue, wait until loaded, then route to it."""
         plan = self.plan.copy_deep()
         for v, path in versions.items():

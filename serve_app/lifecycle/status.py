@@ -18,7 +18,6 @@ from compat.protos import get_model_status_pb2
 from compat.routing import ModelRoutes, RoutingTable
 from serve_app.config.args import ModelArgs
 from serve_app.lifecycle.repository import Scan, aspired_versions
-from serve_app.storage import store
 
 State = get_model_status_pb2.ModelVersionStatus.State
 
@@ -37,7 +36,7 @@ class VersionStatus:
     error_message: str = ""
     path: str = ""
     stamp: str = ""
-    """What the version's directory looked like when it was loaded (``store.stamp``)."""
+    """What the version's files looked like when it was loaded (``VersionStore.stamp``)."""
     loaded: bool = False
     """Loaded and warmed up; becomes AVAILABLE once the ingress routes to it."""
     load_seconds: float = 0.0
@@ -76,16 +75,9 @@ class VersionStatus:
         return now - self.failed_at >= wait
 
     @classmethod
-    def incomplete(cls, path: str) -> VersionStatus:
-        """A version directory without a whole SavedModel: END, NOT_FOUND (TF's reader's)."""
-        message = (
-            f"The SavedModel at {path} is not complete (files still being uploaded, or "
-            "missing); it is loaded once whole"
-            if store.is_remote(path)
-            else "Could not find SavedModel .pb or .pbtxt at supplied export directory path: "
-            f"{path}. Check that the directory exists and that you have the right permissions "
-            "for accessing it."
-        )
+    def incomplete(cls, path: str, message: str) -> VersionStatus:
+        """A version without a whole SavedModel: END, NOT_FOUND with its store's message
+        (``VersionStore.incomplete``: TF's reader's for a directory)."""
         return cls(State.END, StatusCode.NOT_FOUND.value[0], message, path=path)
 
 

@@ -6,7 +6,8 @@ model's own deployment; any of them may have several replicas on several nodes. 
 * ``labels``: what the families are called and labelled; a request's labels come from the typed
   ``ModelCall`` and the status of its ``ModelReply`` (``serve_app.calls``);
 * ``recording``: each value recorded once, in the process that knows it (requests added up
-  in-process and flushed every second: Ray's per-request metric calls cost ~15% of throughput);
+  in-process and flushed every second: Ray's per-request metric calls cost a tiny model much of
+  its throughput, measured as in the README's "Benchmark");
 * ``scraping``: the page at ``prometheus_path``, merged from every node's Ray metrics agent,
   with the version states.
 

@@ -173,7 +173,7 @@ class RequestRecorder:
     sink's counters by a background thread every ``interval_s`` (None: only by ``flush``).
 
     A Ray metric update validates its tags and crosses into Ray's C++ core: four of them per
-    request cost ~15% of a tiny model's throughput (measured with h2load on half_plus_two). Here
+    request cost a tiny model much of its throughput (measured as in the README's "Benchmark"). Here
     a request costs one dict update under an uncontended lock; the latency histogram travels as
     one counter per bucket (``PER_BUCKET``) that ``scraping.merge`` turns back into a histogram.
     """
@@ -265,30 +265,43 @@ class RequestRecorder:
                     m.latency_buckets.inc(float(n), {**tags, "le": bound})
 
 
-_RECORDER = RequestRecorder()
+_process_recorder = RequestRecorder()
+
+
+def recorder() -> RequestRecorder:
+    """This process's recorder: the one the functions below record into."""
+    return _process_recorder
+
+
+def reset_recorder(new: RequestRecorder | None = None) -> RequestRecorder:
+    """Make ``new`` (a fresh one by default) this process's recorder, and return it: a test
+    starts from nothing counted, or records into a sink of its own."""
+    global _process_recorder
+    _process_recorder = new if new is not None else RequestRecorder()
+    return _process_recorder
 
 
 @_never_raises
 def record_request(labels: RequestLabels, seconds: float) -> None:
     """One answered model request."""
-    _RECORDER.add(labels, seconds)
+    recorder().add(labels, seconds)
 
 
 def flush() -> None:
     """Hand the requests counted so far to Ray's metrics now (a replica shutting down)."""
-    _RECORDER.flush()
+    recorder().flush()
 
 
 @_never_raises
 def serving(models: Iterable[str]) -> None:
     """The models served now: requests naming any other are labelled ``UNKNOWN``."""
-    _RECORDER.serving(models)
+    recorder().serving(models)
 
 
 @_never_raises
 def learn_signatures(model: str, signatures: Iterable[str]) -> None:
     """The signatures of a version of ``model`` this process loaded."""
-    _RECORDER.learn_signatures(model, signatures)
+    recorder().learn_signatures(model, signatures)
 
 
 @_never_raises
@@ -296,7 +309,7 @@ def record_model_call(
     call: ModelCall, version: int | None, code: StatusCode, seconds: float
 ) -> None:
     """``Ingress.call_model``'s call: labels from the parsed call and its reply's status."""
-    _RECORDER.add(RequestLabels.of_call(call, version, code), seconds)
+    recorder().add(RequestLabels.of_call(call, version, code), seconds)
 
 
 @_never_raises

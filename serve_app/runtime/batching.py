@@ -26,7 +26,7 @@ import numpy as np
 from compat.dataplane import PredictCall
 from compat.errors import DeadlineExceeded, Internal, InvalidArgument, ServingError, Unavailable
 from compat.limits import growth_allowed
-from compat.servable import Servable
+from compat.platforms import LoadedModel
 from serve_app.config.args import BatchingArgs
 
 Result = dict[str, np.ndarray] | ServingError
@@ -57,7 +57,7 @@ def batch_rows(call: PredictCall) -> int:
 
 
 def run_batch(
-    servable: Servable, calls: Sequence[PredictCall], knobs: BatchingArgs
+    servable: LoadedModel, calls: Sequence[PredictCall], knobs: BatchingArgs
 ) -> list[Result]:
     """Run every call, stacking the compatible ones; results in the order of ``calls``."""
     results: list[Result | None] = [None] * len(calls)
@@ -92,7 +92,7 @@ def _chunks(members: list[int], calls: Sequence[PredictCall], max_rows: int) -> 
     return chunks
 
 
-def _run_one(servable: Servable, call: PredictCall) -> Result:
+def _run_one(servable: LoadedModel, call: PredictCall) -> Result:
     try:
         return servable.run(call.signature, call.inputs, call.output_aliases)
     except ServingError as e:
@@ -122,7 +122,9 @@ def _padded_bytes(calls: list[PredictCall], pad_shapes: dict[str, tuple[int, ...
     return total
 
 
-def _run_stacked(servable: Servable, calls: list[PredictCall], knobs: BatchingArgs) -> list[Result]:
+def _run_stacked(
+    servable: LoadedModel, calls: list[PredictCall], knobs: BatchingArgs
+) -> list[Result]:
     if len(calls) == 1 and not knobs.allowed_batch_sizes:
         return [_run_one(servable, calls[0])]
     first = calls[0]
@@ -202,7 +204,7 @@ class BatchScheduler:
 
     def __init__(
         self,
-        servable: Callable[[], Servable],
+        servable: Callable[[], LoadedModel],
         pool: ThreadPoolExecutor,
         knobs: BatchingArgs,
         on_batch: Callable[[list[PredictCall]], None] = lambda calls: None,

@@ -2,7 +2,7 @@
 (``runtime.ingress``), or the model-version deployment of a model in deployments of its own.
 
 A replica loads its version in ``__init__`` (retrying a bounded number of times; a version in an
-object store is first downloaded into the node's cache, ``serve_app.storage.store``), replays the
+object store is first downloaded into the node's cache: ``serve_app.storage``), replays the
 version's warmup file, and only then reports healthy. A version that cannot load does not crash
 the replica (that would fail the whole Serve application): it keeps the error, answers every
 call with it, and the version manager reads it, marks the version END with that error and never
@@ -25,10 +25,11 @@ from typing import Any, cast
 import grpc
 import numpy as np
 
-from compat import dataplane, inference, json_codec, open_inference, tensors
+from compat import dataplane, inference, json_codec, open_inference, platforms, tensors
 from compat.errors import DeadlineExceeded, InvalidArgument, ServingError, Unavailable
+from compat.platforms import LoadedModel
 from compat.protos import predict_pb2, prediction_log_pb2
-from compat.servable import Servable, SessionOptions, usable_cores
+from compat.servable import SessionOptions, usable_cores
 from compat.warmup import replay_warmup
 from serve_app import metrics
 from serve_app.calls import Api, ModelCall, ModelReply, Wire
@@ -36,7 +37,7 @@ from serve_app.config.args import BatchingArgs
 from serve_app.runtime import request_log
 from serve_app.runtime.batching import BatchScheduler, batchable
 from serve_app.runtime.replica_config import SessionConfig, VersionConfig
-from serve_app.storage import store
+from serve_app.storage.factory import open_store
 
 logger = logging.getLogger("ray.serve")
 
@@ -114,7 +115,7 @@ class ModelVersion:
         """Predict outputs in ``tensor_content`` (``--enable_serialization_as_tensor_content``)."""
         self.own_batching: BatchingArgs | None = None
         """The version's ``batching_params.pbtxt`` (``--enable_per_model_batching_parameters``)."""
-        self.servable: Servable | None = None
+        self.servable: LoadedModel | None = None
         self.error: ServingError | None = None
         self._threads = session.intra_op_parallelism or usable_cores()
         """The session's intra-op threads: batch threads when ``num_batch_threads`` is 0."""
@@ -131,16 +132,17 @@ class ModelVersion:
         )
         started = time.monotonic()
         warmed = 0
-        self._cached: Path | None = None
-        """The object-store version's copy in the node's cache, held while it is served."""
+        self._store = open_store(path)
+        self._local: Path | None = None
+        """The version's local directory (``VersionStore.fetch``), held while it is served."""
         for attempt in range(max_load_retries + 1):
             if attempt:
                 time.sleep(load_retry_interval_s)
             try:
-                if store.is_remote(path) and self._cached is None:  # held until __del__
-                    self._cached = store.fetch(path, max_bytes=object_store_cache_max_mb << 20)
-                local = str(self._cached or path)
-                self.servable = Servable(local, SessionOptions(**session.model_dump()))
+                if self._local is None:  # held until __del__
+                    self._local = self._store.fetch(path, object_store_cache_max_mb << 20)
+                local = str(self._local)
+                self.servable = platforms.load(local, SessionOptions(**session.model_dump()))
                 if per_model_batching:
                     self.own_batching = own_batching(local)
                 if warmup:
@@ -213,7 +215,7 @@ class ModelVersion:
             return LoadState(False, self.error.message, self.load_seconds)
         return LoadState(True, "", self.load_seconds, self.warmup_records)
 
-    def _servable(self) -> Servable:
+    def _servable(self) -> LoadedModel:
         if self.servable is None:
             assert self.error is not None
             raise self.error
@@ -286,7 +288,7 @@ class ModelVersion:
             return payload, None
         return payload, lambda: (call.request, predict_pb2.PredictResponse.FromString(payload))
 
-    async def _predict_json(self, servable: Servable, call: ModelCall, logged: bool) -> Answer:
+    async def _predict_json(self, servable: LoadedModel, call: ModelCall, logged: bool) -> Answer:
         """REST Predict: the JSON document's tensors decoded against the signature, TF Serving's
         JSON out (``compat.json_codec``)."""
         doc = call.request
@@ -398,8 +400,8 @@ class ModelVersion:
     def __del__(self) -> None:
         if getattr(self, "servable", None) is not None:
             self.servable.close()  # type: ignore[union-attr]
-        if getattr(self, "_cached", None) is not None:
-            store.release(self._cached)  # type: ignore[arg-type]
+        if getattr(self, "_local", None) is not None:
+            self._store.release(self._local)  # type: ignore[arg-type]
 
 
 def check_deadline(deadline: float | None) -> None:
@@ -435,9 +437,10 @@ _HANDLERS: dict[Api, Callable[[ModelVersion, ModelCall, bool], Awaitable[Answer]
 @functools.cache
 def freeze_once() -> None:
     """Before a process loads its first version: everything alive then (TensorFlow's modules,
-    some 390,000 objects) moves out of the garbage collector's sight (``gc.freeze``). Every
-    collection used to walk them all: a REST body of a 128x128 image parsed nested took 24 ms
-    with them, 4 ms without. No version is frozen, so an unloaded version's cycles are freed
-    (frozen after its load, the first version's graph stayed in memory for the process's life)."""
+    hundreds of thousands of objects) moves out of the garbage collector's sight
+    (``gc.freeze``). Every collection used to walk them all, and parsing a big nested REST body
+    (many collections) was several times slower with them (measured as in the README's
+    "Benchmark"). No version is frozen, so an unloaded version's cycles are freed (frozen after
+    its load, the first version's graph stayed in memory for the process's life)."""
     gc.collect()
     gc.freeze()

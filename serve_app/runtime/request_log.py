@@ -2,7 +2,7 @@
 each with its response, as TFRecord files of ``tensorflow.serving.PredictionLog``.
 
 The format is that of TF Serving's warmup file (``assets.extra/tf_serving_warmup_requests``),
-so ``python -m serve_app.warmup_from_logs`` turns logged traffic into a version's warmup.
+so ``python -m compat.warmup_from_logs`` turns logged traffic into a version's warmup.
 
 Off the request path: a request that is sampled puts a closure (which builds its record) on a
 bounded queue and goes on; one writer thread per model and process builds the records and
@@ -270,26 +270,54 @@ def _directory(prefix: str) -> str:
     return os.path.join(os.getcwd(), os.path.dirname(prefix))
 
 
-_LOGS: dict[tuple[str, str], RequestLog] = {}
-_LOGS_LOCK = threading.Lock()
+class RequestLogs:
+    """Request logs by model and settings: one writer each, shared by the versions a process
+    holds."""
+
+    def __init__(self) -> None:
+        self._logs: dict[tuple[str, str], RequestLog] = {}
+        self._lock = threading.Lock()
+
+    def for_model(self, model: str, args: RequestLogArgs | None) -> RequestLog | None:
+        """The request log of ``model`` with ``args``; None when it logs nothing."""
+        if args is None or args.sampling_rate <= 0.0:
+            return None
+        key = (model, args.model_dump_json())
+        with self._lock:
+            log = self._logs.get(key)
+            if log is None:
+                log = self._logs[key] = RequestLog(model, args)
+            return log
+
+    def close_all(self, timeout_s: float = 5.0) -> None:
+        """Write what every request log has queued, then close their files."""
+        with self._lock:
+            logs = list(self._logs.values())
+        for log in logs:
+            log.close(timeout_s)
+
+
+_process_logs = RequestLogs()
+
+
+def process_logs() -> RequestLogs:
+    """This process's request logs."""
+    return _process_logs
+
+
+def reset_process_logs() -> RequestLogs:
+    """Close this process's request logs and start afresh (tests); the new registry."""
+    global _process_logs
+    _process_logs.close_all()
+    _process_logs = RequestLogs()
+    return _process_logs
 
 
 def for_model(model: str, args: RequestLogArgs | None) -> RequestLog | None:
-    """This process's request log of ``model`` with ``args`` (one writer per model and
-    settings, shared by the versions it holds); None when it logs nothing."""
-    if args is None or args.sampling_rate <= 0.0:
-        return None
-    key = (model, args.model_dump_json())
-    with _LOGS_LOCK:
-        log = _LOGS.get(key)
-        if log is None:
-            log = _LOGS[key] = RequestLog(model, args)
-        return log
+    """This process's request log of ``model`` with ``args`` (``RequestLogs.for_model``)."""
+    return process_logs().for_model(model, args)
 
 
 def close_all(timeout_s: float = 5.0) -> None:
     """Write what every request log of this process has queued, then close their files."""
-    with _LOGS_LOCK:
-        logs = list(_LOGS.values())
-    for log in logs:
-        log.close(timeout_s)
+    process_logs().close_all(timeout_s)

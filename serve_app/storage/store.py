@@ -1,4 +1,5 @@
-"""Model base paths in an object store (``s3://bucket/prefix``, ``gs://bucket/prefix``).
+"""Model base paths in an object store (``s3://bucket/prefix``, ``gs://bucket/prefix``): the
+``VersionStore`` ``ObjectStore`` (``storage.versions``), and the listing and download under it.
 
 Every node of a cluster must read the models: a shared filesystem path needs nothing here; an
 object-store URI is read with fsspec (s3fs for S3 and S3-compatible stores, gcsfs for GCS when
@@ -30,34 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.storage import cache
+from serve_app.storage.versions import EXPECTED, ScanError, VersionStore, version_number
 
 logger = logging.getLogger("ray.serve")
 
 SCHEMES = ("s3://", "gs://", "gcs://")
 _SHARD = re.compile(r"variables/variables\.data-(\d+)-of-(\d+)$")
-
-
-class ScanError(OSError):
-    """A look at a base path that failed (it vanished, a mount or an object store erred, the
-    credentials expired): as TF Serving's FileSystemStoragePathSource, a failed poll changes
-    nothing; only a successful listing that lacks a version unloads it."""
-
-
-INT64_MAX = 2**63 - 1
-
-
-def version_number(name: str) -> int | None:
-    """A child's name as TF Serving reads a version directory's (``safe_strto64``, without the
-    sign and blanks it also takes): ASCII digits within int64, ``00000123`` is 123; anything
-    else (``²``, ``1.5``, ``tmp``) is no version and is ignored."""
-    if not name or not name.isascii() or not name.isdigit():
-        return None
-    number = int(name)
-    return number if number <= INT64_MAX else None
-
-
-def is_remote(path: str | os.PathLike[str]) -> bool:
-    return str(path).startswith(SCHEMES)
 
 
 def _filesystem(url: str) -> tuple[Any, str]:
@@ -132,57 +111,55 @@ def version_url(base_url: str, listing: Listing) -> str:
     return f"{base_url.rstrip('/')}/{listing.name}"
 
 
-class Scanner:
-    """Ready versions of remote base paths: whole, and listed the same at two scans in a row."""
+class ObjectStore(VersionStore):
+    """A base path in an object store. Its versions are ready once whole and listed the same
+    at two listings in a row: the instance keeps the previous listing."""
 
-    def __init__(self) -> None:
-        self._previous: dict[str, dict[int, str]] = {}
+    def __init__(self, base: str) -> None:
+        super().__init__(base)
+        self._previous: dict[int, str] = {}
+        """Version -> its fingerprint at the previous ``ready``, for the whole ones."""
 
-    def ready(self, base_url: str) -> dict[int, str]:
-        """Version -> its URL, for the versions ready now."""
-        listings = list_versions(base_url)
+    def versions(self) -> dict[int, str]:
+        return {v: version_url(self.base, ls) for v, ls in list_versions(self.base).items()}
+
+    def ready(self) -> dict[int, str]:
+        listings = list_versions(self.base)
         seen = {v: listing.fingerprint for v, listing in listings.items() if listing.whole}
-        before = self._previous.get(base_url, {})
-        self._previous[base_url] = seen
+        before, self._previous = self._previous, seen
         return {
-            v: version_url(base_url, listings[v])
+            v: version_url(self.base, listings[v])
             for v, fingerprint in seen.items()
             if before.get(v) == fingerprint
         }
 
-    def numeric(self, base_url: str) -> dict[int, str]:
-        """Every numeric version present, ready or not."""
-        return {v: version_url(base_url, ls) for v, ls in list_versions(base_url).items()}
+    def stamp(self, version: str) -> str:
+        """The version's listing's fingerprint."""
+        base, _, name = version.rstrip("/").rpartition("/")
+        number = version_number(name)
+        try:
+            listing = list_versions(base).get(number) if number is not None else None
+        except ScanError:
+            return ""
+        return listing.fingerprint if listing else ""
 
+    def fetch(self, version: str, max_bytes: int) -> Path:
+        return fetch(version, max_bytes=max_bytes)
 
-def stamp(url: str | os.PathLike[str]) -> str:
-    """What changes when a version's files change (a failed version is retried then): a local
-    version's files (paths, sizes, mtimes), an object-store version's listing fingerprint."""
-    if not is_remote(url):
-        return _tree_stamp(Path(url))
-    base, _, version = str(url).rstrip("/").rpartition("/")
-    number = version_number(version)
-    try:
-        listing = list_versions(base).get(number) if number is not None else None
-    except ScanError:
-        return ""
-    return listing.fingerprint if listing else ""
+    def release(self, local: Path) -> None:
+        release(local)
 
+    def incomplete(self, version: str) -> str:
+        return (
+            f"The SavedModel at {version} is not complete (files still being uploaded, or "
+            "missing); it is loaded once whole"
+        )
 
-def _tree_stamp(root: Path) -> str:
-    """Every file under a local version: its path, size and mtime (a directory's own mtime
-    misses a file rewritten in place, or one replaced under ``variables/``)."""
-    entries = []
-    try:
-        for dirpath, _, files in os.walk(root):
-            for name in files:
-                st = os.stat(os.path.join(dirpath, name))
-                entries.append(
-                    (os.path.relpath(os.path.join(dirpath, name), root), st.st_size, st.st_mtime_ns)
-                )
-    except OSError:
-        return ""
-    return hashlib.sha256(repr(sorted(entries)).encode()).hexdigest()[:16] if entries else ""
+    def no_versions(self) -> str:
+        return (
+            f"no numeric version under {self.base!r} (or it cannot be read with this node's "
+            f"credentials; expected {EXPECTED})."
+        )
 
 
 def cache_root() -> Path:

@@ -1,16 +1,23 @@
 """``compat.servable``: the MetaGraph loaded is the one tagged with exactly the tags asked for
-(``--saved_model_tags``), as TF's loader and TF Serving match a tag set."""
+(``--saved_model_tags``), as TF's loader and TF Serving match a tag set; ``compat.platforms``:
+the factory loads a version by its ``model_platform``, refuses one not served with TF Serving's
+error, and the data plane runs over any ``LoadedModel`` (a fake platform's here)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from compat import dataplane, model_config, platforms, tensors
 from compat.errors import FailedPrecondition
+from compat.protos import meta_graph_pb2, predict_pb2, types_pb2
 from compat.servable import Servable, SessionOptions
+from compat.signatures import Signature, TensorSpec
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +115,75 @@ def test_a_version_loads_and_runs_under_a_session_config_and_bfloat16(
         assert out["y"].tolist() == [2.0, 4.0]
     finally:
         servable.close()
+
+
+# --- the model-format seam: compat.platforms ----------------------------------------------
+
+
+class DoublingModel:
+    """A LoadedModel of another platform: y = 2x, run in numpy (no TF session)."""
+
+    def __init__(self, path: str | os.PathLike[str], options: SessionOptions) -> None:
+        self.path = str(path)
+        self.tags = tuple(options.tags)
+        x, y = (TensorSpec(f"{n}:0", types_pb2.DT_FLOAT, (-1,)) for n in "xy")
+        predict = "tensorflow/serving/predict"
+        self.signatures = {
+            "serving_default": Signature("serving_default", predict, {"x": x}, {"y": y})
+        }
+        self.meta_graph = meta_graph_pb2.MetaGraphDef()
+        self.closed = False
+
+    def signature(self, key: str) -> Signature:
+        return self.signatures[key]
+
+    def run(
+        self, signature: Signature, inputs: Mapping[str, np.ndarray], output_aliases: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        return {a: inputs["x"] * 2 for a in output_aliases}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_tensorflow_platform_loads_a_tf1_session_servable(testdata: Path) -> None:
+    model = platforms.load(testdata / "saved_model_half_plus_two_cpu" / "00000123")
+    try:
+        assert isinstance(model, Servable) and model.tags == ("serve",)
+        out = model.run(
+            model.signature("serving_default"), {"x": np.array([2.0], np.float32)}, ["y"]
+        )
+        assert out["y"].tolist() == [3.0]
+    finally:
+        model.close()
+
+
+@pytest.mark.parametrize("platform", ["tflite", "pytorch", "", "TensorFlow"])
+def test_a_platform_not_served_is_tf_servings_failed_precondition(
+    testdata: Path, platform: str
+) -> None:
+    with pytest.raises(FailedPrecondition) as e:
+        platforms.load(testdata / "saved_model_half_plus_two_cpu" / "00000123", platform=platform)
+    assert e.value.message == f"PlatformConfigMap has no entry for platform {platform}"
+
+
+def test_another_platform_is_one_entry_for_the_config_the_loader_and_the_data_plane(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A platform in ``PLATFORMS`` is taken by the config check and loaded by the factory, and
+    the data plane runs over its model through the Protocol alone."""
+    config = model_config.parse_text(
+        'model_config_list { config { name: "m" base_path: "/m" model_platform: "doubling" } }'
+    )
+    with pytest.raises(FailedPrecondition):
+        model_config.entries(config)
+    monkeypatch.setitem(platforms.PLATFORMS, "doubling", DoublingModel)
+    assert [e.name for e in model_config.entries(config)] == ["m"]
+    model = platforms.load("/m/1", SessionOptions(tags=("serve",)), platform="doubling")
+    assert isinstance(model, DoublingModel)
+    request = predict_pb2.PredictRequest()
+    request.inputs["x"].CopyFrom(tensors.from_numpy(np.array([1.5, 4.0], np.float32)))
+    call = dataplane.prepare_predict(model, request)
+    call.outputs = model.run(call.signature, call.inputs, call.output_aliases)
+    response = dataplane.finish_predict(call, "m", 1)
+    assert tensors.to_numpy(response.outputs["y"]).tolist() == [3.0, 8.0]

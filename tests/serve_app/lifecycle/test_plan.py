@@ -300,14 +300,15 @@ def test_a_failed_version_is_retried_after_its_wait_even_unchanged() -> None:
     assert not status.retry_due(status.failed_at + 3599)
     assert status.retry_due(status.failed_at + 3600.5)
     assert not VersionStatus(State.AVAILABLE, loaded=True).retry_due(1e12)
-    assert not VersionStatus.incomplete("/b/2").retry_due(1e12)  # it loads once whole
+    assert not VersionStatus.incomplete("/b/2", "not whole").retry_due(1e12)  # loads once whole
 
 
 def test_an_incomplete_directory_gets_a_status_and_is_not_loaded() -> None:
     steps = plan_model(policy("latest"), on_disk(1, incomplete=(2,)), deployed(1), up(1), NO_ROUTES)
     assert (steps.incomplete, steps.load, steps.unload) == ({2: "/b/2"}, {}, set())
-    status = VersionStatus.incomplete("/b/2")
+    status = VersionStatus.incomplete("/b/2", "not whole")
     assert (status.state, status.error_code) == (State.END, StatusCode.NOT_FOUND.value[0])
+    assert status.error_message == "not whole"
 
 
 def test_labels_are_rerouted_only_when_the_config_moved_one() -> None:

@@ -1,6 +1,7 @@
-"""The Source's look at a local base path (``lifecycle.repository``): version directories named
-as TF Serving reads them, and a look that fails raising ``ScanError`` (a failed poll changes
-nothing) rather than answering "no versions". Real directories, no server."""
+"""The Source's look at a local base path (``lifecycle.repository`` over ``storage.local``):
+version directories named as TF Serving reads them, and a look that fails raising ``ScanError``
+(a failed poll changes nothing) rather than answering "no versions". Real directories, no
+server."""
 
 from __future__ import annotations
 
@@ -10,15 +11,10 @@ from pathlib import Path
 import pytest
 
 from serve_app.config.args import ModelArgs
-from serve_app.lifecycle.repository import (
-    ModelPathError,
-    ScanError,
-    check_model_path,
-    scan,
-    scan_all_numeric,
-    scan_versions,
-)
-from serve_app.storage.store import version_number
+from serve_app.lifecycle.repository import ModelPathError, Scan, ScanError, check_model_path
+from serve_app.lifecycle.repository import scan as scan_store
+from serve_app.storage.local import LocalStore
+from serve_app.storage.versions import version_number
 
 pytestmark = pytest.mark.unit
 
@@ -58,9 +54,13 @@ def test_stray_names_are_ignored(tmp_path: Path) -> None:
     version(tmp_path, "99999999999999999999")
     version(tmp_path, "2", whole=False)
     (tmp_path / "3").write_text("a file, not a directory")
-    assert scan_versions(tmp_path) == {1: str(tmp_path / "1")}
-    assert set(scan_all_numeric(tmp_path)) == {1, 2}
+    assert LocalStore(tmp_path).ready() == {1: str(tmp_path / "1")}
+    assert set(LocalStore(tmp_path).versions()) == {1, 2}
     check_model_path(ModelArgs(name="m", base_path=str(tmp_path)))
+
+
+def scan(base: Path, stamp: list[int] | None = None) -> Scan:
+    return scan_store(LocalStore(base), stamp or [])
 
 
 def test_a_base_path_that_cannot_be_read_is_an_error_not_an_empty_listing(tmp_path: Path) -> None:

@@ -69,6 +69,18 @@ def test_requests_are_added_up_until_a_flush() -> None:
     assert sum(sink.latency_buckets.totals.values()) == 4
 
 
+def test_the_recording_functions_add_to_the_process_s_recorder_which_a_test_may_replace() -> None:
+    r, sink = recorder()
+    try:
+        assert recording.reset_recorder(r) is r and recording.recorder() is r
+        recording.record_request(OK, 0.002)
+        recording.flush()
+        assert sink.requests.value(**OK.tags()) == 1
+    finally:
+        fresh = recording.reset_recorder()
+    assert recording.recorder() is fresh and fresh is not r
+
+
 def test_a_bucket_holds_its_upper_bound_and_the_last_one_everything_beyond() -> None:
     r, sink = recorder()
     r.add(OK, 0.001)

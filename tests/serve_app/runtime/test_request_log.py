@@ -132,6 +132,20 @@ def test_sampling_rate_zero_logs_nothing_and_one_logs_all() -> None:
     assert log is request_log.for_model("m", RequestLogArgs(filename_prefix="/x", sampling_rate=1))
 
 
+def test_the_process_s_request_logs_are_one_registry_that_a_reset_closes(tmp_path: Path) -> None:
+    args = RequestLogArgs(filename_prefix=str(tmp_path / "log"), sampling_rate=1.0)
+    first = request_log.reset_process_logs()
+    log = request_log.for_model("m", args)
+    assert log is not None and log is first.for_model("m", args)
+    assert request_log.process_logs() is first
+    log.submit(lambda: record(7))
+    fresh = request_log.reset_process_logs()  # the old logs write what they queued and close
+    assert request_log.process_logs() is fresh and fresh is not first
+    [written] = read(tmp_path / "log")
+    assert log.written == 1 and tf.make_ndarray(written.predict_log.request.inputs["x"])[0] == 7
+    assert request_log.for_model("m", args) is not log
+
+
 CONFIG = """model_config_list {{ config {{ name: "m" base_path: "/b" logging_config {{
   log_collector_config {{ type: "{type}" filename_prefix: "{prefix}" }}
   sampling_config {{ sampling_rate: {rate} }} }} }} }}"""

@@ -22,6 +22,7 @@ import grpc
 import pytest
 
 from serve_app.storage import cache, store
+from serve_app.storage.factory import open_store
 from tests.harness import TESTDATA, Server, free_ports, start_server
 from tests.serve_app.test_serving_path import Load, predict_request
 
@@ -118,16 +119,18 @@ def test_scanner_waits_for_a_stable_listing(
     monkeypatch.setenv("RAY_TFSERVING_CACHE", str(tmp_path / "cache"))
     base = f"s3://{BUCKET}/scan"
     s3 = client(environment)
-    scanner = store.Scanner()
+    scanner = open_store(base)  # the factory's object store: it keeps the previous listing
+    assert isinstance(scanner, store.ObjectStore)
     for path in sorted(SOURCE.rglob("*")):
         if path.is_file():
             rel = path.relative_to(SOURCE).as_posix()
             s3.upload_file(str(path), BUCKET, f"scan/7/{rel}")
-    assert scanner.ready(base) == {}  # whole, but not yet seen twice
-    assert scanner.ready(base) == {7: f"{base}/7"}
+    assert scanner.ready() == {}  # whole, but not yet seen twice
+    assert scanner.ready() == {7: f"{base}/7"}
+    assert open_store(base).ready() == {}  # another instance has seen nothing yet
     s3.put_object(Bucket=BUCKET, Key="scan/7/assets.extra/new", Body=b"x")  # still uploading
-    assert scanner.ready(base) == {}
-    local = store.fetch(f"{base}/7") if scanner.ready(base) else None
+    assert scanner.ready() == {}
+    local = scanner.fetch(f"{base}/7", cache.DEFAULT_MAX_BYTES) if scanner.ready() else None
     assert (
         local is not None
         and (local / "saved_model.pb").read_bytes() == (SOURCE / "saved_model.pb").read_bytes()
@@ -160,16 +163,16 @@ def test_a_listing_that_fails_is_an_error_never_no_versions(
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
     base = f"s3://{BUCKET}/faulty"
-    scanner = store.Scanner()
+    scanner = store.ObjectStore(base)
     try:
-        scanner.ready(base)
+        scanner.ready()
         proxy.mode = fault
         with pytest.raises(store.ScanError, match=f"Cannot list {base}"):
-            scanner.ready(base)
-        assert store.stamp(f"{base}/5") == ""
+            scanner.ready()
+        assert scanner.stamp(f"{base}/5") == ""
         assert proxy.requests[fault] > 0
         proxy.mode = "pass"
-        assert 5 in scanner.ready(base)
+        assert 5 in scanner.ready()
     finally:
         proxy.stop()
 
