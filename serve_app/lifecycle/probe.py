@@ -169,6 +169,13 @@ def enabled(args: AppArgs, model: str) -> bool:
     return args.load_probe_timeout_s > 0 and args.own_scaling(model) is None
 
 
+def wants_spare(args: AppArgs) -> bool:
+    """A spare prober is kept when asked for (``load_probe_spare``) and versions are probed: not
+    where every model listed has deployments of its own (a reload may list others later)."""
+    probed = not args.models or any(enabled(args, m.name) for m in args.models)
+    return args.load_probe_spare and args.load_probe_timeout_s > 0 and probed
+
+
 class Probes:
     """The probes running now, by (model, version, path): a reload that asks for a version
     being probed waits for the same probe. With ``spare``, one prober is kept started ahead."""

@@ -84,10 +84,7 @@ class VersionManager:
         """Base path -> its store, kept across polls (an object store's state is in it)."""
         self._faults = Faults()
         """Failing steps, each logged once per distinct cause and counted."""
-        self._probes = probe.Probes(
-            self.args.load_probe_spare
-            and any(probe.enabled(self.args, m.name) for m in self.args.models)
-        )
+        self._probes = probe.Probes(spare=probe.wants_spare(self.args))
         """The new versions' load probes running now."""
         self._config_file = ConfigFileSource(self._faults, self.args.request_log_allowed_dirs)
         """The model config file, read again at each poll."""

@@ -41,3 +41,10 @@ def test_what_is_probed() -> None:
     assert not probe.enabled(args.model_copy(update={"load_probe_timeout_s": 0.0}), "m")
     own = args.model_copy(update={"own_deployments": {"m": ScalingArgs()}, "colocate": True})
     assert not probe.enabled(own, "m")  # its own deployment: a crash takes only that down
+
+
+def test_a_spare_prober_is_kept_only_where_versions_are_probed() -> None:
+    args = AppArgs(model_name="m", model_base_path="/b")
+    assert probe.wants_spare(args)
+    assert not probe.wants_spare(args.model_copy(update={"load_probe_spare": False}))
+    assert not probe.wants_spare(args.model_copy(update={"load_probe_timeout_s": 0}))
