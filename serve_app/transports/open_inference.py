@@ -39,6 +39,7 @@ from compat.errors import (
     from_code,
     truncate,
 )
+from compat.http_codec import TooLarge
 from compat.open_inference import (
     BY_NAME,
     count_elements,
@@ -50,7 +51,7 @@ from compat.open_inference import (
 )
 from compat.routing import RoutingTable
 from serve_app.calls import Api, ModelCall, ModelReply, Wire, parse_request, v2_spec
-from serve_app.transports.rest import TooLarge, read_decoded_body, rest_deadline
+from serve_app.transports.http import read_decoded_body, rest_deadline
 
 SERVER_NAME = "ray-tfserving"
 EXTENSIONS = ["binary_tensor_data"]
