@@ -58,7 +58,7 @@ class Wire(enum.StrEnum):
     """The serialized response message."""
     REST = "rest"
     """TF Serving's REST JSON (``compat.json_codec``); GetModelMetadata answers its message
-    either way (``serve_app.transports.rest`` prints it as TF Serving's status JSON)."""
+    either way (``compat.json_codec.metadata_json`` prints it as TF Serving does)."""
 
 
 #: The request message of each API; a gRPC request's bytes parse into it.

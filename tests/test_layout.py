@@ -123,6 +123,17 @@ def test_serve_apps_layers_import_only_the_layers_below() -> None:
     }
 
 
+def test_the_protocol_transports_share_only_transports_http() -> None:
+    """REST and V2 are each one module over ``transports.http`` (bodies, deadlines); their
+    codecs are in ``compat`` (``json_codec``, ``open_inference_json``, ``http_codec``)."""
+    graph = import_graph()
+    for name in ("serve_app.transports.rest", "serve_app.transports.open_inference"):
+        siblings = {d for d in graph[name] if d.startswith("serve_app.transports.")}
+        assert siblings <= {"serve_app.transports.http"}, (name, siblings)
+    assert "compat.open_inference_json" in graph["serve_app.transports.open_inference"]
+    assert "compat.http_codec" in graph["serve_app.transports.http"]
+
+
 def module_name(path: Path) -> str:
     name = ".".join(path.relative_to(REPO).with_suffix("").parts)
     return name.removesuffix(".__init__")

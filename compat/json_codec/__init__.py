@@ -15,7 +15,7 @@ when that does not round-trip, ``.0`` appended to whole numbers, ``NaN`` / ``Inf
 The package, one concern a module: ``parse`` (bodies -> documents), ``values`` (JSON values as
 rapidjson types and prints them), ``tensor`` (one value -> one tensor), ``predict`` (Predict
 requests), ``encode`` (tensors -> JSON), ``examples`` (classify/regress requests) and
-``messages`` (status and metadata). What the transports use is re-exported here.
+``messages`` (status and metadata, the error body). What the transports use is re-exported here.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from compat.json_codec.encode import (
     encode_regress_response,
 )
 from compat.json_codec.examples import decode_examples_request
-from compat.json_codec.messages import encode_json_message
+from compat.json_codec.messages import encode_json_message, error_text, metadata_json, status_json
 from compat.json_codec.parse import exact, parse_json, parse_predict_json, signature_name
 from compat.json_codec.predict import decode_predict_request
 from compat.json_codec.tensor import dtype_string
@@ -41,9 +41,12 @@ __all__ = [
     "encode_json_message",
     "encode_predict_response",
     "encode_regress_response",
+    "error_text",
     "exact",
+    "metadata_json",
     "parse_json",
     "parse_predict_json",
     "signature_name",
+    "status_json",
     "write_decimal",
 ]

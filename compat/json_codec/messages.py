@@ -1,4 +1,5 @@
-"""Status and metadata messages as ``http_rest_api_util.cc`` prints them."""
+"""Status and metadata messages as ``http_rest_api_util.cc`` prints them, and the REST error
+body (``MakeJsonFromStatus``)."""
 
 from __future__ import annotations
 
@@ -46,3 +47,31 @@ def encode_json_message(message: Message) -> str:
     """A response message as TF Serving's REST API prints it (status, metadata...)."""
     to_dict = _MESSAGE_DICTS.get(message.DESCRIPTOR.full_name, _message_dict)
     return json.dumps(to_dict(message), ensure_ascii=False, separators=(",", ":"))
+
+
+def status_json(response: Message) -> str:
+    """``MessageToJsonString`` with ``add_whitespace`` (one-space indent, trailing newline) and
+    ``always_print_primitive_fields``, as ``ToJsonString(GetModelStatusResponse)`` prints it."""
+    return _pretty_proto_json(json.loads(encode_json_message(response)))
+
+
+def metadata_json(response: Message) -> str:
+    """``ToJsonString(GetModelMetadataResponse)``: the model spec and the unpacked
+    SignatureDefMap printed separately and concatenated, layout included."""
+    doc = json.loads(encode_json_message(response))
+    return (
+        '{\n"model_spec":'
+        + _pretty_proto_json(doc["model_spec"])
+        + ',\n"metadata": {"signature_def": '
+        + _pretty_proto_json(doc["metadata"]["signature_def"])
+        + "}\n}\n"
+    )
+
+
+def _pretty_proto_json(value: Any) -> str:
+    return json.dumps(value, indent=1, ensure_ascii=False) + "\n"
+
+
+def error_text(message: str) -> str:
+    """``{"error": message}`` as rapidjson's PrettyWriter writes it (``MakeJsonFromStatus``)."""
+    return '{\n    "error": ' + json.dumps(message, ensure_ascii=False) + "\n}"

@@ -339,7 +339,7 @@ class ModelVersion:
         open_inference.encode_outputs(
             response,
             {a: prepared.outputs[a] for a in prepared.output_aliases},
-            # REST's translation reads raw outputs back (serve_app.transports.open_inference)
+            # REST's translation reads raw outputs back (compat.open_inference_json)
             raw=bool(request.raw_input_contents) or call.wire is Wire.REST,
         )
         record = functools.partial(self._predict_record, prepared) if logged else None
@@ -358,7 +358,8 @@ class ModelVersion:
         return response.SerializeToString(), None
 
     async def _metadata(self, call: ModelCall, logged: bool) -> Answer:
-        """GetModelMetadata; REST asks for the message too (``transports.rest`` prints it)."""
+        """GetModelMetadata; REST asks for the message too (``json_codec.metadata_json`` prints
+        it)."""
         response = dataplane.metadata(self._servable(), call.request, self.model, self.version)
         return response.SerializeToString(), None
 

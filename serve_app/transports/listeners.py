@@ -85,7 +85,7 @@ class Admission:
     gRPC and REST together: beyond it a request is answered at once with RESOURCE_EXHAUSTED
     (REST: 429), as TF Serving's gRPC server answers when its threads are all busy, instead of
     queueing without bound (memory and latency grow with the queue). A REST request enters once
-    its body is whole (``rest.whole_body``, within ``rest_body_timeout_s``, else 408): a client
+    its body is whole (``http.whole_body``, within ``rest_body_timeout_s``, else 408): a client
     that trickles its body holds a connection, not a slot."""
 
     def __init__(self, limit: int) -> None:
@@ -390,21 +390,23 @@ class Listeners:
             response = await self.backend.rest(Request(scope, receive))
             await response(scope, receive, send)
             return
-        from serve_app.transports import rest
+        from serve_app.transports import http, rest
 
         timeout_s = self.rest_body_timeout_s
         try:
-            body = await rest.whole_body(
-                receive, rest.content_length(scope), self.max_request_bytes, timeout_s
+            body = await http.whole_body(
+                receive, http.content_length(scope), self.max_request_bytes, timeout_s
             )
-        except rest.Disconnected:
+        except http.Disconnected:
             return
         if body is None:
             from starlette.responses import Response
 
+            from compat.json_codec import error_text
+
             message = f"The request body did not arrive within {timeout_s:g}s; closing"
             response = Response(
-                rest.error_text(message),
+                error_text(message),
                 status_code=408,
                 media_type="application/json",
                 headers={"connection": "close"},  # the rest of the body is never read

@@ -5,10 +5,11 @@ gRPC code -> HTTP status through the one table in ``compat.errors``), ``http_res
 (the two path regexes, percent-decoded model names and labels, version parsing) and
 ``http_rest_api_handler.cc`` (dispatch: a path that parses but names no known method stays
 ``Malformed request: <METHOD> <path>``, 400). Bodies are JSON, gzip-encoded when the request says
-so; the client port reads each whole before the request is admitted (``whole_body``: 408 for
-one that does not arrive within ``rest_body_timeout_s``). The body is parsed here, once, into a
-``ModelCall`` (``rest_call``); the version decodes Predict's tensors against its signature and
-writes the JSON answer.
+so (``compat.http_codec``); the client port reads each whole before the request is admitted
+(``transports.http.whole_body``: 408 for one that does not arrive within
+``rest_body_timeout_s``). The body is parsed here, once, into a ``ModelCall`` (``rest_call``);
+the version decodes Predict's tensors against its signature and writes the JSON answer. The
+JSON this module writes (status, metadata, errors) is ``compat.json_codec``'s.
 
 ``RestApi`` needs a backend with ``call_model(ModelCall) -> ModelReply`` (resolve the call's
 ModelSpec and answer it from the version, errors as a reply with a gRPC code) and
@@ -18,13 +19,8 @@ ModelSpec and answer it from the version, errors as a reply with a gRPC code) an
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import json
 import re
 import time
-import zlib
-from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import unquote
 
@@ -39,6 +35,8 @@ from compat.errors import (
     StatusCode,
     truncate,
 )
+from compat.http_codec import TooLarge
+from compat.json_codec import error_text, metadata_json, status_json
 from compat.protos import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -48,6 +46,7 @@ from compat.protos import (
 )
 from serve_app import metrics
 from serve_app.calls import Api, ModelCall, ModelReply, Wire
+from serve_app.transports.http import read_body, read_decoded_body, rest_deadline
 
 #: HttpRestApiHandler::kPathRegex: everything else is not the REST API (404, no JSON).
 _API_PATH = re.compile(r"(?i)/v1/.*", re.ASCII | re.DOTALL)
@@ -68,7 +67,6 @@ _INFERENCE_VERBS = ("classify", "regress", "predict")
 #: ``POST /admin/models/deeplab/labels/canary/weight {"weight": 0.1}``.
 _LABEL_WEIGHT = re.compile(r"/admin/models/([^/:]+)/labels/([^/:]+)/weight", re.ASCII)
 _INT64_MAX = 2**63 - 1
-_INT32_MAX = 2**31 - 1
 
 
 #: What TF Serving's REST server adds with ``--rest_api_enable_cors_support``
@@ -235,144 +233,6 @@ def model_spec(name: str, version: str | None, label: str | None) -> model_pb2.M
     return spec
 
 
-INFLATE_RATIO = 100
-"""A gzip body may inflate to at most this many times its size (or ``INFLATE_FLOOR``, and
-never beyond ``max_request_bytes``): JSON compresses 5-20x, a gzip bomb 1000x."""
-INFLATE_FLOOR = 16 << 20
-
-
-class TooLarge(Exception):
-    """A body beyond ``max_request_bytes``: 413, never read or inflated whole."""
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused as soon as it is known to exceed ``limit`` bytes (its Content-Length,
-    or the bytes received so far)."""
-    declared = content_length(request.scope)
-    if declared is not None and declared > limit:
-        raise TooLarge(
-            f"Request body of {declared} bytes is larger than the limit of {limit} bytes "
-            "(max_request_bytes)"
-        )
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(
-                f"Request body is larger than the limit of {limit} bytes (max_request_bytes)"
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-
-
-class Disconnected(Exception):
-    """The client went away before its body was whole: nothing to answer."""
-
-
-async def whole_body(receive: Receive, declared: int | None, limit: int, timeout_s: float) -> Any:
-    """A REST request's body read whole, within ``timeout_s``: a receive that replays it, or
-    None when it did not arrive in time. Reading stops past ``limit`` bytes (the handler then
-    answers 413: it sees the bytes past the limit still coming), and a body whose declared
-    Content-Length is beyond it is not read at all (413 from the header alone). A client that
-    goes away meanwhile raises ``Disconnected``."""
-    if declared is not None and declared > limit:
-        return receive
-    messages: collections.deque[dict[str, Any]] = collections.deque()
-    size = 0
-    try:
-        async with asyncio.timeout(timeout_s):
-            while True:
-                message = await receive()
-                if message["type"] != "http.request":
-                    raise Disconnected
-                messages.append(message)
-                size += len(message.get("body", b""))
-                if not message.get("more_body", False) or size > limit:
-                    break
-    except TimeoutError:
-        return None
-
-    async def replay() -> dict[str, Any]:
-        if messages:
-            return messages.popleft()
-        return await receive()
-
-    return replay
-
-
-def content_length(scope: Mapping[str, Any]) -> int | None:
-    """An ASGI request's Content-Length; None when it has none (chunked) or it is no number."""
-    for name, value in scope.get("headers", ()):
-        if name.lower() == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
-
-
-async def read_decoded_body(request: Request, backend: Any, deflate: bool = False) -> bytes:
-    """The body, within the backend's ``max_request_bytes``, gunzipped (and, with ``deflate``,
-    inflated) as its Content-Encoding says, to at most ``INFLATE_RATIO`` times its size."""
-    limit = getattr(backend, "max_request_bytes", None) or _INT32_MAX
-    body = await read_body(request, limit)
-    encoding = request.headers.get("content-encoding", "")
-    bound = min(limit, max(INFLATE_FLOOR, INFLATE_RATIO * len(body)))
-    if "gzip" in encoding:
-        return gunzip(body, bound)
-    if deflate and "deflate" in encoding:
-        return inflate(body, bound)
-    return body
-
-
-def rest_deadline(backend: Any) -> float | None:
-    """When a REST request's time is up: the backend's ``rest_timeout_s`` from now, if any."""
-    timeout = getattr(backend, "rest_timeout_s", None)
-    return time.time() + timeout if timeout else None
-
-
-def _inflated_too_far(limit: int) -> TooLarge:
-    return TooLarge(f"Request body inflates beyond the limit of {limit} bytes (max_request_bytes)")
-
-
-def inflate(body: bytes, limit: int) -> bytes:
-    """Content-Encoding: deflate (a zlib stream), bounded as gzip is; one that does not
-    decompress reads as empty."""
-    inflater = zlib.decompressobj()
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error:
-        return b""
-    if len(out) > limit:
-        raise _inflated_too_far(limit)
-    return out
-
-
-def gunzip(body: bytes, limit: int = _INT32_MAX) -> bytes:
-    """Content-Encoding: gzip. A body that does not decompress reads as empty, as in TF
-    Serving's ``EvHTTPRequest::ReadRequestGzipBytes`` (the JSON parser then says so); one that
-    would inflate beyond ``limit`` bytes is refused before it does."""
-    out: list[bytes] = []
-    size = 0
-    rest = body
-    try:
-        while True:
-            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            chunk = inflater.decompress(rest, limit - size + 1)
-            size += len(chunk)
-            if size > limit:
-                raise _inflated_too_far(limit)
-            out.append(chunk)
-            if not inflater.eof:
-                return b""  # truncated
-            rest = inflater.unused_data
-            if not rest:
-                return b"".join(out)
-    except zlib.error:
-        return b""
-
-
 def rest_call(
     api: Api, spec: model_pb2.ModelSpec, body: bytes, deadline: float | None
 ) -> ModelCall:
@@ -394,39 +254,11 @@ def rest_call(
     return ModelCall(api, message.model_spec, message, Wire.REST, deadline)
 
 
-def status_json(response: get_model_status_pb2.GetModelStatusResponse) -> str:
-    """``MessageToJsonString`` with ``add_whitespace`` (one-space indent, trailing newline) and
-    ``always_print_primitive_fields``, as ``ToJsonString(GetModelStatusResponse)`` prints it."""
-    return _pretty_proto_json(json.loads(json_codec.encode_json_message(response)))
-
-
-def metadata_json(response: get_model_metadata_pb2.GetModelMetadataResponse) -> str:
-    """``ToJsonString(GetModelMetadataResponse)``: the model spec and the unpacked
-    SignatureDefMap printed separately and concatenated, layout included."""
-    doc = json.loads(json_codec.encode_json_message(response))
-    return (
-        '{\n"model_spec":'
-        + _pretty_proto_json(doc["model_spec"])
-        + ',\n"metadata": {"signature_def": '
-        + _pretty_proto_json(doc["metadata"]["signature_def"])
-        + "}\n}\n"
-    )
-
-
-def _pretty_proto_json(value: Any) -> str:
-    return json.dumps(value, indent=1, ensure_ascii=False) + "\n"
-
-
 def error_response(code: StatusCode, message: str) -> Response:
     """``MakeJsonFromStatus`` (rapidjson's PrettyWriter) with ``ToHTTPStatusCode``'s status.
     A message beyond 1024 characters (one that quotes a request's names) is cut as the gRPC
     edge cuts it (``compat.errors.truncate``): an answer never grows with the request."""
     return _json(error_text(truncate(message)), HTTP_STATUS.get(code, 500))
-
-
-def error_text(message: str) -> str:
-    """``{"error": message}`` as rapidjson's PrettyWriter writes it."""
-    return '{\n    "error": ' + json.dumps(message, ensure_ascii=False) + "\n}"
 
 
 def _json(text: str, status: int = 200) -> Response:

@@ -129,6 +129,32 @@ def test_status_json_golden() -> None:
     }
 
 
+def test_status_json_is_printed_as_tf_serving_prints_it() -> None:
+    """protobuf's MessageToJsonString(add_whitespace, always_print_primitive_fields)."""
+    response = get_model_status_pb2.GetModelStatusResponse()
+    response.model_version_status.add(
+        version=123, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE
+    ).status.SetInParent()
+    assert json_codec.status_json(response) == (
+        '{\n "model_version_status": [\n  {\n   "version": "123",\n   "state": "AVAILABLE",\n'
+        '   "status": {\n    "error_code": "OK",\n    "error_message": ""\n   }\n  }\n ]\n}\n'
+    )
+
+
+def test_metadata_json_is_the_spec_and_the_signatures_printed_apart() -> None:
+    text = json_codec.metadata_json(metadata_response(HALF_PLUS_TWO, "default", 123))
+    assert text.startswith('{\n"model_spec":{\n "name": "default",')
+    assert '\n}\n,\n"metadata": {"signature_def": {\n "signature_def": {' in text
+    assert text.endswith("}\n}\n}\n")
+    assert json.loads(text) == json.loads(
+        (TESTDATA / "half_plus_two_model_metadata.json").read_text()
+    )
+
+
+def test_the_error_body_is_rapidjsons_pretty_print() -> None:
+    assert json_codec.error_text('bad "é"\n') == '{\n    "error": "bad \\"é\\"\\n"\n}'
+
+
 def metadata_response(
     pb: Path, name: str, version: int
 ) -> get_model_metadata_pb2.GetModelMetadataResponse:

@@ -3,10 +3,8 @@ and REST bodies become a ModelCall, and how a ModelReply's status reaches each e
 
 from __future__ import annotations
 
-import asyncio
 import json
 import pickle
-from typing import Any
 
 import grpc
 import pytest
@@ -15,7 +13,7 @@ from compat import json_codec
 from compat.errors import NotFound, ServingError
 from compat.protos import classification_pb2, inference_pb2, model_pb2, predict_pb2
 from serve_app.calls import Api, ModelCall, ModelReply, Wire, grpc_call
-from serve_app.transports.rest import Disconnected, error_response, rest_call, whole_body
+from serve_app.transports.rest import error_response, rest_call
 
 pytestmark = pytest.mark.unit
 
@@ -129,23 +127,6 @@ def test_every_api_has_a_request_type_and_a_call_round_trips() -> None:
     assert pickle.loads(pickle.dumps(call)) == call
 
 
-def test_gzip_bodies_inflate_within_the_limit_only() -> None:
-    import gzip
-
-    from serve_app.transports.rest import TooLarge, gunzip
-
-    body = b'{"instances": [1.0]}'
-    assert gunzip(gzip.compress(body)) == body
-    assert gunzip(gzip.compress(body) + gzip.compress(body)) == body + body  # two members
-    assert gunzip(gzip.compress(body)[:-4]) == b""  # truncated: empty, as TF Serving reads it
-    assert gunzip(b"not gzip") == b""
-    bomb = gzip.compress(b"0" * (8 << 20))  # 8 KiB that inflate to 8 MiB
-    assert len(bomb) < 16 << 10
-    with pytest.raises(TooLarge, match="inflates beyond the limit of 1048576 bytes"):
-        gunzip(bomb, 1 << 20)
-    assert len(gunzip(bomb, 8 << 20)) == 8 << 20
-
-
 @pytest.mark.parametrize("api", [Api.MODEL_INFER, Api.MODEL_METADATA, Api.PREDICT])
 def test_a_call_pickles_its_request_as_bytes(api: Api) -> None:
     """A call to a version in a deployment of its own crosses processes: the Open Inference
@@ -163,60 +144,6 @@ def test_a_call_pickles_its_request_as_bytes(api: Api) -> None:
     again = pickle.loads(pickle.dumps(call))
     assert again.request == request and type(again.request) is type(request)
     assert (again.api, again.spec.name, again.deadline) == (api, "m", 12.5)
-
-
-def _client(messages: list[dict[str, object]]) -> Any:
-    """An ASGI receive that gives ``messages``, then waits forever (a client that stalls)."""
-    pending = list(messages)
-
-    async def receive() -> dict[str, object]:
-        if pending:
-            return pending.pop(0)
-        await asyncio.sleep(3600)
-        raise AssertionError("unreachable")
-
-    return receive
-
-
-def _chunk(body: bytes, more: bool = True) -> dict[str, object]:
-    return {"type": "http.request", "body": body, "more_body": more}
-
-
-def _drain(receive: Any, n: int) -> list[dict[str, object]]:
-    async def go() -> list[dict[str, object]]:
-        return [await receive() for _ in range(n)]
-
-    return asyncio.run(go())
-
-
-def test_a_whole_body_is_read_first_then_replayed() -> None:
-    messages = [_chunk(b"ab"), _chunk(b"c", more=False)]
-    replay = asyncio.run(whole_body(_client(list(messages)), 3, 100, 5.0))
-    assert replay is not None
-    assert _drain(replay, 2) == messages
-
-
-def test_a_body_that_stalls_is_none_after_the_bound() -> None:
-    """The bound is on the whole body: a client trickling chunks is still cut off."""
-    trickle = [_chunk(b" ") for _ in range(3)]
-    assert asyncio.run(whole_body(_client(trickle), 1000, 1 << 20, 0.05)) is None
-
-
-def test_reading_stops_past_the_limit_and_the_rest_follows() -> None:
-    """Past ``limit`` the handler sees the rest of the stream itself (and answers 413); a
-    declared length beyond the limit is not read at all."""
-    messages = [_chunk(b"x" * 60), _chunk(b"y" * 60), _chunk(b"z" * 60, more=False)]
-    client = _client(list(messages))
-    replay = asyncio.run(whole_body(client, None, 100, 5.0))
-    assert _drain(replay, 3) == messages
-    untouched = _client([])
-    assert asyncio.run(whole_body(untouched, 10**9, 100, 5.0)) is untouched
-
-
-def test_a_client_gone_before_its_body_is_whole_is_said() -> None:
-    gone = _client([_chunk(b"{"), {"type": "http.disconnect"}])
-    with pytest.raises(Disconnected):
-        asyncio.run(whole_body(gone, 100, 1 << 20, 5.0))
 
 
 def test_rest_error_messages_are_cut_at_1024_characters() -> None:

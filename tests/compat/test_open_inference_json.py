@@ -1,5 +1,5 @@
-"""The V2 REST translation, in-process: JSON and binary tensors into the protocol's message,
-the answer back into JSON and binary, as tritonclient writes and reads them."""
+"""compat.open_inference_json, the V2 REST translation: JSON and binary tensors into the
+protocol's message, the answer back into JSON and binary, as tritonclient writes and reads them."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from compat.errors import InvalidArgument
 from compat.open_inference import decode_inputs, pack_bytes, pb, to_raw
-from serve_app.transports.open_inference import HEADER_LENGTH, infer_request, infer_response
+from compat.open_inference_json import HEADER_LENGTH, infer_request, infer_response, metadata_json
 from tests.allocation import bound, json_bound, traced
 
 pytestmark = pytest.mark.unit
@@ -191,8 +191,8 @@ def response_of(**outputs: np.ndarray) -> pb.ModelInferResponse:
 def test_an_answer_in_json() -> None:
     y, s = np.array([[1.5], [2.5]], np.float32), np.array([b"ok"], dtype=object)
     answer = infer_response(response_of(y=y, s=s), {"": False})
-    assert answer.media_type == "application/json" and HEADER_LENGTH not in answer.headers
-    assert json.loads(answer.body) == {
+    assert answer.header_length is None
+    assert json.loads(answer.content) == {
         "model_name": "m",
         "model_version": "2",
         "id": "r",
@@ -206,8 +206,9 @@ def test_an_answer_in_json() -> None:
 def test_an_answer_with_binary_outputs() -> None:
     y, z = np.array([1.5, 2.5], np.float32), np.array([3.0], np.float32)
     answer = infer_response(response_of(y=y, z=z), {"": True, "z": False})
-    length = int(answer.headers[HEADER_LENGTH])
-    header, rest = json.loads(answer.body[:length]), answer.body[length:]
+    length = answer.header_length
+    assert length is not None
+    header, rest = json.loads(answer.content[:length]), answer.content[length:]
     assert header["outputs"][0] == {
         "name": "y",
         "datatype": "FP32",
@@ -216,6 +217,19 @@ def test_an_answer_with_binary_outputs() -> None:
     }
     assert header["outputs"][1]["data"] == [3.0]
     assert rest == y.tobytes()
+
+
+def test_metadata_is_the_protocols_json_with_numeric_shapes() -> None:
+    response = pb.ModelMetadataResponse(name="m", versions=["1", "2"], platform="p")
+    response.inputs.add(name="x", datatype="FP32", shape=[-1, 3])
+    response.outputs.add(name="y", datatype="BYTES", shape=[])
+    assert metadata_json(response) == {
+        "name": "m",
+        "versions": ["1", "2"],
+        "platform": "p",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}],
+        "outputs": [{"name": "y", "datatype": "BYTES", "shape": []}],
+    }
 
 
 @pytest.mark.parametrize(
