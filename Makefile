@@ -12,15 +12,41 @@ QUIET := $(BIN)/python -m compat.console
 RUN_FLAGS :=
 endif
 
-.PHONY: install system-deps client-venvs run model test lint bench loadtest clean
+.PHONY: install lock system-deps client-venvs run model test lint bench loadtest clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Installs come from the locks in requirements/ (hashed, `make lock` writes them): every package at
+# the version CI tested, each file checked against its hash. pip first, then the project's
+# dependencies with its test and load extras (main.txt), then the project itself (editable, built
+# by the pinned setuptools of build.txt).
+LOCKS := requirements
+$(VENV)/.installed: pyproject.toml $(LOCKS)/pip.txt $(LOCKS)/main.txt $(LOCKS)/build.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test,load]"
+	$(BIN)/python -m pip install -q --require-hashes -r $(LOCKS)/pip.txt
+	$(BIN)/python -m pip install -q --require-hashes -r $(LOCKS)/main.txt
+	$(BIN)/python -m pip install -q --no-deps --build-constraint $(LOCKS)/build.txt -e .
 	touch $@
+
+# Regenerate the locks with uv's pip compile (in a venv of its own), for Linux x86_64 and Python
+# 3.11 whatever machine runs it. Pins already in a lock stay unless pyproject.toml or a
+# requirements/*.in file needs otherwise; `make lock UPGRADE=1` takes the newest releases.
+# gcs.txt and gpu.txt are main.txt plus that extra, at main.txt's pins.
+LOCK_VENV := .venv-lock
+UV ?= uv==0.13.9
+COMPILE = $(LOCK_VENV)/bin/uv pip compile -q --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-unknown-linux-gnu --custom-compile-command "make lock" \
+	$(if $(UPGRADE),--upgrade)
+lock:
+	test -x $(LOCK_VENV)/bin/python || $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q --require-hashes -r $(LOCKS)/pip.txt
+	$(LOCK_VENV)/bin/python -m pip install -q "$(UV)"
+	$(COMPILE) -o $(LOCKS)/pip.txt $(LOCKS)/pip.in
+	$(COMPILE) -o $(LOCKS)/build.txt $(LOCKS)/build.in
+	$(COMPILE) -o $(LOCKS)/main.txt --extra test --extra load pyproject.toml
+	$(COMPILE) -o $(LOCKS)/gcs.txt --extra test --extra load --extra gcs -c $(LOCKS)/main.txt pyproject.toml
+	$(COMPILE) -o $(LOCKS)/gpu.txt --extra test --extra load --extra gpu -c $(LOCKS)/main.txt pyproject.toml
+	$(COMPILE) -o $(LOCKS)/triton.txt $(LOCKS)/triton.in
 
 # System tools the benchmark and its tests use: h2load (nghttp2's C load generator). Installed
 # with apt-get when missing and run as root (CI); otherwise the benchmark uses its Python client.
@@ -31,14 +57,14 @@ system-deps:
 	else echo "h2load not found: apt-get install nghttp2-client (the benchmark falls back to Python)"; fi
 
 # Third-party clients the tests drive, each in a virtual environment of its own as a user has
-# it: tritonclient needs protobuf 6, beside our protobuf 7.
+# it: tritonclient needs protobuf 6, beside our protobuf 7. Its lock: requirements/triton.txt.
 CLIENTS := .venv-clients
-TRITONCLIENT ?= tritonclient[grpc,http]==2.73.0
 client-venvs: $(CLIENTS)/triton/.installed
 
-$(CLIENTS)/triton/.installed:
+$(CLIENTS)/triton/.installed: $(LOCKS)/pip.txt $(LOCKS)/triton.txt
 	test -x $(CLIENTS)/triton/bin/python || $(PYTHON) -m venv $(CLIENTS)/triton
-	$(CLIENTS)/triton/bin/python -m pip install -q "$(TRITONCLIENT)"
+	$(CLIENTS)/triton/bin/python -m pip install -q --require-hashes -r $(LOCKS)/pip.txt
+	$(CLIENTS)/triton/bin/python -m pip install -q --require-hashes -r $(LOCKS)/triton.txt
 	touch $@
 
 # Export the default DeepLab model (trained on synthetic images, ~1.5 min) unless a version exists.
@@ -68,4 +94,4 @@ loadtest: install
 	$(BIN)/python -m loadtests.run --users 8 --seconds 20 --model deeplab --out results/locust
 
 clean:
-	rm -rf $(VENV) $(CLIENTS) models results .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CLIENTS) $(LOCK_VENV) models results .pytest_cache .mypy_cache .ruff_cache
