@@ -320,7 +320,7 @@ class Ingress:
     async def rest(self, request: Request) -> Response:
         if self.prometheus_path and request.url.path == self.prometheus_path:
             try:
-                states = (await self.call_manager("snapshot"))["status"]
+                states = (await self.call_manager("snapshot")).status
             except ServingError as e:
                 return Response(e.message, status_code=503, media_type="text/plain")
             body, content_type = await metrics.prometheus_text(states)
