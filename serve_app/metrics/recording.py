@@ -295,7 +295,7 @@ def learn_signatures(model: str, signatures: Iterable[str]) -> None:
 def record_model_call(
     call: ModelCall, version: int | None, code: StatusCode, seconds: float
 ) -> None:
-    """``Ingress.call_model``'s call: labels from the parsed call and its reply's status."""
+    """``DataPlane.call_model``'s call: labels from the parsed call and its reply's status."""
     _RECORDER.add(RequestLabels.of_call(call, version, code), seconds)
 
 

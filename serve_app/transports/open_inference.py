@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 from importlib.metadata import version as package_version
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import unquote
 
 import numpy as np
@@ -48,8 +48,8 @@ from compat.open_inference import (
     parse_version,
     pb,
 )
-from compat.routing import RoutingTable
 from serve_app.calls import Api, ModelCall, ModelReply, Wire, parse_request, v2_spec
+from serve_app.transports.plane import Plane
 from serve_app.transports.rest import TooLarge, read_decoded_body, rest_deadline
 
 SERVER_NAME = "ray-tfserving"
@@ -60,33 +60,23 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 _MODEL = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?", re.ASCII)
 
 
-class Backend(Protocol):
-    """The serving replica; optional ``max_request_bytes`` and ``rest_timeout_s`` attributes
-    bound REST bodies and deadlines as for TF Serving's REST API."""
-
-    @property
-    def table(self) -> RoutingTable: ...
-
-    async def call_model(self, call: ModelCall) -> ModelReply: ...
-
-    async def call_manager(self, method: str, *args: Any) -> Any: ...
-
-
 def _reply(message: Any) -> ModelReply:
     return ModelReply(payload=message.SerializeToString())
 
 
 class OpenInference:
-    """``inference.GRPCInferenceService`` and ``/v2`` over one backend (the serving replica)."""
+    """``inference.GRPCInferenceService`` and ``/v2`` over the serving replica's data plane; its
+    ``max_request_bytes`` and ``rest_timeout_s`` bound REST bodies and deadlines as for TF
+    Serving's REST API."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Plane) -> None:
         self.backend = backend
 
     # --- shared --------------------------------------------------------------------------
 
     async def _ready(self) -> bool:
         try:
-            return bool(await self.backend.call_manager("ready"))
+            return bool(await self.backend.ready())
         except ServingError:
             return False
 
