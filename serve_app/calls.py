@@ -1,7 +1,7 @@
 """The typed contract between the transports and a model version: ``ModelCall`` in,
 ``ModelReply`` out.
 
-A transport (gRPC in ``serve_app.transports.listeners`` / ``serve_app.runtime.ingress``, REST in
+A transport (gRPC in ``serve_app.transports.listeners`` / ``serve_app.runtime.dataplane``, REST in
 ``transports.rest``) parses the request once into a ``ModelCall``: which API, the parsed request,
 the wire format the answer goes back in, and the caller's deadline. The model spec is read once,
 from the parsed request. The version (``serve_app.runtime.model.ModelVersion.call``) answers a

@@ -78,8 +78,9 @@ LAYERS: dict[str, set[str]] = {
     "entry": {"launch", "shared"},
 }
 """Each part of ``serve_app`` and the parts it may import. ``shared`` is the request contract
-(``calls``), ``metrics``, which every layer records, and ``ray_patches``, the one module of
-Ray's private API; ``entry`` is the package itself, whose
+(``calls``), the deployments' names and the typed calls between them (``deployments``: the
+version manager's client and snapshot), ``metrics``, which every layer records, and
+``ray_patches``, the one module of Ray's private API; ``entry`` is the package itself, whose
 ``app`` (``serve run serve_app:app``) imports the launch lazily. A part imports itself freely."""
 
 
@@ -89,7 +90,7 @@ def layer(module: str) -> str:
         return "entry"
     if parts[1] in LAYERS:
         return parts[1]
-    assert parts[1] in {"calls", "metrics", "ray_patches"}, (
+    assert parts[1] in {"calls", "deployments", "metrics", "ray_patches"}, (
         f"{module} is in no layer: add it to LAYERS"
     )
     return "shared"
@@ -198,7 +199,7 @@ def test_no_module_is_longer_than_400_non_blank_lines(package: str) -> None:
 def test_the_checks_see_the_code() -> None:
     """The walk finds what it looks for: a module of each package, and their imports."""
     assert all(modules(p) for p in PACKAGES)
-    assert "compat.errors" in set(imported(REPO / "serve_app" / "runtime" / "ingress.py"))
+    assert "compat.errors" in set(imported(REPO / "serve_app" / "runtime" / "dataplane.py"))
     assert imports_of("serve_app", {"compat"})
 
 

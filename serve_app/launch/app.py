@@ -23,7 +23,8 @@ from ray import serve
 from ray.serve import Application
 
 from serve_app.config.args import AppArgs, ScalingArgs
-from serve_app.lifecycle.plan import Plan, deployment_name
+from serve_app.deployments import INGRESS, VERSION_MANAGER, deployment_name
+from serve_app.lifecycle.plan import Plan
 from serve_app.lifecycle.rollout import VersionManager
 from serve_app.ray_patches import (
     BIND_GRPC_HOOK,
@@ -204,7 +205,7 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
     manager = (
         serve.deployment(VersionManager)
         .options(
-            name="VersionManager",
+            name=VERSION_MANAGER,
             num_replicas=1,
             **versioned(_version("manager")),
             ray_actor_options={"num_cpus": 0.05},
@@ -246,7 +247,7 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
     return (
         serve.deployment(Ingress)
         .options(
-            name="Ingress",
+            name=INGRESS,
             num_replicas=args.ingress_replicas,
             **versioned(code),
             ray_actor_options=actor_options,

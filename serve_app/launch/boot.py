@@ -68,7 +68,7 @@ def initial_plan(args: AppArgs) -> Plan:
     """Deploy every aspired version at startup and route to the newest (TF Serving blocks until
     they load; so does ``serve run`` until their replicas are up)."""
     from compat.routing import ModelRoutes
-    from serve_app.lifecycle.plan import deployment_name
+    from serve_app.deployments import deployment_name
 
     plan = Plan()
     for m in args.models:

@@ -202,11 +202,10 @@ def _drain(seconds: float, again: threading.Event) -> None:
     """SIGTERM: health NOT_SERVING and readiness 503 for ``seconds`` while requests are still
     answered (load balancers take the server out), then the shutdown closes the ports; a second
     signal ends the wait."""
-    from ray import serve
+    from serve_app.deployments import ManagerClient
 
     try:
-        manager = serve.get_deployment_handle("VersionManager", APP_NAME)
-        manager.drain.remote().result(timeout_s=5.0)
+        ManagerClient.connect().drain_blocking(timeout_s=5.0)
     except Exception as e:  # the manager gone: nothing to tell the load balancers
         print(f"ray-tfserving: could not mark the server as draining: {e}", file=sys.stderr)
         return

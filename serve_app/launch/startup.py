@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from serve_app.config.args import APP_NAME, AppArgs
+from serve_app.deployments import LoadInfo, ManagerClient, Snapshot, VersionState
 
 
 def wait_until_ready(
@@ -32,7 +33,7 @@ def wait_until_ready(
     """
     from ray import serve
 
-    manager = serve.get_deployment_handle("VersionManager", APP_NAME)
+    manager = ManagerClient.connect()
     deadline = time.monotonic() + timeout_s
     started = time.monotonic()
     while time.monotonic() < deadline:
@@ -42,8 +43,8 @@ def wait_until_ready(
         if unplaced and time.monotonic() - started > resource_wait_s:
             return f"UNAVAILABLE: {_gpu_hint(accelerator)}{unplaced}"
         try:
-            ready = manager.ready.remote().result(timeout_s=2.0)
-            snapshot = manager.snapshot.remote().result(timeout_s=10.0)
+            ready = manager.ready_blocking(timeout_s=2.0)
+            snapshot = manager.snapshot_blocking(timeout_s=10.0)
             if on_states is not None:
                 on_states(snapshot)
             if ready:
@@ -58,7 +59,7 @@ def wait_until_ready(
         if stop.wait(0.5):
             return "CANCELLED: interrupted while waiting for models to load"
     try:
-        states = manager.snapshot.remote().result(timeout_s=10.0)["status"]
+        states = manager.snapshot_blocking(timeout_s=10.0).status
     except Exception:
         states = {}
     waiting = [_where(model, states.get(model.name, {})) for model in models]
@@ -76,7 +77,7 @@ class Progress:
         self.started = time.monotonic()
         self.deployed = deployed
         """model -> version -> path, of the versions loaded at startup."""
-        self._seen: dict[tuple[str, str], str] = {}
+        self._seen: dict[tuple[str, int], VersionState] = {}
         self._deploying = self.started
         self.serving = False
         """Past startup: versions that come and go are told as they do."""
@@ -91,36 +92,35 @@ class Progress:
     def say(self, text: str) -> None:
         print(f"ray-tfserving: {text}", flush=True)
 
-    def states(self, snapshot: dict[str, Any]) -> None:
+    def states(self, snapshot: Snapshot) -> None:
         """The version manager's snapshot: a line for each version whose state changed."""
-        loads = snapshot.get("loads", {})
-        for model, versions in sorted(snapshot["status"].items()):
-            for version, state in sorted(versions.items(), key=lambda kv: int(kv[0])):
-                key = (model, str(version))
+        for model, versions in sorted(snapshot.status.items()):
+            for version, state in sorted(versions.items()):
+                key = (model, version)
                 if self._seen.get(key) == state:
                     continue
                 self._seen[key] = state
-                if state == "AVAILABLE":
-                    load = loads.get(model, {}).get(version, {})
-                    warmed = load.get("warmup_records", 0)
-                    details = [f"loaded in {load.get('seconds', 0.0):.1f}s"]
+                if state == VersionState.AVAILABLE:
+                    load = snapshot.loads.get(model, {}).get(version, LoadInfo())
+                    warmed = load.warmup_records
+                    details = [f"loaded in {load.seconds:.1f}s"]
                     if warmed:
                         details.append(f"{warmed} warmup records replayed")
                     if not self.serving:
                         took = time.monotonic() - self._deploying
                         details.append(f"{took:.1f}s after deploying")
                     self.say(f"{model} version {version} is AVAILABLE ({', '.join(details)})")
-                elif state == "LOADING":
+                elif state == VersionState.LOADING:
                     self.say(f"{model} version {version} is loading{self._warmup(model, version)}")
-                elif state == "UNLOADING":
+                elif state == VersionState.UNLOADING:
                     self.say(f"{model} version {version} is unloading")
-                elif state == "END" and self.serving:
+                elif state == VersionState.END and self.serving:
                     self.say(f"{model} version {version} has ended")
 
-    def _warmup(self, model: str, version: Any) -> str:
+    def _warmup(self, model: str, version: int) -> str:
         from compat.warmup import warmup_file
 
-        path = self.deployed.get(model, {}).get(int(version))
+        path = self.deployed.get(model, {}).get(version)
         if path and warmup_file(path).is_file():
             return ", then warms up (assets.extra/tf_serving_warmup_requests)"
         return ""
@@ -145,21 +145,18 @@ class Progress:
 
     def watch(self) -> None:
         """Once serving: one look at the version manager (rollouts, reloads)."""
-        from ray import serve
-
         try:
-            manager = serve.get_deployment_handle("VersionManager", APP_NAME)
-            self.states(manager.snapshot.remote().result(timeout_s=5.0))
+            self.states(ManagerClient.connect().snapshot_blocking(timeout_s=5.0))
         except Exception:  # the manager restarting: the next look tells
             return
 
 
-def _where(model: Any, versions: dict[Any, str]) -> str:
+def _where(model: Any, versions: dict[int, VersionState]) -> str:
     """``name: where it stands`` for a model whose newest version is not AVAILABLE, else ""."""
     if not versions:
         return f"{model.name}: no version found under {model.base_path}"
-    newest = max(versions, key=int)
-    if versions[newest] == "AVAILABLE":
+    newest = max(versions)
+    if versions[newest] == VersionState.AVAILABLE:
         return ""
     return f"{model.name}: version {newest} is {versions[newest]}"
 
@@ -185,19 +182,19 @@ def _gpu_hint(accelerator: str) -> str:
     return ""
 
 
-def _failed_models(manager: Any, snapshot: dict[str, Any]) -> list[str]:
+def _failed_models(manager: ManagerClient, snapshot: Snapshot) -> list[str]:
     """``{name: m version: v} due to error: CODE: message}, `` for each model whose every known
     version ended with a load error (TF Serving's wording)."""
     from compat.errors import CODE_NAMES
     from compat.protos import get_model_status_pb2
 
     failed = []
-    for name, versions in snapshot["status"].items():
-        if not versions or any(state != "END" for state in versions.values()):
+    for name, versions in snapshot.status.items():
+        if not versions or any(state != VersionState.END for state in versions.values()):
             continue
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = name
-        reply = manager.get_status.remote(request.SerializeToString()).result()
+        reply = manager.get_status_blocking(request.SerializeToString())
         if not reply.ok:
             continue
         response = get_model_status_pb2.GetModelStatusResponse.FromString(reply.payload)

@@ -22,7 +22,8 @@ from ray.serve import Application
 
 from compat.errors import StatusCode
 from serve_app.config.args import AppArgs
-from serve_app.lifecycle.plan import Plan, deployment_name
+from serve_app.deployments import INGRESS, VERSION_MANAGER, deployment_name
+from serve_app.lifecycle.plan import Plan
 from serve_app.lifecycle.status import LoadOutcome, ReplicaReport, Reports
 
 logger = logging.getLogger("ray.serve")
@@ -64,7 +65,7 @@ class Applier:
         (Serve's status)."""
         deadline = time.monotonic() + LOAD_TIMEOUT_S
         names = {deployment_name(m, v) for m, vs in plan.deployed.items() for v in vs}
-        names |= {"Ingress", "VersionManager"}
+        names |= {INGRESS, VERSION_MANAGER}
         while time.monotonic() < deadline:
             if self._all_serving_replicas(lambda r: r.epoch >= plan.routing.epoch):
                 status = await asyncio.to_thread(serve.status)

@@ -11,8 +11,6 @@ The same functions plan the first rollout and every poll after it.
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -20,10 +18,9 @@ from pydantic import BaseModel
 
 from compat.routing import Canary, ModelRoutes, RoutingTable
 from serve_app.config.args import ModelArgs
+from serve_app.deployments import deployment_name
 from serve_app.lifecycle.repository import Scan, aspired_versions
 from serve_app.lifecycle.status import State, VersionStatus
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 class Plan(BaseModel):
@@ -36,14 +33,6 @@ class Plan(BaseModel):
 
     def copy_deep(self) -> Plan:
         return self.model_copy(deep=True)
-
-
-def deployment_name(model: str, version: int) -> str:
-    """A Serve deployment name for one model version, stable and unique."""
-    safe = _UNSAFE.sub("_", model)
-    if safe != model:
-        safe += "-" + hashlib.sha1(model.encode()).hexdigest()[:8]
-    return f"{safe}-v{version}"
 
 
 def routing_for(

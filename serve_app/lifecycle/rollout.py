@@ -26,6 +26,7 @@ from compat.protos import get_model_status_pb2, model_management_pb2, status_pb2
 from compat.routing import ModelRoutes
 from serve_app.calls import ModelReply, parse_request
 from serve_app.config.args import AppArgs, ModelArgs, models_from_config
+from serve_app.deployments import Snapshot
 from serve_app.lifecycle import probe, repository
 from serve_app.lifecycle.applier import Applier, Builder
 from serve_app.lifecycle.config_source import ConfigFileSource
@@ -431,7 +432,9 @@ class VersionManager:
         response.status.CopyFrom(status_pb2.StatusProto(error_code=StatusCode.OK.value[0]))
         return ModelReply(payload=response.SerializeToString())
 
-    async def snapshot(self) -> dict[str, Any]:
+    async def snapshot(self) -> Snapshot:
         """Plan and statuses, for tests and operators; ``loads``: how each loaded version's
         load went (seconds, warmup records replayed)."""
-        return {"plan": self.plan.model_dump(mode="json"), **self.status.snapshot()}
+        snapshot = self.status.snapshot()
+        snapshot.plan = self.plan.model_dump(mode="json")
+        return snapshot

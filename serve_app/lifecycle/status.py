@@ -17,6 +17,7 @@ from compat.errors import InvalidArgument, NotFound, StatusCode
 from compat.protos import get_model_status_pb2
 from compat.routing import ModelRoutes, RoutingTable
 from serve_app.config.args import ModelArgs
+from serve_app.deployments import LoadInfo, Snapshot, VersionState
 from serve_app.lifecycle.repository import Scan, aspired_versions
 
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -169,21 +170,22 @@ class Statuses(dict[str, dict[int, VersionStatus]]):
                 return False
         return True
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> Snapshot:
         """States by name, and how each loaded version's load went (seconds, warmup records)."""
-        return {
-            "status": {
-                m: {v: State.Name(s.state) for v, s in vs.items()} for m, vs in self.items()
+        return Snapshot(
+            status={
+                m: {v: VersionState(State.Name(s.state)) for v, s in vs.items()}
+                for m, vs in self.items()
             },
-            "loads": {
+            loads={
                 m: {
-                    v: {"seconds": s.load_seconds, "warmup_records": s.warmup_records}
+                    v: LoadInfo(seconds=s.load_seconds, warmup_records=s.warmup_records)
                     for v, s in vs.items()
                     if s.loaded
                 }
                 for m, vs in self.items()
             },
-        }
+        )
 
 
 @dataclass

@@ -308,7 +308,7 @@ def learn_signatures(model: str, signatures: Iterable[str]) -> None:
 def record_model_call(
     call: ModelCall, version: int | None, code: StatusCode, seconds: float
 ) -> None:
-    """``Ingress.call_model``'s call: labels from the parsed call and its reply's status."""
+    """``DataPlane.call_model``'s call: labels from the parsed call and its reply's status."""
     recorder().add(RequestLabels.of_call(call, version, code), seconds)
 
 

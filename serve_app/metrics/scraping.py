@@ -23,7 +23,7 @@ import asyncio
 import logging
 import math
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -54,7 +54,7 @@ _Series = tuple[str, tuple[tuple[str, str], ...]]
 """A sample's name and its sorted labels."""
 
 
-async def prometheus_text(version_states: dict[str, dict[int, str]]) -> tuple[bytes, str]:
+async def prometheus_text(version_states: Mapping[str, Mapping[int, str]]) -> tuple[bytes, str]:
     """The endpoint's body and content type: every node's families plus the version states."""
     import ray
 
@@ -68,7 +68,7 @@ async def prometheus_text(version_states: dict[str, dict[int, str]]) -> tuple[by
     return page(texts, version_states), CONTENT_TYPE_LATEST
 
 
-def page(texts: Iterable[str], version_states: dict[str, dict[int, str]]) -> bytes:
+def page(texts: Iterable[str], version_states: Mapping[str, Mapping[int, str]]) -> bytes:
     """Our page from the agents' pages and the version states, in Prometheus' text format."""
     families = merge(texts)
     families.append(version_state_family(version_states))
@@ -174,7 +174,7 @@ def _sample_order(item: tuple[_Series, float]) -> tuple:
     return (rest, name.endswith(("_count", "_sum")), name, bound)
 
 
-def version_state_family(states: dict[str, dict[int, str]]) -> GaugeMetricFamily:
+def version_state_family(states: Mapping[str, Mapping[int, str]]) -> GaugeMetricFamily:
     """1 for the state each known version is in (TF Serving's ModelVersionStatus.State)."""
     family = GaugeMetricFamily(
         PREFIX + "model_version_state",

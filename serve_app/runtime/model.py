@@ -1,5 +1,5 @@
 """One SavedModel version, its signatures, batching and warmup: held by each serving replica
-(``runtime.ingress``), or the model-version deployment of a model in deployments of its own.
+(``runtime.dataplane``), or the model-version deployment of a model in deployments of its own.
 
 A replica loads its version in ``__init__`` (retrying a bounded number of times; a version in an
 object store is first downloaded into the node's cache: ``serve_app.storage``), replays the

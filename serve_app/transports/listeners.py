@@ -32,40 +32,30 @@ import logging
 import socket
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
+from starlette.requests import Request
+from starlette.responses import Response
 
-from compat.errors import truncate
+from compat.errors import ServingError, truncate
+from compat.json_codec import error_text
 from compat.text_configs import Tls
-from serve_app.calls import ModelReply
+from serve_app.transports import http, rest
+from serve_app.transports.health import Health
+from serve_app.transports.open_inference import OpenInference
+from serve_app.transports.plane import (
+    HEALTH_SERVICE,
+    INFERENCE_SERVICE,
+    SERVICES,
+    Plane,
+    RpcFunction,
+)
 from serve_app.transports.unix_socket import UnixSocket
 
 logger = logging.getLogger("ray.serve")
-
-PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
-MODEL_SERVICE = "tensorflow.serving.ModelService"
-HEALTH_SERVICE = "grpc.health.v1.Health"
-INFERENCE_SERVICE = "inference.GRPCInferenceService"
-"""KServe's Open Inference Protocol (V2), beside TF Serving's API on the same port."""
-
-SERVICES: dict[str, tuple[str, ...]] = {
-    PREDICTION_SERVICE: ("Classify", "Regress", "Predict", "MultiInference", "GetModelMetadata"),
-    MODEL_SERVICE: ("GetModelStatus", "HandleReloadConfigRequest"),
-    HEALTH_SERVICE: ("Check",),
-    INFERENCE_SERVICE: (
-        "ServerLive",
-        "ServerReady",
-        "ModelReady",
-        "ServerMetadata",
-        "ModelMetadata",
-        "ModelInfer",
-    ),
-}
-"""Every RPC we answer: the backend (or the service's own, ``Listeners.backends``) has a
-coroutine of the same name, ``(raw, deadline) -> ModelReply``."""
 
 MAX_MESSAGE_BYTES = 2**31 - 1
 """TF Serving's gRPC server accepts messages up to INT_MAX (main.cc sets no smaller limit)."""
@@ -76,8 +66,6 @@ UNBOUNDED = {"Check", "GetModelStatus", "ServerLive", "ServerReady", "ModelReady
 
 #: The REST routes answered whatever the load (``UNBOUNDED``'s counterparts).
 UNBOUNDED_PATHS = ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready")
-
-RpcFunction = Callable[[bytes, float | None], Awaitable[ModelReply]]
 
 
 class Admission:
@@ -134,21 +122,21 @@ def _rpc_handler(function: RpcFunction, admission: Admission | None) -> grpc.Rpc
 
 
 def grpc_handlers(
-    backend: Any,
+    plane: Plane,
     services: Iterable[str] = tuple(SERVICES),
     admission: Admission | None = None,
-    backends: Mapping[str, Any] | None = None,
+    servicers: Mapping[str, object] | None = None,
 ) -> list[grpc.GenericRpcHandler]:
-    """One generic handler per service, each method bound to ``backend.<Method>`` (or to the
-    service's own in ``backends``); every method but ``UNBOUNDED`` goes through
+    """One generic handler per service, each method bound to ``plane.<Method>`` (or to the
+    service's own object in ``servicers``); every method but ``UNBOUNDED`` goes through
     ``admission``."""
-    backends = backends or {}
+    servicers = servicers or {}
     return [
         grpc.method_handlers_generic_handler(
             service,
             {
                 m: _rpc_handler(
-                    getattr(backends.get(service, backend), m),
+                    getattr(servicers.get(service, plane), m),
                     None if m in UNBOUNDED else admission,
                 )
                 for m in SERVICES[service]
@@ -267,11 +255,13 @@ def placement() -> str:
 
 class Listeners:
     """The gRPC server, the REST server and (when enabled) the admin server of one serving
-    replica."""
+    replica, over its data plane: TF Serving's RPCs are the plane's, Health's and the Open
+    Inference Protocol's their transports' (``health``, ``open_inference``); HTTP goes to the
+    metrics page, ``/v2`` or TF Serving's REST API (``rest``)."""
 
     def __init__(
         self,
-        backend: Any,
+        plane: Plane,
         host: str,
         grpc_port: int,
         http_port: int,
@@ -281,14 +271,18 @@ class Listeners:
         max_concurrent_requests: int = 1024,
         reflection: bool = True,
         tls: Tls | None = None,
-        backends: Mapping[str, Any] | None = None,
         socket_path: str | None = None,
         channel_arguments: Sequence[tuple[str, int | str]] = (),
         rest_body_timeout_s: float = 30.0,
     ) -> None:
-        self.backend = backend
-        self.backends = dict(backends or {})
-        """Services answered by an object of their own (service name -> it), not ``backend``."""
+        self.plane = plane
+        self.rest = rest.RestApi(plane)
+        self.v2 = OpenInference(plane)
+        self.servicers: dict[str, object] = {
+            INFERENCE_SERVICE: self.v2,
+            HEALTH_SERVICE: Health(plane),
+        }
+        """Services answered by an object of their own (service name -> it), not the plane."""
         self.host = host
         self.grpc_port = grpc_port
         self.http_port = http_port
@@ -346,7 +340,7 @@ class Listeners:
         }
         server = grpc.aio.server(options=list(options.items()))
         server.add_generic_rpc_handlers(
-            grpc_handlers(self.backend, self.services, self.admission, self.backends)
+            grpc_handlers(self.plane, self.services, self.admission, self.servicers)
         )
         if self.reflection:
             add_reflection(server, self.services)
@@ -382,16 +376,12 @@ class Listeners:
                 await asyncio.sleep(0.01)
 
     async def _asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        from starlette.requests import Request
-
         if scope["type"] != "http":
             return
-        if scope["path"] in (*UNBOUNDED_PATHS, self.backend.prometheus_path):
-            response = await self.backend.rest(Request(scope, receive))
+        if scope["path"] in (*UNBOUNDED_PATHS, self.plane.prometheus_path):
+            response = await self._route(Request(scope, receive))
             await response(scope, receive, send)
             return
-        from serve_app.transports import http, rest
-
         timeout_s = self.rest_body_timeout_s
         try:
             body = await http.whole_body(
@@ -400,10 +390,6 @@ class Listeners:
         except http.Disconnected:
             return
         if body is None:
-            from starlette.responses import Response
-
-            from compat.json_codec import error_text
-
             message = f"The request body did not arrive within {timeout_s:g}s; closing"
             response = Response(
                 error_text(message),
@@ -417,18 +403,31 @@ class Listeners:
         else:
             receive = body
             try:
-                response = await self.backend.rest(Request(scope, receive))
+                response = await self._route(Request(scope, receive))
             finally:
                 self.admission.leave()
         await response(scope, receive, send)
 
     async def _admin_asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        from starlette.requests import Request
-
         if scope["type"] != "http":
             return
-        response = await self.backend.admin(Request(scope, receive))
+        response = await self.rest.handle_admin(Request(scope, receive))
         await response(scope, receive, send)
+
+    async def _route(self, request: Request) -> Response:
+        """One request on the REST port: the metrics page (``prometheus_path``), the Open
+        Inference Protocol (``/v2``) or TF Serving's REST API."""
+        plane = self.plane
+        if plane.prometheus_path and request.url.path == plane.prometheus_path:
+            try:
+                body, content_type = await plane.metrics_text()
+            except ServingError as e:
+                return Response(e.message, status_code=503, media_type="text/plain")
+            return Response(body, media_type=content_type)
+        path = rest.request_path(request)
+        if path == "/v2" or path.startswith("/v2/"):
+            return await self.v2.handle(request, path)
+        return await self.rest.handle(request)
 
     def alive(self) -> bool:
         """Every HTTP server still serving (the replica's health check)."""

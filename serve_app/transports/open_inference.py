@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import re
 from importlib.metadata import version as package_version
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import unquote
 
 from starlette.requests import Request
@@ -47,9 +47,9 @@ from compat.open_inference_json import (
     infer_response,
     metadata_json,
 )
-from compat.routing import RoutingTable
 from serve_app.calls import Api, ModelCall, ModelReply, Wire, parse_request, v2_spec
 from serve_app.transports.http import read_decoded_body, rest_deadline
+from serve_app.transports.plane import Plane
 
 SERVER_NAME = "ray-tfserving"
 EXTENSIONS = ["binary_tensor_data"]
@@ -58,33 +58,23 @@ EXTENSIONS = ["binary_tensor_data"]
 _MODEL = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?", re.ASCII)
 
 
-class Backend(Protocol):
-    """The serving replica; optional ``max_request_bytes`` and ``rest_timeout_s`` attributes
-    bound REST bodies and deadlines as for TF Serving's REST API."""
-
-    @property
-    def table(self) -> RoutingTable: ...
-
-    async def call_model(self, call: ModelCall) -> ModelReply: ...
-
-    async def call_manager(self, method: str, *args: Any) -> Any: ...
-
-
 def _reply(message: Any) -> ModelReply:
     return ModelReply(payload=message.SerializeToString())
 
 
 class OpenInference:
-    """``inference.GRPCInferenceService`` and ``/v2`` over one backend (the serving replica)."""
+    """``inference.GRPCInferenceService`` and ``/v2`` over the serving replica's data plane; its
+    ``max_request_bytes`` and ``rest_timeout_s`` bound REST bodies and deadlines as for TF
+    Serving's REST API."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Plane) -> None:
         self.backend = backend
 
     # --- shared --------------------------------------------------------------------------
 
     async def _ready(self) -> bool:
         try:
-            return bool(await self.backend.call_manager("ready"))
+            return bool(await self.backend.ready())
         except ServingError:
             return False
 

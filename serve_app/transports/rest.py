@@ -11,17 +11,16 @@ so (``compat.http_codec``); the client port reads each whole before the request 
 the version decodes Predict's tensors against its signature and writes the JSON answer. The
 JSON this module writes (status, metadata, errors) is ``compat.json_codec``'s.
 
-``RestApi`` needs a backend with ``call_model(ModelCall) -> ModelReply`` (resolve the call's
-ModelSpec and answer it from the version, errors as a reply with a gRPC code) and
-``call_manager(method, *args)``; an optional ``rest_timeout_s`` attribute is the REST deadline
-(``--rest_api_timeout_in_ms``).
+``RestApi`` answers over the serving replica's data plane (``transports.plane.Plane``): its
+``call_model`` (resolve the call's ModelSpec and answer it from the version, errors as a reply
+with a gRPC code), readiness, model status and label weights; its ``rest_timeout_s`` is the
+REST deadline (``--rest_api_timeout_in_ms``).
 """
 
 from __future__ import annotations
 
 import re
 import time
-from typing import Any, Protocol
 from urllib.parse import unquote
 
 from starlette.requests import Request
@@ -45,8 +44,9 @@ from compat.protos import (
     regression_pb2,
 )
 from serve_app import metrics
-from serve_app.calls import Api, ModelCall, ModelReply, Wire
+from serve_app.calls import Api, ModelCall, Wire
 from serve_app.transports.http import read_body, read_decoded_body, rest_deadline
+from serve_app.transports.plane import Plane
 
 #: HttpRestApiHandler::kPathRegex: everything else is not the REST API (404, no JSON).
 _API_PATH = re.compile(r"(?i)/v1/.*", re.ASCII | re.DOTALL)
@@ -78,16 +78,10 @@ CORS_HEADERS = {
 }
 
 
-class Backend(Protocol):
-    async def call_model(self, call: ModelCall) -> ModelReply: ...
-
-    async def call_manager(self, method: str, *args: Any) -> Any: ...
-
-
 class RestApi:
     """Maps TF Serving's REST paths onto the backend; JSON in, JSON out."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Plane) -> None:
         self.backend = backend
 
     async def handle(self, request: Request) -> Response:
@@ -95,7 +89,7 @@ class RestApi:
         every API answer carries TF Serving's CORS headers and a preflight (``OPTIONS`` on an
         API path) is answered 200 with them and no body."""
         path = request_path(request)
-        cors = getattr(self.backend, "cors", False) and _API_PATH.fullmatch(path) is not None
+        cors = self.backend.cors and _API_PATH.fullmatch(path) is not None
         if cors and request.method == "OPTIONS":
             return Response(status_code=200, headers=CORS_HEADERS)
         response = await self._handle(request, path)
@@ -130,7 +124,7 @@ class RestApi:
         weight = doc.get("weight")
         if not isinstance(weight, int | float) or isinstance(weight, bool):
             raise InvalidArgument("'weight' must be a number between 0 and 1")
-        reply = await self.backend.call_manager("set_label_weight", model, label, float(weight))
+        reply = await self.backend.set_label_weight(model, label, float(weight))
         if not reply.ok:
             return error_response(reply.code, reply.message)
         return Response(reply.payload, status_code=200, media_type="application/json")
@@ -185,7 +179,7 @@ class RestApi:
 
     async def _status(self, spec: model_pb2.ModelSpec) -> Response:
         raw = get_model_status_pb2.GetModelStatusRequest(model_spec=spec).SerializeToString()
-        reply = await self.backend.call_manager("get_status", raw)
+        reply = await self.backend.model_status(raw)
         if not reply.ok:
             return error_response(reply.code, reply.message)
         response = get_model_status_pb2.GetModelStatusResponse.FromString(reply.payload)
@@ -206,7 +200,7 @@ class RestApi:
         AVAILABLE): not TF Serving routes, for load balancers and Kubernetes probes."""
         if path == "/healthz":
             return _json('{"status": "alive"}')
-        if await self.backend.call_manager("ready"):
+        if await self.backend.ready():
             return _json('{"status": "ready"}')
         return _json('{"status": "not ready"}', 503)
 

@@ -154,7 +154,8 @@ def test_grpc_health_service_follows_tf_servings_flag() -> None:
 
 
 def test_without_the_health_service_its_methods_are_not_registered() -> None:
-    from serve_app.transports.listeners import HEALTH_SERVICE, Listeners
+    from serve_app.transports.listeners import Listeners
+    from serve_app.transports.plane import HEALTH_SERVICE
 
     assert HEALTH_SERVICE not in Listeners(None, "127.0.0.1", 0, 0, health=False).services
     assert HEALTH_SERVICE in Listeners(None, "127.0.0.1", 0, 0).services

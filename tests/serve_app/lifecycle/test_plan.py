@@ -11,9 +11,9 @@ from compat.errors import InvalidArgument, NotFound, StatusCode
 from compat.protos import model_pb2
 from compat.routing import ModelRoutes, RoutingTable
 from serve_app.config.args import ModelArgs, VersionPolicy
+from serve_app.deployments import LoadInfo, Snapshot, VersionState, deployment_name
 from serve_app.lifecycle.plan import (
     Plan,
-    deployment_name,
     failed,
     invalid_labels,
     models_gone,
@@ -166,10 +166,13 @@ def test_ready_means_the_newest_aspired_version_is_available() -> None:
 
 
 def test_the_snapshot_names_states_and_tells_loads() -> None:
-    assert statuses().snapshot() == {
-        "status": {"m": {1: "AVAILABLE", 2: "END"}},
-        "loads": {"m": {1: {"seconds": 0.5, "warmup_records": 3}}},
-    }
+    snapshot = statuses().snapshot()
+    assert snapshot == Snapshot(
+        status={"m": {1: VersionState.AVAILABLE, 2: VersionState.END}},
+        loads={"m": {1: LoadInfo(seconds=0.5, warmup_records=3)}},
+    )
+    # The states are an enum whose values are TF Serving's names (the metrics' labels).
+    assert snapshot.model_dump(mode="json")["status"] == {"m": {"1": "AVAILABLE", "2": "END"}}
 
 
 # --- the planner: plan_model over a fake scan ------------------------------------------------

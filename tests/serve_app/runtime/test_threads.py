@@ -1,12 +1,12 @@
-"""How many TF threads a serving replica takes (``ingress._share_cores``, ``share_threads``),
+"""How many TF threads a serving replica takes (``dataplane.share_cores``, ``share_threads``),
 how many model runs a version starts at once (``model.runs_at_once``), and how many versions
-it loads at once (``ingress.load_all``)."""
+it loads at once (``dataplane.load_all``)."""
 
 from __future__ import annotations
 
 import pytest
 
-from serve_app.runtime import ingress
+from serve_app.runtime import dataplane
 from serve_app.runtime.model import RUNS_AT_ONCE, runs_at_once
 from serve_app.runtime.replica_config import SessionConfig, VersionOptions
 
@@ -29,16 +29,16 @@ def options(**session: int) -> VersionOptions:
 
 def planned(cores: int, replicas: int, gpu: bool = False, **session: int) -> tuple[int, int]:
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ingress, "usable_cores", lambda: cores)
-        shared = ingress._share_cores(options(**session), replicas, gpu)
+        mp.setattr(dataplane, "usable_cores", lambda: cores)
+        shared = dataplane.share_cores(options(**session), replicas, gpu)
     assert shared is not None
     return shared.session.intra_op_parallelism, shared.session.inter_op_parallelism
 
 
 def test_a_one_core_share_runs_ops_inline() -> None:
-    assert planned(2, 2) == (1, ingress.INLINE_OPS)
-    assert planned(1, 2) == (1, ingress.INLINE_OPS)  # at least one thread each
-    assert planned(4, 2, intra_op_parallelism=1) == (1, ingress.INLINE_OPS)
+    assert planned(2, 2) == (1, dataplane.INLINE_OPS)
+    assert planned(1, 2) == (1, dataplane.INLINE_OPS)  # at least one thread each
+    assert planned(4, 2, intra_op_parallelism=1) == (1, dataplane.INLINE_OPS)
 
 
 def test_a_larger_share_keeps_an_inter_op_pool_of_its_share() -> None:
@@ -58,19 +58,19 @@ def test_what_the_arguments_set_is_the_nodes_shared_out() -> None:
     assert planned(2, 2, inter_op_parallelism=6) == (1, 3)
     assert planned(16, 2, intra_op_parallelism=6, inter_op_parallelism=-1) == (3, -1)
     assert planned(16, 2, gpu=True, intra_op_parallelism=6) == (3, 0)
-    assert planned(16, 4, intra_op_parallelism=2) == (1, ingress.INLINE_OPS)  # at least one
+    assert planned(16, 4, intra_op_parallelism=2) == (1, dataplane.INLINE_OPS)  # at least one
     assert planned(16, 1, intra_op_parallelism=3, inter_op_parallelism=5) == (3, 5)
-    assert ingress._share_cores(None, 2, False) is None
+    assert dataplane.share_cores(None, 2, False) is None
 
 
 def test_share_threads() -> None:
-    assert ingress.share_threads(2, 2) == 1  # the issue's batching file: 2 batch threads, 2 cores
-    assert ingress.share_threads(8, 2) == 4
-    assert ingress.share_threads(7, 2) == 3
-    assert ingress.share_threads(1, 2) == 1
-    assert ingress.share_threads(16, 1) == 16
-    assert ingress.share_threads(0, 2) == 0  # TF's default: filled in later (the cores' share)
-    assert ingress.share_threads(-1, 2) == -1  # TF's marker: ops inline
+    assert dataplane.share_threads(2, 2) == 1  # the issue's batching file: 2 batch threads, 2 cores
+    assert dataplane.share_threads(8, 2) == 4
+    assert dataplane.share_threads(7, 2) == 3
+    assert dataplane.share_threads(1, 2) == 1
+    assert dataplane.share_threads(16, 1) == 16
+    assert dataplane.share_threads(0, 2) == 0  # TF's default: filled in later (the cores' share)
+    assert dataplane.share_threads(-1, 2) == -1  # TF's marker: ops inline
 
 
 def test_versions_load_load_threads_at_once() -> None:
@@ -92,7 +92,7 @@ def test_versions_load_load_threads_at_once() -> None:
                 running[0] -= 1
             return f"loaded {target}"
 
-        loaded = asyncio.run(ingress.load_all(targets, load, threads))  # type: ignore[arg-type]
+        loaded = asyncio.run(dataplane.load_all(targets, load, threads))  # type: ignore[arg-type]
         return loaded, most[0]
 
     targets = ["a", "b", "c", "d"]

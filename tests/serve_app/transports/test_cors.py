@@ -32,7 +32,7 @@ class Backend:
         self.calls += 1
         raise NotFound("Servable not found for request: Latest(m)")
 
-    async def call_manager(self, method: str, *args: Any) -> Any:
+    async def model_status(self, raw: bytes) -> ModelReply:
         self.calls += 1
         raise NotFound("Could not find any versions of model m")
 
