@@ -125,12 +125,13 @@ def test_serve_apps_layers_import_only_the_layers_below() -> None:
 
 
 def test_the_protocol_transports_share_only_transports_http() -> None:
-    """REST and V2 are each one module over ``transports.http`` (bodies, deadlines); their
-    codecs are in ``compat`` (``json_codec``, ``open_inference_json``, ``http_codec``)."""
+    """REST and V2 are each one module over ``transports.http`` (bodies, deadlines) and the
+    data plane's Protocol (``transports.plane``); their codecs are in ``compat``
+    (``json_codec``, ``open_inference_json``, ``http_codec``)."""
     graph = import_graph()
     for name in ("serve_app.transports.rest", "serve_app.transports.open_inference"):
         siblings = {d for d in graph[name] if d.startswith("serve_app.transports.")}
-        assert siblings <= {"serve_app.transports.http"}, (name, siblings)
+        assert siblings <= {"serve_app.transports.http", "serve_app.transports.plane"}, name
     assert "compat.open_inference_json" in graph["serve_app.transports.open_inference"]
     assert "compat.http_codec" in graph["serve_app.transports.http"]
 

@@ -27,20 +27,12 @@ from compat.routing import ModelRoutes
 from serve_app.calls import ModelReply, parse_request
 from serve_app.config.args import AppArgs, ModelArgs, models_from_config
 from serve_app.deployments import Snapshot
+from serve_app.lifecycle import plan as planner
 from serve_app.lifecycle import probe, repository
 from serve_app.lifecycle.applier import Applier, Builder
 from serve_app.lifecycle.config_source import ConfigFileSource
 from serve_app.lifecycle.faults import Faults
-from serve_app.lifecycle.plan import (
-    ModelSteps,
-    Plan,
-    failed,
-    holding,
-    invalid_labels,
-    models_gone,
-    plan_model,
-    routing_for,
-)
+from serve_app.lifecycle.plan import ModelSteps, Plan
 from serve_app.lifecycle.status import Reports, State, Statuses, VersionStatus
 from serve_app.runtime import request_log
 from serve_app.storage.factory import Stores
@@ -153,7 +145,7 @@ class VersionManager:
         for model, versions in list(self.plan.deployed.items()):
             for v in list(versions):
                 await self._await_loaded(model, v)
-        ended = failed(self.status)
+        ended = planner.failed(self.status)
         if ended:
             plan = self.plan.copy_deep()
             for m, v in ended:
@@ -164,7 +156,7 @@ class VersionManager:
     # --- one reconciliation step -------------------------------------------------------------
 
     async def _reconcile(self) -> None:
-        for gone in models_gone(self.plan.deployed, self.args.models):
+        for gone in planner.models_gone(self.plan.deployed, self.args.models):
             await self._retire(gone, set(self.plan.deployed[gone]), drop_model=True)
         for model in self.args.models:
             await self._reconcile_model(model)
@@ -185,12 +177,12 @@ class VersionManager:
             self._faults.report("scan", model.name, str(e))
             raise
         self._faults.clear("scan", model.name)
-        self._scans[model.name] = holding(scan, self.plan.deployed.get(model.name, {}))
+        self._scans[model.name] = planner.holding(scan, self.plan.deployed.get(model.name, {}))
         return scan
 
     async def _steps(self, model: ModelArgs) -> ModelSteps:
         """The planner's next steps for ``model``, from a fresh scan."""
-        return plan_model(
+        return planner.plan_model(
             model,
             await self._scan(model),
             self.plan.deployed.get(model.name, {}),
@@ -324,7 +316,7 @@ class VersionManager:
     ) -> None:
         """Recompute the plan's routing from the version states (``plan.routing_for``), then
         apply the plan."""
-        plan.routing = routing_for(
+        plan.routing = planner.routing_for(
             plan,
             self.status.loaded,
             {m.name: m for m in self.args.models},
@@ -419,7 +411,7 @@ class VersionManager:
             # now, before any model changes; an invalid label leaves the served models as they
             # were.
             allow = self.args.allow_version_labels_for_unavailable_models
-            bad_labels = invalid_labels(models, self.plan.routing, allow)
+            bad_labels = planner.invalid_labels(models, self.plan.routing, allow)
             if not bad_labels:
                 self.args.models = models
                 self.args.model_config_file = None
