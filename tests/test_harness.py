@@ -10,8 +10,6 @@ import pytest
 
 from tests import harness
 
-pytestmark = pytest.mark.unit
-
 
 def test_every_required_file_is_there() -> None:
     assert harness.require_test_data() is None

@@ -31,8 +31,6 @@ from compat.protos import predict_pb2, tensor_pb2, types_pb2
 from compat.signatures import Signature, TensorSpec
 from tests.allocation import bound, traced
 
-pytestmark = pytest.mark.unit
-
 EXAMPLES = int(os.environ.get("RTFS_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(
     max_examples=EXAMPLES,

@@ -17,8 +17,6 @@ from compat.protos import classification_pb2, inference_pb2, model_pb2, predict_
 from serve_app.calls import Api, ModelCall, ModelReply, Wire, grpc_call
 from serve_app.transports.rest import Disconnected, error_response, rest_call, whole_body
 
-pytestmark = pytest.mark.unit
-
 SPEC = model_pb2.ModelSpec(name="m")
 
 

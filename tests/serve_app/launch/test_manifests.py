@@ -17,8 +17,6 @@ from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
 from serve_app.launch import manifests
 from serve_app.launch.boot import parse_cli_args
 
-pytestmark = pytest.mark.unit
-
 REPO = Path(__file__).resolve().parents[3]
 RAY_SCHEMA = Path(ray.__file__).parent / "autoscaler" / "ray-schema.json"
 

@@ -20,8 +20,6 @@ from serve_app.lifecycle.repository import (
 )
 from serve_app.storage.store import version_number
 
-pytestmark = pytest.mark.unit
-
 
 @pytest.mark.parametrize(
     ("name", "number"),

@@ -229,7 +229,6 @@ print("freed" if servable() is None else "pinned")
 """
 
 
-@pytest.mark.unit
 @pytest.mark.parametrize(
     "model", ["saved_model_half_plus_two_cpu", "saved_model_half_plus_two_tf2_cpu"]
 )

@@ -22,8 +22,6 @@ from serve_app.config.args import AppArgs, ModelArgs, RequestLogArgs
 from serve_app.launch.boot import resolve_models
 from serve_app.runtime import request_log
 
-pytestmark = pytest.mark.unit
-
 
 def record(i: int) -> prediction_log_pb2.PredictionLog:
     log = prediction_log_pb2.PredictionLog()
