@@ -8,7 +8,9 @@ closure) reaches one of ``BOOTS`` (the harness's ``start_server``, Ray's own sta
 ``ray-tfserving`` CLI, ``serve``). "Reaches" follows the names a function loads (its globals,
 their attributes, the imports inside it, nested functions and lambdas) into every function and
 class of the test code (``tests``, ``loadtests``), so a helper that boots makes live whatever
-calls it, at any depth. Nothing is run: the bytecode is read.
+calls it, at any depth. Nothing is run: the bytecode is read. A fixture fetched by name while
+the test runs (``request.getfixturevalue``) is not seen: a server fixture is asked for as an
+argument.
 """
 
 from __future__ import annotations

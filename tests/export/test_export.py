@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -17,7 +18,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from export.__main__ import main
-from export.deeplab import build_model, mean_iou, train
+from export.deeplab import TrainStats, build_model, mean_iou, train
 from export.savedmodel import (
     OUTPUT_KEY,
     PREDICT_IMAGES,
@@ -278,37 +279,50 @@ def test_rejects_bad_version(tiny_model: keras.Model, tmp_path: Path) -> None:
 # --- command line ----------------------------------------------------------------------------
 
 
-CLI_TINY = {"steps": 2, "size": 16}
-"""Enough training for the command line's own checks (the model's are ``TINY``'s)."""
-
-
 def test_cli_export_refuse_and_overwrite(
-    exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    exported: Path,
+    tiny_model: keras.Model,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """An existing version is refused before any training; ``--overwrite`` trains and replaces
-    it whole (one export: the version there first is the API's)."""
+    """An existing version is refused before any training; ``--overwrite`` trains with the
+    command line's steps, size and seed, printing its progress, and replaces the version whole.
+    The training is ``tiny_model``'s (``train`` is tested above): the command's is recorded."""
+    import export.savedmodel
+
+    trained: list[dict[str, Any]] = []
+
+    def recorded_train(**options: Any) -> tuple[keras.Model, TrainStats]:
+        trained.append(options)
+        options["log"]("step 1/2 loss 1.0000 elapsed 0.1s")
+        return tiny_model, TrainStats(2, 16, 1, 0.5, 1.0, 0.25)
+
+    monkeypatch.setattr(export.savedmodel, "train", recorded_train)
     base = tmp_path / "models" / "deeplab"
     shutil.copytree(exported, base / "7")
-    data = base / "7" / "variables" / "variables.data-00000-of-00001"
-    before = data.read_bytes()
-    tiny = ["--steps", str(CLI_TINY["steps"]), "--size", str(CLI_TINY["size"])]
+    (base / "7" / "variables" / "variables.data-00000-of-00001").write_bytes(b"an old version")
+    tiny = ["--steps", "2", "--size", "16"]
 
     refused = run_main(capsys, "--base-path", base, "--version", "7", *tiny)
     assert refused.returncode == 1
     assert "already exists" in refused.stderr and "--overwrite" in refused.stderr
-    assert "step 1/" not in refused.stdout
-    assert data.read_bytes() == before
+    assert trained == [] and "step 1/" not in refused.stdout
 
     done = run_main(
         capsys, "--base-path", base, "--version", "7", *tiny, "--seed", "3", "--overwrite"
     )
     assert done.returncode == 0, done.stderr
-    summary = done.stdout.strip().splitlines()[-1]
-    assert summary.startswith(f"exported steps={CLI_TINY['steps']} seconds=")
-    assert "mean_iou=" in summary and summary.endswith(f"path={base / '7'}")
-    assert "step 1/" in done.stdout
+    assert trained == [{"steps": 2, "size": 16, "seed": 3, "log": print}]
+    lines = done.stdout.strip().splitlines()
+    assert lines == [
+        "step 1/2 loss 1.0000 elapsed 0.1s",
+        f"exported steps=2 seconds=0.5 mean_iou=0.250 path={base / '7'}",
+    ]
     assert sorted(os.listdir(base)) == ["7"]
-    assert data.read_bytes() != before
+    assert (base / "7" / "variables" / "variables.data-00000-of-00001").read_bytes() == (
+        exported / "variables" / "variables.data-00000-of-00001"
+    ).read_bytes()  # the version written whole, from the trained model
     assert {PREDICT_IMAGES, SERVING_DEFAULT} <= set(signatures(base / "7"))
 
 
