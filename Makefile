@@ -84,8 +84,11 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy compat serve_app export loadtests
 
+# The tests without a server first, shuffled (each passes alone and in any order), then the
+# live ones; every test is one or the other (tests/markers.py).
 test: system-deps client-venvs lint
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs -m unit --random-order
+	$(BIN)/python -m pytest -q -rs -m live
 
 bench: install
 	$(BIN)/python -m loadtests.bench --out results/bench

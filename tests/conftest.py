@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.harness import TESTDATA, Server, require_test_data, start_server
+from tests.markers import Classifier
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -17,6 +18,25 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     problem = require_test_data()
     if problem is not None:
         pytest.exit(problem, returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+def needs_a_server(item: pytest.Item, classifier: Classifier) -> bool:
+    """Whether the test or any fixture of its closure boots a server (``tests.markers``)."""
+    function = getattr(item, "function", None)
+    if function is not None and classifier.function_boots(function):
+        return True
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs.values() if info is not None else ()
+    return any(classifier.function_boots(d.func) for chain in defs for d in chain)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test is ``live`` (it boots a server) or ``unit`` (it does not), from its code and
+    its fixtures' code: no module marks either by hand."""
+    classifier = Classifier()
+    for item in items:
+        live = needs_a_server(item, classifier)
+        item.add_marker(pytest.mark.live if live else pytest.mark.unit)
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,6 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("compat", "serve_app", "export", "loadtests")
 MAX_LINES = 400
 
-pytestmark = pytest.mark.unit
-
 
 def modules(package: str) -> list[Path]:
     return sorted((REPO / package).rglob("*.py"))

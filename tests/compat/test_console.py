@@ -85,11 +85,23 @@ def test_quiet_filters_cpp_writes_and_keeps_the_rest_in_order() -> None:
     assert done.stderr.splitlines() == ["to stderr", "E0000 00:00:1.5 1 loader.cc:9] a real error"]
 
 
+TF_IMPORT_CHATTER = (
+    b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+    b"I0000 00:00:1796578278.390749    9174 cudart_stub.cc:31] Could not find cuda drivers on "
+    b"your machine, GPU will not be used.\n"
+    b"I0000 00:00:1796578278.648064    9174 cpu_feature_guard.cc:227] This TensorFlow binary is "
+    b"optimized to use available CPU instructions in performance-critical operations.\n"
+    b"To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow "
+    b"with the appropriate compiler flags.\n"
+)
+
+
 def test_the_runner_filters_another_command_and_keeps_its_status() -> None:
-    """``python -m compat.console CMD``: ``make run``'s export step."""
+    """``python -m compat.console CMD``: ``make run``'s export step. The command writes what
+    TensorFlow 2.21 writes on import (copied here: the real import is the test above's)."""
     script = (
-        "import sys\n"
-        "import tensorflow as tf\n"
+        "import os, sys\n"
+        f"os.write(2, {TF_IMPORT_CHATTER!r})\n"
         "print('exported', flush=True)\n"
         "print('an error', file=sys.stderr)\n"
         "sys.exit(3)\n"

@@ -6,8 +6,9 @@ into TF Serving's ``INVALID_ARGUMENT: tensor parsing error: <alias>``); nothing 
 no input makes the decoder allocate beyond ``compat.limits``'s bound: a refusal costs at most
 ``FACTOR`` x the request's bytes + ``ALLOWANCE``, a decoded tensor that much plus its own size,
 which exceeds the values sent by ``MAX_FILL_BYTES`` at most (TF's fill).
-The seed is fixed (``derandomize``) and the number of examples bounded; set
-``RTFS_FUZZ_EXAMPLES`` for a longer run.
+Both ways round: any array a signature takes, encoded by us, TensorFlow reads back as that
+array, and encoded by TensorFlow, we do. The seed is fixed (``derandomize``) and the number of
+examples bounded; set ``RTFS_FUZZ_EXAMPLES`` for a longer run.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tensorflow as tf
@@ -30,8 +32,6 @@ from compat.limits import FACTOR
 from compat.protos import predict_pb2, tensor_pb2, types_pb2
 from compat.signatures import Signature, TensorSpec
 from tests.allocation import bound, traced
-
-pytestmark = pytest.mark.unit
 
 EXAMPLES = int(os.environ.get("RTFS_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(
@@ -126,6 +126,61 @@ def test_hostile_tensors_decode_as_tensorflow_or_are_refused(
             assert ours.ravel().tolist() == expected.ravel().tolist()
         else:
             np.testing.assert_array_equal(ours, expected.astype(ours.dtype))
+
+
+NUMERIC = {
+    types_pb2.DT_FLOAT: np.float32,
+    types_pb2.DT_DOUBLE: np.float64,
+    types_pb2.DT_INT32: np.int32,
+    types_pb2.DT_INT64: np.int64,
+    types_pb2.DT_UINT8: np.uint8,
+    types_pb2.DT_BOOL: np.bool_,
+    types_pb2.DT_HALF: np.float16,
+}
+
+
+@st.composite
+def arrays(draw: st.DrawFn) -> np.ndarray:
+    """Any array a signature here takes: each numeric dtype (NaN, infinities and extremes
+    included) or bytes, of rank 0 to 3, empty dimensions too."""
+    shape = tuple(draw(st.lists(st.integers(0, 3), max_size=3)))
+    dt = draw(st.sampled_from([*NUMERIC, types_pb2.DT_STRING]))
+    if dt == types_pb2.DT_STRING:
+        values = draw(
+            st.lists(st.binary(max_size=8), min_size=math.prod(shape), max_size=math.prod(shape))
+        )
+        array = np.empty(math.prod(shape), dtype=object)
+        array[:] = values
+        return array.reshape(shape)
+    return draw(hnp.arrays(NUMERIC[dt], shape))
+
+
+def same(got: object, expected: np.ndarray) -> None:
+    # TF gives a scalar as a numpy scalar, or bytes
+    ours = np.asarray(got, dtype=object if expected.dtype.kind == "O" else None)
+    assert ours.shape == expected.shape
+    if expected.dtype.kind == "O":
+        assert ours.ravel().tolist() == expected.ravel().tolist()
+    else:
+        assert ours.dtype == expected.dtype
+        np.testing.assert_array_equal(ours, expected)  # NaN where NaN
+
+
+@FUZZ
+@given(arrays())
+def test_any_array_round_trips_through_tensorflow_both_ways(array: np.ndarray) -> None:
+    """Ours to TensorFlow's: what ``from_numpy`` and ``tensor_bytes`` write (typed field or
+    ``tensor_content``), TensorFlow's ``Tensor::FromProto`` reads back as the array; TensorFlow's
+    to ours: what ``tf.make_tensor_proto`` writes, ``to_numpy`` reads back as the array."""
+    dtype = tensors.infer_dtype(array)
+    tf_dtype = tf.as_dtype(dtype)
+    for content in (False, True):
+        wire = tensors.tensor_bytes(array, tensor_content=content)
+        assert wire == tensors.from_numpy(array, tensor_content=content).SerializeToString()
+        same(tf.io.parse_tensor(wire, tf_dtype).numpy(), array)
+        same(tensors.to_numpy(tensor_pb2.TensorProto.FromString(wire)), array)
+    theirs = tf.make_tensor_proto(array, dtype=tf_dtype)
+    same(tensors.to_numpy(tensor_pb2.TensorProto.FromString(theirs.SerializeToString())), array)
 
 
 def test_a_shape_of_a_trillion_elements_with_one_value_is_refused_before_allocating() -> None:

@@ -26,8 +26,6 @@ from compat.json_codec import predict as json_predict
 from compat.protos import types_pb2
 from compat.signatures import Signature, TensorSpec
 
-pytestmark = pytest.mark.unit
-
 DT = types_pb2
 NUMERIC = [
     DT.DT_FLOAT,

@@ -15,8 +15,6 @@ from compat.open_inference import decode_inputs, pack_bytes, pb, to_raw
 from compat.open_inference_json import HEADER_LENGTH, infer_request, infer_response, metadata_json
 from tests.allocation import bound, json_bound, traced
 
-pytestmark = pytest.mark.unit
-
 
 def body_of(doc: dict, *binary: bytes) -> tuple[bytes, str | None]:
     header = json.dumps(doc).encode()

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from export.deeplab import build_model, mean_iou, train
+from export.__main__ import main
+from export.deeplab import TrainStats, build_model, mean_iou, train
 from export.savedmodel import (
     OUTPUT_KEY,
     PREDICT_IMAGES,
@@ -37,7 +39,7 @@ PREDICT_METHOD = "tensorflow/serving/predict"
 
 
 def run_cli(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
-    """``python -m export ARGS`` from the repository root."""
+    """``python -m export ARGS`` from the repository root, in a process of its own."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run(
         [sys.executable, "-m", "export", *map(str, args)],
@@ -47,6 +49,25 @@ def run_cli(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=300,
     )
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *args: str | os.PathLike[str]) -> Run:
+    """The command line's ``main`` in this process (TensorFlow is imported once, not per
+    run): its exit status and what it printed, as ``run_cli`` returns them."""
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return Run(code, out, err)
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
 def signatures(version_path: Path) -> dict[str, meta_graph_pb2.SignatureDef]:
@@ -248,19 +269,6 @@ def test_refuses_existing_version(exported: Path, tiny_model: keras.Model) -> No
     assert (exported / "variables" / "variables.data-00000-of-00001").read_bytes() == before
 
 
-def test_overwrite_replaces_version(exported: Path, tmp_path: Path) -> None:
-    base = tmp_path / "base"
-    shutil.copytree(exported.parent, base)
-    data = base / "1" / "variables" / "variables.data-00000-of-00001"
-    before = data.read_bytes()
-    lines: list[str] = []
-    path = export_model(base, 1, steps=3, size=16, seed=1, overwrite=True, log=lines.append)
-    assert path == base / "1"
-    assert data.read_bytes() != before
-    assert sorted(os.listdir(base)) == ["1"]
-    assert lines[-1].startswith("exported steps=3 ") and f"path={path}" in lines[-1]
-
-
 def test_rejects_bad_version(tiny_model: keras.Model, tmp_path: Path) -> None:
     for version in (-1, "2", 1.5):
         with pytest.raises(ValueError, match="version"):
@@ -271,37 +279,64 @@ def test_rejects_bad_version(tiny_model: keras.Model, tmp_path: Path) -> None:
 # --- command line ----------------------------------------------------------------------------
 
 
-def test_cli_export_refuse_and_overwrite(tmp_path: Path) -> None:
-    base = tmp_path / "models" / "deeplab"
-    tiny = ["--steps", str(TINY["steps"]), "--size", str(TINY["size"])]
-    done = run_cli("--base-path", base, "--version", "7", *tiny)
-    assert done.returncode == 0, done.stderr
-    summary = done.stdout.strip().splitlines()[-1]
-    assert summary.startswith(f"exported steps={TINY['steps']} seconds=")
-    assert "mean_iou=" in summary and summary.endswith(f"path={base / '7'}")
-    assert "step 1/" in done.stdout
-    assert sorted(os.listdir(base)) == ["7"]
-    assert {PREDICT_IMAGES, SERVING_DEFAULT} <= set(signatures(base / "7"))
+def test_cli_export_refuse_and_overwrite(
+    exported: Path,
+    tiny_model: keras.Model,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An existing version is refused before any training; ``--overwrite`` trains with the
+    command line's steps, size and seed, printing its progress, and replaces the version whole.
+    The training is ``tiny_model``'s (``train`` is tested above): the command's is recorded."""
+    import export.savedmodel
 
-    refused = run_cli("--base-path", base, "--version", "7", *tiny)
+    trained: list[dict[str, Any]] = []
+
+    def recorded_train(**options: Any) -> tuple[keras.Model, TrainStats]:
+        trained.append(options)
+        options["log"]("step 1/2 loss 1.0000 elapsed 0.1s")
+        return tiny_model, TrainStats(2, 16, 1, 0.5, 1.0, 0.25)
+
+    monkeypatch.setattr(export.savedmodel, "train", recorded_train)
+    base = tmp_path / "models" / "deeplab"
+    shutil.copytree(exported, base / "7")
+    (base / "7" / "variables" / "variables.data-00000-of-00001").write_bytes(b"an old version")
+    tiny = ["--steps", "2", "--size", "16"]
+
+    refused = run_main(capsys, "--base-path", base, "--version", "7", *tiny)
     assert refused.returncode == 1
     assert "already exists" in refused.stderr and "--overwrite" in refused.stderr
-    assert "step 1/" not in refused.stdout
+    assert trained == [] and "step 1/" not in refused.stdout
 
-    again = run_cli("--base-path", base, "--version", "7", *tiny, "--seed", "3", "--overwrite")
-    assert again.returncode == 0, again.stderr
+    done = run_main(
+        capsys, "--base-path", base, "--version", "7", *tiny, "--seed", "3", "--overwrite"
+    )
+    assert done.returncode == 0, done.stderr
+    assert trained == [{"steps": 2, "size": 16, "seed": 3, "log": print}]
+    lines = done.stdout.strip().splitlines()
+    assert lines == [
+        "step 1/2 loss 1.0000 elapsed 0.1s",
+        f"exported steps=2 seconds=0.5 mean_iou=0.250 path={base / '7'}",
+    ]
     assert sorted(os.listdir(base)) == ["7"]
+    assert (base / "7" / "variables" / "variables.data-00000-of-00001").read_bytes() == (
+        exported / "variables" / "variables.data-00000-of-00001"
+    ).read_bytes()  # the version written whole, from the trained model
+    assert {PREDICT_IMAGES, SERVING_DEFAULT} <= set(signatures(base / "7"))
 
 
 def test_cli_rejects_bad_arguments(tmp_path: Path) -> None:
+    """``python -m export`` itself, in processes of their own (refused before TensorFlow is
+    imported: a second each)."""
     assert run_cli("--base-path", tmp_path, "--version", "-2").returncode == 2
     assert run_cli("--version", "1").returncode == 2
     assert run_cli("--base-path", tmp_path, "--version", "1", "--size", "4").returncode == 2
     assert not any(tmp_path.iterdir())
 
 
-def test_cli_show_all_tf1_model() -> None:
-    done = run_cli("show", "--dir", HALF_PLUS_TWO, "--all")
+def test_cli_show_all_tf1_model(capsys: pytest.CaptureFixture[str]) -> None:
+    done = run_main(capsys, "show", "--dir", HALF_PLUS_TWO, "--all")
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "MetaGraphDef with tag-set: 'serve'" in out
@@ -315,8 +350,8 @@ def test_cli_show_all_tf1_model() -> None:
     assert "Method name is: tensorflow/serving/regress" in out
 
 
-def test_cli_show_missing_model(tmp_path: Path) -> None:
-    done = run_cli("show", "--dir", tmp_path)
+def test_cli_show_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    done = run_main(capsys, "show", "--dir", tmp_path)
     assert done.returncode == 1 and "no saved_model.pb" in done.stderr
 
 
@@ -343,14 +378,3 @@ def test_show_own_export(exported: Path) -> None:
     assert "outputs['segmentation_map'] tensor_info:" in out and "dtype: DT_INT64" in out
     assert f"Method name is: {PREDICT_METHOD}" in out
     assert "signature_def['serving_default']:" in show(exported, show_all=True)
-
-
-# --- full training ---------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_default_training_reaches_mean_iou(deeplab_training: tuple[Path, Any]) -> None:
-    """The default run (about a minute on 2 CPU cores) segments held-out images well."""
-    _, stats = deeplab_training
-    print(f"full training: {stats}")
-    assert stats.mean_iou >= 0.8

@@ -147,7 +147,6 @@ def test_h2load_frames_and_reads_its_log(tmp_path: Path) -> None:
     assert _read_log(log) == ([4.427, 5.011], {503: 1})  # the count of each non-2xx status
 
 
-@pytest.mark.unit
 def test_default_configs_boot_through_the_cli_with_tf_servings_batching_file(
     tmp_path: Path,
 ) -> None:

@@ -16,8 +16,6 @@ from google.protobuf import text_format
 from compat.protos import types_pb2
 from loadtests import payloads, recorded, workloads
 
-pytestmark = pytest.mark.unit
-
 FLOAT, INT32, STRING = types_pb2.DT_FLOAT, types_pb2.DT_INT32, types_pb2.DT_STRING
 
 

@@ -15,8 +15,6 @@ from compat.protos import classification_pb2, inference_pb2, model_pb2, predict_
 from serve_app.calls import Api, ModelCall, ModelReply, Wire, grpc_call
 from serve_app.transports.rest import error_response, rest_call
 
-pytestmark = pytest.mark.unit
-
 SPEC = model_pb2.ModelSpec(name="m")
 
 

@@ -114,12 +114,16 @@ def flags(port: int, rest_port: int, base: Path, address: str) -> list[str]:
     ]
 
 
-def replica_pids() -> list[int]:
+def replica_pids(cluster: RayCluster) -> list[int]:
+    """The serving replicas of this cluster: started by one of its raylets (another Ray's on
+    the machine are not counted)."""
     out = subprocess.run(["ps", "-wweo", "pid=,args="], capture_output=True, text=True).stdout
+    raylets = {cluster.head_raylet, cluster.worker_raylet}
     return [
-        int(line.split()[0])
+        pid
         for line in out.splitlines()
         if line.split()[1].startswith("ray::ServeReplica:default:Ingress")
+        and parent(pid := int(line.split()[0])) in raylets
     ]
 
 
@@ -189,7 +193,7 @@ def test_the_cli_joins_the_cluster_and_puts_gpu_replicas_on_the_worker(
     )
     try:
         cli.wait_ready()
-        pids = replica_pids()
+        pids = replica_pids(cluster)
         assert len(pids) == 2, cli.output[-3000:]
         # Both serving replicas ask for half a GPU: the worker, the only node with one, runs
         # both, and Ray hands both the same card.
@@ -238,7 +242,7 @@ def test_serve_deploy_of_the_generated_config(cluster: RayCluster, base_path: Pa
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
     try:
         wait_version(port, max(int(p.name) for p in base_path.iterdir() if p.name.isdigit()))
-        pids = replica_pids()
+        pids = replica_pids(cluster)
         assert len(pids) == 2 and {parent(p) for p in pids} == {cluster.worker_raylet}
         assert list(predict(port, MODEL).outputs["y"].float_val) == [3.0]
         calls = rollout_under_load(port, base_path, 125)

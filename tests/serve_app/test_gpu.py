@@ -44,9 +44,7 @@ def test_two_replicas_share_one_gpu(deeplab_base: Path) -> None:
             text=True,
             check=True,
         ).stdout.split()
-        replica_pids = subprocess.run(
-            ["pgrep", "-f", "ServeReplica:default:Ingress"], capture_output=True, text=True
-        ).stdout.split()
+        replica_pids = {str(pid) for pid, _ in server.replicas("Ingress")}  # this server's
         assert len(set(apps) & set(replica_pids)) == 2  # both serving replicas hold the card
     finally:
         server.stop()

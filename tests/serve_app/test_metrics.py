@@ -26,6 +26,8 @@ MODEL = "half_plus_two"
 PATH = "/monitoring/prometheus/metrics"
 PREFIX = "ray_tfserving_"
 WAIT_S = 90.0
+REPORT_S = 10.0
+"""Ray's ``metrics_report_interval_ms``: how late a replica's figures may reach the page."""
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -90,6 +92,21 @@ def wait_until(server: Server, check: Callable[[Samples], bool], what: str) -> S
     return samples
 
 
+def settled(server: Server, *names: str) -> Samples:
+    """A scrape once the series ``names`` of ``MODEL`` have held still for longer than
+    ``REPORT_S``: whatever earlier tests sent is on the page, and nothing of theirs lands
+    after it."""
+    deadline = time.monotonic() + WAIT_S
+    samples = scrape(server)
+    while True:
+        time.sleep(REPORT_S + 1.0)
+        again = scrape(server)
+        if all(total(again, n, model=MODEL) == total(samples, n, model=MODEL) for n in names):
+            return again
+        assert time.monotonic() < deadline, f"{names} never held still for {REPORT_S}s"
+        samples = again
+
+
 def grpc_predict(server: Server, xs: list[float], **spec: object) -> None:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = MODEL
@@ -124,10 +141,10 @@ def test_model_load_latency_is_recorded(server: Server) -> None:
 
 def test_batch_size_histogram(server: Server) -> None:
     """With batching on, every Predict is part of a batch: 16 requests of 5 rows add 80
-    examples, in at most 16 batches (fewer when concurrent requests were merged). It runs before
-    any other Predict of this module, so nothing else can land in the histogram meanwhile."""
+    examples, in at most 16 batches (fewer when concurrent requests were merged). Counted from
+    a page that has settled, so no earlier test's Predict lands in the difference."""
     count, examples = PREFIX + "batch_size_count", PREFIX + "batch_size_sum"
-    before = scrape(server)
+    before = settled(server, count, examples)
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda _: grpc_predict(server, [1.0, 2.0, 3.0, 4.0, 5.0]), range(16)))
 

@@ -15,8 +15,6 @@ from compat.open_inference import pb, to_raw
 from serve_app.calls import Api, ModelCall, Wire, v2_spec
 from serve_app.runtime.model import ModelVersion
 
-pytestmark = pytest.mark.unit
-
 
 @pytest.fixture(scope="module")
 def version(testdata: Path) -> Iterator[ModelVersion]:

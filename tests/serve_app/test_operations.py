@@ -9,7 +9,6 @@ stranger.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
@@ -126,25 +125,6 @@ class Server:
     """A copy of half_plus_two's base path, served as ``warm`` (new versions go here)."""
 
 
-@contextlib.contextmanager
-def _readonly_dir(path: Path) -> Iterator[Path]:
-    """A directory no process can write to: a read-only tmpfs (as root, who writes through
-    permissions), else mode 0555."""
-    path.mkdir(parents=True)
-    if os.geteuid() == 0:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)], check=True)
-        try:
-            yield path
-        finally:
-            subprocess.run(["umount", "-l", str(path)], check=False)
-    else:
-        path.chmod(0o555)
-        try:
-            yield path
-        finally:
-            path.chmod(0o755)
-
-
 MODELS = """model_config_list {{
   config {{ name: "half_plus_two" base_path: "{hpt}" model_platform: "tensorflow"
     logging_config {{
@@ -168,27 +148,29 @@ def server(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
     root = tmp_path_factory.mktemp("operations")
     base = root / "warm"
     shutil.copytree(HALF_PLUS_TWO / "00000123", base / "123")
-    with _readonly_dir(root / "readonly") as readonly:
-        config = root / "models.config"
-        config.write_text(
-            MODELS.format(hpt=HALF_PLUS_TWO, logs=root / "logs", readonly=readonly, base=base)
-        )
-        port, rest_port = free_ports(2)
-        cli = run_cli(
-            f"--port={port}",
-            f"--rest_api_port={rest_port}",
-            f"--model_config_file={config}",
-            f"--ssl_config_file={ssl_config(root / 'ssl.config', pki, client_verify=True)}",
-            "--file_system_poll_wait_seconds=1",
-            "--model_config_file_poll_wait_seconds=1",
-            "--serving_replicas=1",
-            f"--monitoring_config_file={TESTDATA / 'monitoring_config.txt'}",
-        )
-        try:
-            cli.wait_ready()
-            yield Server(cli, port, rest_port, root / "logs", base)
-        finally:
-            cli.stop()
+    # No process can write under a regular file, root included, and no privilege is needed.
+    readonly = root / "readonly"
+    readonly.write_text("a file: the unwritable model's request log cannot be created under it")
+    config = root / "models.config"
+    config.write_text(
+        MODELS.format(hpt=HALF_PLUS_TWO, logs=root / "logs", readonly=readonly, base=base)
+    )
+    port, rest_port = free_ports(2)
+    cli = run_cli(
+        f"--port={port}",
+        f"--rest_api_port={rest_port}",
+        f"--model_config_file={config}",
+        f"--ssl_config_file={ssl_config(root / 'ssl.config', pki, client_verify=True)}",
+        "--file_system_poll_wait_seconds=1",
+        "--model_config_file_poll_wait_seconds=1",
+        "--serving_replicas=1",
+        f"--monitoring_config_file={TESTDATA / 'monitoring_config.txt'}",
+    )
+    try:
+        cli.wait_ready()
+        yield Server(cli, port, rest_port, root / "logs", base)
+    finally:
+        cli.stop()
 
 
 # --- TLS ----------------------------------------------------------------------------------
@@ -292,20 +274,12 @@ def read_records(directory: Path) -> list[prediction_log_pb2.PredictionLog]:
     ]
 
 
-def wait_for_records(directory: Path, count: int, timeout_s: float = 30.0) -> list:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        records = read_records(directory) if directory.exists() else []
-        if len(records) >= count or time.monotonic() > deadline:
-            return records
-        time.sleep(0.2)
-
-
-def test_every_request_is_logged_with_its_response(server: Server, pki: Pki) -> None:
+def log_traffic(server: Server, pki: Pki, xs: list[float]) -> None:
+    """A [1]-shaped Predict over gRPC for each of ``xs``, then a [2]-shaped one over REST."""
     with grpc_channel(server.port, pki.ca, pki.client) as channel:
-        for x in (1.0, 2.0, 3.0, 4.0, 5.0):
+        for x in xs:
             assert predict(channel, "half_plus_two", x) == x / 2 + 2
-    for x in (6.0, 7.0, 8.0, 9.0, 10.0):
+    for x in xs:
         status, text = https(
             server.rest_port,
             pki,
@@ -314,9 +288,30 @@ def test_every_request_is_logged_with_its_response(server: Server, pki: Pki) -> 
             {"instances": [x, x]},
         )
         assert (status, json.loads(text)) == (200, {"predictions": [x / 2 + 2] * 2})
-    records = wait_for_records(server.logs / "all", 10)
+
+
+def records_of(server: Server, xs: list[float], count: int) -> list:
+    """The logged records of ``half_plus_two`` whose input starts with one of ``xs`` (other
+    tests log theirs beside them), once ``count`` are there or after 30 s."""
+    deadline = time.monotonic() + 30.0
+    while True:
+        directory = server.logs / "all"
+        records = [
+            r
+            for r in (read_records(directory) if directory.exists() else [])
+            if tf.make_ndarray(r.predict_log.request.inputs["x"]).flat[0] in xs
+        ]
+        if len(records) >= count or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def test_every_request_is_logged_with_its_response(server: Server, pki: Pki) -> None:
+    xs = [101.0, 102.0, 103.0, 104.0, 105.0]  # this test's own: no other sends these
+    log_traffic(server, pki, xs)
+    records = records_of(server, xs, 10)
     assert len(records) == 10
-    seen = {}
+    seen: dict[tuple[float, tuple[int, ...]], int] = {}
     for record in records:
         assert record.WhichOneof("log_type") == "predict_log"
         assert record.log_metadata.model_spec.name == "half_plus_two"
@@ -326,11 +321,10 @@ def test_every_request_is_logged_with_its_response(server: Server, pki: Pki) -> 
         y = tf.make_ndarray(record.predict_log.response.outputs["y"])
         np.testing.assert_allclose(y, x / 2 + 2)
         assert record.predict_log.response.model_spec.version.value == 123
-        seen[float(x.flat[0])] = x.shape
-    assert seen == {
-        **{x: (1,) for x in (1.0, 2.0, 3.0, 4.0, 5.0)},
-        **{x: (2,) for x in (6.0, 7.0, 8.0, 9.0, 10.0)},
-    }
+        key = (float(x.flat[0]), x.shape)
+        seen[key] = seen.get(key, 0) + 1
+    # each request once: [1] over gRPC, [2] over REST
+    assert seen == {**{(x, (1,)): 1 for x in xs}, **{(x, (2,)): 1 for x in xs}}
 
 
 def test_sampling_keeps_about_its_share(server: Server, pki: Pki) -> None:
@@ -384,8 +378,9 @@ def request_log_counts(server: Server, pki: Pki) -> dict[tuple[str, str], float]
 
 
 def test_warmup_from_the_logs_is_replayed_by_the_next_version(server: Server, pki: Pki) -> None:
-    records = wait_for_records(server.logs / "all", 10)
-    assert len(records) >= 10
+    xs = [201.0, 202.0, 203.0]  # logged by this test, whatever ran before it
+    log_traffic(server, pki, xs)
+    assert len(records_of(server, xs, 6)) == 6
     version = server.base / "124"
     staging = server.base.parent / "staging-124"
     shutil.copytree(server.base / "123", staging)

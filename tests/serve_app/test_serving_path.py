@@ -3,8 +3,9 @@ the model in its own process, and a replica killed under load costs only its own
 The same server serves gRPC on a Unix socket too (``grpc_socket_path``, TF Serving's
 testPredictUDS), which survives the replica that published it.
 
-No timing asserts: the kill test checks codes, that failed calls end before their deadline, and
-that everything after the recovery succeeds; it prints the failure window it measured.
+No timing asserts: the kill test checks codes (a call on a killed process fails UNAVAILABLE at
+once, never DEADLINE_EXCEEDED at its deadline) and that everything after the recovery
+succeeds; it prints the failure window it measured.
 """
 
 from __future__ import annotations
@@ -281,9 +282,9 @@ def test_sigkill_of_each_serving_process_under_load(server: Server, socket_path:
         load.wait_ok_after(time.monotonic(), 400)
         unix.wait_ok_after(time.monotonic(), 100)
     failures = [(s, e, c) for s, e, c in load.calls + unix.calls if c != grpc.StatusCode.OK]
+    # In-flight calls on a killed process end at once with UNAVAILABLE, none waits out its
+    # deadline (DEADLINE_EXCEEDED)
     assert {c for _, _, c in failures} <= {grpc.StatusCode.UNAVAILABLE}, failures[:5]
-    # In-flight calls on a killed process end at once, not at their deadline.
-    assert all(e - s < DEADLINE_S / 2 for s, e, _ in failures)
     # After each recovery (until the next kill) every call succeeds.
     for start, end in healthy:
         for calls in (load.calls, unix.calls):

@@ -14,8 +14,6 @@ import serve_app.launch.app  # noqa: F401 - Ray and TensorFlow set variables of 
 from serve_app.launch.boot import application_from_cli_args, parse_cli_args, serve_config
 from tests.harness import TESTDATA
 
-pytestmark = pytest.mark.unit
-
 HALF_PLUS_TWO = str(TESTDATA / "saved_model_half_plus_two_cpu")
 
 

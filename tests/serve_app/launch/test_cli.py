@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -615,10 +616,10 @@ def test_a_signal_while_starting_stops_everything(sig: int, after: str, tmp_path
 
 
 def test_sigterm_drains_then_lets_calls_in_flight_finish(tmp_path: Path) -> None:
-    """SIGTERM under load: health says NOT_SERVING at once while calls are still answered for
-    --drain_seconds; then the ports close, the calls in flight finish, and the server exits 0
-    with nothing of its session left. Calls take ~0.2 s (a batch waits for its timeout), so
-    several are in flight when the ports close."""
+    """SIGTERM under load: gRPC health says NOT_SERVING and ``/readyz`` 503 while calls are
+    still answered for --drain_seconds; then the ports close, the calls in flight finish, and
+    the server exits 0 with nothing of its session left. Calls take ~0.2 s (a batch waits for
+    its timeout), so several are in flight when the ports close."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     batching = tmp_path / "batching.txt"
@@ -626,9 +627,10 @@ def test_sigterm_drains_then_lets_calls_in_flight_finish(tmp_path: Path) -> None
         "max_batch_size { value: 64 } batch_timeout_micros { value: 200000 } "
         "num_batch_threads { value: 2 }"
     )
-    (port,) = free_ports(1)
+    port, rest_port = free_ports(2)
     cli = run_cli(
         f"--port={port}",
+        f"--rest_api_port={rest_port}",
         "--model_name=half_plus_two",
         f"--model_base_path={TESTDATA / 'saved_model_half_plus_two_cpu'}",
         "--enable_batching",
@@ -637,6 +639,7 @@ def test_sigterm_drains_then_lets_calls_in_flight_finish(tmp_path: Path) -> None
     )
     calls: list[tuple[float, float, grpc.StatusCode]] = []
     health: list[tuple[float, int]] = []
+    readyz: list[tuple[float, int]] = []
     done = threading.Event()
 
     def load() -> None:
@@ -674,14 +677,29 @@ def test_sigterm_drains_then_lets_calls_in_flight_finish(tmp_path: Path) -> None
             time.sleep(0.1)
         channel.close()
 
+    def watch_readyz() -> None:
+        deadline = time.monotonic() + 120
+        while not done.is_set() and time.monotonic() < deadline:
+            try:
+                url = f"http://127.0.0.1:{rest_port}/readyz"
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    status = r.status
+            except urllib.error.HTTPError as e:
+                status = e.code
+            except OSError:
+                status = -1
+            readyz.append((time.monotonic(), status))
+            time.sleep(0.1)
+
     threads = [threading.Thread(target=load) for _ in range(4)]
-    threads.append(threading.Thread(target=watch_health))
+    threads += [threading.Thread(target=watch_health), threading.Thread(target=watch_readyz)]
     try:
         cli.wait_ready()
         for t in threads:
             t.start()
         time.sleep(3)
         assert health and health[-1][1] == health_pb2.HealthCheckResponse.SERVING
+        assert readyz and readyz[-1][1] == 200
         signalled = time.monotonic()
         cli.process.send_signal(signal.SIGTERM)
         assert cli.wait_exit(60) == 0, cli.output[-3000:]
@@ -703,8 +721,10 @@ def test_sigterm_drains_then_lets_calls_in_flight_finish(tmp_path: Path) -> None
     closed = min(start for start, _, _ in failed)
     in_flight = [c for c in calls if c[0] < closed < c[1]]
     served_while_draining = [c for c in calls if c[0] > not_serving and c[1] < closed]
-    assert not_serving - signalled < 2.0
-    assert closed - signalled > 2.5  # the drain window: --drain_seconds=3
+    # said before the ports closed, while calls were still answered (the drain window)
+    assert signalled < not_serving < closed
+    assert closed - signalled > 2.5  # the drain window lasts --drain_seconds=3
+    assert 503 in {s for t, s in readyz if signalled < t < closed}, readyz
     assert served_while_draining and all(c[2] == grpc.StatusCode.OK for c in served_while_draining)
     assert all(c[2] == grpc.StatusCode.OK for c in calls if c[1] < closed)
     assert {c[2] for c in failed} <= {grpc.StatusCode.UNAVAILABLE}

@@ -12,8 +12,6 @@ from compat.errors import InvalidArgument
 from serve_app.config.args import AppArgs
 from serve_app.launch import flags
 
-pytestmark = pytest.mark.unit
-
 BASE = ("--model_base_path=/models/m",)
 
 

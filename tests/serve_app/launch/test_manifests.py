@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pydantic
 import pytest
 import ray
 import yaml
@@ -16,8 +17,6 @@ from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
 
 from serve_app.launch import manifests
 from serve_app.launch.boot import parse_cli_args
-
-pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[3]
 RAY_SCHEMA = Path(ray.__file__).parent / "autoscaler" / "ray-schema.json"
@@ -33,15 +32,22 @@ def test_generated_files_are_up_to_date() -> None:
     assert manifests.main(["--check"]) == 0
 
 
+class UnknownKeys(ValueError):
+    """A key of a Serve config that Ray's schema would ignore."""
+
+
 def check_serve_config(config: dict[str, Any]) -> None:
-    """Ray Serve's schema, plus the keys it would ignore: every key must be one it knows, and
-    the application's ``args`` must be ours (``AppArgs`` forbids unknown keys)."""
+    """Ray Serve's schema, plus the keys it would ignore: every key must be one it knows
+    (else ``UnknownKeys``), and the application's ``args`` must be ours (``AppArgs`` forbids
+    unknown keys: pydantic's ``ValidationError``)."""
     ServeDeploySchema.model_validate(config)
     unknown = set(config) - set(ServeDeploySchema.model_fields)
-    assert not unknown, f"unknown Serve config keys: {unknown}"
+    if unknown:
+        raise UnknownKeys(f"unknown Serve config keys: {sorted(unknown)}")
     for app in config["applications"]:
         unknown = set(app) - set(ServeApplicationSchema.model_fields)
-        assert not unknown, f"unknown application keys: {unknown}"
+        if unknown:
+            raise UnknownKeys(f"unknown application keys: {sorted(unknown)}")
         assert app["import_path"] == "serve_app:app"
         parse_cli_args(app["args"])
 
@@ -55,21 +61,38 @@ def test_serve_config_passes_serves_schema_and_is_the_cluster_args() -> None:
 
 
 @pytest.mark.parametrize(
-    ("where", "typo"),
+    ("where", "typo", "error", "message"),
     [
-        ((), "proxy_locaton"),
-        (("applications", 0), "import_pth"),
-        (("applications", 0, "args"), "grpc_prot"),
-        (("applications", 0, "args", "scaling"), "num_gpu"),
+        ((), "proxy_locaton", UnknownKeys, r"unknown Serve config keys: \['proxy_locaton'\]"),
+        (
+            ("applications", 0),
+            "import_pth",
+            UnknownKeys,
+            r"unknown application keys: \['import_pth'\]",
+        ),
+        (
+            ("applications", 0, "args"),
+            "grpc_prot",
+            pydantic.ValidationError,
+            r"AppArgs\ngrpc_prot\n  Extra inputs are not permitted",
+        ),
+        (
+            ("applications", 0, "args", "scaling"),
+            "num_gpu",
+            pydantic.ValidationError,
+            r"AppArgs\nscaling\.num_gpu\n  Extra inputs are not permitted",
+        ),
     ],
 )
-def test_a_typo_in_the_serve_config_fails(where: tuple[Any, ...], typo: str) -> None:
+def test_a_typo_in_the_serve_config_fails(
+    where: tuple[Any, ...], typo: str, error: type[Exception], message: str
+) -> None:
     config = copy.deepcopy(load("deploy/serve.yaml"))
     node = config
     for key in where:
         node = node[key]
     node[typo] = 1
-    with pytest.raises(Exception):  # noqa: B017 - pydantic's or our own assertion
+    with pytest.raises(error, match=message):
         check_serve_config(config)
 
 

@@ -9,8 +9,6 @@ import yaml
 from serve_app.launch.boot import main, parse_cli_args
 from tests.harness import TESTDATA
 
-pytestmark = pytest.mark.unit
-
 ARGS = [
     "model_name=half_plus_two",
     f"model_base_path={TESTDATA / 'saved_model_half_plus_two_cpu'}",

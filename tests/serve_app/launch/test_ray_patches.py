@@ -35,8 +35,6 @@ from serve_app.ray_patches import (
     RayPatchError,
 )
 
-pytestmark = pytest.mark.unit
-
 REPO = Path(__file__).resolve().parents[3]
 EVERY_INTERFACE = {"::", "0.0.0.0"}
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1"}  # gRPC's dual-stack socket, IPv4-mapped

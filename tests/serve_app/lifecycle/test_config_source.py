@@ -13,8 +13,6 @@ from serve_app.config.args import ModelArgs
 from serve_app.lifecycle.config_source import ConfigFileSource
 from serve_app.lifecycle.faults import Faults
 
-pytestmark = pytest.mark.unit
-
 ONE = 'model_config_list { config { name: "a" base_path: "/m/a" model_platform: "tensorflow" } }'
 TWO = (
     'model_config_list { config { name: "a" base_path: "/m/a" model_platform: "tensorflow" } '

@@ -9,8 +9,6 @@ import pytest
 
 from serve_app.lifecycle.faults import Faults
 
-pytestmark = pytest.mark.unit
-
 
 def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records]

@@ -23,8 +23,6 @@ from serve_app.lifecycle.plan import (
 from serve_app.lifecycle.repository import Scan
 from serve_app.lifecycle.status import LoadOutcome, State, Statuses, VersionStatus
 
-pytestmark = pytest.mark.unit
-
 MODEL = ModelArgs(name="m", base_path="/b", version_labels={"stable": 1, "canary": 2})
 
 

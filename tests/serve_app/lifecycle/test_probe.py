@@ -4,12 +4,8 @@ options it loads with, and which versions it probes. The probe itself runs live 
 
 from __future__ import annotations
 
-import pytest
-
 from serve_app.config.args import AppArgs, ScalingArgs
 from serve_app.lifecycle import probe
-
-pytestmark = pytest.mark.unit
 
 
 def test_proc_figures_are_read_in_bytes() -> None:

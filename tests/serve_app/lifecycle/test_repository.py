@@ -16,8 +16,6 @@ from serve_app.lifecycle.repository import scan as scan_store
 from serve_app.storage.local import LocalStore
 from serve_app.storage.versions import version_number
 
-pytestmark = pytest.mark.unit
-
 
 @pytest.mark.parametrize(
     ("name", "number"),

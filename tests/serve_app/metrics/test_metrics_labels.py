@@ -11,8 +11,6 @@ from serve_app.calls import Api, ModelCall, ModelReply, Wire, grpc_call
 from serve_app.metrics.labels import REQUEST_LABELS, RequestLabels
 from serve_app.transports.rest import rest_call
 
-pytestmark = pytest.mark.unit
-
 
 def test_the_labels_are_the_exported_ones_in_order() -> None:
     assert REQUEST_LABELS == ("model", "version", "signature", "api", "protocol", "status")

@@ -15,8 +15,6 @@ from serve_app.metrics import recording
 from serve_app.metrics.labels import RequestLabels
 from serve_app.metrics.recording import RequestRecorder, batch_examples
 
-pytestmark = pytest.mark.unit
-
 OK = RequestLabels("m", "1", "serving_default", "predict", "grpc", "OK")
 MISSING = RequestLabels("m", "", "serving_default", "predict", "rest", "NOT_FOUND")
 

@@ -11,8 +11,6 @@ from serve_app.metrics.labels import RequestLabels
 from serve_app.metrics.scraping import merge, page, version_state_family
 from tests.serve_app.metrics.test_metrics_recording import FakeCounter, FakeSink, recorder
 
-pytestmark = pytest.mark.unit
-
 AGENT_PAGE = """# HELP ray_tfserving_batch_size Examples per batch.
 # TYPE ray_tfserving_batch_size histogram
 ray_tfserving_batch_size_bucket{{WorkerId="{w}",le="4.0",model="m",version="1"}} 1.0

@@ -157,7 +157,6 @@ def _call(shape: tuple[int, ...]) -> PredictCall:
     return PredictCall(_ECHO, {"x": np.ones(shape, np.float32)}, ["y"], "serving_default")
 
 
-@pytest.mark.unit
 @settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(
     st.lists(

@@ -10,8 +10,6 @@ from serve_app.runtime import dataplane
 from serve_app.runtime.model import RUNS_AT_ONCE, runs_at_once
 from serve_app.runtime.replica_config import SessionConfig, VersionOptions
 
-pytestmark = pytest.mark.unit
-
 
 def options(**session: int) -> VersionOptions:
     return VersionOptions(

@@ -310,14 +310,12 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-@pytest.mark.unit
 def test_the_cache_is_made_private_to_the_server_s_user(cache_dir: Path) -> None:
     assert store.cache_root() == cache_dir
     info = cache_dir.stat()
     assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o700, os.getuid())
 
 
-@pytest.mark.unit
 @pytest.mark.parametrize("problem", ["group writable", "world writable", "symlink", "owner"])
 def test_a_configured_cache_that_is_not_private_is_refused(
     cache_dir: Path, tmp_path: Path, problem: str
@@ -346,7 +344,6 @@ def test_a_configured_cache_that_is_not_private_is_refused(
     )
 
 
-@pytest.mark.unit
 def test_a_default_cache_someone_else_made_is_replaced_by_a_fresh_private_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -362,7 +359,6 @@ def test_a_default_cache_someone_else_made_is_replaced_by_a_fresh_private_one(
     assert stat.S_IMODE(root.stat().st_mode) == 0o700 and not any(root.iterdir())
 
 
-@pytest.mark.unit
 def test_partial_downloads_are_deleted_at_start_but_not_one_under_way(cache_dir: Path) -> None:
     cache_dir.mkdir(mode=0o700)
     for name in (".tmp-dead-1", ".tmp-live-2", ".evict-old-3", "kept"):
@@ -373,7 +369,6 @@ def test_partial_downloads_are_deleted_at_start_but_not_one_under_way(cache_dir:
         assert sorted(p.name for p in cache_dir.iterdir()) == [".tmp-live-2", "kept"]
 
 
-@pytest.mark.unit
 @pytest.mark.parametrize(
     ("name", "checked"),
     [
@@ -387,7 +382,6 @@ def test_plain_object_names_are_kept(name: str, checked: str | None) -> None:
     assert cache.relative_path(name) == checked
 
 
-@pytest.mark.unit
 @pytest.mark.parametrize(
     "name", ["../../x", "a/../../x", "/etc/x", "a//b", "./a", "a/.", "", "a\0b", ".complete"]
 )
@@ -405,7 +399,6 @@ def make_entry(directory: Path, name: str, size: int, used: float) -> Path:
     return entry
 
 
-@pytest.mark.unit
 def test_eviction_deletes_the_least_recently_used_entries_no_process_holds(
     cache_dir: Path,
 ) -> None:

@@ -14,8 +14,6 @@ from compat.errors import NotFound
 from serve_app.calls import ModelCall, ModelReply
 from serve_app.transports import rest
 
-pytestmark = pytest.mark.unit
-
 CORS = {
     "access-control-allow-origin": "*",
     "access-control-allow-methods": "POST, GET",

@@ -9,11 +9,8 @@ import socket
 from pathlib import Path
 
 import grpc
-import pytest
 
 from serve_app.transports.unix_socket import WATCH_INTERVAL_S, UnixSocket
-
-pytestmark = pytest.mark.unit
 
 
 def echo_server(name: bytes) -> grpc.aio.Server:
