@@ -246,14 +246,14 @@ def share_cores(options: VersionOptions | None, replicas: int, gpu: bool) -> Ver
 
     ``intra_op_parallelism`` 0 (TF's default: every core, right for one process) becomes this
     replica's share of the node's cores: the serving replicas each run their own TF, and each
-    taking every core oversubscribes them (measured on 2 cores, DeepLab 128 with batching and
-    two replicas: 365 -> 427 req/s). ``inter_op_parallelism`` 0, in a replica without a GPU
+    taking every core oversubscribes them (the README's Benchmark section has the measurements
+    behind these defaults). ``inter_op_parallelism`` 0, in a replica without a GPU
     whose share is one thread, becomes -1: each op runs in the thread that runs the model, with
     no hand-off to an inter-op pool and back, and the version runs one model call at a time
-    outside batching (``model.runs_at_once``). Measured on 2 cores, one run: DeepLab with
-    batching 309 -> 349 req/s, without 314 -> 326; half_plus_two 2630 -> 2992 and 2241 -> 2694.
-    With a share of two or more threads, the inter-op pool stays (in-process, DeepLab with two
-    intra-op threads ran 4-7% slower inline) but is the share too, not TF's every core: the
+    outside batching (``model.runs_at_once``); faster on DeepLab and half_plus_two, with and
+    without batching. With a share of two or more threads, the inter-op pool stays (in-process,
+    DeepLab with two intra-op threads ran slower inline) but is the share too, not TF's every
+    core: the
     replicas of a 16-core node would each run ops on 16 threads otherwise. A GPU replica keeps
     TF's default: there the inter-op pool keeps the device fed."""
     if options is None:
