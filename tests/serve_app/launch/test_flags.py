@@ -429,3 +429,19 @@ def test_per_model_batching_without_batching_warns(capsys: pytest.CaptureFixture
         )
     )
     assert capsys.readouterr().err == ""
+
+
+def test_version_prints_the_version_as_tf_serving_does() -> None:
+    """``--version``: TF Serving's two lines, ours and TensorFlow's, with exit 0 (``cli._main``
+    returns before anything starts)."""
+    from importlib.metadata import version
+
+    import tensorflow as tf
+
+    from serve_app.launch import cli
+
+    assert flags.parser().parse_known_args(["--version"])[0].version
+    assert cli._version().splitlines() == [
+        f"TensorFlow ModelServer: ray-tfserving {version('ray-tfserving')}",
+        f"TensorFlow Library: {tf.__version__}",
+    ]
