@@ -253,8 +253,8 @@ def share_cores(options: VersionOptions | None, replicas: int, gpu: bool) -> Ver
     outside batching (``model.runs_at_once``); faster on DeepLab and half_plus_two, with and
     without batching. With a share of two or more threads, the inter-op pool stays (in-process,
     DeepLab with two intra-op threads ran slower inline) but is the share too, not TF's every
-    core: the replicas of a 16-core node would each run ops on 16 threads otherwise. A GPU replica keeps
-    TF's default: there the inter-op pool keeps the device fed."""
+    core: the replicas of a 16-core node would each run ops on 16 threads otherwise. A GPU
+    replica keeps TF's default: there the inter-op pool keeps the device fed."""
     if options is None:
         return None
     session = options.session
