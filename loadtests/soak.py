@@ -202,6 +202,11 @@ def _rollouts(base: Path, every_s: float, end: float, tally: Tally) -> None:
         tally.add("rollout")
 
 
+ONE_SHOT = ("ray::Prober",)
+"""Titles of processes that end by design: a new version's load probe, one process per version
+(the spare that waits for the next one is taken by a rollout and ended with its load)."""
+
+
 def rss_by_process(server: ServerProcess) -> dict[int, tuple[str, float]]:
     """Every process in the server's session: pid -> (its title, RSS in MiB). Ray retitles a
     worker with the task it runs, so the pid, not the title, says which process it is."""
@@ -285,7 +290,11 @@ def run(seconds: float, rollout_every_s: float, clients: int, warmup_s: float) -
         "rss_start_mib": {label(pid): rss for pid, (_, rss) in rss_start.items()},
         "rss_end_mib": {f"{pid} {title}": rss for pid, (title, rss) in rss_end.items()},
         "rss_growth_mib": growth,
-        "gone_processes": sorted(label(pid) for pid in set(rss_start) - set(rss_end)),
+        "gone_processes": sorted(
+            label(pid)
+            for pid in set(rss_start) - set(rss_end)
+            if not rss_start[pid][0].startswith(ONE_SHOT)
+        ),
     }
 
 

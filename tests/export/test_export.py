@@ -34,7 +34,7 @@ from tests.harness import TESTDATA
 
 REPO = Path(__file__).resolve().parents[2]
 HALF_PLUS_TWO = TESTDATA / "saved_model_half_plus_two_cpu/00000123"
-TINY = {"steps": 20, "size": 32}
+TINY = {"steps": 4, "size": 32}
 PREDICT_METHOD = "tensorflow/serving/predict"
 
 
