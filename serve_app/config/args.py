@@ -231,9 +231,9 @@ class AppArgs(BaseModel):
     """The memory a new version's probe may take beyond TF's own (ours; 0: the node's available
     memory divided by the serving replicas, each of which would hold a copy)."""
     load_probe_spare: Annotated[bool, Flag("load_probe_spare")] = True
-    """Keep one probe process started ahead, TensorFlow imported, for the next new version: a
-    probe then takes about its load's time instead of seconds more (ours; it holds TF's memory
-    while it waits, some 600 MB of RSS here, most of it TF's shared libraries)."""
+    """After a new version's probe, keep one probe process started ahead, TensorFlow imported,
+    for the next: that probe takes about its load's time instead of seconds more (ours; it holds
+    TF's memory while it waits, some 600 MB of RSS here, most of it TF's shared libraries)."""
     batching: BatchingArgs = BatchingArgs()
     """Dynamic batching knobs."""
     scaling: ScalingArgs = ScalingArgs()

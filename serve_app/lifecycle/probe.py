@@ -18,9 +18,10 @@ reason, and the versions serving now keep serving. The manager waits for a probe
 holding its lock, so status, reloads and label weights are answered meanwhile.
 
 Starting a process and importing TensorFlow takes seconds, the load of a small version a
-fraction of one; so with ``load_probe_spare`` one prober is started ahead, imports TF and
-waits for the next new version, and each probe that takes it starts the next one. A probe
-still has a process of its own: the spare has loaded nothing.
+fraction of one; so with ``load_probe_spare``, once a server's probes are over, one prober is
+started ahead, imports TF and waits for the next new version (not while the server starts:
+its import would slow the serving replicas' loads). A probe still has a process of its own:
+the spare has loaded nothing.
 """
 
 from __future__ import annotations
@@ -184,7 +185,8 @@ class Probes:
         self._running: dict[tuple[str, int, str], asyncio.Future[LoadOutcome]] = {}
         self._want_spare = spare
         self._spare: Any = None
-        self.warm()
+        """Started once the first probes are over, never while a server starts: its TF import
+        would compete with the serving replicas' loads."""
 
     def warm(self) -> None:
         """Start the spare prober, unless one is waiting (or none is wanted)."""
@@ -193,7 +195,6 @@ class Probes:
 
     def _take_spare(self) -> Any:
         spare, self._spare = self._spare, None
-        self.warm()
         return spare
 
     def start(self, args: AppArgs, model: str, version: int, path: str) -> Awaitable[LoadOutcome]:
@@ -207,6 +208,8 @@ class Probes:
 
     def _done(self, key: tuple[str, int, str], _: object) -> None:
         self._running.pop(key, None)
+        if not self._running:  # the next new version's process, once these loads are over
+            self.warm()
 
     def close(self) -> None:
         """End the spare (the manager stops)."""

@@ -44,3 +44,8 @@ def test_a_spare_prober_is_kept_only_where_versions_are_probed() -> None:
     assert probe.wants_spare(args)
     assert not probe.wants_spare(args.model_copy(update={"load_probe_spare": False}))
     assert not probe.wants_spare(args.model_copy(update={"load_probe_timeout_s": 0}))
+
+
+def test_no_spare_is_started_with_the_server() -> None:
+    """The spare's TF import would compete with the replicas' loads: it waits for a probe."""
+    assert probe.Probes(spare=True)._spare is None
