@@ -188,6 +188,14 @@ def start_cli(
     return _spawn(command, full_env, (grpc_port, http_port), tmpdir, wait_for, timeout)
 
 
+def _default_sigint() -> None:
+    """In the server's process, before it runs: SIGINT as a terminal delivers it, whatever this
+    process inherited. A parent started in the background by a non-interactive shell (a CI job,
+    ``nohup ... &``) ignores SIGINT, and its children would too: ``stop``'s SIGINT would then be
+    lost, and every stop wait out its 60 s before the SIGKILL."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _spawn(
     command: list[str],
     env: Mapping[str, str],
@@ -207,6 +215,7 @@ def _spawn(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_default_sigint,
         )
     server = ServerProcess(*ports, process, log_path, tmpdir)
     try:
