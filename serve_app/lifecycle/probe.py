@@ -62,9 +62,6 @@ class Prober:
     def __init__(self) -> None:
         import serve_app.runtime.model  # noqa: F401  TF: counted before the bound is set
 
-    def ready(self) -> bool:
-        return True
-
     def load(
         self,
         model: str,
