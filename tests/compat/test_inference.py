@@ -759,7 +759,7 @@ def example_input(draw: st.DrawFn) -> bytes:
     return model_input.SerializeToString()
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(example_input())
 def test_examples_never_expand_far_beyond_the_input(body: bytes) -> None:
     """A context is merged into each example (util.cc): refused, before the merge is made, when

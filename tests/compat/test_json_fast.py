@@ -128,7 +128,7 @@ def _same(a: object, b: object) -> bool:
 
 
 @settings(
-    max_examples=400, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    max_examples=200, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
 )
 @given(predict_body())
 def test_fast_predict_decoding_is_the_reference(case: tuple[bytes, Signature]) -> None:
@@ -176,7 +176,7 @@ def test_bodies_orjson_refuses_go_to_the_reference_parser(body: bytes) -> None:
 INT_DTYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool"]
 
 
-@settings(max_examples=300, deadline=None, derandomize=True)
+@settings(max_examples=150, deadline=None, derandomize=True)
 @given(
     st.sampled_from(INT_DTYPES),
     st.lists(st.integers(0, 3), min_size=0, max_size=4),

@@ -178,7 +178,7 @@ def hostile_infer_request(draw: st.DrawFn) -> bytes:
 
 
 @settings(
-    max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
 )
 @given(hostile_infer_request())
 def test_hostile_shapes_are_refused_before_anything_is_allocated(body: bytes) -> None:

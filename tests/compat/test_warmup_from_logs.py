@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,7 @@ from compat import warmup_from_logs
 from compat.protos import prediction_log_pb2
 from compat.servable import Servable
 from compat.warmup import replay_warmup
-from tests.harness import REPO, TESTDATA
+from tests.harness import TESTDATA
 
 
 def predict_log(rows: int, signature: str = "", value: float = 2.0):  # type: ignore[no-untyped-def]
@@ -51,7 +49,14 @@ def test_records_warmup_cannot_replay_are_left_out() -> None:
     assert warmup_from_logs.choose([log, prediction_log_pb2.PredictionLog()]) == ([], 0)
 
 
-def test_the_command_writes_a_warmup_file_a_version_replays(tmp_path: Path) -> None:
+def test_the_command_writes_a_warmup_file_a_version_replays(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python -m compat.warmup_from_logs``: its ``main`` in this process, the console left as
+    pytest's (``quiet`` is ``test_console``'s)."""
+    from compat import console
+
+    monkeypatch.setattr(console, "quiet", lambda: None)
     logged = tmp_path / "log-1.tfrecord"
     with tf.io.TFRecordWriter(str(logged)) as writer:
         for rows in (1, 1, 1, 2, 5):
@@ -61,15 +66,8 @@ def test_the_command_writes_a_warmup_file_a_version_replays(tmp_path: Path) -> N
 
     shutil.copytree(TESTDATA / "saved_model_half_plus_two_cpu" / "00000123", version)
     out = version / "assets.extra" / "tf_serving_warmup_requests"
-    done = subprocess.run(
-        [sys.executable, "-m", "compat.warmup_from_logs", "--out", str(out), str(logged)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == (
+    assert warmup_from_logs.main(["--out", str(out), str(logged)]) == 0
+    assert capsys.readouterr().out.strip() == (
         f"wrote 5 warmup records (3 distinct API/signature/shape groups) from 5 logged records "
         f"to {out}"
     )
@@ -95,8 +93,7 @@ def test_bounds_beyond_tf_serving_s_are_refused(flags: list[str], message: str) 
 def test_a_missing_log_file_fails_clearly(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The command's ``main`` in this process (the command itself runs in the test above), its
-    console left as pytest's."""
+    """As above, the console left as pytest's."""
     from compat import console
 
     monkeypatch.setattr(console, "quiet", lambda: None)
