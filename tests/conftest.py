@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import TESTDATA, Server, require_test_data, start_server
+from tests.harness import TESTDATA, Server, require_test_data, start_server, stop_shared
 from tests.markers import Classifier
 
 
@@ -32,11 +32,35 @@ def needs_a_server(item: pytest.Item, classifier: Classifier) -> bool:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test is ``live`` (it boots a server) or ``unit`` (it does not), from its code and
-    its fixtures' code: no module marks either by hand."""
+    its fixtures' code: no module marks either by hand. The tests of modules that share a
+    server (``shares_server``) run one after another, where the first of them was."""
     classifier = Classifier()
     for item in items:
         live = needs_a_server(item, classifier)
         item.add_marker(pytest.mark.live if live else pytest.mark.unit)
+    for name in dict.fromkeys(n for n in map(shared, items) if n is not None):
+        users = [item for item in items if shared(item) == name]
+        first = items.index(users[0])
+        rest = [item for item in items if shared(item) != name]
+        items[:] = rest[:first] + users + rest[first:]
+
+
+def shared(item: pytest.Item | None) -> str | None:
+    """The shared server (``tests.harness.SHARED``) ``item``'s module uses, if any."""
+    mark = item.get_closest_marker("shares_server") if item is not None else None
+    return mark.args[0] if mark is not None else None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """A shared server stops after the last test of a run of tests sharing it."""
+    name = shared(item)
+    if name is not None and shared(nextitem) != name:
+        stop_shared(name)
+
+
+def pytest_sessionfinish() -> None:
+    stop_shared()
 
 
 @pytest.fixture(scope="session")

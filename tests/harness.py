@@ -6,7 +6,9 @@ processes, and the test data the suite needs (``require_test_data``)."""
 from __future__ import annotations
 
 import functools
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
@@ -15,7 +17,17 @@ import grpc
 from loadtests.launcher import REPO, TESTDATA, ServerProcess, free_ports
 from loadtests.launcher import start_server as launch
 
-__all__ = ["REPO", "TESTDATA", "Server", "free_ports", "require_test_data", "start_server"]
+__all__ = [
+    "REPO",
+    "SHARED",
+    "TESTDATA",
+    "Server",
+    "free_ports",
+    "require_test_data",
+    "shared_server",
+    "start_server",
+    "stop_shared",
+]
 
 REQUIRED_TESTDATA = (
     "saved_model_half_plus_two_cpu/00000123/saved_model.pb",
@@ -111,3 +123,52 @@ def start_server(
     loopback ports; ``env`` is added to its environment."""
     launched = launch(*args, wait_for=wait_for, env=env, write_config=_serve_config)
     return Server(**{f.name: getattr(launched, f.name) for f in fields(ServerProcess)})
+
+
+SHARED = {
+    "half_plus_two": (
+        ("half_plus_two", "saved_model_half_plus_two_cpu"),
+        ("default", "saved_model_half_plus_two_cpu"),
+    ),
+}
+"""Servers that several test modules share, by name: (model name, TF Serving test model) pairs
+served from one model config file with the default flags. A module marked
+``pytest.mark.shares_server(NAME)`` takes ``shared_server(NAME)``; ``tests/conftest.py`` runs
+the modules sharing one together and stops their server after the last of them (a boot is
+half a minute)."""
+
+_running: dict[str, tuple[Server, str]] = {}
+
+
+def shared_server(name: str) -> Server:
+    """The shared server ``name`` of ``SHARED``, started on its first use."""
+    if name not in _running:
+        root = tempfile.mkdtemp(prefix=f"shared-{name}-")
+        entries = "".join(
+            f'  config {{ name: "{model}" base_path: "{TESTDATA / data}" '
+            'model_platform: "tensorflow" }\n'
+            for model, data in SHARED[name]
+        )
+        config = f"{root}/models.config"
+        with open(config, "w") as f:
+            f.write(f"model_config_list {{\n{entries}}}\n")
+        try:
+            server = start_server(
+                f"model_config_file={config}", wait_for=tuple(m for m, _ in SHARED[name])
+            )
+        except BaseException:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
+        _running[name] = (server, root)
+    return _running[name][0]
+
+
+def stop_shared(name: str | None = None) -> None:
+    """Stop the shared server ``name`` (every one, for None) if it runs."""
+    for key in [name] if name is not None else list(_running):
+        server, root = _running.pop(key, (None, ""))
+        if server is not None:
+            try:
+                server.stop()
+            finally:
+                shutil.rmtree(root, ignore_errors=True)

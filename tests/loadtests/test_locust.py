@@ -8,28 +8,24 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from loadtests.run import HTML_REPORT, read_summary
-from tests.harness import REPO, TESTDATA, Server, start_server
+from tests.harness import REPO, Server, shared_server
 
 MODEL = "half_plus_two"
 USERS = 4
 HARD_TIMEOUT_S = 150
 
 
+pytestmark = pytest.mark.shares_server("half_plus_two")
+
+
 @pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    s = start_server(
-        f"model_name={MODEL}",
-        f"model_base_path={TESTDATA / 'saved_model_half_plus_two_cpu'}",
-        wait_for=(MODEL,),
-    )
-    yield s
-    s.stop()
+def server() -> Server:
+    return shared_server("half_plus_two")
 
 
 def _locust(server: Server, out: Path, seconds: int, *args: str) -> subprocess.CompletedProcess:

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -18,22 +17,20 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from tests.harness import TESTDATA, Server, start_server
+from tests.harness import TESTDATA, Server, shared_server
 
 MODEL = "default"
 VERSION = 123
 CLASSIFY, REGRESS = "tensorflow/serving/classify", "tensorflow/serving/regress"
 
 
+pytestmark = pytest.mark.shares_server("half_plus_two")
+
+
 @pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    s = start_server(
-        f"model_name={MODEL}",
-        f"model_base_path={TESTDATA / 'saved_model_half_plus_two_cpu'}",
-        wait_for=(MODEL,),
-    )
-    yield s
-    s.stop()
+def server() -> Server:
+    """The shared server: ``default`` is ``saved_model_half_plus_two_cpu``."""
+    return shared_server("half_plus_two")
 
 
 def _examples(model_input: input_pb2.Input, *xs: float) -> None:

@@ -28,7 +28,7 @@ from tensorflow.core.example import example_pb2
 from tensorflow_serving.apis import classification_pb2, predict_pb2
 
 from tests.compat.test_fuzz_tensors import hostile_tensor
-from tests.harness import Server, start_server
+from tests.harness import Server, shared_server
 
 EXAMPLES = int(os.environ.get("RTFS_FUZZ_EXAMPLES", "120"))
 DEADLINE_S = 10.0
@@ -61,15 +61,14 @@ METHODS = [
 ]
 
 
+pytestmark = pytest.mark.shares_server("half_plus_two")
+
+
 @pytest.fixture(scope="module")
-def server(testdata: Path) -> Server:  # type: ignore[misc]
-    base = testdata / "saved_model_half_plus_two_cpu"
-    s = start_server(
-        "model_name=half_plus_two", f"model_base_path={base}", wait_for=("half_plus_two",)
-    )
+def server() -> Server:
+    s = shared_server("half_plus_two")
     s.pids_before = {pid for pid, _ in s.replicas("Ingress")}  # type: ignore[attr-defined]
-    yield s
-    s.stop()
+    return s
 
 
 @pytest.fixture(scope="module")

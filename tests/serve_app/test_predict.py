@@ -12,20 +12,17 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from tests.harness import Server, start_server
+from tests.harness import Server, shared_server
 
 MODEL = "half_plus_two"
 
 
+pytestmark = pytest.mark.shares_server("half_plus_two")
+
+
 @pytest.fixture(scope="module")
-def server(testdata) -> Server:  # type: ignore[no-untyped-def]
-    s = start_server(
-        f"model_name={MODEL}",
-        f"model_base_path={testdata / 'saved_model_half_plus_two_cpu'}",
-        wait_for=(MODEL,),
-    )
-    yield s
-    s.stop()
+def server() -> Server:
+    return shared_server("half_plus_two")
 
 
 def _request(x: list[float], **spec: object) -> predict_pb2.PredictRequest:
