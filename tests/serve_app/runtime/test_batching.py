@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,32 +29,36 @@ ROUNDS = 6
 
 
 @pytest.fixture(scope="module")
-def server(deeplab_base: Path) -> Server:  # type: ignore[misc]
+def server(deeplab_base: Path, testdata: Path, tmp_path_factory: pytest.TempPathFactory) -> Server:  # type: ignore[misc]
+    """deeplab with the server's batching (allowed sizes 2, 4, 8), half_plus_three with its own
+    ``batching_params.pbtxt`` (``enable_per_model_batching_parameters``): allowed sizes 4, 8
+    and variable-length inputs padded."""
+    root = tmp_path_factory.mktemp("batching")
+    shutil.copytree(testdata / "saved_model_half_plus_three", root / "half_plus_three")
+    (root / "half_plus_three" / "00000123" / "batching_params.pbtxt").write_text(
+        "max_batch_size { value: 8 }\n"
+        "batch_timeout_micros { value: 20000 }\n"
+        "allowed_batch_sizes: 4\n"
+        "allowed_batch_sizes: 8\n"
+        "pad_variable_length_inputs: true\n"
+    )
+    config = root / "models.config"
+    config.write_text(
+        "model_config_list {\n"
+        f'  config {{ name: "deeplab" base_path: "{deeplab_base}" model_platform: "tensorflow" }}\n'
+        f'  config {{ name: "half_plus_three" base_path: "{root / "half_plus_three"}" '
+        'model_platform: "tensorflow" }\n'
+        "}\n"
+    )
     s = start_server(
-        "model_name=deeplab",
-        f"model_base_path={deeplab_base}",
+        f"model_config_file={config}",
         "batching.enabled=true",
         "batching.max_batch_size=8",
         "batching.batch_timeout_micros=20000",
         "batching.allowed_batch_sizes=2,4,8",
+        "enable_per_model_batching_parameters=true",
         f"prometheus_path={PATH}",
-        wait_for=("deeplab",),
-    )
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def padding_server(testdata: Path) -> Server:  # type: ignore[misc]
-    s = start_server(
-        "model_name=half_plus_three",
-        f"model_base_path={testdata / 'saved_model_half_plus_three'}",
-        "batching.enabled=true",
-        "batching.max_batch_size=8",
-        "batching.batch_timeout_micros=20000",
-        "batching.allowed_batch_sizes=4,8",
-        "batching.pad_variable_length_inputs=true",
-        wait_for=("half_plus_three",),
+        wait_for=("deeplab", "half_plus_three"),
     )
     yield s
     s.stop()
@@ -114,10 +119,10 @@ def test_batched_equals_unbatched_for_mixed_shapes(server: Server, deeplab_base:
     assert delta(after, batches) < 48
 
 
-def test_padding_and_allowed_batch_sizes_give_exact_results(padding_server: Server) -> None:
+def test_padding_and_allowed_batch_sizes_give_exact_results(server: Server) -> None:
     """half_plus_three takes any shape: rows of different lengths are padded, run as one batch
     padded up to an allowed size, and sliced back to each caller's shape."""
-    stub = padding_server.prediction_stub()
+    stub = server.prediction_stub()
     shapes = [(1, 2), (1, 3), (2, 4), (1, 1), (3, 2)]
 
     def call(i: int) -> tuple[np.ndarray, np.ndarray]:
