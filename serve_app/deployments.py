@@ -120,10 +120,13 @@ class ManagerClient:
         snapshot: Snapshot = await self._await(self.handle.snapshot.remote())
         return snapshot
 
-    async def report_replica(self, replica: str, epoch: int, loads: dict[str, Any]) -> None:
-        """A serving replica's heartbeat (its routing epoch, the versions it holds); Ray's
-        errors as they are (the next heartbeat tells a manager that restarted)."""
-        await self.handle.report_replica.remote(replica, epoch, loads)
+    async def report_replica(
+        self, replica: str, epoch: int, loads: dict[str, Any], build: str = ""
+    ) -> None:
+        """A serving replica's heartbeat (its routing epoch, the versions it holds, the version
+        it was built with); Ray's errors as they are (the next heartbeat tells a manager that
+        restarted)."""
+        await self.handle.report_replica.remote(replica, epoch, loads, build)
 
     def ready_blocking(self, timeout_s: float) -> bool:
         return bool(self.handle.ready.remote().result(timeout_s=timeout_s))

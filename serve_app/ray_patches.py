@@ -204,3 +204,18 @@ def replica_names() -> tuple[str, str]:
 
     replica_id = serve.get_replica_context().replica_id
     return replica_id.to_full_id_str(), replica_id.unique_id
+
+
+def deployed_version(app_name: str, deployment: str) -> str | None:
+    """The code version ``deployment`` of ``app_name`` runs under now (None: no such
+    deployment, or the controller could not say), read from Serve's controller
+    (``ServeControllerClient.get_deployment_info``, private: Serve's status does not show
+    versions). A deployment of a Serve config (``serve deploy``) runs under the config's code
+    version, not ours."""
+    from ray.serve.context import _get_global_client
+
+    try:
+        info, _ = _get_global_client().get_deployment_info(deployment, app_name)
+    except Exception:  # KeyError (as Ray's task error): no such deployment
+        return None
+    return str(info.version) if info.version is not None else None

@@ -174,10 +174,11 @@ def _say_auto(gpus: float, num_gpus: float) -> None:
     )
 
 
-def build_app(args: AppArgs, plan: Plan) -> Application:
+def build_app(args: AppArgs, plan: Plan, adopt: Mapping[str, str] | None = None) -> Application:
     """The application for a plan: one deployment per deployed (model, version), the version
     manager (handed this builder, for its redeploys), and the ingress whose routing table is
-    its ``user_config``."""
+    its ``user_config``. ``adopt``: our version of the ingress -> the version it runs under
+    (``lifecycle.applier.Applier.adopt_running``)."""
     versions = []
     local: dict[str, LocalVersion] = {}
     for model, deployed in sorted(plan.deployed.items()):
@@ -249,7 +250,7 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
         .options(
             name=INGRESS,
             num_replicas=args.ingress_replicas,
-            **versioned(code),
+            **versioned((adopt or {}).get(code, code)),
             ray_actor_options=actor_options,
             max_ongoing_requests=1000,
             # Serve's own wait after __del__: our listeners drain within shutdown_grace_s.
@@ -259,5 +260,5 @@ def build_app(args: AppArgs, plan: Plan) -> Application:
             logging_config=_logging(args),
             user_config=config.model_dump(mode="json"),
         )
-        .bind(manager, local_options, listen)
+        .bind(manager, local_options, listen, build=code)
     )

@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from ray import serve
 from ray.serve import Application
@@ -25,14 +25,26 @@ from serve_app.config.args import AppArgs
 from serve_app.deployments import INGRESS, VERSION_MANAGER, deployment_name
 from serve_app.lifecycle.plan import Plan
 from serve_app.lifecycle.status import LoadOutcome, ReplicaReport, Reports
+from serve_app.ray_patches import deployed_version
 
 logger = logging.getLogger("ray.serve")
 
 LOAD_TIMEOUT_S = 600.0
 """How long a version's load, or a redeploy settling, is waited for."""
 
-Builder = Callable[[AppArgs, Plan], Application]
-"""``build_app``: the application for a plan."""
+ADOPT_WAIT_S = 30.0
+"""How long the first apply waits for every serving replica's first report (``adopt_running``):
+replicas that cannot start by then are deployed again, as they would be without adoption."""
+
+
+class Builder(Protocol):
+    """``build_app``: the application for a plan. ``adopt`` maps a version it computes for a
+    deployment to the version to deploy it under instead (``Applier.adopt_running``)."""
+
+    def __call__(
+        self, args: AppArgs, plan: Plan, adopt: Mapping[str, str] | None = None
+    ) -> Application: ...
+
 
 _TIMED_OUT = LoadOutcome(StatusCode.DEADLINE_EXCEEDED, "Timed out loading")
 
@@ -46,11 +58,36 @@ class Applier:
         """Serving replica -> what it last reported holding (``VersionManager.report_replica``)."""
         self._replicas = serving_replicas
         self.app_name = serve.get_replica_context().app_name
+        self._adopt: dict[str, str] = {}
+        """Our version of the serving replicas -> the version they run under (``adopt_running``)."""
+
+    async def adopt_running(self) -> None:
+        """Keep the serving replicas that run now through the redeploys to come, when they were
+        built as ours would be.
+
+        A Serve config's deployments (``serve deploy``, ``serve run config.yaml``) run under the
+        config's code version, not under ours: redeployed with ours, every serving replica would
+        start again (seconds each, TF imported anew), a restart of the whole serving path just
+        after it came up. Each serving replica reports the version it was built with (our hash
+        of its settings, handed in when the deployment was built); when every one of them says
+        the same, the builder deploys the serving replicas under the version they run whenever
+        it computes that same hash, so nothing restarts. Settings that changed since give
+        another hash, and the replicas are replaced as before. Waits up to ``ADOPT_WAIT_S`` for
+        the replicas' first reports; without them, nothing is adopted."""
+        running = await asyncio.to_thread(deployed_version, self.app_name, INGRESS)
+        if running is None:
+            return
+        deadline = time.monotonic() + ADOPT_WAIT_S
+        while time.monotonic() < deadline and not self._all_serving_replicas(lambda r: True):
+            await asyncio.sleep(0.05)
+        builds = {r.build for r in self._reports.live()}
+        if self._all_serving_replicas(lambda r: True) and len(builds) == 1 and "" not in builds:
+            self._adopt = {builds.pop(): running}
 
     async def apply(self, args: AppArgs, plan: Plan) -> None:
         """Redeploy the application with ``plan`` and wait until Ray has settled it."""
         target = serve.RunTarget(
-            target=self._build(args, plan), name=self.app_name, route_prefix=None
+            target=self._build(args, plan, self._adopt), name=self.app_name, route_prefix=None
         )
         await asyncio.to_thread(serve.run_many, [target], wait_for_applications_running=False)
         await self._await_settled(plan)

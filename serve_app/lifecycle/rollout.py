@@ -133,14 +133,15 @@ class VersionManager:
     async def _settle_initial(self) -> None:
         """The versions deployed with the app: learn whether each loaded.
 
-        First the application is deployed again from here, before any version is AVAILABLE,
-        for two reasons: an application deployed from a Serve config (``serve deploy``) carries
-        the config's code version on every deployment instead of ours, so the first redeploy
-        from here would otherwise restart every replica later, under load; and with
-        ``accelerator=auto``, a builder that ran before Ray was connected could not see the
-        cluster's GPUs. Serve changes nothing when the versions already match (the CLI's
-        deploy); otherwise this replica, too, is replaced, and its successor finds them
-        matching."""
+        First the application is deployed again from here, before any version is AVAILABLE:
+        an application deployed from a Serve config (``serve deploy``) carries the config's
+        code version on every deployment instead of ours, and with ``accelerator=auto`` a
+        builder that ran before Ray was connected could not see the cluster's GPUs. Serving
+        replicas built as ours would be are kept running under the version they have
+        (``Applier.adopt_running``); what differs is replaced now, never later under load.
+        Serve changes nothing when the versions already match (the CLI's deploy); otherwise
+        this replica, too, is replaced (it is light), and its successor finds them matching."""
+        await self._applier.adopt_running()
         await self._apply(self.plan.copy_deep())
         for model, versions in list(self.plan.deployed.items()):
             for v in list(versions):
@@ -344,11 +345,13 @@ class VersionManager:
 
     # --- what the serving replicas hold -------------------------------------------------------
 
-    async def report_replica(self, replica: str, epoch: int, loads: dict[str, Any]) -> None:
-        """A serving replica's heartbeat: its routing epoch and the versions it holds. This
-        and the other small RPCs are ``async`` so Serve answers them on the replica's event
-        loop, without a hop through its thread pool for each."""
-        self._reports.report(replica, epoch, loads)
+    async def report_replica(
+        self, replica: str, epoch: int, loads: dict[str, Any], build: str = ""
+    ) -> None:
+        """A serving replica's heartbeat: its routing epoch, the versions it holds and the
+        version it was built with. This and the other small RPCs are ``async`` so Serve answers
+        them on the replica's event loop, without a hop through its thread pool for each."""
+        self._reports.report(replica, epoch, loads, build)
 
     # --- RPCs ----------------------------------------------------------------------------------
 

@@ -198,13 +198,17 @@ class ReplicaReport:
     """Co-located version (deployment name) -> its ``LoadState``."""
     at: float
     """When (monotonic)."""
+    build: str = ""
+    """The version its deployment was built with (``launch.app``'s hash of the serving
+    replicas' settings), as the replica was started: the manager adopts a deployment that runs
+    under another version only when it was built the same (``Applier.adopt_running``)."""
 
 
 class Reports(dict[str, ReplicaReport]):
     """Serving replica -> its last heartbeat (``VersionManager.report_replica``)."""
 
-    def report(self, replica: str, epoch: int, loads: dict[str, Any]) -> None:
-        self[replica] = ReplicaReport(epoch, loads, time.monotonic())
+    def report(self, replica: str, epoch: int, loads: dict[str, Any], build: str = "") -> None:
+        self[replica] = ReplicaReport(epoch, loads, time.monotonic(), build)
 
     def live(self) -> list[ReplicaReport]:
         """Reports of the serving replicas alive now (a dead one stops reporting)."""

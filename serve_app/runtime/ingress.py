@@ -51,8 +51,11 @@ class Ingress:
         manager: DeploymentHandle,
         local_options: VersionOptions | None = None,
         listen: ListenConfig | None = None,
+        build: str = "",
     ) -> None:
         self._manager = ManagerClient(manager)
+        self._build = build
+        """The version this deployment was built with (``launch.app``), reported as started."""
         replicas = listen.replicas if listen else 1
         gpu = (
             local_options is not None
@@ -115,7 +118,7 @@ class Ingress:
         try:
             await asyncio.wait_for(
                 self._manager.report_replica(
-                    self._replica, self.plane.table.epoch, self.plane.load_states()
+                    self._replica, self.plane.table.epoch, self.plane.load_states(), self._build
                 ),
                 REPORT_INTERVAL_S * 2,
             )

@@ -248,3 +248,14 @@ def test_every_port_is_loopback(server: Server) -> None:
     for line in ours:
         local = line.split()[3]
         assert local.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")), line
+
+
+def test_a_serve_config_boot_starts_each_serving_replica_once(server: Server) -> None:
+    """The harness boots ``serve run`` of the Serve config: its deployments run under the
+    config's code version, and the version manager's first redeploy keeps the serving replicas
+    it finds built as its own would be (``Applier.adopt_running``) instead of starting every one
+    again. Each replica logs its ports once, when it starts: two replicas, two lines."""
+    import re
+
+    started = set(re.findall(r"Serving gRPC on \S+ and REST on \S+ \(replica (\w+)", server.log()))
+    assert len(started) == len(server.replicas("Ingress")) == 2, started

@@ -114,3 +114,26 @@ def test_user_configs_are_the_receivers_typed_models_and_the_manager_gets_the_bu
     _, _, listen = found["Ingress"].init_args
     assert isinstance(listen, ListenConfig) and listen.grpc_port == 9100
     assert found["VersionManager"].init_args[2] is build_app
+
+
+def test_the_serving_replicas_are_built_with_their_version_and_adopt_a_running_one() -> None:
+    """The ingress knows the version it was built with (it reports it as started); ``adopt``
+    maps that version to another it runs under, so a redeploy keeps it (``Applier.adopt_running``),
+    and leaves every other version as it is."""
+    from serve_app.launch.app import build_app
+    from serve_app.launch.boot import parse_cli_args
+    from serve_app.lifecycle.plan import Plan
+
+    args = parse_cli_args({"model_name": "hpt", "model_base_path": HALF_PLUS_TWO})
+    ours = deployments(build_app(args, Plan()))["Ingress"]
+    build = ours.init_kwargs["build"]
+    assert ours.version == build and len(build) == 16
+    adopted = deployments(build_app(args, Plan(), {build: "config-code-version"}))["Ingress"]
+    assert adopted.version == "config-code-version"
+    assert adopted.init_kwargs["build"] == build  # what it reports stays ours
+    other = deployments(build_app(args, Plan(), {"another": "config-code-version"}))["Ingress"]
+    assert other.version == build
+    changed = parse_cli_args(
+        {"model_name": "hpt", "model_base_path": HALF_PLUS_TWO, "grpc_port": "9100"}
+    )
+    assert deployments(build_app(changed, Plan(), {build: "x"}))["Ingress"].version != "x"
