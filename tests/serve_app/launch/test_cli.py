@@ -538,14 +538,14 @@ def handles_sigterm(pid: int) -> bool:
 
 def test_accelerator_gpu_without_a_gpu_fails_startup_and_says_why() -> None:
     """No node has a GPU: the serving replicas can never be placed. The server exits non-zero
-    within its bound (--resource_wait_seconds, 60 s by default and 15 s here; the run_to_exit
+    within its bound (--resource_wait_seconds, 60 s by default and 6 s here; the run_to_exit
     timeout of 90 s fails the test past it) and names the problem and what the replicas need."""
     started = time.monotonic()
     code, output = run_to_exit(
         f"--port={free_ports(1)[0]}",
         f"--model_base_path={TESTDATA / 'saved_model_half_plus_two_cpu'}",
         "--accelerator=gpu",
-        "--resource_wait_seconds=15",
+        "--resource_wait_seconds=6",
         timeout=90,
     )
     assert code != 0, output[-3000:]
