@@ -2,8 +2,9 @@
 node provider (``FakeMultiNodeProvider``: each node it "launches" is a real raylet on loopback,
 started the way ``ray start`` starts a worker). The head offers no GPU; ``ray-tfserving
 --accelerator=gpu`` asks for two serving replicas of one GPU each, which do not fit: the
-autoscaler adds GPU worker nodes of the type the cluster config declares, the replicas start
-there and serve; once the server is gone, the idle nodes are removed after the idle timeout.
+autoscaler adds GPU worker nodes of the generated ``cluster.yaml``'s GPU worker type (its
+config, with the fake provider for AWS's and a short idle timeout), the replicas start there and
+serve; once the server is gone, the idle nodes are removed after the idle timeout.
 
 Ray's ``AutoscalingCluster`` would do the same but runs ``ray stop --force`` (every Ray on the
 machine), so the head is a ``cluster_utils.Cluster`` given the autoscaling config, as
@@ -25,13 +26,14 @@ from typing import Any
 
 import pytest
 
+from serve_app.launch import manifests
 from tests.harness import TESTDATA, free_ports
 from tests.serve_app.launch.test_cli import predict, run_cli
 from tests.serve_app.test_cluster import MODEL, flags, parent
 from tests.serve_app.test_serving_path import listeners
 
 IDLE_TIMEOUT_MINUTES = 0.1
-"""Short here (6 s); the cluster files say 10 minutes."""
+"""Short here (6 s); the cluster files say ``manifests.CLUSTER_SCALING``'s 10 minutes."""
 MAX_GPU_WORKERS = 3
 
 
@@ -42,46 +44,40 @@ class Autoscaling:
 
 
 def autoscaling_config(gcs_port: int) -> dict[str, Any]:
-    """A cluster config (the schema of ``cluster.yaml``) for the fake provider: a head without
-    GPU, and a GPU worker type of none to ``MAX_GPU_WORKERS`` nodes."""
-    module = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
-    return {
-        "cluster_name": "rtfs-fake",
-        "max_workers": MAX_GPU_WORKERS,
-        "upscaling_speed": 1.0,
-        "idle_timeout_minutes": IDLE_TIMEOUT_MINUTES,
-        # "external": the provider by module (the wheel lacks the fake provider's defaults
-        # file that type "fake_multinode" reads); one IP for every node, so nodes are told
-        # apart by their IDs.
-        "provider": {
-            "type": "external",
-            "module": module,
-            "use_node_id_as_ip": True,
-            "disable_node_updaters": True,
-            "disable_launch_config_check": True,
-            "gcs_address": f"127.0.0.1:{gcs_port}",
-        },
-        "available_node_types": {
-            "ray.head.default": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0},
-            "gpu_worker": {
-                "resources": {"CPU": 1, "GPU": 1},
-                "node_config": {},
-                "min_workers": 0,
-                "max_workers": MAX_GPU_WORKERS,
-            },
-        },
-        "head_node_type": "ray.head.default",
-        "auth": {},
-        "file_mounts": {},
-        "cluster_synced_files": [],
-        "file_mounts_sync_continuously": False,
-        "initialization_commands": [],
-        "setup_commands": [],
-        "head_setup_commands": [],
-        "worker_setup_commands": [],
-        "head_start_ray_commands": [],
-        "worker_start_ray_commands": [],
+    """The generated ``cluster.yaml``'s config (``manifests.cluster_config``) with this machine's
+    scale: none to ``MAX_GPU_WORKERS`` GPU workers and a short idle timeout; the fake provider
+    in place of AWS, and the head the fake provider knows (``ray.head.default``, no GPU)."""
+    scaling = manifests.ClusterScaling(
+        min_gpu_workers=0,
+        max_gpu_workers=MAX_GPU_WORKERS,
+        idle_timeout_s=round(IDLE_TIMEOUT_MINUTES * 60),
+    )
+    config = manifests.cluster_config(scaling)
+    config.pop("docker")  # the fake provider's nodes are processes here, not containers
+    config["file_mounts"] = {}  # nothing to copy: every node is on this machine
+    gpu_worker = config["available_node_types"]["gpu_worker"]
+    gpu_worker["node_config"] = {}  # no cloud instance to describe
+    config["available_node_types"] = {
+        "ray.head.default": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0},
+        "gpu_worker": gpu_worker,
     }
+    config["head_node_type"] = "ray.head.default"
+    for key in ("initialization_commands", "head_setup_commands", "worker_setup_commands"):
+        config.setdefault(key, [])  # the keys Ray's defaults for a cloud provider would add
+    config.setdefault("cluster_synced_files", [])
+    config.setdefault("file_mounts_sync_continuously", False)
+    # "external": the provider by module (the wheel lacks the defaults file that type
+    # "fake_multinode" reads); one IP for every node, so nodes are told apart by their IDs; no
+    # setup to run on a node (the commands are ray up's, for real machines).
+    config["provider"] = {
+        "type": "external",
+        "module": "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider",
+        "use_node_id_as_ip": True,
+        "disable_node_updaters": True,
+        "disable_launch_config_check": True,
+        "gcs_address": f"127.0.0.1:{gcs_port}",
+    }
+    return config
 
 
 def children(pid: int) -> list[int]:
