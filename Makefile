@@ -48,13 +48,19 @@ lock:
 	$(COMPILE) -o $(LOCKS)/gpu.txt --extra test --extra load --extra gpu -c $(LOCKS)/main.txt pyproject.toml
 	$(COMPILE) -o $(LOCKS)/triton.txt $(LOCKS)/triton.in
 
-# System tools the benchmark and its tests use: h2load (nghttp2's C load generator). Installed
-# with apt-get when missing and run as root (CI); otherwise the benchmark uses its Python client.
+# System tools the benchmark and its tests use: h2load (nghttp2's C load generator) and
+# redis-server (the external store of Ray's GCS fault tolerance, tests/serve_app/
+# test_node_faults.py). Installed with apt-get when missing and run as root (CI); otherwise the
+# benchmark uses its Python client and the GCS fault test fails, saying what to install.
 system-deps:
 	@if command -v h2load >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client; \
 	else echo "h2load not found: apt-get install nghttp2-client (the benchmark falls back to Python)"; fi
+	@if command -v redis-server >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
+	else echo "redis-server not found: apt-get install redis-server (tests/serve_app/test_node_faults.py)"; fi
 
 # Third-party clients the tests drive, each in a virtual environment of its own as a user has
 # it: tritonclient needs protobuf 6, beside our protobuf 7. Its lock: requirements/triton.txt.

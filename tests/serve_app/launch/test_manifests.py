@@ -143,6 +143,68 @@ def test_cluster_yaml_installs_the_pins_and_deploys_the_generated_config() -> No
     assert manifests.CLUSTER_ARGS.model_base_path.startswith(manifests.MODELS_DIR)
 
 
+def test_both_cluster_files_autoscale_the_gpu_workers_alike() -> None:
+    """``cluster.yaml`` (Ray's autoscaler) and the RayService (KubeRay's in-tree autoscaler) carry
+    the same bounds and idle timeout, ``CLUSTER_SCALING``'s."""
+    scaling = manifests.CLUSTER_SCALING
+    assert 0 < scaling.min_gpu_workers < scaling.max_gpu_workers
+    config = load("cluster.yaml")
+    gpu = config["available_node_types"]["gpu_worker"]
+    assert (gpu["min_workers"], gpu["max_workers"], config["max_workers"]) == (
+        scaling.min_gpu_workers,
+        scaling.max_gpu_workers,
+        scaling.max_gpu_workers,
+    )
+    assert config["idle_timeout_minutes"] * 60 == scaling.idle_timeout_s
+    assert config["upscaling_speed"] == scaling.upscaling_speed
+    assert gpu["resources"] == manifests.GPU_WORKER  # what a new worker brings
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in head
+    cluster = load("deploy/rayservice.yaml")["spec"]["rayClusterConfig"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    assert cluster["autoscalerOptions"]["idleTimeoutSeconds"] == scaling.idle_timeout_s
+    (group,) = cluster["workerGroupSpecs"]
+    assert (group["minReplicas"], group["replicas"], group["maxReplicas"]) == (
+        scaling.min_gpu_workers,
+        scaling.min_gpu_workers,
+        scaling.max_gpu_workers,
+    )
+    assert group["rayStartParams"]["num-gpus"] == str(manifests.GPU_WORKER["GPU"])
+
+
+def test_gcs_fault_tolerance_is_off_by_default_and_one_option_turns_it_on(
+    tmp_path: Path,
+) -> None:
+    config, service = load("cluster.yaml"), load("deploy/rayservice.yaml")
+    assert "RAY_REDIS_ADDRESS" not in " ".join(config["head_start_ray_commands"])
+    assert "gcsFaultToleranceOptions" not in service["spec"]["rayClusterConfig"]
+    # The files say how to turn it on.
+    for path in ("cluster.yaml", "deploy/rayservice.yaml"):
+        assert "--gcs_redis_address <host>:6379" in (REPO / path).read_text()
+
+    redis = "redis.example:6379"
+    assert manifests.main(["--out", str(tmp_path), "--gcs_redis_address", redis]) == 0
+    assert manifests.main(["--out", str(tmp_path), "--gcs_redis_address", redis, "--check"]) == 0
+    assert manifests.main(["--out", str(tmp_path), "--check"]) == 1  # these files differ
+    on = yaml.safe_load((tmp_path / "cluster.yaml").read_text())
+    jsonschema.validate(on, json.loads(RAY_SCHEMA.read_text()))
+    # Ray's way for `ray start`: the head's GCS stores its tables in the Redis named by
+    # RAY_REDIS_ADDRESS (tests/serve_app/test_node_faults.py runs a cluster so). Nothing else
+    # changes.
+    (start,) = [c for c in on["head_start_ray_commands"] if "ray start --head" in c]
+    assert f"; RAY_REDIS_ADDRESS={redis} ray start --head " in start
+    assert {k: v for k, v in on.items() if k != "head_start_ray_commands"} == {
+        k: v for k, v in config.items() if k != "head_start_ray_commands"
+    }
+    on_service = yaml.safe_load((tmp_path / "deploy" / "rayservice.yaml").read_text())
+    ft = on_service["spec"]["rayClusterConfig"].pop("gcsFaultToleranceOptions")
+    assert ft == {"redisAddress": redis}
+    assert on_service == service
+    # The Serve config and the image are the same either way.
+    for path in ("deploy/serve.yaml", "deploy/Dockerfile"):
+        assert (tmp_path / path).read_text() == (REPO / path).read_text()
+
+
 def test_pins_match_the_package() -> None:
     text = (REPO / "pyproject.toml").read_text()
     for pin in manifests.PIP:
