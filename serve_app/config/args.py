@@ -256,6 +256,20 @@ class AppArgs(BaseModel):
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     """On a replica's shutdown, how long calls in flight get to finish after it stops taking
     new connections."""
+    max_connection_age_s: float = Field(default=300.0, ge=0)
+    """A client's gRPC connection to a serving replica lasts this long (gRPC's
+    ``grpc.max_connection_age_ms``, with 10% jitter), then gets GOAWAY and the client opens a
+    new one, which the kernel places on any replica: replicas added by a scale-up get their
+    share of long-lived channels. 0: connections last for ever. ``--grpc_channel_arguments``
+    wins over it."""
+    max_connection_age_grace_s: float = Field(default=30.0, ge=0)
+    """Calls in flight on a connection past ``max_connection_age_s`` get this long to end
+    before it is closed (``grpc.max_connection_age_grace_ms``)."""
+    rest_keepalive_timeout_s: float = Field(default=5.0, gt=0)
+    """An idle REST keep-alive connection is closed after this (uvicorn's keep-alive timeout)."""
+    rest_max_connection_age_s: float = Field(default=300.0, ge=0)
+    """A REST keep-alive connection older than this is closed after its next answer
+    (``connection: close``), as ``max_connection_age_s`` does for gRPC. 0: no bound."""
     access_log: bool = False
     """Ray Serve's access-log line for every request in the proxy and in each replica it
     passes (TF Serving logs none); off, it saves each of them a log write per request."""

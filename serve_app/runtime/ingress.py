@@ -102,6 +102,10 @@ class Ingress:
                 socket_path=listen.grpc_socket_path,
                 channel_arguments=list(listen.grpc_channel_arguments.items()),
                 rest_body_timeout_s=listen.rest_body_timeout_s,
+                max_connection_age_s=listen.max_connection_age_s,
+                max_connection_age_grace_s=listen.max_connection_age_grace_s,
+                rest_keepalive_timeout_s=listen.rest_keepalive_timeout_s,
+                rest_max_connection_age_s=listen.rest_max_connection_age_s,
             )
             await listeners.start()
             self._listeners = listeners

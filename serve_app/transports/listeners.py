@@ -11,6 +11,15 @@ Every serving replica (the ``Ingress`` deployment) binds ``grpc_port`` and ``htt
   listening; the replica Serve starts in its place binds again once its models are loaded;
 - between the socket and the model there is grpc.aio (or uvicorn) and our code, in one process.
 
+The kernel spreads new connections only, and a gRPC channel keeps its connection for hours: so a
+connection's age is bounded (``grpc.max_connection_age_ms``, ``max_connection_age_s``; gRPC
+sends GOAWAY, lets calls in flight end within ``grpc.max_connection_age_grace_ms``, and the
+client's next call opens a new connection, which the kernel places again) and a REST connection
+is closed after ``rest_max_connection_age_s`` (``connection: close`` on its next answer) or
+``rest_keepalive_timeout_s`` idle. A replica added by a scale-up thus gets its share of
+long-lived clients within one connection age; one being removed answers its calls in flight
+and sends GOAWAY (``Listeners.stop``).
+
 TF Serving's own gRPC server sets ``SO_REUSEPORT`` too (gRPC's default on Linux). Methods not
 registered here (e.g. SessionService) are answered UNIMPLEMENTED by gRPC itself.
 
@@ -162,6 +171,76 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def grpc_server_options(
+    max_request_bytes: int,
+    max_connection_age_s: float,
+    max_connection_age_grace_s: float,
+    channel_arguments: Mapping[str, int | str] = {},
+) -> dict[str, int | str]:
+    """The gRPC server's arguments: ``SO_REUSEPORT``, the message limits and the connection age
+    bound (0: none), then ``--grpc_channel_arguments``, which win over ours."""
+    options: dict[str, int | str] = {
+        "grpc.so_reuseport": 1,
+        "grpc.max_receive_message_length": max_request_bytes,
+        "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
+    }
+    if max_connection_age_s > 0:
+        options["grpc.max_connection_age_ms"] = _millis(max_connection_age_s)
+        options["grpc.max_connection_age_grace_ms"] = _millis(max_connection_age_grace_s)
+    return {**options, **channel_arguments}
+
+
+def _millis(seconds: float) -> int:
+    return min(int(seconds * 1000), 2**31 - 1)
+
+
+class ConnectionAges:
+    """When each REST connection (its client address) was first seen, to close those older than
+    ``max_age_s`` after their next answer (HTTP/1.1 has no GOAWAY: ``connection: close`` is
+    its counterpart). Addresses not seen for a while are forgotten, so the table stays small."""
+
+    PRUNE_AT = 4096
+    """Entries beyond which those of connections likely closed are dropped."""
+
+    def __init__(self, max_age_s: float, clock: Any = time.monotonic) -> None:
+        self.max_age_s = max_age_s
+        self._clock = clock
+        self._seen: dict[Any, tuple[float, float]] = {}
+        """Client address -> (first seen, last seen)."""
+
+    def expired(self, client: Any) -> bool:
+        """Whether this request's connection is older than ``max_age_s`` (it is then
+        forgotten: the connection closes after this answer)."""
+        if client is None or self.max_age_s <= 0:
+            return False
+        now = self._clock()
+        first, _ = self._seen.get(client, (now, now))
+        if now - first >= self.max_age_s:
+            self._seen.pop(client, None)
+            return True
+        self._seen[client] = (first, now)
+        if len(self._seen) > self.PRUNE_AT:
+            idle = min(self.max_age_s, 60.0)
+            self._seen = {c: t for c, t in self._seen.items() if now - t[1] < idle}
+        return False
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+def _closing(send: Any) -> Any:
+    """``send`` with ``connection: close`` added to the answer's headers."""
+
+    async def closing_send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            headers.append((b"connection", b"close"))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return closing_send
+
+
 def grpc_credentials(tls: Tls) -> grpc.ServerCredentials:
     """TF Serving's server credentials for an SSLConfig (server.cc): the key pair, and client
     certificates required and verified against ``custom_ca`` when ``client_verify``."""
@@ -217,7 +296,7 @@ def add_reflection(server: grpc.aio.Server, services: Iterable[str]) -> None:
     )
 
 
-def _uvicorn_server(app: Any, **ssl: Any) -> Any:
+def _uvicorn_server(app: Any, keepalive_timeout_s: float = 5.0, **ssl: Any) -> Any:
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -237,6 +316,7 @@ def _uvicorn_server(app: Any, **ssl: Any) -> Any:
         loop="none",
         http="httptools",
         timeout_graceful_shutdown=None,
+        timeout_keep_alive=keepalive_timeout_s,  # type: ignore[arg-type]  # a float works
         **ssl,
     )
     return Server(config)
@@ -274,6 +354,10 @@ class Listeners:
         socket_path: str | None = None,
         channel_arguments: Sequence[tuple[str, int | str]] = (),
         rest_body_timeout_s: float = 30.0,
+        max_connection_age_s: float = 300.0,
+        max_connection_age_grace_s: float = 30.0,
+        rest_keepalive_timeout_s: float = 5.0,
+        rest_max_connection_age_s: float = 300.0,
     ) -> None:
         self.plane = plane
         self.rest = rest.RestApi(plane)
@@ -305,6 +389,14 @@ class Listeners:
         serving replicas (``serve_app.transports.unix_socket``)."""
         self.channel_arguments = dict(channel_arguments)
         """gRPC server arguments (``--grpc_channel_arguments``); they win over ours."""
+        self.max_connection_age_s = max_connection_age_s
+        """A gRPC connection's age bound (GOAWAY after it; 0: none)."""
+        self.max_connection_age_grace_s = max_connection_age_grace_s
+        """How long calls in flight on a connection past its age may take to end."""
+        self.rest_keepalive_timeout_s = rest_keepalive_timeout_s
+        """An idle REST connection is closed after this."""
+        self.rest_ages = ConnectionAges(rest_max_connection_age_s)
+        """REST connections past their age bound are closed after their next answer."""
         self._grpc: grpc.aio.Server | None = None
         self._http: list[Any] = []
         self._http_tasks: list[asyncio.Task[None]] = []
@@ -332,12 +424,12 @@ class Listeners:
         )
 
     async def _serve_grpc(self) -> grpc.aio.Server:
-        options: dict[str, int | str] = {
-            "grpc.so_reuseport": 1,
-            "grpc.max_receive_message_length": self.max_request_bytes,
-            "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
-            **self.channel_arguments,
-        }
+        options = grpc_server_options(
+            self.max_request_bytes,
+            self.max_connection_age_s,
+            self.max_connection_age_grace_s,
+            self.channel_arguments,
+        )
         server = grpc.aio.server(options=list(options.items()))
         server.add_generic_rpc_handlers(
             grpc_handlers(self.plane, self.services, self.admission, self.servicers)
@@ -365,7 +457,7 @@ class Listeners:
         sock = reuseport_socket(host, port)
         with contextlib.ExitStack() as files:
             ssl = _uvicorn_ssl(tls, files) if tls is not None else {}
-            server = _uvicorn_server(app, **ssl)
+            server = _uvicorn_server(app, self.rest_keepalive_timeout_s, **ssl)
             task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
             self._http.append(server)
             self._http_tasks.append(task)
@@ -378,6 +470,8 @@ class Listeners:
     async def _asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
+        if self.rest_ages.expired(scope.get("client")):
+            send = _closing(send)
         if scope["path"] in (*UNBOUNDED_PATHS, self.plane.prometheus_path):
             response = await self._route(Request(scope, receive))
             await response(scope, receive, send)
