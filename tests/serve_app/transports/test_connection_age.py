@@ -10,10 +10,10 @@ from typing import Any
 import grpc
 import pytest
 
-from serve_app.transports.listeners import (
+from serve_app.transports.connections import (
     MAX_MESSAGE_BYTES,
     ConnectionAges,
-    _closing,
+    closing,
     grpc_server_options,
 )
 
@@ -98,16 +98,16 @@ def test_the_connection_table_stays_small() -> None:
     assert len(ages) == 1
 
 
-def test_closing_adds_connection_close_to_the_answer() -> None:
+def testclosing_adds_connection_close_to_the_answer() -> None:
     sent: list[dict[str, Any]] = []
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
     async def run() -> None:
-        closing = _closing(send)
-        await closing({"type": "http.response.start", "status": 200, "headers": [(b"a", b"b")]})
-        await closing({"type": "http.response.body", "body": b"{}"})
+        close_after = closing(send)
+        await close_after({"type": "http.response.start", "status": 200, "headers": [(b"a", b"b")]})
+        await close_after({"type": "http.response.body", "body": b"{}"})
 
     asyncio.run(run())
     assert sent[0]["headers"] == [(b"a", b"b"), (b"connection", b"close")]
