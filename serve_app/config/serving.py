@@ -24,10 +24,12 @@ class ServingAutoscalingArgs(BaseModel):
     """With ``serving_replicas=auto``: the most serving replicas (each takes its share of a
     node's cores, as with this many fixed; on a cluster, Ray's autoscaler adds nodes for those
     that do not fit)."""
-    target_in_flight: Annotated[float, Flag("serving_target_in_flight")] = Field(default=8.0, gt=0)
+    target_in_flight: Annotated[float, Flag("serving_target_in_flight")] = Field(default=4.0, gt=0)
     """With ``serving_replicas=auto``: client requests in flight per serving replica (time
     averaged, as each replica reports them) that the autoscaler aims at: it wants the reported
-    sum over this many replicas."""
+    sum over this many replicas, and fewer only once those left would carry at most 75% of it.
+    A saturated replica's in-flight count climbs towards its clients' concurrency; one that
+    keeps up stays low, whatever the request rate."""
     upscale_delay_s: Annotated[float, Flag("serving_upscale_delay_s")] = Field(default=15.0, ge=0)
     """With ``serving_replicas=auto``: how long more replicas must be wanted before they are
     added."""

@@ -48,22 +48,43 @@ def test_refused_requests_do_not_count() -> None:
     assert admission.mean_in_flight() == pytest.approx(1.0)
 
 
-def _context(reported: dict[str, float] | None, current: int = 2, target: float = 4.0) -> Any:
+def _context(
+    reported: dict[str, float] | None, current: int = 2, target: float = 4.0, running: int = 0
+) -> Any:
     metrics = None if reported is None else {IN_FLIGHT: reported}
     return SimpleNamespace(
         aggregated_metrics=metrics,
         target_num_replicas=current,
+        current_num_replicas=running or current,
+        policy_state={},
         config=AutoscalingConfig(target_ongoing_requests=target, max_replicas=10),
     )
 
 
+def wanted(
+    reported: dict[str, float] | None, current: int = 2, target: float = 4.0, running: int = 0
+) -> int:
+    return serving_policy(_context(reported, current, target, running))[0]
+
+
 def test_the_policy_wants_the_reported_in_flight_over_the_target() -> None:
-    assert serving_policy(_context({"a": 6.0, "b": 10.0})) == (4.0, {})
-    assert serving_policy(_context({"a": 0.5})) == (0.125, {})
-    assert serving_policy(_context({"a": 0.0, "b": 0.0})) == (0.0, {})
+    assert wanted({"a": 6.0, "b": 10.0}) == 4
+    assert wanted({"a": 6.0, "b": 10.5}) == 5
+    assert wanted({"a": 0.5}, current=1) == 1
+    assert wanted({"a": 0.0, "b": 0.0}) == 0  # Serve keeps min_replicas
     # Nothing reported yet (replicas starting): the count stays.
-    assert serving_policy(_context(None, current=3)) == (3, {})
-    assert serving_policy(_context({}, current=3)) == (3, {})
+    assert wanted(None, current=3) == 3
+    assert wanted({}, current=3) == 3
+
+
+def test_fewer_replicas_only_below_the_dead_band() -> None:
+    # 2 replicas, 4 targeted each: 1 would do for 3.5 in flight, but at 88% of its target.
+    assert wanted({"a": 2.0, "b": 1.5}) == 2
+    assert wanted({"a": 1.5, "b": 1.5}) == 1  # 75%: it goes
+    assert wanted({"a": 5.0, "b": 5.0, "c": 5.0}, current=6) == 5  # 15 > 4 * 0.75 * 4
+    # Replicas still starting: no fewer until they run and report (more, though, still).
+    assert wanted({"a": 1.0}, current=3, running=1) == 3
+    assert wanted({"a": 20.0}, current=3, running=1) == 5
 
 
 def test_auto_serving_replicas_autoscale_with_the_policy_and_fixed_ones_do_not() -> None:
