@@ -63,7 +63,10 @@ def serving_policy(ctx: Any) -> tuple[int, dict[str, Any]]:
             wanted = current
     state = dict(ctx.policy_state or {})
     now = time.time()
-    if wanted != current and now - state.get(LOGGED_AT, 0.0) >= LOG_EVERY_S:
+    least = getattr(ctx, "capacity_adjusted_min_replicas", 0)
+    most = getattr(ctx, "capacity_adjusted_max_replicas", wanted)
+    change = min(max(wanted, least), most) != current  # what Serve would do of it
+    if change and now - state.get(LOGGED_AT, 0.0) >= LOG_EVERY_S:
         state[LOGGED_AT] = now
         logging.getLogger("ray.serve").info(
             "Serving replicas: %d wanted (now %d, %d running): %.2f requests in flight "
