@@ -6,6 +6,7 @@ the throughput figures are printed, the benchmark has them)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
 import threading
@@ -158,6 +159,25 @@ def listening(server: Server) -> set[int]:
 STREAMS = 16
 
 
+def rest_connection_headers(server: Server, pause_s: float) -> list[str | None]:
+    """The ``connection`` header of two REST answers on one keep-alive connection, ``pause_s``
+    apart."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+    headers = []
+    try:
+        for i in range(2):
+            if i:
+                time.sleep(pause_s)
+            conn.request("GET", "/v1/models/half_plus_two")
+            response = conn.getresponse()
+            assert response.status == 200
+            response.read()
+            headers.append(response.getheader("connection"))
+    finally:
+        conn.close()
+    return headers
+
+
 def settled(server: Server, for_s: float = 3.0) -> bool:
     """Every serving replica listens, the same ones for ``for_s`` (none starting)."""
     seen = listening(server)
@@ -178,7 +198,7 @@ def test_serving_replicas_follow_the_load_and_lose_no_call(testdata: Path) -> No
     them (each replica holds its even share of the connections, +-25%, over the time measured:
     connections are 0.5 s old at most here), and back to 1 stream they return to 1; not one
     call fails over the whole cycle, the replica removed included (GOAWAY, calls in flight
-    finish)."""
+    finish). A REST keep-alive connection past its age is closed after its next answer."""
     server = start_server(
         "model_name=half_plus_two",
         f"model_base_path={testdata / 'saved_model_half_plus_two_cpu'}",
@@ -192,11 +212,15 @@ def test_serving_replicas_follow_the_load_and_lose_no_call(testdata: Path) -> No
         "serving_autoscaling.metrics_interval_s=0.5",
         "max_connection_age_s=0.5",
         "max_connection_age_grace_s=5",
+        "rest_max_connection_age_s=0.5",
         wait_for=("half_plus_two",),
     )
     streams: list[Stream] = []
     try:
         assert len(server.replicas("Ingress")) == 1
+        # REST's counterpart of the connection age: a keep-alive connection past it is closed
+        # after its next answer.
+        assert rest_connection_headers(server, 0.7) == [None, "close"]
         streams.append(Stream(server))
         time.sleep(1.0)
         t0 = time.monotonic()
