@@ -12,7 +12,7 @@ QUIET := $(BIN)/python -m compat.console
 RUN_FLAGS :=
 endif
 
-.PHONY: install lock system-deps client-venvs run model test lint bench loadtest clean
+.PHONY: install lock system-deps client-venvs run model test lint bench bench-autoscale loadtest clean
 
 install: $(VENV)/.installed
 
@@ -98,6 +98,9 @@ test: system-deps client-venvs lint
 
 bench: install
 	$(BIN)/python -m loadtests.bench --out results/bench
+
+bench-autoscale: install
+	$(BIN)/python -m loadtests.bench.autoscale --out results/bench
 
 loadtest: install
 	$(BIN)/python -m loadtests.run --users 8 --seconds 20 --model deeplab --out results/locust

@@ -7,11 +7,11 @@ that is one of TF Serving's flags (or one of ours) says so with ``Flag`` in its 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serve_app.config.flag import UNSET, Flag
 from serve_app.config.model_args import (
     Ints,
     ModelArgs,
@@ -20,10 +20,12 @@ from serve_app.config.model_args import (
     VersionPolicy,
     models_from_config,
 )
+from serve_app.config.serving import ServingAutoscalingArgs
 
 __all__ = [
     "APP_NAME",
     "LOOPBACK",
+    "UNSET",
     "AppArgs",
     "BatchingArgs",
     "Flag",
@@ -31,6 +33,7 @@ __all__ = [
     "ModelArgs",
     "RequestLogArgs",
     "ScalingArgs",
+    "ServingAutoscalingArgs",
     "Strings",
     "VersionPolicy",
     "models_from_config",
@@ -40,20 +43,6 @@ LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 APP_NAME = "default"
 """The one Serve application (``serve run``'s default name)."""
-
-UNSET: Any = object()
-
-
-@dataclass(frozen=True)
-class Flag:
-    """Field metadata: the field is the command-line flag ``--<name>``."""
-
-    name: str
-    cli_default: Any = UNSET
-    """The flag's default when it differs from the field's: TF Serving's (``--rest_api_port``
-    is 0, no REST, where ``serve run`` serves REST on 8501)."""
-    scale: float = 1.0
-    """The field is the flag's value times this (``--load_retry_interval_micros``: 1e-6)."""
 
 
 class BatchingArgs(BaseModel):
@@ -238,10 +227,16 @@ class AppArgs(BaseModel):
     """Dynamic batching knobs."""
     scaling: ScalingArgs = ScalingArgs()
     """Replica count, autoscaling and resources of model-version replicas."""
-    ingress_replicas: Annotated[int, Flag("serving_replicas")] = Field(default=2, ge=1)
+    ingress_replicas: Annotated[
+        Annotated[int, Field(ge=1)] | Literal["auto"], Flag("serving_replicas")
+    ] = 2
     """Serving replicas: processes that each hold the client ports (``SO_REUSEPORT``) and run
     the co-located models. Two by default, so that one that dies costs its own connections,
-    not the port (its replacement loads, then binds again)."""
+    not the port (its replacement loads, then binds again). ``auto``: Serve's autoscaler keeps
+    between ``serving_min_replicas`` and ``serving_max_replicas``, from the load the replicas
+    report (``serve_app.runtime.autoscaling``)."""
+    serving_autoscaling: ServingAutoscalingArgs = ServingAutoscalingArgs()
+    """With ``serving_replicas=auto``: the bounds, target and delays of the autoscaler."""
     colocate: Annotated[bool, Flag("colocate")] = True
     """Each serving replica loads the served versions itself and answers in its own process
     (the default: one process per request). ``false`` puts each version in deployments of its
@@ -256,6 +251,20 @@ class AppArgs(BaseModel):
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     """On a replica's shutdown, how long calls in flight get to finish after it stops taking
     new connections."""
+    max_connection_age_s: float = Field(default=300.0, ge=0)
+    """A client's gRPC connection to a serving replica lasts this long (gRPC's
+    ``grpc.max_connection_age_ms``, with 10% jitter), then gets GOAWAY and the client opens a
+    new one, which the kernel places on any replica: replicas added by a scale-up get their
+    share of long-lived channels. 0: connections last for ever. ``--grpc_channel_arguments``
+    wins over it."""
+    max_connection_age_grace_s: float = Field(default=30.0, ge=0)
+    """Calls in flight on a connection past ``max_connection_age_s`` get this long to end
+    before it is closed (``grpc.max_connection_age_grace_ms``)."""
+    rest_keepalive_timeout_s: float = Field(default=5.0, gt=0)
+    """An idle REST keep-alive connection is closed after this (uvicorn's keep-alive timeout)."""
+    rest_max_connection_age_s: float = Field(default=300.0, ge=0)
+    """A REST keep-alive connection older than this is closed after its next answer
+    (``connection: close``), as ``max_connection_age_s`` does for gRPC. 0: no bound."""
     access_log: bool = False
     """Ray Serve's access-log line for every request in the proxy and in each replica it
     passes (TF Serving logs none); off, it saves each of them a log write per request."""
@@ -363,6 +372,23 @@ class AppArgs(BaseModel):
             return parse_channel_arguments(value)
         except ServingError as e:
             raise ValueError(e.message) from None
+
+    @property
+    def serving_autoscaled(self) -> bool:
+        """``serving_replicas=auto``: Serve's autoscaler sets the serving replicas' count."""
+        return self.ingress_replicas == "auto"
+
+    @property
+    def serving_replicas_most(self) -> int:
+        """The most serving replicas there may be (a node's cores are shared out over them)."""
+        auto = self.serving_autoscaling
+        return auto.max_replicas if self.ingress_replicas == "auto" else self.ingress_replicas
+
+    @property
+    def serving_replicas_least(self) -> int:
+        """The fewest serving replicas there may be (a rollout waits for this many reports)."""
+        auto = self.serving_autoscaling
+        return auto.min_replicas if self.ingress_replicas == "auto" else self.ingress_replicas
 
     def own_scaling(self, model: str) -> ScalingArgs | None:
         """The scaling of ``model``'s own deployments; None when it runs in the serving

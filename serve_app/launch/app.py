@@ -34,6 +34,7 @@ from serve_app.ray_patches import (
     serve_env,
     versioned,
 )
+from serve_app.runtime import autoscaling
 from serve_app.runtime.ingress import Ingress
 from serve_app.runtime.model import ModelVersion
 from serve_app.runtime.replica_config import (
@@ -174,6 +175,26 @@ def _say_auto(gpus: float, num_gpus: float) -> None:
     )
 
 
+def _serving_replicas(args: AppArgs) -> dict[str, Any]:
+    """The serving replicas' count: fixed, or Serve's autoscaler on the load they report
+    (``serve_app.runtime.autoscaling``: Serve's handles see none of the clients' requests)."""
+    if not args.serving_autoscaled:
+        return {"num_replicas": args.ingress_replicas}
+    auto = args.serving_autoscaling
+    return {
+        "autoscaling_config": {
+            "min_replicas": auto.min_replicas,
+            "max_replicas": auto.max_replicas,
+            "target_ongoing_requests": auto.target_in_flight,
+            "upscale_delay_s": auto.upscale_delay_s,
+            "downscale_delay_s": auto.downscale_delay_s,
+            "look_back_period_s": auto.look_back_s,
+            "metrics_interval_s": auto.metrics_interval_s,
+            "policy": {"policy_function": autoscaling.POLICY},
+        }
+    }
+
+
 def build_app(args: AppArgs, plan: Plan, adopt: Mapping[str, str] | None = None) -> Application:
     """The application for a plan: one deployment per deployed (model, version), the version
     manager (handed this builder, for its redeploys), and the ingress whose routing table is
@@ -237,7 +258,7 @@ def build_app(args: AppArgs, plan: Plan, adopt: Mapping[str, str] | None = None)
         local_options = _version_options(args, args.scaling)
     # The ports' settings have the same names in AppArgs, but for how many replicas share them.
     same = set(ListenConfig.model_fields) - {"replicas"}
-    listen = ListenConfig(**args.model_dump(include=same), replicas=args.ingress_replicas)
+    listen = ListenConfig(**args.model_dump(include=same), replicas=args.serving_replicas_most)
     code = _version(
         "ingress",
         args.colocate,
@@ -249,7 +270,7 @@ def build_app(args: AppArgs, plan: Plan, adopt: Mapping[str, str] | None = None)
         serve.deployment(Ingress)
         .options(
             name=INGRESS,
-            num_replicas=args.ingress_replicas,
+            **_serving_replicas(args),
             **versioned((adopt or {}).get(code, code)),
             ray_actor_options=actor_options,
             max_ongoing_requests=1000,

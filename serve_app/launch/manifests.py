@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from serve_app.config.args import AppArgs, BatchingArgs, ScalingArgs
+from serve_app.config.args import AppArgs, BatchingArgs, ScalingArgs, ServingAutoscalingArgs
 from serve_app.launch.boot import serve_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,11 +43,13 @@ CLUSTER_ARGS = AppArgs(
     model_base_path=f"{MODELS_DIR}/deeplab",
     host="0.0.0.0",  # every node's serving replicas take clients (an L4 balancer in front)
     scaling=ScalingArgs(accelerator="gpu", num_gpus=0.5, num_cpus=1.0),
-    ingress_replicas=2,
+    ingress_replicas="auto",
+    serving_autoscaling=ServingAutoscalingArgs(min_replicas=2, max_replicas=8),
     batching=BatchingArgs(enabled=True, max_batch_size=16, batch_timeout_micros=2000),
 )
-"""The cluster's server: DeepLab from the shared model directory, two serving replicas sharing
-each GPU (num_gpus 0.5), batching on, both ports on every interface of the GPU workers."""
+"""The cluster's server: DeepLab from the shared model directory, serving replicas two per GPU
+(num_gpus 0.5), autoscaled between 2 and 8 on the load they report, batching on, both ports on
+every interface of the GPU workers."""
 
 
 @dataclass(frozen=True)

@@ -130,7 +130,8 @@ async def probe(
 async def _probe(args: AppArgs, model: str, version: int, path: str, prober: Any) -> LoadOutcome:
     timeout = args.load_probe_timeout_s
     budget = args.load_probe_memory_mb * 2**20
-    ref = prober.load.remote(model, version, path, options(args), budget, args.ingress_replicas)
+    replicas = args.serving_replicas_most
+    ref = prober.load.remote(model, version, path, options(args), budget, replicas)
     answer: asyncio.Future[Any] = asyncio.ensure_future(ref)  # type: ignore[arg-type]
     # Once given up on, the answer fails when its process is ended: that is no news.
     answer.add_done_callback(lambda f: f.cancelled() or f.exception())

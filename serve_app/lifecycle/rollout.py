@@ -67,7 +67,7 @@ class VersionManager:
         """Model -> (label, weight): that label's share of ``latest`` traffic (canary)."""
         self._reports = Reports()
         """Serving replica -> what it last reported holding (``report_replica``)."""
-        self._applier = Applier(builder, self._reports, self.args.ingress_replicas)
+        self._applier = Applier(builder, self._reports, self.args.serving_replicas_least)
         self._started = False
         self._draining = False
         """Set on SIGTERM (``drain``): readiness and health say not serving, requests still are."""

@@ -219,6 +219,11 @@ class BatchScheduler:
         """Set when a call arrives or the knobs change; made on the loop of the first call."""
         self._workers: list[asyncio.Task[None]] = []
 
+    @property
+    def queued_batches(self) -> int:
+        """Batches holding calls that have not started running (the open one included)."""
+        return sum(1 for batch in self._batches if batch.calls)
+
     def configure(self, knobs: BatchingArgs) -> None:
         self.knobs = knobs
         if self._loop is not None and self._loop.is_running():

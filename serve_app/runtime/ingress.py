@@ -8,7 +8,9 @@ included) and runs them in its own process: one Python process between the clien
 the model. Ray Serve keeps the lifecycle: it starts, health-checks and replaces replicas, and
 ships the routing table and the versions to hold as ``user_config`` (blue/green: a replica
 loads a new version before its table routes to it). The replica tells the version manager what
-it holds (a heartbeat), and on shutdown stops taking connections and lets calls in flight end.
+it holds (a heartbeat), reports its load to Serve's autoscaler (``record_autoscaling_stats``,
+with ``--serving_replicas=auto``), and on shutdown stops taking connections, sends GOAWAY to its
+gRPC clients (which move to the other replicas) and lets calls in flight end.
 
 A model may instead run in deployments of its own (``colocate=false``: its own replicas,
 resources and autoscaling); the data plane then forwards the request's bytes to them.
@@ -27,7 +29,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app import metrics
 from serve_app.deployments import ManagerClient
 from serve_app.ray_patches import replica_names
-from serve_app.runtime import request_log
+from serve_app.runtime import autoscaling, request_log
 from serve_app.runtime.dataplane import DataPlane, share_cores
 from serve_app.runtime.replica_config import (
     IngressConfig,
@@ -105,6 +107,10 @@ class Ingress:
                 socket_path=listen.grpc_socket_path,
                 channel_arguments=list(listen.grpc_channel_arguments.items()),
                 rest_body_timeout_s=listen.rest_body_timeout_s,
+                max_connection_age_s=listen.max_connection_age_s,
+                max_connection_age_grace_s=listen.max_connection_age_grace_s,
+                rest_keepalive_timeout_s=listen.rest_keepalive_timeout_s,
+                rest_max_connection_age_s=listen.rest_max_connection_age_s,
             )
             await listeners.start()
             self._listeners = listeners
@@ -129,6 +135,23 @@ class Ingress:
         while True:
             await asyncio.sleep(REPORT_INTERVAL_S)
             await self._report()
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """What says this replica is busy, for Serve's autoscaler (``--serving_replicas=auto``,
+        ``serve_app.runtime.autoscaling``): clients talk to the replica directly, so Serve's
+        handles see none of its requests."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.sleep(0)  # one pass of the event loop
+        lag = loop.time() - started
+        listeners = self._listeners
+        return {
+            autoscaling.IN_FLIGHT: listeners.admission.mean_in_flight() if listeners else 0.0,
+            autoscaling.QUEUED_BATCHES: float(
+                sum(v.queued_batches() for v in self.plane.local.values())
+            ),
+            autoscaling.LOOP_LAG: lag,
+        }
 
     def check_health(self) -> None:
         """Serve's health check: a replica whose REST server stopped is replaced."""

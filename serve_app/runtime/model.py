@@ -210,6 +210,10 @@ class ModelVersion:
         self._pool_size = max(self._runs_at_once, knobs.num_batch_threads)
         return ThreadPoolExecutor(self._pool_size, f"{self.model}-{self.version}")
 
+    def queued_batches(self) -> int:
+        """Batches of this version waiting to run (0 without batching)."""
+        return self._batches.queued_batches
+
     def load_state(self) -> LoadState:
         if self.error is not None:
             return LoadState(False, self.error.message, self.load_seconds)

@@ -115,6 +115,14 @@ class ListenConfig(_Config):
     """How long calls in flight may finish once the ports stop taking connections."""
     rest_body_timeout_s: float
     """How long a REST body may take to arrive (408 beyond)."""
+    max_connection_age_s: float
+    """A gRPC connection's age bound (GOAWAY after it); 0: none."""
+    max_connection_age_grace_s: float
+    """Calls in flight on a connection past its age get this long to end."""
+    rest_keepalive_timeout_s: float
+    """An idle REST connection is closed after this."""
+    rest_max_connection_age_s: float
+    """A REST connection older than this is closed after its next answer; 0: no bound."""
     replicas: int
     """How many serving replicas share the node (each takes its share of the cores)."""
 

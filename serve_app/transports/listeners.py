@@ -11,6 +11,15 @@ Every serving replica (the ``Ingress`` deployment) binds ``grpc_port`` and ``htt
   listening; the replica Serve starts in its place binds again once its models are loaded;
 - between the socket and the model there is grpc.aio (or uvicorn) and our code, in one process.
 
+The kernel spreads new connections only, and a gRPC channel keeps its connection for hours: so a
+connection's age is bounded (``grpc.max_connection_age_ms``, ``max_connection_age_s``; gRPC
+sends GOAWAY, lets calls in flight end within ``grpc.max_connection_age_grace_ms``, and the
+client's next call opens a new connection, which the kernel places again) and a REST connection
+is closed after ``rest_max_connection_age_s`` (``connection: close`` on its next answer) or
+``rest_keepalive_timeout_s`` idle. A replica added by a scale-up thus gets its share of
+long-lived clients within one connection age; one being removed answers its calls in flight
+and sends GOAWAY (``Listeners.stop``).
+
 TF Serving's own gRPC server sets ``SO_REUSEPORT`` too (gRPC's default on Linux). Methods not
 registered here (e.g. SessionService) are answered UNIMPLEMENTED by gRPC itself.
 
@@ -44,6 +53,13 @@ from compat.errors import ServingError, truncate
 from compat.json_codec import error_text
 from compat.text_configs import Tls
 from serve_app.transports import http, rest
+from serve_app.transports.connections import (
+    MAX_MESSAGE_BYTES,
+    Admission,
+    ConnectionAges,
+    closing,
+    grpc_server_options,
+)
 from serve_app.transports.health import Health
 from serve_app.transports.open_inference import OpenInference
 from serve_app.transports.plane import (
@@ -57,45 +73,12 @@ from serve_app.transports.unix_socket import UnixSocket
 
 logger = logging.getLogger("ray.serve")
 
-MAX_MESSAGE_BYTES = 2**31 - 1
-"""TF Serving's gRPC server accepts messages up to INT_MAX (main.cc sets no smaller limit)."""
-
 #: Answered whatever the load: health and status, so that an overloaded server is seen as
 #: overloaded, not as dead.
 UNBOUNDED = {"Check", "GetModelStatus", "ServerLive", "ServerReady", "ModelReady"}
 
 #: The REST routes answered whatever the load (``UNBOUNDED``'s counterparts).
 UNBOUNDED_PATHS = ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready")
-
-
-class Admission:
-    """The bound on requests in flight in one serving replica (``max_concurrent_requests``),
-    gRPC and REST together: beyond it a request is answered at once with RESOURCE_EXHAUSTED
-    (REST: 429), as TF Serving's gRPC server answers when its threads are all busy, instead of
-    queueing without bound (memory and latency grow with the queue). A REST request enters once
-    its body is whole (``http.whole_body``, within ``rest_body_timeout_s``, else 408): a client
-    that trickles its body holds a connection, not a slot."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.in_flight = 0
-        self.refused = 0
-
-    def message(self) -> str:
-        return (
-            f"The server is overloaded: {self.in_flight} requests in flight in this replica "
-            f"(max_concurrent_requests={self.limit}); retry later"
-        )
-
-    def enter(self) -> bool:
-        if self.in_flight >= self.limit:
-            self.refused += 1
-            return False
-        self.in_flight += 1
-        return True
-
-    def leave(self) -> None:
-        self.in_flight -= 1
 
 
 def _rpc_handler(function: RpcFunction, admission: Admission | None) -> grpc.RpcMethodHandler:
@@ -217,7 +200,7 @@ def add_reflection(server: grpc.aio.Server, services: Iterable[str]) -> None:
     )
 
 
-def _uvicorn_server(app: Any, **ssl: Any) -> Any:
+def _uvicorn_server(app: Any, keepalive_timeout_s: float = 5.0, **ssl: Any) -> Any:
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -237,6 +220,7 @@ def _uvicorn_server(app: Any, **ssl: Any) -> Any:
         loop="none",
         http="httptools",
         timeout_graceful_shutdown=None,
+        timeout_keep_alive=keepalive_timeout_s,  # type: ignore[arg-type]  # a float works
         **ssl,
     )
     return Server(config)
@@ -274,6 +258,10 @@ class Listeners:
         socket_path: str | None = None,
         channel_arguments: Sequence[tuple[str, int | str]] = (),
         rest_body_timeout_s: float = 30.0,
+        max_connection_age_s: float = 300.0,
+        max_connection_age_grace_s: float = 30.0,
+        rest_keepalive_timeout_s: float = 5.0,
+        rest_max_connection_age_s: float = 300.0,
     ) -> None:
         self.plane = plane
         self.rest = rest.RestApi(plane)
@@ -305,6 +293,14 @@ class Listeners:
         serving replicas (``serve_app.transports.unix_socket``)."""
         self.channel_arguments = dict(channel_arguments)
         """gRPC server arguments (``--grpc_channel_arguments``); they win over ours."""
+        self.max_connection_age_s = max_connection_age_s
+        """A gRPC connection's age bound (GOAWAY after it; 0: none)."""
+        self.max_connection_age_grace_s = max_connection_age_grace_s
+        """How long calls in flight on a connection past its age may take to end."""
+        self.rest_keepalive_timeout_s = rest_keepalive_timeout_s
+        """An idle REST connection is closed after this."""
+        self.rest_ages = ConnectionAges(rest_max_connection_age_s)
+        """REST connections past their age bound are closed after their next answer."""
         self._grpc: grpc.aio.Server | None = None
         self._http: list[Any] = []
         self._http_tasks: list[asyncio.Task[None]] = []
@@ -332,12 +328,12 @@ class Listeners:
         )
 
     async def _serve_grpc(self) -> grpc.aio.Server:
-        options: dict[str, int | str] = {
-            "grpc.so_reuseport": 1,
-            "grpc.max_receive_message_length": self.max_request_bytes,
-            "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
-            **self.channel_arguments,
-        }
+        options = grpc_server_options(
+            self.max_request_bytes,
+            self.max_connection_age_s,
+            self.max_connection_age_grace_s,
+            self.channel_arguments,
+        )
         server = grpc.aio.server(options=list(options.items()))
         server.add_generic_rpc_handlers(
             grpc_handlers(self.plane, self.services, self.admission, self.servicers)
@@ -365,7 +361,7 @@ class Listeners:
         sock = reuseport_socket(host, port)
         with contextlib.ExitStack() as files:
             ssl = _uvicorn_ssl(tls, files) if tls is not None else {}
-            server = _uvicorn_server(app, **ssl)
+            server = _uvicorn_server(app, self.rest_keepalive_timeout_s, **ssl)
             task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
             self._http.append(server)
             self._http_tasks.append(task)
@@ -378,6 +374,8 @@ class Listeners:
     async def _asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
+        if self.rest_ages.expired(scope.get("client")):
+            send = closing(send)
         if scope["path"] in (*UNBOUNDED_PATHS, self.plane.prometheus_path):
             response = await self._route(Request(scope, receive))
             await response(scope, receive, send)

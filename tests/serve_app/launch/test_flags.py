@@ -445,3 +445,21 @@ def test_version_prints_the_version_as_tf_serving_does() -> None:
         f"TensorFlow ModelServer: ray-tfserving {version('ray-tfserving')}",
         f"TensorFlow Library: {tf.__version__}",
     ]
+
+
+def test_serving_replicas_take_a_count_or_auto_with_bounds() -> None:
+    assert app_args("--serving_replicas=3").ingress_replicas == 3
+    auto = app_args(
+        "--serving_replicas=auto",
+        "--serving_min_replicas=2",
+        "--serving_max_replicas=6",
+        "--serving_target_in_flight=4",
+    )
+    assert auto.serving_autoscaled
+    assert (auto.serving_replicas_least, auto.serving_replicas_most) == (2, 6)
+    assert auto.serving_autoscaling.target_in_flight == 4
+    assert app_args().ingress_replicas == 2
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        app_args("--serving_replicas=some")
