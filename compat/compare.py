@@ -109,3 +109,62 @@ def compare_responses(
 ) -> Comparison:
     """Compare two PredictResponses' outputs (their model specs are not compared)."""
     return compare_arrays(outputs_of(a), outputs_of(b), tol)
+
+
+@dataclass
+class DiffStats:
+    """Comparisons added up: a replay's report, a shadow's figures."""
+
+    compared: int = 0
+    differed: int = 0
+    max_abs_diff: dict[str, float] = field(default_factory=dict)
+    """Output -> the largest absolute difference seen."""
+    differed_outputs: dict[str, int] = field(default_factory=dict)
+    """Output -> how many comparisons it differed in."""
+    baseline_s: list[float] = field(default_factory=list)
+    candidate_s: list[float] = field(default_factory=list)
+
+    def add(self, result: Comparison, baseline_s: float, candidate_s: float) -> None:
+        self.compared += 1
+        self.differed += result.diff
+        for name, worst in result.per_output.items():
+            self.max_abs_diff[name] = max(self.max_abs_diff.get(name, 0.0), worst)
+        for name in result.differed:
+            self.differed_outputs[name] = self.differed_outputs.get(name, 0) + 1
+        self.baseline_s.append(baseline_s)
+        self.candidate_s.append(candidate_s)
+
+    def report(self) -> dict[str, object]:
+        """The figures as JSON-ready data (``inf`` as the string "inf")."""
+        return {
+            "compared": self.compared,
+            "differed": self.differed,
+            "diff_rate": self.differed / self.compared if self.compared else 0.0,
+            "max_abs_diff": {k: _json_float(v) for k, v in sorted(self.max_abs_diff.items())},
+            "differed_outputs": dict(sorted(self.differed_outputs.items())),
+            "latency": {
+                "baseline_mean_ms": _mean_ms(self.baseline_s),
+                "candidate_mean_ms": _mean_ms(self.candidate_s),
+                "baseline_p99_ms": _p99_ms(self.baseline_s),
+                "candidate_p99_ms": _p99_ms(self.candidate_s),
+                "ratio": latency_ratio(self.baseline_s, self.candidate_s),
+            },
+        }
+
+
+def latency_ratio(baseline_s: list[float], candidate_s: list[float]) -> float | None:
+    """The candidate's total time over the baseline's, for the same requests; None if none."""
+    base = sum(baseline_s)
+    return sum(candidate_s) / base if base > 0 else None
+
+
+def _json_float(value: float) -> float | str:
+    return value if math.isfinite(value) else str(value)
+
+
+def _mean_ms(seconds: list[float]) -> float | None:
+    return 1000 * sum(seconds) / len(seconds) if seconds else None
+
+
+def _p99_ms(seconds: list[float]) -> float | None:
+    return 1000 * float(np.percentile(seconds, 99)) if seconds else None
