@@ -4,7 +4,8 @@ two answers compared (``compat.compare``) and counted in the metrics
 (``metrics.record_shadow``).
 
 The client never waits for the mirror: ``Mirror.offer`` is called once the serving version has
-answered, only puts the call in a bounded queue (``Shadow.max_pending``; beyond, it is dropped),
+answered, only puts the call in a bounded queue (``Shadow.max_pending`` calls per model and
+``MAX_PENDING_BYTES`` in all; beyond, it is dropped),
 and one background task per replica runs the queue's calls one at a time. A mirrored call is
 dropped, not run, when it waited more than ``MAX_AGE_S`` or while the replica has
 ``shed_in_flight`` client calls or more in flight: shadow traffic is the first thing shed under
@@ -30,6 +31,7 @@ from compat.protos import predict_pb2
 from compat.routing import Shadow
 from serve_app import metrics
 from serve_app.calls import Api, ModelCall, ModelReply, Wire
+from serve_app.runtime.request_log import held_bytes
 
 logger = logging.getLogger("ray.serve")
 
@@ -37,6 +39,9 @@ MAX_AGE_S = 5.0
 """A mirrored call that waited longer is dropped (the replica is behind)."""
 TIMEOUT_S = 30.0
 """The deadline a mirrored call runs under."""
+MAX_PENDING_BYTES = 64 << 20
+"""What the queued mirrors of a replica may hold (requests and served answers), roughly
+(``request_log.held_bytes``); beyond, a mirror is dropped: big requests queue few."""
 SHED_IN_FLIGHT = 32
 """Client calls in flight in the replica from which mirrored calls are dropped."""
 
@@ -53,6 +58,7 @@ class _Pending:
     served: ModelReply
     served_s: float
     queued: float
+    nbytes: int
 
 
 class Mirror:
@@ -64,6 +70,7 @@ class Mirror:
         in_flight: Callable[[], int],
         shed_in_flight: int = SHED_IN_FLIGHT,
         record: Callable[..., None] = metrics.record_shadow,
+        max_bytes: int = MAX_PENDING_BYTES,
     ) -> None:
         self._caller = caller
         self._in_flight = in_flight
@@ -72,6 +79,9 @@ class Mirror:
         self._queue: deque[_Pending] = deque()
         self._pending: dict[str, int] = {}
         """Model -> its calls in the queue."""
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        """What the queue holds (``held_bytes``)."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.busy = False
@@ -101,13 +111,17 @@ class Mirror:
         served_s: float,
     ) -> None:
         """Queue a mirror of ``call`` (answered ``served`` in ``served_s``), or drop it when
-        the model already has ``max_pending`` queued. Never blocks, never raises."""
-        if self._pending.get(model, 0) >= shadow.max_pending:
+        the model already has ``max_pending`` queued, or the queue would hold more than
+        ``max_bytes``. Never blocks, never raises."""
+        nbytes = held_bytes(call) + len(served.payload)
+        full = self._pending.get(model, 0) >= shadow.max_pending
+        if full or self._bytes + nbytes > self._max_bytes:
             self._count(model, shadow.version, call, "dropped")
             return
         self._pending[model] = self._pending.get(model, 0) + 1
+        self._bytes += nbytes
         self._queue.append(
-            _Pending(model, shadow, target, call, served, served_s, time.monotonic())
+            _Pending(model, shadow, target, call, served, served_s, time.monotonic(), nbytes)
         )
         self._wake.set()
         if self._task is None or self._task.done():
@@ -121,6 +135,7 @@ class Mirror:
                 continue
             item = self._queue.popleft()
             self._pending[item.model] -= 1
+            self._bytes -= item.nbytes
             self.busy = True
             try:
                 await self._mirror(item)

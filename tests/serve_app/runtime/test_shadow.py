@@ -161,6 +161,23 @@ def test_the_queue_is_bounded_and_dropped_first() -> None:
     assert calls == 3
 
 
+def test_the_queue_is_bounded_in_bytes_too() -> None:
+    async def run() -> tuple[Recorded, int]:
+        three = HalfPlus(3.0)
+        p, record = plane(Shadow(version=2), v1=HalfPlus(2.0), v2=three)
+        p.mirror._max_bytes = 300  # a call and its answer hold about 100 bytes
+        three.gate.clear()
+        for _ in range(10):
+            await p.call_model(predict(1.0))
+            await asyncio.sleep(0)
+        three.gate.set()
+        await settle(p)
+        return record, three.calls
+
+    record, calls = asyncio.run(run())
+    assert 2 <= calls < 10 and record.outcomes().count("dropped") == 10 - calls
+
+
 def test_a_busy_replica_sheds_the_mirror() -> None:
     async def run() -> Recorded:
         p, record = plane(Shadow(version=2), v1=HalfPlus(2.0), v2=HalfPlus(3.0))
