@@ -123,6 +123,8 @@ class DiffStats:
     """Output -> how many comparisons it differed in."""
     baseline_s: list[float] = field(default_factory=list)
     candidate_s: list[float] = field(default_factory=list)
+    diffs: list[float] = field(default_factory=list)
+    """Each comparison's largest absolute difference, in order."""
 
     def add(self, result: Comparison, baseline_s: float, candidate_s: float) -> None:
         self.compared += 1
@@ -133,6 +135,7 @@ class DiffStats:
             self.differed_outputs[name] = self.differed_outputs.get(name, 0) + 1
         self.baseline_s.append(baseline_s)
         self.candidate_s.append(candidate_s)
+        self.diffs.append(result.max_abs_diff)
 
     def report(self) -> dict[str, object]:
         """The figures as JSON-ready data (``inf`` as the string "inf")."""

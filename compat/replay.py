@@ -1,7 +1,7 @@
 """Replay logged requests against a candidate version and a baseline, before live traffic.
 
     ray-tfserving replay --baseline MODEL/123 --candidate MODEL/124 [--atol A] [--rtol R] \\
-        [--max_records N] [--out report.json] [--max_diff_rate X] LOG ...
+        [--max_records N] [--out report.json] [--plot report.png] [--max_diff_rate X] LOG ...
 
 (or ``python -m compat.replay ...``). The logs are TFRecord files of
 ``tensorflow.serving.PredictionLog``: the request logs (``logging_config``) or TF Serving's
@@ -10,7 +10,8 @@ files under it. Both versions are loaded in this process (``compat.platforms``, 
 replica loads them: no server), and every Predict, Classify and Regress record is answered by
 both, in turns, timed; the answers are compared output by output (``compat.compare``). The
 report, printed as JSON and written to ``--out``, holds the counts, the diff rate, the largest
-absolute difference per output and the latency ratio (candidate over baseline). The exit status
+absolute difference per output and the latency ratio (candidate over baseline); ``--plot`` draws
+each record's difference and latencies (matplotlib, the ``load`` extra). The exit status
 is 3 when the diff rate is above ``--max_diff_rate``, 1 when the logs or a version cannot be
 read, else 0.
 """
@@ -90,9 +91,11 @@ def replay(
     logs: Iterable[prediction_log_pb2.PredictionLog],
     tol: Tolerance = Tolerance(),
     max_records: int | None = None,
+    stats: DiffStats | None = None,
 ) -> dict[str, Any]:
-    """Every replayable record answered by both versions, in turns; the report."""
-    stats = DiffStats()
+    """Every replayable record answered by both versions, in turns; the report (the
+    comparisons are added to ``stats``, when given: the plot's data)."""
+    stats = stats if stats is not None else DiffStats()
     read = skipped = 0
     errors = {"baseline": 0, "candidate": 0}
     warm = False
@@ -115,6 +118,36 @@ def replay(
         errors["candidate"] += isinstance(c, ServingError)
         stats.add(compare_answers(b, c, tol), b_s, c_s)
     return {"records": read, "skipped": skipped, "errors": errors, **stats.report()}
+
+
+def plot(stats: DiffStats, path: str | Path, title: str) -> None:
+    """The report's plot (PNG): each record's largest output difference, and each record's
+    latency on the candidate against the baseline's (the diagonal: as fast). Needs matplotlib
+    (the ``load`` extra)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (diffs, latency) = plt.subplots(1, 2, figsize=(11, 4.2))
+    finite = [d if np.isfinite(d) else np.nan for d in stats.diffs]
+    diffs.plot(range(1, len(finite) + 1), finite, ".", markersize=3)
+    missing = [i + 1 for i, d in enumerate(stats.diffs) if not np.isfinite(d)]
+    if missing:  # a missing output, another shape or an error: at the top, in red
+        top = max([d for d in finite if np.isfinite(d)] or [1.0])
+        diffs.plot(missing, [top] * len(missing), "rx", label="shape/dtype/error")
+        diffs.legend()
+    diffs.set(xlabel="record", ylabel="max |baseline - candidate|", title="Output differences")
+    base = [1000 * s for s in stats.baseline_s]
+    cand = [1000 * s for s in stats.candidate_s]
+    latency.plot(base, cand, ".", markersize=3)
+    edge = max([*base, *cand, 1e-3])
+    latency.plot([0, edge], [0, edge], "k--", linewidth=0.8)
+    latency.set(xlabel="baseline (ms)", ylabel="candidate (ms)", title="Latency per record")
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 def log_files(paths: Sequence[str]) -> list[str]:
@@ -156,6 +189,7 @@ def main(argv: Sequence[str] | None = None, quiet_console: bool = False) -> int:
     p.add_argument(
         "--max_diff_rate", type=float, default=None, help="exit 3 when the diff rate is above"
     )
+    p.add_argument("--plot", default=None, help="also draw the report here (PNG; matplotlib)")
     args = p.parse_args(argv)
     if quiet_console:
         from compat.console import quiet
@@ -168,12 +202,14 @@ def main(argv: Sequence[str] | None = None, quiet_console: bool = False) -> int:
         baseline_dir, candidate_dir = version_dir(args.baseline), version_dir(args.candidate)
         baseline = platforms.load(baseline_dir)
         candidate = platforms.load(candidate_dir)
+        stats = DiffStats()
         report = replay(
             baseline,
             candidate,
             read_logs(files),
             Tolerance(args.atol, args.rtol),
             args.max_records,
+            stats,
         )
     except ServingError as e:
         print(f"error: loading a version failed: {e.message}", file=sys.stderr)
@@ -192,6 +228,15 @@ def main(argv: Sequence[str] | None = None, quiet_console: bool = False) -> int:
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
+    if args.plot:
+        ratio = report["latency"]["ratio"]
+        plot(
+            stats,
+            args.plot,
+            f"{candidate_dir.parent.name}/{candidate_dir.name} against "
+            f"{baseline_dir.parent.name}/{baseline_dir.name}: diff rate {report['diff_rate']:.3g}, "
+            f"latency ratio {ratio if ratio is None else format(ratio, '.3g')}",
+        )
     if args.max_diff_rate is not None and report["diff_rate"] > args.max_diff_rate:
         return 3
     return 0

@@ -51,9 +51,10 @@ def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_half_plus_three_differs_on_every_request(logs: Path, tmp_path: Path) -> None:
-    out = tmp_path / "report.json"
+    out, drawn = tmp_path / "report.json", tmp_path / "report.png"
     argv = ["--baseline", str(HALF_PLUS_TWO), "--candidate", str(HALF_PLUS_THREE)]
-    assert replay.main([*argv, "--out", str(out), str(logs.parent)]) == 0
+    assert replay.main([*argv, "--out", str(out), "--plot", str(drawn), str(logs.parent)]) == 0
+    assert drawn.read_bytes().startswith(b"\x89PNG")
     report = json.loads(out.read_text())
     assert report["records"] == 7 and report["skipped"] == 1
     assert report["compared"] == report["differed"] == 6
