@@ -157,7 +157,9 @@ class Mirror:
         if not reply.ok:
             self._count(item.model, version, call, "failed")
             return
-        result = compare_replies(call.wire, item.served, reply, Tolerance(*tolerance(item.shadow)))
+        result = compare_replies(
+            call.wire, item.served, reply, Tolerance(item.shadow.atol, item.shadow.rtol)
+        )
         outcome = "differed" if result.diff else "same"
         self._count(
             item.model, version, call, outcome, (item.served_s, shadow_s), result.max_abs_diff
@@ -166,14 +168,6 @@ class Mirror:
     def _count(self, model: str, version: int, call: ModelCall, outcome: str, *args: Any) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
         self._record(model, version, call.signature, outcome, *args)
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-
-
-def tolerance(shadow: Shadow) -> tuple[float, float]:
-    return shadow.atol, shadow.rtol
 
 
 def compare_replies(

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from compat.compare import Tolerance
+from compat.errors import Internal
 from compat.protos import model_pb2, predict_pb2
 from compat.routing import ModelRoutes, RoutingTable, Shadow
 from compat.tensors import from_numpy, to_numpy
-from serve_app.calls import ModelCall, ModelReply, Wire
+from serve_app.calls import Api, ModelCall, ModelReply, Wire
 from serve_app.runtime.dataplane import DataPlane
 from serve_app.runtime.replica_config import IngressConfig
 from serve_app.runtime.shadow import Mirror, compare_replies, json_outputs
@@ -39,7 +40,7 @@ class HalfPlus:
         self.calls += 1
         await self.gate.wait()
         if self.fails:
-            return ModelReply.error(__import__("compat.errors").errors.Internal("boom"))
+            return ModelReply.error(Internal("boom"))
         x = to_numpy(call.request.inputs["x"])
         response = predict_pb2.PredictResponse()
         response.outputs["y"].CopyFrom(from_numpy((0.5 * x + self.add).astype(np.float32)))
@@ -73,8 +74,6 @@ def predict(x: float, version: int | None = None) -> ModelCall:
         spec.version.value = version
     request = predict_pb2.PredictRequest(model_spec=spec)
     request.inputs["x"].CopyFrom(from_numpy(np.array([[x]], np.float32)))
-    from serve_app.calls import Api
-
     return ModelCall(Api.PREDICT, spec, request)
 
 
