@@ -9,7 +9,8 @@ answered, only puts the call in a bounded queue (``Shadow.max_pending`` calls pe
 and one background task per replica runs the queue's calls one at a time. A mirrored call is
 dropped, not run, when it waited more than ``MAX_AGE_S`` or while the replica has
 ``shed_in_flight`` client calls or more in flight: shadow traffic is the first thing shed under
-load. Only successful Predicts (gRPC and REST) are mirrored.
+load. The answers are decoded and compared in a thread, off the event loop. Only successful
+Predicts (gRPC and REST) are mirrored.
 """
 
 from __future__ import annotations
@@ -157,9 +158,9 @@ class Mirror:
         if not reply.ok:
             self._count(item.model, version, call, "failed")
             return
-        result = compare_replies(
-            call.wire, item.served, reply, Tolerance(item.shadow.atol, item.shadow.rtol)
-        )
+        tol = Tolerance(item.shadow.atol, item.shadow.rtol)
+        # Decoding and comparing big outputs takes a while: off the event loop the clients use.
+        result = await asyncio.to_thread(compare_replies, call.wire, item.served, reply, tol)
         outcome = "differed" if result.diff else "same"
         self._count(
             item.model, version, call, outcome, (item.served_s, shadow_s), result.max_abs_diff
