@@ -1,11 +1,21 @@
-"""TF Serving's ModelServerConfig text format, parsed with its own protos and ``text_format``."""
+"""TF Serving's ModelServerConfig text format, parsed with its own protos and ``text_format``.
+
+One extension of ours (``EXTENSION_FIELD``, beyond TF Serving): a model's ``config`` may hold a
+``shadow { ... }`` block (``ShadowConfig``: which version receives a mirror of the model's
+requests, what share of them, and the float tolerance its answers are compared with). The text
+is parsed with ModelConfig's own descriptor plus that one field, then read back as TF Serving's
+message (the block kept as an unknown field, so it survives a trip through the binary form, as
+in ``HandleReloadConfigRequest``): without the block, parsing and errors are TF Serving's.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from google.protobuf import text_format
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 
 from compat import platforms
 from compat.errors import InvalidArgument
@@ -24,6 +34,88 @@ class ModelEntry:
     labels: dict[str, int] = field(default_factory=dict)
     request_log: dict[str, object] | None = None
     """From ``logging_config``: ``filename_prefix`` and ``sampling_rate``."""
+    shadow: dict[str, object] | None = None
+    """From our ``shadow`` block (``ShadowConfig``'s fields that are set)."""
+
+
+EXTENSION_FIELD = 1001
+"""The field number of ``ModelConfig.shadow``: far beyond TF Serving's own (1 to 8)."""
+
+
+def _extended() -> tuple[Any, Any]:
+    """ModelServerConfig and ModelConfig with ``shadow`` (a ``ShadowConfig``) added to
+    ModelConfig, in a pool of their own (the same full names, so TF Serving's messages)."""
+    pool = descriptor_pool.DescriptorPool()
+    added: set[str] = set()
+
+    def add(file: Any, extra: Callable[[descriptor_pb2.FileDescriptorProto], None]) -> None:
+        for dependency in file.dependencies:
+            add(dependency, lambda _: None)
+        if file.name in added:
+            return
+        proto = descriptor_pb2.FileDescriptorProto()
+        file.CopyToProto(proto)
+        extra(proto)
+        pool.Add(proto)
+        added.add(file.name)
+
+    def shadow(proto: descriptor_pb2.FileDescriptorProto) -> None:
+        F = descriptor_pb2.FieldDescriptorProto
+        ext = descriptor_pb2.FileDescriptorProto(
+            name="ray_tfserving/shadow_config.proto", package="tensorflow.serving", syntax="proto2"
+        )
+        message = ext.message_type.add(name="ShadowConfig")
+        for number, name, kind, default in [
+            (1, "version", F.TYPE_INT64, None),
+            (2, "version_label", F.TYPE_STRING, None),
+            (3, "sampling_rate", F.TYPE_DOUBLE, "1"),
+            (4, "atol", F.TYPE_DOUBLE, None),
+            (5, "rtol", F.TYPE_DOUBLE, None),
+            (6, "max_pending", F.TYPE_INT32, None),
+        ]:
+            field = message.field.add(name=name, number=number, type=kind, label=F.LABEL_OPTIONAL)
+            if default is not None:
+                field.default_value = default
+        pool.Add(ext)
+        added.add(ext.name)
+        proto.dependency.append(ext.name)
+        config = next(m for m in proto.message_type if m.name == "ModelConfig")
+        config.field.add(
+            name="shadow",
+            number=EXTENSION_FIELD,
+            type=F.TYPE_MESSAGE,
+            type_name=".tensorflow.serving.ShadowConfig",
+            label=F.LABEL_OPTIONAL,
+        )
+
+    add(model_server_config_pb2.DESCRIPTOR, shadow)
+    return tuple(  # type: ignore[return-value]
+        message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.serving.{n}"))
+        for n in ("ModelServerConfig", "ModelConfig")
+    )
+
+
+_ExtendedServerConfig, _ExtendedModelConfig = _extended()
+
+
+def shadow_of(c: model_server_config_pb2.ModelConfig) -> dict[str, object] | None:
+    """A config entry's ``shadow`` block (its fields that are set), or None; INVALID_ARGUMENT
+    when it names both a version and a label, or a sampling rate beyond [0, 1]."""
+    extended = _ExtendedModelConfig.FromString(c.SerializeToString())
+    if not extended.HasField("shadow"):
+        return None
+    block = extended.shadow
+    found: dict[str, object] = {
+        f.name: value for f, value in block.ListFields() if f.name != "sampling_rate"
+    }
+    found["sampling_rate"] = block.sampling_rate
+    if "version" in found and "version_label" in found:
+        raise InvalidArgument(f"Model {c.name}: shadow names both a version and a version_label")
+    if not 0.0 <= block.sampling_rate <= 1.0:
+        raise InvalidArgument(
+            f"Model {c.name}: shadow sampling_rate {block.sampling_rate} is not within [0, 1]"
+        )
+    return found
 
 
 def parse_text(text: str, path: str | Path = "") -> model_server_config_pb2.ModelServerConfig:
@@ -33,7 +125,7 @@ def parse_text(text: str, path: str | Path = "") -> model_server_config_pb2.Mode
     ``Invalid protobuf file: '<path>'`` (server.cc) and the protobuf parser's ``Error parsing
     text-format tensorflow.serving.ModelServerConfig: <line>:<column> ...``, which it logs.
     """
-    config = model_server_config_pb2.ModelServerConfig()
+    config = _ExtendedServerConfig()
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as e:
@@ -41,7 +133,7 @@ def parse_text(text: str, path: str | Path = "") -> model_server_config_pb2.Mode
             f"Invalid protobuf file: '{path}'. Error parsing text-format "
             f"{config.DESCRIPTOR.full_name}: {e}"
         ) from None
-    return config
+    return model_server_config_pb2.ModelServerConfig.FromString(config.SerializeToString())
 
 
 def read_file(path: str | Path) -> model_server_config_pb2.ModelServerConfig:
@@ -72,6 +164,7 @@ def entries(config: model_server_config_pb2.ModelServerConfig) -> list[ModelEntr
         entry = ModelEntry(name=c.name, base_path=c.base_path, labels=dict(c.version_labels))
         if c.HasField("logging_config"):
             entry.request_log = request_log(c.name, c.logging_config)
+        entry.shadow = shadow_of(c)
         which = c.model_version_policy.WhichOneof("policy_choice")
         if which == "all":
             entry.policy = "all"

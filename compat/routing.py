@@ -26,6 +26,20 @@ class Canary(BaseModel):
     """Fraction of requests for ``latest`` that go to the canary."""
 
 
+class Shadow(BaseModel):
+    """A version that gets a sampled mirror of the model's requests (beyond TF Serving)."""
+
+    version: int
+    """The shadowed version; must be AVAILABLE."""
+    sampling_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    """The share of requests answered by another version that are mirrored to it."""
+    atol: float = 1e-6
+    rtol: float = 1e-6
+    """Float outputs agree within ``atol + rtol * |shadow|`` (``compat.compare``)."""
+    max_pending: int = 64
+    """Mirrored requests waiting in a serving replica at most."""
+
+
 class ModelRoutes(BaseModel):
     """The routes of one model."""
 
@@ -37,6 +51,8 @@ class ModelRoutes(BaseModel):
     """The version a request without version or label gets (the newest AVAILABLE)."""
     canary: Canary | None = None
     """Optional weighted canary for ``latest`` requests."""
+    shadow: Shadow | None = None
+    """Optional shadow version, mirrored requests answered by the others."""
 
 
 class RoutingTable(BaseModel):

@@ -56,6 +56,33 @@ class RequestLogArgs(BaseModel):
     slow or full disk never slows or fails a request."""
 
 
+class ShadowArgs(BaseModel):
+    """Shadow traffic (our ``shadow`` block in a model's config entry, beyond TF Serving): a
+    version that receives a sampled mirror of the model's requests once the serving version
+    has answered them, its answers compared with the served ones (``compat.compare``) and
+    counted in the metrics; the client only ever gets the serving version's answer. The
+    shadowed version is held out of ``latest`` while another version is available (a request
+    that names it, by number or label, still gets it)."""
+
+    model_config = ConfigDict(
+        extra="forbid", protected_namespaces=(), use_attribute_docstrings=True
+    )
+
+    version: int | None = None
+    """The shadowed version; with neither this nor ``version_label``, the newest available."""
+    version_label: str | None = None
+    """The label naming the shadowed version."""
+    sampling_rate: float = Field(default=1.0, ge=0, le=1)
+    """The share of the model's Predict requests mirrored (0: none, 1: all)."""
+    atol: float = Field(default=1e-6, ge=0)
+    """Float outputs agree when ``|served - shadow| <= atol + rtol * |shadow|``."""
+    rtol: float = Field(default=1e-6, ge=0)
+    """See ``atol``."""
+    max_pending: int = Field(default=64, ge=1)
+    """Mirrored requests waiting in a serving replica; beyond, the newest is dropped (and
+    counted): the mirror never queues up behind the clients."""
+
+
 class ModelArgs(BaseModel):
     """One served model, as one ``config`` entry of TF Serving's ModelServerConfig."""
 
@@ -73,6 +100,9 @@ class ModelArgs(BaseModel):
     """Label -> version; a label may only name an AVAILABLE version."""
     request_log: RequestLogArgs | None = None
     """Log a sample of this model's requests (``logging_config``); None: none."""
+    shadow: ShadowArgs | None = None
+    """Mirror a sample of this model's requests to another of its versions (our ``shadow``
+    block); None: none."""
 
 
 def models_from_config(config: Any) -> list[ModelArgs]:
@@ -91,6 +121,7 @@ def models_from_config(config: Any) -> list[ModelArgs]:
             ),
             version_labels=e.labels,
             request_log=RequestLogArgs.model_validate(e.request_log) if e.request_log else None,
+            shadow=ShadowArgs.model_validate(e.shadow) if e.shadow else None,
         )
         for e in model_config.entries(config)
     ]

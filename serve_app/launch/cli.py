@@ -5,6 +5,8 @@ defaults (model_servers/main.cc), so
 ``tensorflow_model_server --port=8500 --model_name=deeplab --model_base_path=...`` works with only
 the program name changed. Like TF Serving, it reports ready only once every model's newest
 version is AVAILABLE, exits non-zero on a bad config or path, and shuts down on Ctrl-C/SIGTERM.
+``ray-tfserving replay ...`` replays logged requests against two versions offline
+(``compat.replay``).
 """
 
 from __future__ import annotations
@@ -98,6 +100,11 @@ class _Stop:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["replay"]:  # ``ray-tfserving replay ...``: no server (``compat.replay``)
+        from compat import replay
+
+        return replay.run(args[1:])
     stop = _Stop()
     stop.install()  # before anything slow: a signal at any moment is honoured
     try:

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from compat.routing import Canary, ModelRoutes, RoutingTable
-from serve_app.config.args import ModelArgs
+from compat.routing import Canary, ModelRoutes, RoutingTable, Shadow
+from serve_app.config.args import ModelArgs, ShadowArgs
 from serve_app.deployments import deployment_name
 from serve_app.lifecycle.repository import Scan, aspired_versions
 from serve_app.lifecycle.status import State, VersionStatus
@@ -45,9 +45,10 @@ def routing_for(
     drop_model: str | None = None,
 ) -> RoutingTable:
     """The routing table for ``plan``: per model, its deployed versions that are ``loaded``
-    (but ``exclude``'s, on their way out), the newest as ``latest``, the config's labels that
-    name one of them, and a label's canary weight (``label_weights``) when its version is
-    routed. ``drop_model`` is left out whole."""
+    (but ``exclude``'s, on their way out), the newest as ``latest`` (but a shadowed one), the
+    config's labels that name one of them, a label's canary weight (``label_weights``) when its
+    version is routed, and the shadow (``ModelArgs.shadow``). ``drop_model`` is left out
+    whole."""
     exclude = exclude or {}
     routing = plan.routing.model_copy(deep=True)
     routing.models = {}
@@ -61,11 +62,14 @@ def routing_for(
         }
         model = models.get(name)
         labels = {label: v for label, v in model.version_labels.items() if v in ok} if model else {}
+        shadow = _shadow(model.shadow if model else None, labels, set(ok))
+        serving = [v for v in ok if shadow is None or v != shadow.version]
         routing.models[name] = ModelRoutes(
             versions=ok,
-            latest=max(ok) if ok else None,
+            latest=max(serving) if serving else None,
             labels=labels,
             canary=_canary(label_weights.get(name), labels, set(ok)),
+            shadow=shadow,
         )
     routing.epoch = epoch
     return routing
@@ -79,6 +83,31 @@ def _canary(
     if not share or version is None or version not in available:
         return None
     return Canary(version=version, weight=share)
+
+
+def _shadow(
+    args: ShadowArgs | None, labels: Mapping[str, int], available: set[int]
+) -> Shadow | None:
+    """The shadow of a model's routes: the version its ``shadow`` block names (by number,
+    label, or else the newest), when it is available and another version is too (one that
+    serves); else None."""
+    if args is None or len(available) < 2:
+        return None
+    if args.version is not None:
+        version: int | None = args.version
+    elif args.version_label is not None:
+        version = labels.get(args.version_label)
+    else:
+        version = max(available)
+    if version not in available:
+        return None
+    return Shadow(
+        version=version,
+        sampling_rate=args.sampling_rate,
+        atol=args.atol,
+        rtol=args.rtol,
+        max_pending=args.max_pending,
+    )
 
 
 def invalid_labels(
@@ -114,7 +143,7 @@ class ModelSteps:
     """Deployed versions no longer aspired, unloaded once the loads are done; never the last
     servable one while no aspired version is up (availability first, as TF Serving)."""
     relabel: bool = False
-    """The config's labels differ from those routed: the routing is recomputed."""
+    """The config's labels (or shadow) differ from those routed: the routing is recomputed."""
 
 
 def gave_up(status: VersionStatus | None, stamp: str | None) -> bool:
@@ -168,7 +197,8 @@ def plan_model(
     servable = [v for v in wanted if v in deployed and _loaded(statuses.get(v))]
     steps.unload = gone if servable or not wanted else set()
     labels = {label: v for label, v in model.version_labels.items() if v in routes.versions}
-    steps.relabel = labels != routes.labels
+    shadow = _shadow(model.shadow, labels, set(routes.versions))
+    steps.relabel = labels != routes.labels or shadow != routes.shadow
     return steps
 
 

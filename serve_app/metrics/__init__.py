@@ -15,7 +15,10 @@ Exported names carry Ray's ``ray_`` prefix: ``ray_tfserving_requests_total``,
 ``ray_tfserving_request_errors_total``, ``ray_tfserving_request_latency_seconds``,
 ``ray_tfserving_batch_size``, ``ray_tfserving_model_load_latency_seconds``,
 ``ray_tfserving_lifecycle_errors_total``,
-``ray_tfserving_request_log_records_total`` and ``ray_tfserving_model_version_state``.
+``ray_tfserving_request_log_records_total``, ``ray_tfserving_model_version_state``, and for
+shadow traffic ``ray_tfserving_shadow_requests_total``, ``ray_tfserving_shadow_seconds_total``,
+``ray_tfserving_shadow_max_abs_diff`` and the figures the page derives from them,
+``ray_tfserving_shadow_diff_rate`` and ``ray_tfserving_shadow_latency_ratio``.
 """
 
 from serve_app.metrics.labels import RequestLabels
@@ -28,6 +31,7 @@ from serve_app.metrics.recording import (
     record_model_call,
     record_request,
     record_request_log,
+    record_shadow,
     serving,
 )
 from serve_app.metrics.scraping import merge, prometheus_text
@@ -44,5 +48,6 @@ __all__ = [
     "record_model_call",
     "record_request",
     "record_request_log",
+    "record_shadow",
     "serving",
 ]

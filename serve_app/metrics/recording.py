@@ -69,7 +69,7 @@ class _Metrics:
     """This process's Ray metrics (created on first use, inside a Ray worker)."""
 
     def __init__(self) -> None:
-        from ray.util.metrics import Counter
+        from ray.util.metrics import Counter, Gauge
 
         self.requests = Counter(
             "tfserving_requests",
@@ -109,6 +109,26 @@ class _Metrics:
             "config_file: the model config file's re-read, probe: a new version's load in a "
             "process of its own, poll: any other) and model (empty: the whole server).",
             tag_keys=("step", "model"),
+        )
+        shadow = ("model", "version", "signature")
+        self.shadow_requests = Counter(
+            "tfserving_shadow_requests",
+            "Requests mirrored to a shadow version (our model config's shadow block), by "
+            "outcome: same or differed (its answer against the served one), failed (it "
+            "errored where the serving version did not), dropped (shed: queue full, too old, "
+            "the replica busy).",
+            tag_keys=(*shadow, "outcome"),
+        )
+        self.shadow_seconds = Counter(
+            "tfserving_shadow_seconds",
+            "Time the compared requests took, by side: serving (the version that answered the "
+            "client) or shadow.",
+            tag_keys=(*shadow, "side"),
+        )
+        self.shadow_max_abs_diff = Gauge(
+            "tfserving_shadow_max_abs_diff",
+            "The largest absolute difference between a shadow's and the served outputs.",
+            tag_keys=shadow,
         )
         self.load_latency = _Histogram(
             "tfserving_model_load_latency_seconds",
@@ -352,3 +372,32 @@ def record_load(model: str, version: int, ok: bool, seconds: float) -> None:
 def record_lifecycle_error(step: str, model: str) -> None:
     """A failed step of the version manager (``serve_app.lifecycle.faults``)."""
     _metrics().lifecycle_errors.inc(1.0, {"step": step, "model": model})
+
+
+_SHADOW_MAX: dict[tuple[str, str, str], float] = {}
+"""(model, version, signature) -> the largest difference this process has seen."""
+
+
+@_never_raises
+def record_shadow(
+    model: str,
+    version: int,
+    signature: str,
+    outcome: str,
+    seconds: tuple[float, float] = (0.0, 0.0),
+    max_abs_diff: float = 0.0,
+) -> None:
+    """One mirrored request's ``outcome`` (``serve_app.runtime.shadow``); a compared one's
+    (serving, shadow) ``seconds`` and largest output difference too."""
+    m = _metrics()
+    tags = {"model": model, "version": str(version), "signature": signature or DEFAULT_SIGNATURE}
+    m.shadow_requests.inc(1.0, {**tags, "outcome": outcome})
+    if outcome not in ("same", "differed"):
+        return
+    for side, value in zip(("serving", "shadow"), seconds, strict=True):
+        if value > 0:
+            m.shadow_seconds.inc(value, {**tags, "side": side})
+    key = (tags["model"], tags["version"], tags["signature"])
+    worst = max(_SHADOW_MAX.get(key, 0.0), max_abs_diff)
+    _SHADOW_MAX[key] = worst
+    m.shadow_max_abs_diff.set(worst, tags)

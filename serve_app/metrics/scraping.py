@@ -107,7 +107,10 @@ def merge(texts: Iterable[str]) -> list[Metric]:
         for sample in family.samples:
             labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k not in RAY_LABELS))
             key = (sample.name, labels)
-            totals[key] = totals.get(key, 0.0) + sample.value
+            if family.name in MAX_MERGED:
+                totals[key] = max(totals.get(key, -math.inf), sample.value)
+            else:
+                totals[key] = totals.get(key, 0.0) + sample.value
     for name in [n for n in families if n.endswith(PER_BUCKET)]:
         _rebuild_histogram(families, sums, name)
     for name in [n for n in families if n.endswith(EXACT_SUM)]:
@@ -122,7 +125,45 @@ def merge(texts: Iterable[str]) -> list[Metric]:
     for name, merged in families.items():
         for (sample_name, labels), value in sorted(sums[name].items(), key=_sample_order):
             merged.add_sample(sample_name, dict(labels), value)
+    families.update(shadow_figures(sums))
     return [families[name] for name in sorted(families)]
+
+
+MAX_MERGED = frozenset({PREFIX + "shadow_max_abs_diff"})
+"""Gauges merged by their largest value (a largest difference), not summed."""
+
+
+def shadow_figures(sums: Mapping[str, Mapping[_Series, float]]) -> dict[str, Metric]:
+    """The shadow's diff rate (differed over compared) and latency ratio (shadow's time over
+    the serving version's, for the same requests), per model, version and signature, from the
+    merged counters (``recording.record_shadow``)."""
+    by_outcome: dict[tuple[tuple[str, str], ...], dict[str, float]] = {}
+    for (_, labels), value in sums.get(PREFIX + "shadow_requests", {}).items():
+        rest = tuple(kv for kv in labels if kv[0] != "outcome")
+        outcome = dict(labels).get("outcome", "")
+        by_outcome.setdefault(rest, {})[outcome] = value
+    by_side: dict[tuple[tuple[str, str], ...], dict[str, float]] = {}
+    for (_, labels), value in sums.get(PREFIX + "shadow_seconds", {}).items():
+        rest = tuple(kv for kv in labels if kv[0] != "side")
+        by_side.setdefault(rest, {})[dict(labels).get("side", "")] = value
+    rate = Metric(
+        PREFIX + "shadow_diff_rate",
+        "The share of compared mirrored requests whose shadow answer differed.",
+        "gauge",
+    )
+    ratio = Metric(
+        PREFIX + "shadow_latency_ratio",
+        "The shadow version's time over the serving version's, for the same requests.",
+        "gauge",
+    )
+    for labels, counts in sorted(by_outcome.items()):
+        compared = counts.get("same", 0.0) + counts.get("differed", 0.0)
+        if compared:
+            rate.add_sample(rate.name, dict(labels), counts.get("differed", 0.0) / compared)
+    for labels, sides in sorted(by_side.items()):
+        if sides.get("serving"):
+            ratio.add_sample(ratio.name, dict(labels), sides.get("shadow", 0.0) / sides["serving"])
+    return {m.name: m for m in (rate, ratio) if m.samples}
 
 
 def _rebuild_histogram(

@@ -9,6 +9,8 @@ It holds the routing table and the versions loaded in this process, and answers:
   cannot be reached become TF Serving's codes, and every call is counted in the metrics;
 - TF Serving's RPCs, request bytes and deadline in, ``ModelReply`` out: PredictionService's
   parse the request into a ``ModelCall``, ModelService's go to the version manager;
+- shadow traffic: a sample of a model's answered Predicts mirrored to its shadow version, off
+  the request's path (``runtime.shadow``);
 - readiness, model status, reloads and label weights, from the version manager
   (``deployments.ManagerClient``), and the metrics page.
 
@@ -42,6 +44,7 @@ from serve_app.runtime.replica_config import (
     VersionConfig,
     VersionOptions,
 )
+from serve_app.runtime.shadow import Mirror
 
 logger = logging.getLogger("ray.serve")
 
@@ -78,6 +81,10 @@ class DataPlane:
         """Serving replicas per node: they share its threads."""
         self._app_name = app_name
         self._handles: dict[str, DeploymentHandle] = {}
+        self.in_flight = 0
+        """Model calls being answered now (the mirror sheds while they are many)."""
+        self.mirror = Mirror(self._call, lambda: self.in_flight)
+        """Shadow traffic: answered calls mirrored to a model's shadow version."""
 
     @property
     def colocated(self) -> bool:
@@ -140,10 +147,10 @@ class DataPlane:
         DEADLINE_EXCEEDED. Every call is counted in the request metrics (``serve_app.metrics``).
         """
         started = time.perf_counter()
-        version = None
+        route = None
+        self.in_flight += 1
         try:
             route = self.table.resolve(call.spec)
-            version = route.version
             reply = await self._call(route.target, call)
         except ServingError as e:
             reply = ModelReply.error(e)
@@ -153,8 +160,27 @@ class DataPlane:
             )
         except Exception as e:  # never a Ray traceback to the client
             reply = ModelReply.error(transport_error(e))
-        metrics.record_model_call(call, version, reply.code, time.perf_counter() - started)
+        finally:
+            self.in_flight -= 1
+        seconds = time.perf_counter() - started
+        version = route.version if route is not None else None
+        metrics.record_model_call(call, version, reply.code, seconds)
+        if reply.ok and route is not None:
+            self._shadow(route.model, version, call, reply, seconds)
         return reply
+
+    def _shadow(
+        self, model: str, version: int | None, call: ModelCall, reply: ModelReply, seconds: float
+    ) -> None:
+        """Mirror an answered call to the model's shadow version, if it has one that wants it
+        (``runtime.shadow``); the reply is already the client's."""
+        routes = self.table.models.get(model)
+        shadow = routes.shadow if routes is not None else None
+        if routes is None or shadow is None or not Mirror.wanted(call, shadow, version):
+            return
+        target = routes.versions.get(shadow.version)
+        if target is not None:
+            self.mirror.offer(model, shadow, target, call, reply, seconds)
 
     async def _call(self, target: str, call: ModelCall) -> ModelReply:
         deadline = call.deadline

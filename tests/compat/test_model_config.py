@@ -193,3 +193,45 @@ def test_a_logging_config_that_cannot_be_honoured_is_refused(
         entries(LOGGING.format(collector=collector, rate=rate))
     assert e.value.message.startswith("Model m: ")
     assert message in e.value.message
+
+
+def test_our_shadow_block_is_read_and_kept_through_the_binary_form() -> None:
+    from compat.protos import model_server_config_pb2
+
+    text = (
+        "model_config_list { config { name: 'm' base_path: '/m' "
+        "shadow { version_label: 'next' atol: 0.01 max_pending: 8 } } "
+        "config { name: 'plain' base_path: '/p' shadow { version: 7 } } "
+        "config { name: 'tf' base_path: '/t' } }"
+    )
+    config = model_config.parse_text(text)
+    assert type(config) is model_server_config_pb2.ModelServerConfig  # TF Serving's message
+    again = model_server_config_pb2.ModelServerConfig.FromString(config.SerializeToString())
+    assert [e.shadow for e in model_config.entries(again)] == [
+        {"version_label": "next", "atol": 0.01, "max_pending": 8, "sampling_rate": 1.0},
+        {"version": 7, "sampling_rate": 1.0},
+        None,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ("version: 2 version_label: 'a'", "Model m: shadow names both a version and"),
+        ("sampling_rate: 1.5", "Model m: shadow sampling_rate 1.5 is not within [0, 1]"),
+    ],
+)
+def test_a_shadow_block_that_cannot_be_is_invalid_argument(block: str, message: str) -> None:
+    with pytest.raises(InvalidArgument) as e:
+        entries(
+            f"model_config_list {{ config {{ name: 'm' base_path: '/m' shadow {{ {block} }} }} }}"
+        )
+    assert e.value.message.startswith(message)
+
+
+def test_a_field_the_shadow_block_lacks_is_the_parsers_error() -> None:
+    with pytest.raises(InvalidArgument) as e:
+        model_config.parse_text("model_config_list { config { name: 'm' shadow { bogus: 1 } } }")
+    assert 'Message type "tensorflow.serving.ShadowConfig" has no field named "bogus"' in str(
+        e.value.message
+    )

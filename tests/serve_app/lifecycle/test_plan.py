@@ -10,7 +10,7 @@ import pytest
 from compat.errors import InvalidArgument, NotFound, StatusCode
 from compat.protos import model_pb2
 from compat.routing import ModelRoutes, RoutingTable
-from serve_app.config.args import ModelArgs, VersionPolicy
+from serve_app.config.args import ModelArgs, ShadowArgs, VersionPolicy
 from serve_app.deployments import LoadInfo, Snapshot, VersionState, deployment_name
 from serve_app.lifecycle.plan import (
     Plan,
@@ -355,3 +355,33 @@ def test_a_load_outcome_makes_the_status_loaded_or_ended() -> None:
     table = Statuses({"m": {1: ok}})
     routing = RoutingTable(models={"m": ModelRoutes(versions={1: "m-v1"}, latest=1)})
     assert table.mark_available(routing) == [("m", 1)] and ok.state == State.AVAILABLE
+
+
+def shadowed(**shadow: object) -> ModelArgs:
+    return MODEL.model_copy(update={"shadow": ShadowArgs.model_validate(shadow)})
+
+
+def test_a_shadow_version_is_held_out_of_latest_while_another_serves() -> None:
+    every = lambda m, v: True  # noqa: E731
+    r = routes(routing_for(plan(1, 2), every, {"m": shadowed(atol=0.5)}, {}, epoch=1))
+    assert r.latest == 1 and set(r.versions) == {1, 2}  # the shadow is still routed by number
+    assert r.shadow is not None and (r.shadow.version, r.shadow.atol) == (2, 0.5)
+    by_label = routes(
+        routing_for(plan(1, 2, 3), every, {"m": shadowed(version_label="stable")}, {}, 1)
+    )
+    assert (by_label.shadow.version, by_label.latest) == (1, 3)  # type: ignore[union-attr]
+    # Alone, or not loaded, or naming no version here: no shadow, and latest as TF Serving's.
+    for table in (
+        routing_for(plan(2), every, {"m": shadowed()}, {}, 1),
+        routing_for(plan(1, 2), lambda m, v: v == 1, {"m": shadowed(version=2)}, {}, 1),
+        routing_for(plan(1, 2), every, {"m": shadowed(version=9)}, {}, 1),
+    ):
+        assert routes(table).shadow is None
+        assert routes(table).latest == max(routes(table).versions)
+
+
+def test_a_shadow_added_by_a_new_config_reroutes() -> None:
+    r = routes(routing_for(plan(1, 2), lambda m, v: True, {"m": MODEL}, {}, epoch=1))
+    scan = on_disk(1, 2)
+    assert not plan_model(MODEL, scan, deployed(1, 2), up(1, 2), r).relabel
+    assert plan_model(shadowed(), scan, deployed(1, 2), up(1, 2), r).relabel

@@ -127,3 +127,41 @@ def test_the_page_carries_the_version_states_and_parses() -> None:
 def test_no_versions_is_an_empty_state_family() -> None:
     family = version_state_family({})
     assert family.name == "ray_tfserving_model_version_state" and family.samples == []
+
+
+def shadow_page(w: str, differed: float, same: float, shadow_s: float, worst: float) -> str:
+    """A node's shadow series (``recording.record_shadow``), with Ray's labels."""
+    at = f'WorkerId="{w}",model="m",signature="serving_default",version="2"'
+    requests, seconds = "ray_tfserving_shadow_requests_total", "ray_tfserving_shadow_seconds_total"
+    return (
+        "\n".join(
+            [
+                f"# TYPE {requests} counter",
+                f'{requests}{{{at},outcome="differed"}} {differed}',
+                f'{requests}{{{at},outcome="same"}} {same}',
+                f'{requests}{{{at},outcome="dropped"}} 5.0',
+                f"# TYPE {seconds} counter",
+                f'{seconds}{{{at},side="serving"}} 1.0',
+                f'{seconds}{{{at},side="shadow"}} {shadow_s}',
+                "# TYPE ray_tfserving_shadow_max_abs_diff gauge",
+                f"ray_tfserving_shadow_max_abs_diff{{{at}}} {worst}",
+            ]
+        )
+        + "\n"
+    )
+
+
+def test_shadow_figures_are_derived_and_the_largest_difference_is_the_max() -> None:
+    pages = [
+        shadow_page("a", differed=3.0, same=1.0, shadow_s=2.0, worst=0.5),
+        shadow_page("b", differed=0.0, same=4.0, shadow_s=1.0, worst=1.5),
+    ]
+    got = samples(merge(pages))
+    series = frozenset({("model", "m"), ("signature", "serving_default"), ("version", "2")})
+    assert got[("ray_tfserving_shadow_diff_rate", series)] == 3.0 / 8.0
+    assert got[("ray_tfserving_shadow_latency_ratio", series)] == 3.0 / 2.0
+    assert got[("ray_tfserving_shadow_max_abs_diff", series)] == 1.5  # not summed
+    dropped = series | {("outcome", "dropped")}
+    assert got[("ray_tfserving_shadow_requests_total", dropped)] == 10.0
+    # Without shadow series, no derived family.
+    assert not any("shadow" in f.name for f in merge([AGENT_PAGE.format(w="a")]))
