@@ -7,7 +7,7 @@ from loadtests import soak
 
 
 def test_a_short_soak_loses_nothing_and_stays_bounded() -> None:
-    report = soak.run(seconds=45, rollout_every_s=12, clients=3, warmup_s=5)
+    report = soak.run(seconds=30, rollout_every_s=9, clients=3, warmup_s=5)
     counts = report["counts"]
     # each kind of load ran beside the others (how much of it is the benchmark's business)
     assert counts.get("grpc ok", 0) > 0 and counts.get("rest ok", 0) > 0, counts
