@@ -6,6 +6,7 @@ processes, and the test data the suite needs (``require_test_data``)."""
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import subprocess
 import tempfile
@@ -22,8 +23,11 @@ __all__ = [
     "SHARED",
     "TESTDATA",
     "Server",
+    "established",
     "free_ports",
+    "loopback_head",
     "require_test_data",
+    "row_pids",
     "shared_server",
     "start_server",
     "stop_shared",
@@ -172,3 +176,33 @@ def stop_shared(name: str | None = None) -> None:
                 server.stop()
             finally:
                 shutil.rmtree(root, ignore_errors=True)
+
+
+def established(port: int) -> list[str]:
+    """``ss`` rows of the established connections accepted on loopback ``port``, each with its
+    process (``users:(("name",pid=N,fd=M))``)."""
+    return subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+
+
+def row_pids(row: str) -> list[int]:
+    """The pids an ``established`` row names."""
+    return [int(p.split(",")[0]) for p in row.split("pid=")[1:]]
+
+
+def loopback_head(temp: str, gcs_port: int, **extra: object) -> dict[str, object]:
+    """``ray.cluster_utils.Cluster``'s ``head_node_args`` for a head on 127.0.0.1 with no CPU
+    of its own to spare (1) and no GPU, its files under ``temp/ray`` and its GCS on
+    ``gcs_port``; ``extra`` adds or overrides."""
+    return {
+        "num_cpus": 1,
+        "num_gpus": 0,
+        "node_ip_address": "127.0.0.1",
+        "temp_dir": os.path.join(temp, "ray"),
+        "gcs_server_port": gcs_port,
+        **extra,
+    }

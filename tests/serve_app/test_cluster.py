@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.harness import REPO, TESTDATA, free_ports
+from tests.harness import REPO, TESTDATA, free_ports, loopback_head
 from tests.serve_app.launch.test_cli import predict, run_cli
 from tests.serve_app.test_serving_path import Load, listeners
 
@@ -58,16 +58,13 @@ def cluster() -> Iterator[RayCluster]:
     dashboard_port, gcs_port = free_ports(2)
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={
-            "num_cpus": 1,
-            "num_gpus": 0,
-            "node_ip_address": "127.0.0.1",
-            "temp_dir": os.path.join(temp, "ray"),
-            "include_dashboard": True,  # serve deploy talks to the dashboard's REST API
-            "dashboard_host": "127.0.0.1",
-            "dashboard_port": dashboard_port,
-            "gcs_server_port": gcs_port,
-        },
+        head_node_args=loopback_head(
+            temp,
+            gcs_port,
+            include_dashboard=True,  # serve deploy talks to the dashboard's REST API
+            dashboard_host="127.0.0.1",
+            dashboard_port=dashboard_port,
+        ),
     )
     worker = cluster.add_node(num_cpus=2, num_gpus=1, node_ip_address="127.0.0.1")
     cluster.wait_for_nodes()

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from serve_app.launch import manifests
-from tests.harness import TESTDATA, free_ports
+from tests.harness import TESTDATA, free_ports, loopback_head
 from tests.serve_app.launch.test_cli import predict, run_cli
 from tests.serve_app.test_cluster import MODEL, flags, parent
 from tests.serve_app.test_serving_path import listeners
@@ -116,17 +116,14 @@ def autoscaling() -> Iterator[Autoscaling]:
     config.write_text(json.dumps(autoscaling_config(gcs_port)))
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={
-            "num_cpus": 1,
-            "num_gpus": 0,
-            "node_ip_address": "127.0.0.1",
-            "temp_dir": os.path.join(temp, "ray"),
-            "gcs_server_port": gcs_port,
-            "autoscaling_config": str(config),
+        head_node_args=loopback_head(
+            temp,
+            gcs_port,
+            autoscaling_config=str(config),
             # The ID the fake provider gives the head (as ``ray start`` does under
             # RAY_FAKE_CLUSTER): the autoscaler finds the head by it.
-            "env_vars": {"RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID},
-        },
+            env_vars={"RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID},
+        ),
     )
     assert cluster.head_node is not None
     monitor = cluster.head_node.all_processes[ray_constants.PROCESS_TYPE_MONITOR][0].process

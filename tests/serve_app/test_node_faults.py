@@ -30,7 +30,7 @@ import grpc
 import pytest
 from tensorflow_serving.apis import predict_pb2
 
-from tests.harness import TESTDATA, free_ports
+from tests.harness import TESTDATA, established, free_ports, loopback_head, row_pids
 from tests.serve_app.launch.test_cli import Cli, predict, predict_request, run_cli
 from tests.serve_app.test_cluster import MODEL, flags, parent
 from tests.serve_app.test_serving_path import listeners
@@ -99,13 +99,8 @@ def faulty(redis_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     (gcs_port,) = free_ports(1)
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={
-            "num_cpus": 1,
-            "num_gpus": 0,
-            "node_ip_address": "127.0.0.1",
-            "temp_dir": os.path.join(temp, "ray"),
-            "gcs_server_port": gcs_port,  # fixed: the restarted GCS comes back on it
-        },
+        # the GCS port fixed: the restarted GCS comes back on it
+        head_node_args=loopback_head(temp, gcs_port),
     )
     cli = None
     try:
@@ -318,10 +313,4 @@ def test_a_worker_node_removed_under_load_costs_only_its_connections(faulty: Fau
 
 def connections(port: int, pid: int) -> list[str]:
     """The established connections ``pid`` accepted on ``port`` (``ss``)."""
-    out = subprocess.run(
-        ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [row for row in out.splitlines() if f"pid={pid}," in row]
+    return [row for row in established(port) if pid in row_pids(row)]

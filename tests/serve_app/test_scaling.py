@@ -24,7 +24,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from tests.harness import Server, start_server
+from tests.harness import Server, established, row_pids, start_server
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -137,13 +137,7 @@ def rate(streams: list[Stream], start: float, end: float) -> float:
 
 def connections(port: int) -> Counter[int]:
     """Serving replica pid -> established client connections it holds on ``port`` (``ss``)."""
-    out = subprocess.run(
-        ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return Counter(int(p.split(",")[0]) for row in out.splitlines() for p in row.split("pid=")[1:])
+    return Counter(pid for row in established(port) for pid in row_pids(row))
 
 
 def listening(server: Server) -> set[int]:

@@ -26,7 +26,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from tests.harness import Server, start_server
+from tests.harness import Server, established, row_pids, start_server
 
 MODEL = "half_plus_two"
 DEADLINE_S = 5.0
@@ -91,13 +91,7 @@ def listeners(port: int) -> dict[int, list[str]]:
 
 def connected_pids(port: int) -> set[int]:
     """Processes holding established connections accepted on ``port``."""
-    out = subprocess.run(
-        ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return {int(p.split(",")[0]) for row in out.splitlines() for p in row.split("pid=")[1:]}
+    return {pid for row in established(port) for pid in row_pids(row)}
 
 
 def own_connection(server: Server) -> grpc.Channel:
