@@ -198,8 +198,8 @@ def _serving_replicas(args: AppArgs) -> dict[str, Any]:
 def build_app(args: AppArgs, plan: Plan, adopt: Mapping[str, str] | None = None) -> Application:
     """The application for a plan: one deployment per deployed (model, version), the version
     manager (handed this builder, for its redeploys), and the ingress whose routing table is
-    its ``user_config``. ``adopt``: our version of the ingress -> the version it runs under
-    (``lifecycle.applier.Applier.adopt_running``)."""
+    its ``user_config``. ``adopt``: our version of a deployment (the ingress, a model
+    version's) -> the version it runs under (``lifecycle.applier.Applier.adopt_running``)."""
     versions = []
     local: dict[str, LocalVersion] = {}
     for model, deployed in sorted(plan.deployed.items()):
@@ -213,16 +213,15 @@ def build_app(args: AppArgs, plan: Plan, adopt: Mapping[str, str] | None = None)
             own = _version_options(args, scaling)
             options = _model_deployment_options(args, scaling)
             session = own.session.model_dump()
+            code = _version(model, version, path, session, options["ray_actor_options"])
             versions.append(
                 serve.deployment(ModelVersion)
                 .options(
                     name=deployment_name(model, version),
-                    **versioned(
-                        _version(model, version, path, session, options["ray_actor_options"])
-                    ),
+                    **versioned((adopt or {}).get(code, code)),
                     **options,
                 )
-                .bind(model, version, path, **dict(own))
+                .bind(model, version, path, build=code, **dict(own))
             )
     manager = (
         serve.deployment(VersionManager)

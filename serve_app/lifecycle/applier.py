@@ -61,28 +61,56 @@ class Applier:
         self._adopt: dict[str, str] = {}
         """Our version of the serving replicas -> the version they run under (``adopt_running``)."""
 
-    async def adopt_running(self) -> None:
-        """Keep the serving replicas that run now through the redeploys to come, when they were
-        built as ours would be.
+    async def adopt_running(self, plan: Plan) -> None:
+        """Keep the replicas that run now through the redeploys to come, when they were built as
+        ours would be: the serving replicas, and those of ``plan``'s versions in deployments of
+        their own.
 
         A Serve config's deployments (``serve deploy``, ``serve run config.yaml``) run under the
-        config's code version, not under ours: redeployed with ours, every serving replica would
-        start again (seconds each, TF imported anew), a restart of the whole serving path just
-        after it came up. Each serving replica reports the version it was built with (our hash
-        of its settings, handed in when the deployment was built); when every one of them says
-        the same, the builder deploys the serving replicas under the version they run whenever
-        it computes that same hash, so nothing restarts. Settings that changed since give
-        another hash, and the replicas are replaced as before. Waits up to ``ADOPT_WAIT_S`` for
-        the replicas' first reports; without them, nothing is adopted."""
-        running = await asyncio.to_thread(deployed_version, self.app_name, INGRESS)
-        if running is None:
-            return
+        config's code version, not under ours: redeployed with ours, every replica would start
+        again (seconds each, TF imported anew), a restart of the whole serving path just after
+        it came up. Each replica knows the version it was built with (our hash of its
+        settings, handed in when the deployment was built): a serving replica reports it, a
+        model version's replica answers ``built_with``. When the replicas of a deployment say
+        the same, the builder deploys it under the version it runs whenever it computes that
+        same hash, so nothing restarts. Settings that changed since give another hash, and the
+        replicas are replaced as before. Waits up to ``ADOPT_WAIT_S`` in all for the replicas;
+        a deployment that does not answer by then is not adopted."""
         deadline = time.monotonic() + ADOPT_WAIT_S
-        while time.monotonic() < deadline and not self._all_serving_replicas(lambda r: True):
-            await asyncio.sleep(0.05)
-        builds = {r.build for r in self._reports.live()}
-        if self._all_serving_replicas(lambda r: True) and len(builds) == 1 and "" not in builds:
-            self._adopt = {builds.pop(): running}
+        running = await asyncio.to_thread(deployed_version, self.app_name, INGRESS)
+        if running is not None:
+            while time.monotonic() < deadline and not self._all_serving_replicas(lambda r: True):
+                await asyncio.sleep(0.05)
+            builds = {r.build for r in self._reports.live()}
+            every = self._all_serving_replicas(lambda r: True)
+            if every and len(builds) == 1 and "" not in builds:
+                self._adopt[builds.pop()] = running
+        for model, versions in plan.deployed.items():
+            for version in versions:
+                name = deployment_name(model, version)
+                running = await asyncio.to_thread(deployed_version, self.app_name, name)
+                build = await self._built_with(name, deadline) if running is not None else ""
+                if build and running is not None:
+                    self._adopt[build] = running
+
+    async def _built_with(self, name: str, deadline: float) -> str:
+        """What a model version's deployment says it was built with, once it is HEALTHY ("" if
+        it fails, or does not answer before ``deadline``)."""
+        while time.monotonic() < deadline:
+            status = await asyncio.to_thread(serve.status)
+            app = status.applications.get(self.app_name)
+            d = app.deployments.get(name) if app else None
+            if d is None or d.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+                return ""
+            if d.status == "HEALTHY":
+                handle = serve.get_deployment_handle(name, self.app_name)
+                try:
+                    left = max(deadline - time.monotonic(), 0.1)
+                    return str(await asyncio.wait_for(handle.built_with.remote(), left))
+                except Exception:  # an older build without the method, or no answer in time
+                    return ""
+            await asyncio.sleep(0.2)
+        return ""
 
     async def apply(self, args: AppArgs, plan: Plan) -> None:
         """Redeploy the application with ``plan`` and wait until Ray has settled it."""

@@ -136,12 +136,12 @@ class VersionManager:
         First the application is deployed again from here, before any version is AVAILABLE:
         an application deployed from a Serve config (``serve deploy``) carries the config's
         code version on every deployment instead of ours, and with ``accelerator=auto`` a
-        builder that ran before Ray was connected could not see the cluster's GPUs. Serving
-        replicas built as ours would be are kept running under the version they have
+        builder that ran before Ray was connected could not see the cluster's GPUs. Replicas
+        built as ours would be are kept running under the version they have
         (``Applier.adopt_running``); what differs is replaced now, never later under load.
         Serve changes nothing when the versions already match (the CLI's deploy); otherwise
         this replica, too, is replaced (it is light), and its successor finds them matching."""
-        await self._applier.adopt_running()
+        await self._applier.adopt_running(self.plan)
         await self._apply(self.plan.copy_deep())
         for model, versions in list(self.plan.deployed.items()):
             for v in list(versions):

@@ -106,7 +106,11 @@ class ModelVersion:
         tensor_content: bool = False,
         per_model_batching: bool = False,
         object_store_cache_max_mb: int = 10240,
+        build: str = "",
     ) -> None:
+        self._build = build
+        """In a deployment of its own, the version the deployment was built with
+        (``launch.app``; ``built_with``)."""
         session = SessionConfig.model_validate(session)
         self.model = model
         self.version = version
@@ -213,6 +217,11 @@ class ModelVersion:
     def queued_batches(self) -> int:
         """Batches of this version waiting to run (0 without batching)."""
         return self._batches.queued_batches
+
+    async def built_with(self) -> str:
+        """The version this deployment was built with, as this replica was started: the
+        version manager keeps a replica built as it would build it (``Applier.adopt_running``)."""
+        return self._build
 
     def load_state(self) -> LoadState:
         if self.error is not None:

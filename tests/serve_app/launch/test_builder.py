@@ -137,3 +137,24 @@ def test_the_serving_replicas_are_built_with_their_version_and_adopt_a_running_o
         {"model_name": "hpt", "model_base_path": HALF_PLUS_TWO, "grpc_port": "9100"}
     )
     assert deployments(build_app(changed, Plan(), {build: "x"}))["Ingress"].version != "x"
+
+
+def test_a_version_in_its_own_deployment_is_built_with_its_version_and_adopts_a_running_one() -> (
+    None
+):
+    """As the ingress: a model version's deployment answers ``built_with`` with the version it
+    was built with, and ``adopt`` keeps it under the one it runs; other settings, another."""
+    from serve_app.launch.app import build_app
+    from serve_app.launch.boot import parse_cli_args
+    from serve_app.lifecycle.plan import Plan
+
+    raw = {"model_name": "hpt", "model_base_path": HALF_PLUS_TWO, "colocate": "false"}
+    plan = Plan(deployed={"hpt": {123: f"{HALF_PLUS_TWO}/00000123"}})
+    ours = deployments(build_app(parse_cli_args(raw), plan))["hpt-v123"]
+    build = ours.init_kwargs["build"]
+    assert ours.version == build and len(build) == 16
+    kept = deployments(build_app(parse_cli_args(raw), plan, {build: "config-code-version"}))
+    assert kept["hpt-v123"].version == "config-code-version"
+    assert kept["Ingress"].version != "config-code-version"  # its own hash is another
+    other = parse_cli_args({**raw, "own_deployments.hpt.num_cpus": "0.5"})
+    assert deployments(build_app(other, plan, {build: "x"}))["hpt-v123"].version != "x"
