@@ -47,11 +47,9 @@ RUNS_AT_ONCE = 4
 
 
 def runs_at_once(session: SessionConfig) -> int:
-    """How many model runs a version starts at once outside batching. With ops in their
-    calling thread (a negative ``inter_op_parallelism``) each run is a thread of compute, so as
-    many as the session has intra-op threads (TF's default, 0: every core): more would only
-    take turns on the same cores. Otherwise ``RUNS_AT_ONCE``, their ops shared out by TF's
-    inter-op pool."""
+    """Model runs a version starts at once outside batching: with ops in their calling thread
+    (a negative ``inter_op_parallelism``) one per intra-op thread (0: every core), more would
+    take turns on the same cores; else ``RUNS_AT_ONCE``, ops shared out by TF's inter-op pool."""
     if session.inter_op_parallelism >= 0:
         return RUNS_AT_ONCE
     return session.intra_op_parallelism or usable_cores()
@@ -59,10 +57,7 @@ def runs_at_once(session: SessionConfig) -> int:
 
 def own_batching(path: str) -> BatchingArgs | None:
     """The version's ``batching_params.pbtxt`` (TF Serving's per-model batching parameters),
-    unset fields at TF Serving's defaults; None without one. A file that does not parse fails
-    the load with TF Serving's message."""
-    from pathlib import Path
-
+    unset fields at TF Serving's defaults; None without one; one that does not parse fails."""
     from compat.text_configs import BATCHING_PARAMS_FILE, read_batching_parameters
 
     file = Path(path) / BATCHING_PARAMS_FILE
@@ -108,9 +103,7 @@ class ModelVersion:
         object_store_cache_max_mb: int = 10240,
         build: str = "",
     ) -> None:
-        self._build = build
-        """In a deployment of its own, the version the deployment was built with
-        (``launch.app``; ``built_with``)."""
+        self._build = build  # in a deployment of its own: the version it was built with
         session = SessionConfig.model_validate(session)
         self.model = model
         self.version = version
@@ -219,8 +212,7 @@ class ModelVersion:
         return self._batches.queued_batches
 
     async def built_with(self) -> str:
-        """The version this deployment was built with, as this replica was started: the
-        version manager keeps a replica built as it would build it (``Applier.adopt_running``)."""
+        """The version it was built with, as started (``Applier.adopt_running``)."""
         return self._build
 
     def load_state(self) -> LoadState:
