@@ -25,9 +25,14 @@ def test_smoke_run_measures_every_system(tmp_path: Path, client: str) -> None:
     if client == "h2load" and not h2load.available():
         assert not os.environ.get("CI"), "CI installs h2load (nghttp2-client): .ci/run"
         pytest.skip("h2load (Debian package nghttp2-client) is not installed")
+    # Both clients share the callers (h2load's run checks each cell with one call of them), so
+    # where h2load runs too, the Python client's own part, its closed loop, is measured against
+    # the plain server alone: one boot of ray-tfserving less.
+    systems = ["inprocess", "plain"] if client == "python" and h2load.available() else SYSTEMS
     out = tmp_path / "bench"
+    command = [sys.executable, "-m", "loadtests.bench", "--smoke", "--client", client]
     run = subprocess.run(
-        [sys.executable, "-m", "loadtests.bench", "--smoke", "--client", client, "--out", str(out)],
+        [*command, "--out", str(out), "--systems", ",".join(systems)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -37,14 +42,14 @@ def test_smoke_run_measures_every_system(tmp_path: Path, client: str) -> None:
     results = json.loads((out / "bench.json").read_text())
     assert results["meta"]["settings"]["client"] == client
     cells = {(c["system"], c["batching"], c["concurrency"]): c for c in results["cells"]}
-    assert set(cells) == {
+    every = {
         ("inprocess", None, None),
         ("plain", None, 1),
         ("ray-grpc", "off", 1),
         ("ray-rest", "off", 1),
         ("ray-v2", "off", 1),
     }
-    assert {c["system"] for c in results["cells"]} == set(SYSTEMS)
+    assert set(cells) == {key for key in every if key[0] in systems}
     for cell in results["cells"]:
         assert cell["workload"] == "half_plus_two"
         assert cell["examples_per_s"] > 0, cell
@@ -53,7 +58,8 @@ def test_smoke_run_measures_every_system(tmp_path: Path, client: str) -> None:
             assert cell["p50_ms"] > 0 and cell["p99_ms"] >= cell["p50_ms"], cell
             assert cell["vs_inprocess"] > 0, cell
             assert cell["server_cpu_total"] > 0, cell
-    assert cells[("ray-grpc", "off", 1)]["vs_plain"] > 0
+    if "ray-grpc" in systems:
+        assert cells[("ray-grpc", "off", 1)]["vs_plain"] > 0
     limit = cells[("inprocess", None, None)]
     assert limit["examples_per_s"] == max(limit["limit_runs"]) > 0  # before and after the servers
     assert (out / "bench.png").stat().st_size > 0

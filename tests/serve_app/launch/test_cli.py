@@ -771,10 +771,12 @@ def test_a_model_that_never_loads_ends_startup_at_its_bound(tmp_path: Path) -> N
         cli.stop()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_while_rolling_out_stops_everything(sig: int, tmp_path: Path) -> None:
-    """A new version is loading (its load hangs: a FIFO for its variables index) when the
-    signal comes: the server exits 0 and within 30 s nothing of its session is left."""
+def test_a_signal_while_rolling_out_stops_everything(tmp_path: Path) -> None:
+    """A new version is loading (its load hangs: a FIFO for its variables index) when SIGTERM
+    comes (it drains first, the longer path): the server exits 0 and within 30 s nothing of its
+    session is left. SIGINT (no drain) is sent at the start's moments above and to a serving
+    server in test_ctrl_c_stops_cleanly."""
+    sig = signal.SIGTERM
     base = tmp_path / "m"
     shutil.copytree(TESTDATA / "saved_model_half_plus_two_cpu" / "00000123", base / "1")
     (port,) = free_ports(1)
