@@ -223,12 +223,13 @@ def build_app(args: AppArgs, plan: Plan, adopt: Mapping[str, str] | None = None)
                 )
                 .bind(model, version, path, build=code, **dict(own))
             )
+    manager_code = _version("manager")
     manager = (
         serve.deployment(VersionManager)
         .options(
             name=VERSION_MANAGER,
             num_replicas=1,
-            **versioned(_version("manager")),
+            **versioned((adopt or {}).get(manager_code, manager_code)),
             ray_actor_options={"num_cpus": 0.05},
             max_ongoing_requests=1000,
             graceful_shutdown_wait_loop_s=SHUTDOWN_POLL_S,
@@ -239,6 +240,7 @@ def build_app(args: AppArgs, plan: Plan, adopt: Mapping[str, str] | None = None)
             plan.model_dump(mode="json"),
             build_app,
             _versions=versions,
+            build=manager_code,
         )
     )
     config = IngressConfig(

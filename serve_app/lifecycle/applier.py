@@ -61,10 +61,10 @@ class Applier:
         self._adopt: dict[str, str] = {}
         """Our version of the serving replicas -> the version they run under (``adopt_running``)."""
 
-    async def adopt_running(self, plan: Plan) -> None:
+    async def adopt_running(self, plan: Plan, manager_build: str = "") -> None:
         """Keep the replicas that run now through the redeploys to come, when they were built as
-        ours would be: the serving replicas, and those of ``plan``'s versions in deployments of
-        their own.
+        ours would be: the version manager (this replica, built as ``manager_build``), the
+        serving replicas, and those of ``plan``'s versions in deployments of their own.
 
         A Serve config's deployments (``serve deploy``, ``serve run config.yaml``) run under the
         config's code version, not under ours: redeployed with ours, every replica would start
@@ -77,6 +77,9 @@ class Applier:
         replicas are replaced as before. Waits up to ``ADOPT_WAIT_S`` in all for the replicas;
         a deployment that does not answer by then is not adopted."""
         deadline = time.monotonic() + ADOPT_WAIT_S
+        running = await asyncio.to_thread(deployed_version, self.app_name, VERSION_MANAGER)
+        if running is not None and manager_build:
+            self._adopt[manager_build] = running
         running = await asyncio.to_thread(deployed_version, self.app_name, INGRESS)
         if running is not None:
             while time.monotonic() < deadline and not self._all_serving_replicas(lambda r: True):

@@ -53,9 +53,11 @@ class VersionManager:
         plan: dict[str, Any],
         builder: Builder,
         _versions: list[Any] | None = None,
+        build: str = "",
     ) -> None:
         # ``_versions`` only keeps the model-version deployments in the application graph;
-        # ``builder`` is ``app.build_app``, handed in by itself (no import back to it).
+        # ``builder`` is ``app.build_app``, handed in by itself (no import back to it);
+        # ``build``: the version the builder gave this deployment (``Applier.adopt_running``).
         self.args = AppArgs.model_validate(args)
         self.plan = Plan.model_validate(plan)
         self.status = Statuses()
@@ -68,6 +70,7 @@ class VersionManager:
         self._reports = Reports()
         """Serving replica -> what it last reported holding (``report_replica``)."""
         self._applier = Applier(builder, self._reports, self.args.serving_replicas_least)
+        self._build = build
         self._started = False
         self._draining = False
         """Set on SIGTERM (``drain``): readiness and health say not serving, requests still are."""
@@ -139,9 +142,10 @@ class VersionManager:
         builder that ran before Ray was connected could not see the cluster's GPUs. Replicas
         built as ours would be are kept running under the version they have
         (``Applier.adopt_running``); what differs is replaced now, never later under load.
-        Serve changes nothing when the versions already match (the CLI's deploy); otherwise
-        this replica, too, is replaced (it is light), and its successor finds them matching."""
-        await self._applier.adopt_running(self.plan)
+        Serve changes nothing when the versions already match (the CLI's deploy). This replica
+        adopts its own running version too: it runs this code, and a successor would only import
+        TensorFlow again (seconds on the way to the first AVAILABLE) to do what it does."""
+        await self._applier.adopt_running(self.plan, self._build)
         await self._apply(self.plan.copy_deep())
         for model, versions in list(self.plan.deployed.items()):
             for v in list(versions):

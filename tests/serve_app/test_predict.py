@@ -254,8 +254,13 @@ def test_a_serve_config_boot_starts_each_serving_replica_once(server: Server) ->
     """The harness boots ``serve run`` of the Serve config: its deployments run under the
     config's code version, and the version manager's first redeploy keeps the serving replicas
     it finds built as its own would be (``Applier.adopt_running``) instead of starting every one
-    again. Each replica logs its ports once, when it starts: two replicas, two lines."""
+    again; the version manager adopts its own running version too. Serve's controller logs
+    each replica it adds: two serving replicas and one manager, once each."""
     import re
 
-    started = set(re.findall(r"Serving gRPC on \S+ and REST on \S+ \(replica (\w+)", server.log()))
-    assert len(started) == len(server.replicas("Ingress")) == 2, started
+    def added(deployment: str) -> int:
+        pattern = rf"Adding (\d+) replicas? to Deployment\(name='{deployment}'"
+        return sum(int(n) for n in re.findall(pattern, server.log()))
+
+    assert added("Ingress") == len(server.replicas("Ingress")) == 2, server.log()[-3000:]
+    assert added("VersionManager") == len(server.replicas("VersionManager")) == 1

@@ -139,6 +139,27 @@ def test_the_serving_replicas_are_built_with_their_version_and_adopt_a_running_o
     assert deployments(build_app(changed, Plan(), {build: "x"}))["Ingress"].version != "x"
 
 
+def test_the_version_manager_knows_its_build_and_adopts_the_version_it_runs_under() -> None:
+    """The version manager is handed the version the builder gives it; ``adopt`` keeps it
+    under the version it runs (a Serve config's), so its own first redeploy does not replace
+    it, and leaves it as it is for any other mapping."""
+    from serve_app.launch.app import build_app
+    from serve_app.launch.boot import parse_cli_args
+    from serve_app.lifecycle.plan import Plan
+
+    args = parse_cli_args({"model_name": "hpt", "model_base_path": HALF_PLUS_TWO})
+    ours = deployments(build_app(args, Plan()))["VersionManager"]
+    build = ours.init_kwargs["build"]
+    assert ours.version == build and len(build) == 16
+    assert build != deployments(build_app(args, Plan()))["Ingress"].init_kwargs["build"]
+    kept = deployments(build_app(args, Plan(), {build: "config-code-version"}))
+    assert kept["VersionManager"].version == "config-code-version"
+    assert kept["VersionManager"].init_kwargs["build"] == build
+    assert kept["Ingress"].version != "config-code-version"
+    other = deployments(build_app(args, Plan(), {"another": "config-code-version"}))
+    assert other["VersionManager"].version == build
+
+
 def test_a_version_in_its_own_deployment_is_built_with_its_version_and_adopts_a_running_one() -> (
     None
 ):
