@@ -17,7 +17,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
+from serve_app.config.model_args import RolloutPolicy
+
+__all__ = ["Figures", "Position", "RolloutPolicy", "Stage", "advance", "start"]
 
 
 class Stage(enum.StrEnum):
@@ -25,25 +27,6 @@ class Stage(enum.StrEnum):
     CANARY = "canary"
     FULL = "full"
     ROLLED_BACK = "rolled_back"
-
-
-class RolloutPolicy(BaseModel):
-    """The stages a candidate goes through and the gates between them."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    shadow_requests: int = Field(default=100, ge=0)
-    """Compared mirrored requests the shadow stage takes (0: no shadow stage)."""
-    max_diff_rate: float = Field(default=0.0, ge=0, le=1)
-    """The share of compared requests that may differ."""
-    canary_weights: list[float] = [0.01, 0.1, 0.5]
-    """The canary steps: the candidate's share of ``latest`` traffic, in order."""
-    canary_requests: int = Field(default=100, ge=1)
-    """Requests the candidate answers in each canary step before it is judged."""
-    max_error_rate_increase: float = Field(default=0.0, ge=0, le=1)
-    """How much higher the candidate's error rate may be than the current version's."""
-    max_p99_ratio: float = Field(default=2.0, gt=0)
-    """How many times the current version's p99 latency the candidate's may be."""
 
 
 @dataclass(frozen=True)
