@@ -116,6 +116,11 @@ class ManagerClient:
         )
         return reply
 
+    async def rollout(self, model: str, action: str = "") -> ModelReply:
+        """A model's rollout report (JSON), after ``promote`` or ``abort`` when asked."""
+        reply: ModelReply = await self._await(self.handle.rollout.remote(model, action))
+        return reply
+
     async def snapshot(self) -> Snapshot:
         snapshot: Snapshot = await self._await(self.handle.snapshot.remote())
         return snapshot

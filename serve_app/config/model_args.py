@@ -149,9 +149,7 @@ def models_from_config(config: Any) -> list[ModelArgs]:
             except ValidationError as error:
                 first = error.errors()[0]
                 where = ".".join(str(part) for part in first["loc"])
-                raise InvalidArgument(
-                    f"Model {e.name}: rollout {where}: {first['msg']}"
-                ) from None
+                raise InvalidArgument(f"Model {e.name}: rollout {where}: {first['msg']}") from None
     return [
         ModelArgs(
             name=e.name,

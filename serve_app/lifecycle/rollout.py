@@ -27,8 +27,8 @@ from compat.routing import ModelRoutes
 from serve_app.calls import ModelReply, parse_request
 from serve_app.config.args import AppArgs, ModelArgs, models_from_config
 from serve_app.deployments import Snapshot
+from serve_app.lifecycle import gated, probe, repository
 from serve_app.lifecycle import plan as planner
-from serve_app.lifecycle import probe, repository
 from serve_app.lifecycle.applier import Applier, Builder
 from serve_app.lifecycle.config_source import ConfigFileSource
 from serve_app.lifecycle.faults import Faults
@@ -44,8 +44,8 @@ MAX_BACKOFF_S = 60.0
 """The longest wait before a failed step of the version manager is tried again."""
 
 
-class VersionManager:
-    """Owns the plan: polls base paths, rolls versions out, answers model status and reloads."""
+class VersionManager(gated.RolloutDriver):
+    """Owns the plan: polls base paths, rolls versions out (``gated``), answers status, reloads."""
 
     def __init__(
         self,
@@ -82,6 +82,7 @@ class VersionManager:
         self._config_file = ConfigFileSource(self._faults, self.args.request_log_allowed_dirs)
         """The model config file, read again at each poll."""
         self._task = asyncio.get_event_loop().create_task(self._poll_forever())
+        self._start_rollouts()
 
     # --- background loop ---------------------------------------------------------------------
 
@@ -190,6 +191,7 @@ class VersionManager:
             self.status.get(model.name, {}),
             self.plan.routing.models.get(model.name, ModelRoutes()),
             resource_preserving=self.args.rollout == "resource_preserving",
+            staged=self._rollouts.staged().get(model.name),
         )
 
     async def _reconcile_model(self, model: ModelArgs) -> None:
@@ -217,8 +219,8 @@ class VersionManager:
         # aspired set, so the version it was meant to replace keeps serving (availability
         # first, as TF Serving does); the directory may have changed while versions loaded.
         steps = await self._steps(model)
-        if steps.unload:
-            await self._retire(name, steps.unload)
+        if steps.unload - self._rollouts.held(name):
+            await self._retire(name, steps.unload - self._rollouts.held(name))
         elif steps.relabel:  # a label the config added or moved (a retire reroutes anyway)
             await self._route_and_apply(self.plan.copy_deep())
 
@@ -269,6 +271,7 @@ class VersionManager:
         for v in versions:
             if not self.status[model][v].loaded:
                 plan.deployed[model].pop(v, None)
+        self._begin_rollout(model, [v for v in versions if v in plan.deployed[model]])
         await self._route_and_apply(plan)
 
     async def _retire(self, model: str, versions: set[int], drop_model: bool = False) -> None:
@@ -325,6 +328,7 @@ class VersionManager:
             epoch=self.plan.routing.epoch + 1,
             exclude=exclude,
             drop_model=drop_model,
+            staged=self._rollouts.staged(),
         )
         await self._apply(plan)
 
@@ -346,12 +350,12 @@ class VersionManager:
     # --- what the serving replicas hold -------------------------------------------------------
 
     async def report_replica(
-        self, replica: str, epoch: int, loads: dict[str, Any], build: str = ""
+        self, replica: str, epoch: int, loads: dict[str, Any], build: str = "", figures: Any = None
     ) -> None:
-        """A serving replica's heartbeat: its routing epoch, the versions it holds and the
-        version it was built with. This and the other small RPCs are ``async`` so Serve answers
-        them on the replica's event loop, without a hop through its thread pool for each."""
-        self._reports.report(replica, epoch, loads, build)
+        """A serving replica's heartbeat: its routing epoch, the versions it holds, the version
+        it was built with and its counts. This and the other small RPCs are ``async`` so Serve
+        answers them on the replica's event loop, without a hop through its thread pool."""
+        self._reports.report(replica, epoch, loads, build, figures)
 
     # --- RPCs ----------------------------------------------------------------------------------
 

@@ -237,6 +237,9 @@ class DataPlane:
     async def set_label_weight(self, model: str, label: str, weight: float) -> ModelReply:
         return await self.manager.set_label_weight(model, label, weight)
 
+    async def rollout(self, model: str, action: str = "") -> ModelReply:
+        return await self.manager.rollout(model, action)
+
     async def metrics_text(self) -> tuple[bytes, str]:
         """The metrics page: every node's metrics and the version states."""
         snapshot = await self.manager.snapshot()

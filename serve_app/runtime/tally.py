@@ -16,8 +16,8 @@ from typing import Any
 import grpc
 
 BUCKETS_S: tuple[float, ...] = tuple(0.0005 * 1.25**k for k in range(60))
-"""Upper bounds of the latency buckets, 0.5 ms to about an hour, each 25% wider: a p99 read
-from them is at most a quarter above the true one."""
+"""Upper bounds of the latency buckets, 0.5 ms to over four minutes, each 25% wider (and one
+beyond): a p99 read from them is at most a quarter above the true one."""
 
 SERVER_ERRORS = frozenset(
     {
@@ -126,7 +126,7 @@ class Tally:
         counts.errors += code in SERVER_ERRORS
         counts.buckets[bisect.bisect_left(BUCKETS_S, seconds)] += 1
 
-    def record_shadow(self, model: str, version: int, _signature: str, outcome: str, *_: Any) -> None:
+    def record_shadow(self, model: str, version: int, _sig: str, outcome: str, *_: Any) -> None:
         outcomes = self.totals.shadow.setdefault((model, version), {})
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
 
@@ -134,6 +134,6 @@ class Tally:
         """The counts as plain lists, for the heartbeat."""
         t = self.totals
         return {
-            "calls": [(m, v, c.requests, c.errors, list(c.buckets)) for (m, v), c in t.calls.items()],
+            "calls": [(m, v, c.requests, c.errors, c.buckets[:]) for (m, v), c in t.calls.items()],
             "shadow": [(m, v, o, n) for (m, v), os in t.shadow.items() for o, n in os.items()],
         }
