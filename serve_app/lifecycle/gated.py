@@ -162,7 +162,8 @@ class Rollouts:
         self.runs[model] = run
         return run
 
-    def end(self, model: str, outcome: str) -> Run:
+    def end(self, model: str, outcome: str = "") -> Run:
+        """The run of ``model`` is over; its ``outcome`` is set once the routes say so."""
         run = self.runs.pop(model)
         run.outcome = outcome
         self.finished[model] = run
@@ -263,7 +264,7 @@ class RolloutDriver:
         """Route as ``run`` says now: its next stage, promoted, or rolled back."""
         stage, model = run.position.stage, run.model
         if stage is Stage.ROLLED_BACK:
-            self._rollouts.end(model, "rolled_back")
+            self._rollouts.end(model)
             reason = run.position.reason
             logger.warning("%s version %d rolled back: %s", model, run.candidate, reason)
             await self._retire(model, {run.candidate})
@@ -272,13 +273,15 @@ class RolloutDriver:
                 s.error_code = StatusCode.ABORTED.value[0]
                 s.error_message = f"Rolled back: {run.position.reason}"
                 s.failures = 0
+            run.outcome = "rolled_back"  # once done: the report says so only then
             return
         if stage is Stage.FULL:
-            self._rollouts.end(model, "promoted")
+            self._rollouts.end(model)
             logger.info("%s version %d promoted", model, run.candidate)
         await self._route_and_apply(self.plan.copy_deep())
         run.epoch = self.plan.routing.epoch
         if stage is Stage.FULL:  # the version policy unloads the one before now
+            run.outcome = "promoted"
             for m in self.args.models:
                 if m.name == model:
                     await self._reconcile_model(m)

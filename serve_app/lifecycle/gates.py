@@ -7,9 +7,9 @@ it began (``Figures``) against the current version's: the shadow on its diff rat
 step on the error rate and p99 latency against the current version's. A breach rolls back
 (``rolled_back``, with the reason) as soon as it is certain, even before the stage has its
 requests; a stage that has them and no breach moves on. Nothing here acts: the caller routes as
-the ``Position`` says. There is no caller yet: the version manager does not run a rollout by
-policy (the model config's ``rollout`` block, the admin port's promote and abort are still to
-come), so only the decisions are built and tested (``tests/serve_app/lifecycle/test_gates.py``).
+the ``Position`` says. The caller is the version manager (``lifecycle.gated``), for a model
+whose config has a ``rollout`` block (the policy, typed in ``config.model_args``); it gathers
+the figures from the serving replicas' counts (``runtime.tally``).
 """
 
 from __future__ import annotations
