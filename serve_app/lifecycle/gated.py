@@ -83,7 +83,7 @@ class Run:
         """Move on (or back) by the counts since the stage began; True when it moved."""
         if self.baseline is None:
             return False
-        self.figures = figures_of(totals.since(self.baseline), self.model, self)
+        self.figures = figures_of(totals.since(self.baseline), self.model, self, totals)
         return self.move(gates.advance(self.policy, self.position, self.figures))
 
     def move(self, to: Position) -> bool:
@@ -123,9 +123,11 @@ class Run:
         }
 
 
-def figures_of(counts: Totals, model: str, run: Run) -> Figures:
-    """A stage's figures: the candidate's shadow outcomes (a mirrored call that failed counts
-    as an answer that differed) and both versions' calls."""
+def figures_of(counts: Totals, model: str, run: Run, everything: Totals) -> Figures:
+    """A stage's figures (``counts``): the candidate's shadow outcomes (a mirrored call that
+    failed counts as an answer that differed) and both versions' calls. When the current
+    version answered none in the stage (a canary step's few requests may all go to the
+    candidate), its p99 is that of all it answered (``everything``)."""
     shadow = counts.outcomes(model, run.candidate)
     differed = shadow.get("differed", 0) + shadow.get("failed", 0)
     candidate, current = counts.version(model, run.candidate), counts.version(model, run.current)
@@ -137,7 +139,7 @@ def figures_of(counts: Totals, model: str, run: Run) -> Figures:
         candidate_p99_s=candidate.p99(),
         current_requests=current.requests,
         current_errors=current.errors,
-        current_p99_s=current.p99(),
+        current_p99_s=current.p99() or everything.version(model, run.current).p99(),
     )
 
 

@@ -33,7 +33,7 @@ ROLLOUTS = {
     "slow": "shadow_requests: 0 canary_weights: 0.5 canary_requests: 3 max_p99_ratio: 3",
     # half_plus_two again: promoted through every stage (a loose latency gate: few requests)
     "good": "shadow_requests: 5 atol: 0.001 canary_weights: 0.25 canary_weights: 0.5 "
-    "canary_requests: 4 max_p99_ratio: 100",
+    "canary_requests: 4 max_p99_ratio: 1000",
 }
 """Models with a rollout block (our model config's), each given its version 2 by
 ``test_rollouts_under_load``."""

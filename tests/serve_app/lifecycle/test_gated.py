@@ -100,6 +100,22 @@ def test_a_good_candidate_goes_through_every_stage() -> None:
     assert run.stages[2]["figures"]["candidate_requests"] == 3
 
 
+def test_a_canary_step_the_current_answered_none_of_is_judged_on_all_it_answered() -> None:
+    rollouts = Rollouts()
+    run = rollouts.begin("m", 1, 2, RolloutPolicy(shadow_requests=0, canary_requests=3), 5)
+    assert run is not None
+    t = Tally()
+    for _ in range(20):
+        t.record_call("m", 1, OK, 0.002)
+    rollouts.judge([report(t)])
+    for _ in range(3):
+        t.record_call("m", 2, OK, 0.3)  # every request of the step went to the candidate
+    assert rollouts.judge([report(t)]) == [run]
+    assert run.position.stage is Stage.ROLLED_BACK
+    assert run.stages[0]["figures"]["current_requests"] == 0
+    assert run.stages[0]["figures"]["current_p99_s"] == pytest.approx(0.002, rel=0.25)
+
+
 def test_a_slow_canary_is_rolled_back() -> None:
     rollouts = Rollouts()
     run = rollouts.begin("m", 1, 2, RolloutPolicy(shadow_requests=0, canary_requests=3), 5)
