@@ -283,10 +283,10 @@ class RolloutDriver:
         await self._route_and_apply(self.plan.copy_deep())
         run.epoch = self.plan.routing.epoch
         if stage is Stage.FULL:  # the version policy unloads the one before now
-            run.outcome = "promoted"
             for m in self.args.models:
                 if m.name == model:
                     await self._reconcile_model(m)
+            run.outcome = "promoted"
 
     async def rollout(self, model: str, action: str = "") -> ModelReply:
         """The admin port's: a model's rollout report, after ``promote`` or ``abort`` it when

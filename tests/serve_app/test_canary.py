@@ -320,5 +320,6 @@ def test_rollouts_under_load(server: Server, testdata: Path, tmp_path: Path) -> 
     assert versions_seen(server, model="caught") == Counter({1: CALLS})
     assert versions_seen(server, model="slow") == Counter({1: CALLS})
     assert versions_seen(server, model="good") == Counter({2: CALLS})
+    assert version_status(server, "good") == {2: ("AVAILABLE", ""), 1: ("END", "")}
     assert rollout("good", "promote")[0] == 400  # nothing in progress any more
     assert rollout("missing")[0] == 404

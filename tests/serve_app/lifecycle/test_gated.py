@@ -17,7 +17,8 @@ from serve_app.config.args import AppArgs, ModelArgs
 from serve_app.lifecycle.faults import Faults
 from serve_app.lifecycle.gated import RolloutDriver, Rollouts, Run
 from serve_app.lifecycle.gates import RolloutPolicy, Stage
-from serve_app.lifecycle.plan import Plan, Staged, routing_for
+from serve_app.lifecycle.plan import Plan, Staged, plan_model, routing_for
+from serve_app.lifecycle.repository import Scan
 from serve_app.lifecycle.status import ReplicaReport, Reports, State, Statuses, VersionStatus
 from serve_app.runtime.tally import Tally
 
@@ -54,6 +55,20 @@ def test_a_runs_routes_hold_the_candidate_out_of_latest() -> None:
     assert routes.latest == 1 and routes.shadow is None
     assert routes.canary is not None and (routes.canary.version, routes.canary.weight) == (2, 0.2)
     assert routing_for(plan, lambda m, v: True, models, {}, 8).models["m"].latest == 2
+
+
+def test_the_planner_takes_a_runs_shadow_as_the_routes_own() -> None:
+    """A run's shadow is no label change to route anew at each poll."""
+    model = ModelArgs(name="m", base_path="/m", rollout=POLICY)
+    scan = Scan({1: "/m/1", 2: "/m/2"}, {1: "/m/1", 2: "/m/2"}, {})
+    run = Rollouts().begin("m", 1, 2, POLICY, 1)
+    assert run is not None
+    routes = ModelRoutes(versions={1: "a", 2: "b"}, latest=1, shadow=run.staged().shadow)
+    statuses = {v: VersionStatus(State.AVAILABLE, loaded=True) for v in (1, 2)}
+    deployed = {1: "/m/1", 2: "/m/2"}
+    steps = plan_model(model, scan, deployed, statuses, routes, staged=run.staged())
+    assert not steps.relabel and steps.unload == {1}  # the manager holds it (``held``)
+    assert plan_model(model, scan, deployed, statuses, routes).relabel
 
 
 def test_a_policy_without_stages_is_no_run() -> None:
