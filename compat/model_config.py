@@ -1,11 +1,14 @@
 """TF Serving's ModelServerConfig text format, parsed with its own protos and ``text_format``.
 
-One extension of ours (``EXTENSION_FIELD``, beyond TF Serving): a model's ``config`` may hold a
-``shadow { ... }`` block (``ShadowConfig``: which version receives a mirror of the model's
-requests, what share of them, and the float tolerance its answers are compared with). The text
-is parsed with ModelConfig's own descriptor plus that one field, then read back as TF Serving's
-message (the block kept as an unknown field, so it survives a trip through the binary form, as
-in ``HandleReloadConfigRequest``): without the block, parsing and errors are TF Serving's.
+Two extensions of ours (beyond TF Serving): a model's ``config`` may hold a ``shadow { ... }``
+block (``EXTENSION_FIELD``, a ``ShadowConfig``: which version receives a mirror of the model's
+requests, what share of them, and the float tolerance its answers are compared with) and a
+``rollout { ... }`` block (``ROLLOUT_FIELD``, a ``RolloutConfig``: the stages and gates a new
+version goes through, ``serve_app.config.model_args.RolloutPolicy``). The text is parsed with
+ModelConfig's own descriptor plus those fields, then read back as TF Serving's message (the
+blocks kept as unknown fields, so they survive a trip through the binary form, as in
+``HandleReloadConfigRequest``): without the blocks, parsing and errors are TF Serving's; a
+field a block does not have is refused as any unknown field is.
 """
 
 from __future__ import annotations
@@ -36,10 +39,14 @@ class ModelEntry:
     """From ``logging_config``: ``filename_prefix`` and ``sampling_rate``."""
     shadow: dict[str, object] | None = None
     """From our ``shadow`` block (``ShadowConfig``'s fields that are set)."""
+    rollout: dict[str, object] | None = None
+    """From our ``rollout`` block (``RolloutConfig``'s fields that are set)."""
 
 
 EXTENSION_FIELD = 1001
 """The field number of ``ModelConfig.shadow``: far beyond TF Serving's own (1 to 8)."""
+ROLLOUT_FIELD = 1002
+"""The field number of ``ModelConfig.rollout``."""
 
 
 def _extended() -> tuple[Any, Any]:
@@ -76,17 +83,36 @@ def _extended() -> tuple[Any, Any]:
             field = message.field.add(name=name, number=number, type=kind, label=F.LABEL_OPTIONAL)
             if default is not None:
                 field.default_value = default
+        rollout = ext.message_type.add(name="RolloutConfig")
+        for number, name, kind in [
+            (1, "shadow_requests", F.TYPE_INT64),
+            (2, "max_diff_rate", F.TYPE_DOUBLE),
+            (3, "atol", F.TYPE_DOUBLE),
+            (4, "rtol", F.TYPE_DOUBLE),
+            (5, "canary_weights", F.TYPE_DOUBLE),
+            (6, "canary_requests", F.TYPE_INT64),
+            (7, "max_error_rate_increase", F.TYPE_DOUBLE),
+            (8, "max_p99_ratio", F.TYPE_DOUBLE),
+        ]:
+            repeated = name == "canary_weights"
+            rollout.field.add(
+                name=name,
+                number=number,
+                type=kind,
+                label=F.LABEL_REPEATED if repeated else F.LABEL_OPTIONAL,
+            )
         pool.Add(ext)
         added.add(ext.name)
         proto.dependency.append(ext.name)
         config = next(m for m in proto.message_type if m.name == "ModelConfig")
-        config.field.add(
-            name="shadow",
-            number=EXTENSION_FIELD,
-            type=F.TYPE_MESSAGE,
-            type_name=".tensorflow.serving.ShadowConfig",
-            label=F.LABEL_OPTIONAL,
-        )
+        for name, number in (("shadow", EXTENSION_FIELD), ("rollout", ROLLOUT_FIELD)):
+            config.field.add(
+                name=name,
+                number=number,
+                type=F.TYPE_MESSAGE,
+                type_name=f".tensorflow.serving.{name.capitalize()}Config",
+                label=F.LABEL_OPTIONAL,
+            )
 
     add(model_server_config_pb2.DESCRIPTOR, shadow)
     return tuple(  # type: ignore[return-value]
@@ -116,6 +142,19 @@ def shadow_of(c: model_server_config_pb2.ModelConfig) -> dict[str, object] | Non
             f"Model {c.name}: shadow sampling_rate {block.sampling_rate} is not within [0, 1]"
         )
     return found
+
+
+def rollout_of(c: model_server_config_pb2.ModelConfig) -> dict[str, object] | None:
+    """A config entry's ``rollout`` block (its fields that are set; ``{}`` for an empty block:
+    every default), or None; the values are checked where they are typed
+    (``RolloutPolicy``)."""
+    extended = _ExtendedModelConfig.FromString(c.SerializeToString())
+    if not extended.HasField("rollout"):
+        return None
+    return {
+        f.name: list(value) if f.name == "canary_weights" else value
+        for f, value in extended.rollout.ListFields()
+    }
 
 
 def parse_text(text: str, path: str | Path = "") -> model_server_config_pb2.ModelServerConfig:
@@ -165,6 +204,7 @@ def entries(config: model_server_config_pb2.ModelServerConfig) -> list[ModelEntr
         if c.HasField("logging_config"):
             entry.request_log = request_log(c.name, c.logging_config)
         entry.shadow = shadow_of(c)
+        entry.rollout = rollout_of(c)
         which = c.model_version_policy.WhichOneof("policy_choice")
         if which == "all":
             entry.policy = "all"

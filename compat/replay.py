@@ -150,6 +150,39 @@ def plot(stats: DiffStats, path: str | Path, title: str) -> None:
     plt.close(figure)
 
 
+def plot_rollout(reports: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """Rollout reports (the admin port's ``/admin/models/{model}/rollout``), one panel each
+    (PNG): per stage behind it, the p99 latency of the current version and of the candidate,
+    and the requests and differing answers it was judged on; the title says how it ended.
+    Needs matplotlib (the ``load`` extra)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(reports), figsize=(4.2 * len(reports), 4), squeeze=False)
+    for ax, report in zip(axes[0], reports, strict=True):
+        stages = report["stages"]
+        names = []
+        for s in stages:
+            f = s["figures"]
+            if s["stage"] == "shadow":
+                names.append(f"shadow\n{f['differed']}/{f['compared']} differed")
+            else:
+                names.append(f"{s['stage']} {s['weight']:g}\n{f['candidate_requests']} requests")
+        x = np.arange(len(stages))
+        for offset, side in ((-0.2, "current"), (0.2, "candidate")):
+            p99 = [1000 * (s["figures"][f"{side}_p99_s"] or 0.0) for s in stages]
+            ax.bar(x + offset, p99, 0.4, label=f"{side} v{report[side]} p99")
+        ax.set_xticks(x, names)
+        ax.set_yscale("log")
+        ax.set(ylabel="p99 latency (ms)", title=f"{report['model']}: {report['outcome']}")
+        ax.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
 def log_files(paths: Sequence[str]) -> list[str]:
     """The TFRecord files the given paths stand for (a directory: the logs under it)."""
     files: list[str] = []

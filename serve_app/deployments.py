@@ -116,17 +116,27 @@ class ManagerClient:
         )
         return reply
 
+    async def rollout(self, model: str, action: str = "") -> ModelReply:
+        """A model's rollout report (JSON), after ``promote`` or ``abort`` when asked."""
+        reply: ModelReply = await self._await(self.handle.rollout.remote(model, action))
+        return reply
+
     async def snapshot(self) -> Snapshot:
         snapshot: Snapshot = await self._await(self.handle.snapshot.remote())
         return snapshot
 
     async def report_replica(
-        self, replica: str, epoch: int, loads: dict[str, Any], build: str = ""
+        self,
+        replica: str,
+        epoch: int,
+        loads: dict[str, Any],
+        build: str = "",
+        figures: dict[str, Any] | None = None,
     ) -> None:
         """A serving replica's heartbeat (its routing epoch, the versions it holds, the version
-        it was built with); Ray's errors as they are (the next heartbeat tells a manager that
-        restarted)."""
-        await self.handle.report_replica.remote(replica, epoch, loads, build)
+        it was built with, its per-version counts: ``runtime.tally``); Ray's errors as they are
+        (the next heartbeat tells a manager that restarted)."""
+        await self.handle.report_replica.remote(replica, epoch, loads, build, figures)
 
     def ready_blocking(self, timeout_s: float) -> bool:
         return bool(self.handle.ready.remote().result(timeout_s=timeout_s))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 
 def _comma_list(value: Any) -> Any:
@@ -83,6 +83,33 @@ class ShadowArgs(BaseModel):
     counted): the mirror never queues up behind the clients."""
 
 
+class RolloutPolicy(BaseModel):
+    """A safe rollout (our ``rollout`` block in a model's config entry, beyond TF Serving): a
+    new version, once loaded and warmed, is not served at once but goes through stages, each
+    judged against the version serving now (``lifecycle.gates``): ``shadow`` (it answers a
+    mirror of live requests, compared with the served answers), ``canary`` steps (a share of
+    ``latest`` traffic each), then ``full``. A breach rolls it back."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    shadow_requests: int = Field(default=100, ge=0)
+    """Compared mirrored requests the shadow stage takes (0: no shadow stage)."""
+    max_diff_rate: float = Field(default=0.0, ge=0, le=1)
+    """The share of compared requests that may differ."""
+    atol: float = Field(default=1e-6, ge=0)
+    """In the shadow, float outputs agree when ``|served - shadow| <= atol + rtol * |shadow|``."""
+    rtol: float = Field(default=1e-6, ge=0)
+    """See ``atol``."""
+    canary_weights: list[Annotated[float, Field(gt=0, le=1)]] = [0.01, 0.1, 0.5]
+    """The canary steps: the candidate's share of ``latest`` traffic, in order."""
+    canary_requests: int = Field(default=100, ge=1)
+    """Requests the candidate answers in each canary step before it is judged."""
+    max_error_rate_increase: float = Field(default=0.0, ge=0, le=1)
+    """How much higher the candidate's error rate may be than the current version's."""
+    max_p99_ratio: float = Field(default=2.0, gt=0)
+    """How many times the current version's p99 latency the candidate's may be."""
+
+
 class ModelArgs(BaseModel):
     """One served model, as one ``config`` entry of TF Serving's ModelServerConfig."""
 
@@ -103,13 +130,26 @@ class ModelArgs(BaseModel):
     shadow: ShadowArgs | None = None
     """Mirror a sample of this model's requests to another of its versions (our ``shadow``
     block); None: none."""
+    rollout: RolloutPolicy | None = None
+    """Roll new versions out in gated stages (our ``rollout`` block); None: TF Serving's way
+    (a new version takes the traffic once loaded)."""
 
 
 def models_from_config(config: Any) -> list[ModelArgs]:
     """ModelServerConfig proto -> typed model list (TF Serving's checks in
     ``compat.model_config.entries``)."""
     from compat import model_config
+    from compat.errors import InvalidArgument
 
+    entries = model_config.entries(config)
+    for e in entries:
+        if e.rollout is not None:
+            try:
+                RolloutPolicy.model_validate(e.rollout)
+            except ValidationError as error:
+                first = error.errors()[0]
+                where = ".".join(str(part) for part in first["loc"])
+                raise InvalidArgument(f"Model {e.name}: rollout {where}: {first['msg']}") from None
     return [
         ModelArgs(
             name=e.name,
@@ -122,6 +162,7 @@ def models_from_config(config: Any) -> list[ModelArgs]:
             version_labels=e.labels,
             request_log=RequestLogArgs.model_validate(e.request_log) if e.request_log else None,
             shadow=ShadowArgs.model_validate(e.shadow) if e.shadow else None,
+            rollout=RolloutPolicy.model_validate(e.rollout) if e.rollout is not None else None,
         )
-        for e in model_config.entries(config)
+        for e in entries
     ]

@@ -52,8 +52,12 @@ _TIMED_OUT = LoadOutcome(StatusCode.DEADLINE_EXCEEDED, "Timed out loading")
 class Applier:
     """Serve calls and waits for one application (the one this replica belongs to)."""
 
-    def __init__(self, builder: Builder, reports: Reports, serving_replicas: int) -> None:
+    def __init__(
+        self, builder: Builder, reports: Reports, serving_replicas: int, manager_build: str = ""
+    ) -> None:
         self._build = builder
+        self._manager_build = manager_build
+        """The version the builder gave the version manager (this replica)."""
         self._reports = reports
         """Serving replica -> what it last reported holding (``VersionManager.report_replica``)."""
         self._replicas = serving_replicas
@@ -61,10 +65,10 @@ class Applier:
         self._adopt: dict[str, str] = {}
         """Our version of the serving replicas -> the version they run under (``adopt_running``)."""
 
-    async def adopt_running(self, plan: Plan, manager_build: str = "") -> None:
+    async def adopt_running(self, plan: Plan) -> None:
         """Keep the replicas that run now through the redeploys to come, when they were built as
-        ours would be: the version manager (this replica, built as ``manager_build``), the
-        serving replicas, and those of ``plan``'s versions in deployments of their own.
+        ours would be: the version manager (this replica), the serving replicas, and those of
+        ``plan``'s versions in deployments of their own.
 
         A Serve config's deployments (``serve deploy``, ``serve run config.yaml``) run under the
         config's code version, not under ours: redeployed with ours, every replica would start
@@ -78,8 +82,8 @@ class Applier:
         a deployment that does not answer by then is not adopted."""
         deadline = time.monotonic() + ADOPT_WAIT_S
         running = await asyncio.to_thread(deployed_version, self.app_name, VERSION_MANAGER)
-        if running is not None and manager_build:
-            self._adopt[manager_build] = running
+        if running is not None and self._manager_build:
+            self._adopt[self._manager_build] = running
         running = await asyncio.to_thread(deployed_version, self.app_name, INGRESS)
         if running is not None:
             while time.monotonic() < deadline and not self._all_serving_replicas(lambda r: True):

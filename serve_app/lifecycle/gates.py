@@ -7,9 +7,9 @@ it began (``Figures``) against the current version's: the shadow on its diff rat
 step on the error rate and p99 latency against the current version's. A breach rolls back
 (``rolled_back``, with the reason) as soon as it is certain, even before the stage has its
 requests; a stage that has them and no breach moves on. Nothing here acts: the caller routes as
-the ``Position`` says. There is no caller yet: the version manager does not run a rollout by
-policy (the model config's ``rollout`` block, the admin port's promote and abort are still to
-come), so only the decisions are built and tested (``tests/serve_app/lifecycle/test_gates.py``).
+the ``Position`` says. The caller is the version manager (``lifecycle.gated``), for a model
+whose config has a ``rollout`` block (the policy, typed in ``config.model_args``); it gathers
+the figures from the serving replicas' counts (``runtime.tally``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
+from serve_app.config.model_args import RolloutPolicy
+
+__all__ = ["Figures", "Position", "RolloutPolicy", "Stage", "advance", "start"]
 
 
 class Stage(enum.StrEnum):
@@ -25,25 +27,6 @@ class Stage(enum.StrEnum):
     CANARY = "canary"
     FULL = "full"
     ROLLED_BACK = "rolled_back"
-
-
-class RolloutPolicy(BaseModel):
-    """The stages a candidate goes through and the gates between them."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    shadow_requests: int = Field(default=100, ge=0)
-    """Compared mirrored requests the shadow stage takes (0: no shadow stage)."""
-    max_diff_rate: float = Field(default=0.0, ge=0, le=1)
-    """The share of compared requests that may differ."""
-    canary_weights: list[float] = [0.01, 0.1, 0.5]
-    """The canary steps: the candidate's share of ``latest`` traffic, in order."""
-    canary_requests: int = Field(default=100, ge=1)
-    """Requests the candidate answers in each canary step before it is judged."""
-    max_error_rate_increase: float = Field(default=0.0, ge=0, le=1)
-    """How much higher the candidate's error rate may be than the current version's."""
-    max_p99_ratio: float = Field(default=2.0, gt=0)
-    """How many times the current version's p99 latency the candidate's may be."""
 
 
 @dataclass(frozen=True)

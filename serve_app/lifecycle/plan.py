@@ -35,6 +35,16 @@ class Plan(BaseModel):
         return self.model_copy(deep=True)
 
 
+@dataclass(frozen=True)
+class Staged:
+    """A model's rollout in progress (``lifecycle.gated``): its candidate is held out of
+    ``latest``, and gets the shadow, or a canary share of ``latest``."""
+
+    candidate: int
+    shadow: Shadow | None = None
+    weight: float = 0.0
+
+
 def routing_for(
     plan: Plan,
     loaded: Callable[[str, int], bool],
@@ -43,13 +53,16 @@ def routing_for(
     epoch: int,
     exclude: Mapping[str, set[int]] | None = None,
     drop_model: str | None = None,
+    staged: Mapping[str, Staged] | None = None,
 ) -> RoutingTable:
     """The routing table for ``plan``: per model, its deployed versions that are ``loaded``
-    (but ``exclude``'s, on their way out), the newest as ``latest`` (but a shadowed one), the
-    config's labels that name one of them, a label's canary weight (``label_weights``) when its
-    version is routed, and the shadow (``ModelArgs.shadow``). ``drop_model`` is left out
+    (but ``exclude``'s, on their way out), the newest as ``latest`` (but a shadowed one, or a
+    ``staged`` candidate), the config's labels that name one of them, a label's canary weight
+    (``label_weights``) when its version is routed, and the shadow (``ModelArgs.shadow``); a
+    staged rollout's shadow and canary weight take their place. ``drop_model`` is left out
     whole."""
     exclude = exclude or {}
+    staged = staged or {}
     routing = plan.routing.model_copy(deep=True)
     routing.models = {}
     for name, versions in plan.deployed.items():
@@ -63,12 +76,19 @@ def routing_for(
         model = models.get(name)
         labels = {label: v for label, v in model.version_labels.items() if v in ok} if model else {}
         shadow = _shadow(model.shadow if model else None, labels, set(ok))
-        serving = [v for v in ok if shadow is None or v != shadow.version]
+        canary = _canary(label_weights.get(name), labels, set(ok))
+        rollout = staged.get(name)
+        held = None
+        if rollout is not None and rollout.candidate in ok and len(ok) > 1:
+            held, shadow = rollout.candidate, rollout.shadow
+            if rollout.weight:
+                canary = Canary(version=held, weight=rollout.weight)
+        serving = [v for v in ok if v != held and (shadow is None or v != shadow.version)]
         routing.models[name] = ModelRoutes(
             versions=ok,
             latest=max(serving) if serving else None,
             labels=labels,
-            canary=_canary(label_weights.get(name), labels, set(ok)),
+            canary=canary,
             shadow=shadow,
         )
     routing.epoch = epoch
@@ -179,10 +199,12 @@ def plan_model(
     statuses: Mapping[int, VersionStatus],
     routes: ModelRoutes,
     resource_preserving: bool = False,
+    staged: Staged | None = None,
 ) -> ModelSteps:
     """The next steps for ``model``: from its config (version policy, labels), the scan of its
     base path, its deployed versions, their statuses and its routes now. The manager plans
-    again, with a new scan, after the loads, and takes ``unload`` and ``relabel`` from that."""
+    again, with a new scan, after the loads, and takes ``unload`` and ``relabel`` from that.
+    A ``staged`` rollout's shadow is the one its routes should have."""
     scan = holding(scan, deployed)
     wanted = aspired(model, scan, statuses)
     steps = ModelSteps(
@@ -198,6 +220,8 @@ def plan_model(
     steps.unload = gone if servable or not wanted else set()
     labels = {label: v for label, v in model.version_labels.items() if v in routes.versions}
     shadow = _shadow(model.shadow, labels, set(routes.versions))
+    if staged is not None and staged.candidate in routes.versions and len(routes.versions) > 1:
+        shadow = staged.shadow
     steps.relabel = labels != routes.labels or shadow != routes.shadow
     return steps
 

@@ -27,8 +27,8 @@ from compat.routing import ModelRoutes
 from serve_app.calls import ModelReply, parse_request
 from serve_app.config.args import AppArgs, ModelArgs, models_from_config
 from serve_app.deployments import Snapshot
+from serve_app.lifecycle import gated, probe, repository
 from serve_app.lifecycle import plan as planner
-from serve_app.lifecycle import probe, repository
 from serve_app.lifecycle.applier import Applier, Builder
 from serve_app.lifecycle.config_source import ConfigFileSource
 from serve_app.lifecycle.faults import Faults
@@ -44,8 +44,8 @@ MAX_BACKOFF_S = 60.0
 """The longest wait before a failed step of the version manager is tried again."""
 
 
-class VersionManager:
-    """Owns the plan: polls base paths, rolls versions out, answers model status and reloads."""
+class VersionManager(gated.RolloutDriver):
+    """Owns the plan: polls base paths, rolls versions out (``gated``), answers status, reloads."""
 
     def __init__(
         self,
@@ -55,9 +55,8 @@ class VersionManager:
         _versions: list[Any] | None = None,
         build: str = "",
     ) -> None:
-        # ``_versions`` only keeps the model-version deployments in the application graph;
-        # ``builder`` is ``app.build_app``, handed in by itself (no import back to it);
-        # ``build``: the version the builder gave this deployment (``Applier.adopt_running``).
+        # ``_versions`` keeps the model-version deployments in the application graph; ``builder``
+        # is ``app.build_app`` (no import back to it); ``build``: this deployment's version.
         self.args = AppArgs.model_validate(args)
         self.plan = Plan.model_validate(plan)
         self.status = Statuses()
@@ -69,8 +68,7 @@ class VersionManager:
         """Model -> (label, weight): that label's share of ``latest`` traffic (canary)."""
         self._reports = Reports()
         """Serving replica -> what it last reported holding (``report_replica``)."""
-        self._applier = Applier(builder, self._reports, self.args.serving_replicas_least)
-        self._build = build
+        self._applier = Applier(builder, self._reports, self.args.serving_replicas_least, build)
         self._started = False
         self._draining = False
         """Set on SIGTERM (``drain``): readiness and health say not serving, requests still are."""
@@ -85,6 +83,7 @@ class VersionManager:
         self._config_file = ConfigFileSource(self._faults, self.args.request_log_allowed_dirs)
         """The model config file, read again at each poll."""
         self._task = asyncio.get_event_loop().create_task(self._poll_forever())
+        self._start_rollouts()
 
     # --- background loop ---------------------------------------------------------------------
 
@@ -141,11 +140,9 @@ class VersionManager:
         code version on every deployment instead of ours, and with ``accelerator=auto`` a
         builder that ran before Ray was connected could not see the cluster's GPUs. Replicas
         built as ours would be are kept running under the version they have
-        (``Applier.adopt_running``); what differs is replaced now, never later under load.
-        Serve changes nothing when the versions already match (the CLI's deploy). This replica
-        adopts its own running version too: it runs this code, and a successor would only import
-        TensorFlow again (seconds on the way to the first AVAILABLE) to do what it does."""
-        await self._applier.adopt_running(self.plan, self._build)
+        (``Applier.adopt_running``), this replica too (a successor would only import TF again);
+        what differs is replaced now, never later under load."""
+        await self._applier.adopt_running(self.plan)
         await self._apply(self.plan.copy_deep())
         for model, versions in list(self.plan.deployed.items()):
             for v in list(versions):
@@ -194,6 +191,7 @@ class VersionManager:
             self.status.get(model.name, {}),
             self.plan.routing.models.get(model.name, ModelRoutes()),
             resource_preserving=self.args.rollout == "resource_preserving",
+            staged=self._rollouts.staged().get(model.name),
         )
 
     async def _reconcile_model(self, model: ModelArgs) -> None:
@@ -221,8 +219,8 @@ class VersionManager:
         # aspired set, so the version it was meant to replace keeps serving (availability
         # first, as TF Serving does); the directory may have changed while versions loaded.
         steps = await self._steps(model)
-        if steps.unload:
-            await self._retire(name, steps.unload)
+        if steps.unload - self._rollouts.held(name):
+            await self._retire(name, steps.unload - self._rollouts.held(name))
         elif steps.relabel:  # a label the config added or moved (a retire reroutes anyway)
             await self._route_and_apply(self.plan.copy_deep())
 
@@ -273,6 +271,7 @@ class VersionManager:
         for v in versions:
             if not self.status[model][v].loaded:
                 plan.deployed[model].pop(v, None)
+        self._begin_rollout(model, [v for v in versions if v in plan.deployed[model]])
         await self._route_and_apply(plan)
 
     async def _retire(self, model: str, versions: set[int], drop_model: bool = False) -> None:
@@ -329,6 +328,7 @@ class VersionManager:
             epoch=self.plan.routing.epoch + 1,
             exclude=exclude,
             drop_model=drop_model,
+            staged=self._rollouts.staged(),
         )
         await self._apply(plan)
 
@@ -350,12 +350,12 @@ class VersionManager:
     # --- what the serving replicas hold -------------------------------------------------------
 
     async def report_replica(
-        self, replica: str, epoch: int, loads: dict[str, Any], build: str = ""
+        self, replica: str, epoch: int, loads: dict[str, Any], build: str = "", figures: Any = None
     ) -> None:
-        """A serving replica's heartbeat: its routing epoch, the versions it holds and the
-        version it was built with. This and the other small RPCs are ``async`` so Serve answers
-        them on the replica's event loop, without a hop through its thread pool for each."""
-        self._reports.report(replica, epoch, loads, build)
+        """A serving replica's heartbeat: its routing epoch, the versions it holds, the version
+        it was built with and its counts. This and the other small RPCs are ``async`` so Serve
+        answers them on the replica's event loop, without a hop through its thread pool."""
+        self._reports.report(replica, epoch, loads, build, figures)
 
     # --- RPCs ----------------------------------------------------------------------------------
 

@@ -202,13 +202,22 @@ class ReplicaReport:
     """The version its deployment was built with (``launch.app``'s hash of the serving
     replicas' settings), as the replica was started: the manager adopts a deployment that runs
     under another version only when it was built the same (``Applier.adopt_running``)."""
+    figures: dict[str, Any] | None = None
+    """Its per-version counts since it started (``runtime.tally.Tally.figures``)."""
 
 
 class Reports(dict[str, ReplicaReport]):
     """Serving replica -> its last heartbeat (``VersionManager.report_replica``)."""
 
-    def report(self, replica: str, epoch: int, loads: dict[str, Any], build: str = "") -> None:
-        self[replica] = ReplicaReport(epoch, loads, time.monotonic(), build)
+    def report(
+        self,
+        replica: str,
+        epoch: int,
+        loads: dict[str, Any],
+        build: str = "",
+        figures: dict[str, Any] | None = None,
+    ) -> None:
+        self[replica] = ReplicaReport(epoch, loads, time.monotonic(), build, figures)
 
     def live(self) -> list[ReplicaReport]:
         """Reports of the serving replicas alive now (a dead one stops reporting)."""

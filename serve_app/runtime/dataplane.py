@@ -45,6 +45,7 @@ from serve_app.runtime.replica_config import (
     VersionOptions,
 )
 from serve_app.runtime.shadow import Mirror
+from serve_app.runtime.tally import Tally
 
 logger = logging.getLogger("ray.serve")
 
@@ -83,8 +84,14 @@ class DataPlane:
         self._handles: dict[str, DeploymentHandle] = {}
         self.in_flight = 0
         """Model calls being answered now (the mirror sheds while they are many)."""
-        self.mirror = Mirror(self._call, lambda: self.in_flight)
+        self.tally = Tally()
+        """Per-version counts for the version manager's rollouts (sent with the heartbeat)."""
+        self.mirror = Mirror(self._call, lambda: self.in_flight, record=self._record_shadow)
         """Shadow traffic: answered calls mirrored to a model's shadow version."""
+
+    def _record_shadow(self, *args: Any) -> None:
+        metrics.record_shadow(*args)
+        self.tally.record_shadow(*args)
 
     @property
     def colocated(self) -> bool:
@@ -165,6 +172,8 @@ class DataPlane:
         seconds = time.perf_counter() - started
         version = route.version if route is not None else None
         metrics.record_model_call(call, version, reply.code, seconds)
+        if route is not None:
+            self.tally.record_call(route.model, version, reply.code, seconds)
         if reply.ok and route is not None:
             self._shadow(route.model, version, call, reply, seconds)
         return reply
@@ -227,6 +236,9 @@ class DataPlane:
 
     async def set_label_weight(self, model: str, label: str, weight: float) -> ModelReply:
         return await self.manager.set_label_weight(model, label, weight)
+
+    async def rollout(self, model: str, action: str = "") -> ModelReply:
+        return await self.manager.rollout(model, action)
 
     async def metrics_text(self) -> tuple[bytes, str]:
         """The metrics page: every node's metrics and the version states."""

@@ -124,7 +124,11 @@ class Ingress:
         try:
             await asyncio.wait_for(
                 self._manager.report_replica(
-                    self._replica, self.plane.table.epoch, self.plane.load_states(), self._build
+                    self._replica,
+                    self.plane.table.epoch,
+                    self.plane.load_states(),
+                    self._build,
+                    self.plane.tally.figures(),
                 ),
                 REPORT_INTERVAL_S * 2,
             )

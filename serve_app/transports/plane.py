@@ -86,6 +86,10 @@ class Plane(Protocol):
         """A label's share of ``latest`` (the admin port); ``ServingError`` as ``ready``."""
         ...
 
+    async def rollout(self, model: str, action: str = "") -> ModelReply:
+        """A model's rollout report, after ``promote`` or ``abort`` (the admin port)."""
+        ...
+
     async def metrics_text(self) -> tuple[bytes, str]:
         """The metrics page and its content type; ``ServingError`` as ``ready``."""
         ...

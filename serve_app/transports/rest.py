@@ -66,6 +66,9 @@ _INFERENCE_VERBS = ("classify", "regress", "predict")
 #: off by default): a label's share of the traffic for ``latest``, e.g.
 #: ``POST /admin/models/deeplab/labels/canary/weight {"weight": 0.1}``.
 _LABEL_WEIGHT = re.compile(r"/admin/models/([^/:]+)/labels/([^/:]+)/weight", re.ASCII)
+#: A model's rollout (its ``rollout`` block): ``GET`` its report, ``POST .../promote`` or
+#: ``.../abort`` it.
+_ROLLOUT = re.compile(r"/admin/models/([^/:]+)/rollout(?:/(promote|abort))?", re.ASCII)
 _INT64_MAX = 2**63 - 1
 
 
@@ -113,6 +116,11 @@ class RestApi:
         try:
             if (m := _LABEL_WEIGHT.fullmatch(path)) and request.method in ("POST", "PUT"):
                 return await self._label_weight(request, unquote(m[1]), unquote(m[2]))
+            if (m := _ROLLOUT.fullmatch(path)) and request.method == ("POST" if m[2] else "GET"):
+                reply = await self.backend.rollout(unquote(m[1]), m[2] or "")
+                if not reply.ok:
+                    return error_response(reply.code, reply.message)
+                return Response(reply.payload, status_code=200, media_type="application/json")
             return Response("Not Found", status_code=404, media_type="text/plain")
         except ServingError as e:
             return error_response(e.code, e.message)

@@ -235,3 +235,55 @@ def test_a_field_the_shadow_block_lacks_is_the_parsers_error() -> None:
     assert 'Message type "tensorflow.serving.ShadowConfig" has no field named "bogus"' in str(
         e.value.message
     )
+
+
+def test_our_rollout_block_is_read_typed_and_kept_through_the_binary_form() -> None:
+    from compat.protos import model_server_config_pb2
+    from serve_app.config.args import RolloutPolicy, models_from_config
+
+    text = (
+        "model_config_list { config { name: 'm' base_path: '/m' rollout { shadow_requests: 5 "
+        "max_diff_rate: 0.1 canary_weights: 0.2 canary_weights: 0.5 canary_requests: 4 "
+        "max_p99_ratio: 3 } } config { name: 'defaults' base_path: '/d' rollout {} } "
+        "config { name: 'tf' base_path: '/t' } }"
+    )
+    again = model_server_config_pb2.ModelServerConfig.FromString(
+        model_config.parse_text(text).SerializeToString()
+    )
+    models = models_from_config(again)
+    assert models[0].rollout == RolloutPolicy(
+        shadow_requests=5,
+        max_diff_rate=0.1,
+        canary_weights=[0.2, 0.5],
+        canary_requests=4,
+        max_p99_ratio=3.0,
+    )
+    assert models[1].rollout == RolloutPolicy()  # an empty block: every default
+    assert models[2].rollout is None  # no block: TF Serving's rollout
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ("canary_weights: 1.5", "Model m: rollout canary_weights.0: Input should be less than"),
+        ("canary_weights: 0", "Model m: rollout canary_weights.0: Input should be greater than"),
+        ("max_diff_rate: 2", "Model m: rollout max_diff_rate: Input should be less than"),
+        ("canary_requests: 0", "Model m: rollout canary_requests: Input should be greater"),
+        ("max_p99_ratio: 0", "Model m: rollout max_p99_ratio: Input should be greater than 0"),
+    ],
+)
+def test_a_rollout_block_that_cannot_be_is_invalid_argument(block: str, message: str) -> None:
+    from serve_app.config.args import models_from_config
+
+    text = f"model_config_list {{ config {{ name: 'm' base_path: '/m' rollout {{ {block} }} }} }}"
+    with pytest.raises(InvalidArgument) as e:
+        models_from_config(model_config.parse_text(text))
+    assert e.value.message.startswith(message), e.value.message
+
+
+def test_a_field_the_rollout_block_lacks_is_the_parsers_error() -> None:
+    with pytest.raises(InvalidArgument) as e:
+        model_config.parse_text("model_config_list { config { name: 'm' rollout { shadow: 1 } } }")
+    assert 'Message type "tensorflow.serving.RolloutConfig" has no field named "shadow"' in str(
+        e.value.message
+    )

@@ -95,3 +95,24 @@ def test_ray_tfserving_replay_is_this_command(capsys: pytest.CaptureFixture) -> 
         cli.main(["replay", "--help"])
     assert exited.value.code == 0
     assert "usage: ray-tfserving replay" in capsys.readouterr().out
+
+
+def test_a_rollout_report_is_drawn(tmp_path: Path) -> None:
+    """``plot_rollout``: the admin port's rollout reports, one panel each (a PNG)."""
+    figures = dict(
+        compared=0,
+        differed=0,
+        candidate_requests=4,
+        candidate_errors=0,
+        candidate_p99_s=0.5,
+        current_requests=9,
+        current_errors=0,
+        current_p99_s=None,  # none measured: drawn as 0
+    )
+    stages = [
+        {"stage": "shadow", "weight": 0.0, "figures": {**figures, "compared": 5}},
+        {"stage": "canary", "weight": 0.25, "figures": figures},
+    ]
+    report = {"model": "m", "current": 1, "candidate": 2, "outcome": "promoted", "stages": stages}
+    replay.plot_rollout([report, {**report, "stages": stages[:1]}], tmp_path / "r.png")
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"

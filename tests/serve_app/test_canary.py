@@ -6,7 +6,9 @@ answer, the figures on the metrics page)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -14,16 +16,32 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import pytest
 import tensorflow as tf
 from prometheus_client.parser import text_string_to_metric_families
-from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import get_model_status_pb2, predict_pb2
 
+from compat.replay import plot_rollout
 from tests.harness import Server, free_ports, start_server
 
 CALLS = 200
+ROLLOUTS = {
+    # half_plus_three: differs on its first mirrored request, rolled back in the shadow
+    "caught": "shadow_requests: 10 atol: 0.001 canary_weights: 0.5 canary_requests: 5",
+    # a sleep of half a second in its graph: answers as half_plus_two, rolled back at its canary
+    "slow": "shadow_requests: 0 canary_weights: 0.5 canary_requests: 3 max_p99_ratio: 3",
+    # half_plus_two again: promoted through every stage (a loose latency gate: few requests)
+    "good": "shadow_requests: 5 atol: 0.001 canary_weights: 0.25 canary_weights: 0.5 "
+    "canary_requests: 4 max_p99_ratio: 1000",
+}
+"""Models with a rollout block (our model config's), each given its version 2 by
+``test_rollouts_under_load``."""
+BASES: dict[str, Path] = {}
+"""Their base paths."""
 METRICS = "/monitoring/prometheus/metrics"
 ADMIN_PORT = free_ports(1)[0]
+State = get_model_status_pb2.ModelVersionStatus.State
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +59,17 @@ def server(testdata: Path, tmp_path_factory: pytest.TempPathFactory) -> Server: 
         f"name: 'shadowed' base_path: '{shadowed}' model_version_policy {{ all {{}} }} "
         "shadow { sampling_rate: 1 atol: 0.001 }"
     )
-    config.write_text(f"model_config_list {{ config {{ {entry} }} config {{ {shadow} }} }}")
+    staged = ""
+    for name, block in ROLLOUTS.items():  # version 1: half_plus_two; the tests add version 2
+        BASES[name] = config.parent / name
+        shutil.copytree(testdata / "saved_model_half_plus_two_cpu/00000123", BASES[name] / "1")
+        staged += f" config {{ name: '{name}' base_path: '{BASES[name]}' rollout {{ {block} }} }}"
+    config.write_text(f"model_config_list {{ config {{ {entry} }} config {{ {shadow} }}{staged} }}")
     s = start_server(
         f"model_config_file={config}",
         f"admin_port={ADMIN_PORT}",
         f"prometheus_path={METRICS}",
-        wait_for=("hp2", "shadowed"),
+        wait_for=("hp2", "shadowed", *ROLLOUTS),
     )
     yield s
     s.stop()
@@ -71,10 +94,10 @@ def set_weight(
         }
 
 
-def versions_seen(server: Server, **spec: object) -> Counter[int]:
+def versions_seen(server: Server, model: str = "hp2", **spec: object) -> Counter[int]:
     stub = server.prediction_stub()
     request = predict_pb2.PredictRequest()
-    request.model_spec.name = "hp2"
+    request.model_spec.name = model
     if "label" in spec:
         request.model_spec.version_label = str(spec["label"])
     request.inputs["x"].CopyFrom(tf.make_tensor_proto([[1.0]], dtype=tf.float32))
@@ -167,3 +190,136 @@ def test_a_shadow_differing_everywhere_is_caught_and_never_answers(server: Serve
     assert figures["ray_tfserving_shadow_diff_rate/"] == 1.0
     assert figures["ray_tfserving_shadow_max_abs_diff/"] == pytest.approx(1.0)
     assert figures["ray_tfserving_shadow_latency_ratio/"] > 0
+
+
+def export_slow(path: Path, seconds: float) -> None:
+    """half_plus_two's signature and answers, with a sleep op (tf.data's) in its graph."""
+    from tensorflow.python.data.experimental.ops.testing import sleep
+
+    class Slow(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x")])
+        def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            slept = tf.data.Dataset.from_tensors(x).apply(sleep(int(seconds * 1e6)))
+            return {"y": slept.get_single_element() * 0.5 + 2.0}
+
+    module = Slow()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+def publish(source: Path, base: Path) -> None:
+    """``source`` as version 2 of ``base``, at once (copied aside, then renamed)."""
+    shutil.copytree(source, base / ".2")
+    os.rename(base / ".2", base / "2")
+
+
+def rollout(model: str, action: str = "") -> tuple[int, dict]:
+    """``GET /admin/models/{model}/rollout`` (or ``POST .../{action}``) on the admin port."""
+    url = f"http://127.0.0.1:{ADMIN_PORT}/admin/models/{model}/rollout"
+    request = urllib.request.Request(url + (f"/{action}" if action else ""))
+    if action:
+        request.method = "POST"
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def version_status(server: Server, model: str) -> dict[int, tuple[str, str]]:
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = model
+    response = server.model_stub().GetModelStatus(request, 10.0)
+    return {
+        s.version: (State.Name(s.state), s.status.error_message)
+        for s in response.model_version_status
+    }
+
+
+def test_rollouts_under_load(server: Server, testdata: Path, tmp_path: Path) -> None:
+    """Steady load on three models with a rollout block while each gets a version 2: the one
+    answering differently (half_plus_three) is caught in the shadow and never answers a client;
+    the slow one is rolled back at its canary step; the good one is promoted through every
+    stage with no one acting. Every client call succeeds with half_plus_two's answer."""
+    export_slow(tmp_path / "slow", 0.5)
+    stub = server.prediction_stub()
+    stop = threading.Event()
+    answers: dict[str, list[tuple[int, float]]] = {m: [] for m in ROLLOUTS}
+    failures: list[str] = []
+
+    def client(model: str) -> None:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model
+        deadline = time.monotonic() + 90.0
+        for i in range(5000):
+            if stop.is_set() or time.monotonic() > deadline:
+                return
+            x = float(i % 100)
+            request.inputs["x"].CopyFrom(tf.make_tensor_proto([[x]], dtype=tf.float32))
+            try:
+                response = stub.Predict(request, 30.0)
+            except grpc.RpcError as e:
+                failures.append(f"{model}: {e.code()} {e.details()}")
+                continue
+            y = float(tf.make_ndarray(response.outputs["y"])[0][0])
+            answers[model].append((response.model_spec.version.value, y - (0.5 * x + 2)))
+            time.sleep(0.01)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(m,)) for m in ROLLOUTS]
+    for t in threads:
+        t.start()
+    publish(testdata / "saved_model_half_plus_three/00000123", BASES["caught"])
+    publish(tmp_path / "slow", BASES["slow"])
+    publish(testdata / "saved_model_half_plus_two_cpu/00000123", BASES["good"])
+    reports: dict[str, dict] = {}
+    try:
+        deadline = time.monotonic() + 120.0
+        while len(reports) < len(ROLLOUTS) and time.monotonic() < deadline:
+            for model in ROLLOUTS:
+                code, report = rollout(model)
+                if code == 200 and report["outcome"]:
+                    reports[model] = report
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    print(f"rollouts took {time.monotonic() - started:.1f} s:", json.dumps(reports, indent=1))
+    assert failures == []
+    assert set(reports) == set(ROLLOUTS), reports
+    for model, seen in answers.items():
+        assert len(seen) >= 10, model
+        assert max(abs(off) for _, off in seen) < 1e-3, model  # half_plus_two's, every one
+
+    caught, slow, good = (reports[m] for m in ("caught", "slow", "good"))
+    assert (caught["outcome"], caught["stage"]) == ("rolled_back", "rolled_back")
+    assert caught["reason"].startswith("shadow: "), caught
+    assert [s["stage"] for s in caught["stages"]] == ["shadow"]
+    assert {v for v, _ in answers["caught"]} == {1}  # half_plus_three never answered
+    assert version_status(server, "caught")[2] == ("END", f"Rolled back: {caught['reason']}")
+
+    assert (slow["outcome"], [s["stage"] for s in slow["stages"]]) == ("rolled_back", ["canary"])
+    assert slow["reason"].startswith("canary at 0.5: p99 latency"), slow
+    assert slow["stages"][0]["figures"]["candidate_requests"] >= 3
+    assert version_status(server, "slow")[2] == ("END", f"Rolled back: {slow['reason']}")
+
+    assert good["outcome"] == "promoted" and good["stage"] == "full"
+    assert [(s["stage"], s["weight"], s["verdict"]) for s in good["stages"]] == [
+        ("shadow", 0.0, "passed"),
+        ("canary", 0.25, "passed"),
+        ("canary", 0.5, "passed"),
+    ]
+    assert good["stages"][0]["figures"]["compared"] >= 5
+    assert good["stages"][0]["figures"]["differed"] == 0
+    assert all(s["figures"]["candidate_requests"] >= 4 for s in good["stages"][1:])
+
+    plot_rollout([caught, slow, good], tmp_path / "rollout.png")  # the report's plot
+    assert (tmp_path / "rollout.png").read_bytes()[:4] == b"\x89PNG"
+
+    # After: the rolled back keep serving version 1, the promoted serves version 2 only.
+    assert versions_seen(server, model="caught") == Counter({1: CALLS})
+    assert versions_seen(server, model="slow") == Counter({1: CALLS})
+    assert versions_seen(server, model="good") == Counter({2: CALLS})
+    assert version_status(server, "good") == {2: ("AVAILABLE", ""), 1: ("END", "")}
+    assert rollout("good", "promote")[0] == 400  # nothing in progress any more
+    assert rollout("missing")[0] == 404
