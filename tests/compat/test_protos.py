@@ -1,9 +1,12 @@
 """``compat.protos``: the one import point re-exports TensorFlow's and TF Serving's own generated
 modules (packages ``tensorflow`` and ``tensorflow.serving``), not copies, and their messages
-parse what they write."""
+parse what they write; it loads them without importing TensorFlow, whose own code, imported
+later, builds the same classes."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import types
 
 import pytest
@@ -15,7 +18,11 @@ STUBS = [name for name in protos.__all__ if name.endswith("_pb2_grpc")]
 
 
 def test_all_names_every_module_imported() -> None:
-    imported = {n for n, v in vars(protos).items() if isinstance(v, types.ModuleType)}
+    imported = {
+        n
+        for n, v in vars(protos).items()
+        if isinstance(v, types.ModuleType) and v.__name__.startswith("tensorflow")
+    }
     assert set(protos.__all__) == imported
     assert len(MODULES) + len(STUBS) == len(protos.__all__)
 
@@ -66,3 +73,21 @@ def test_a_predict_request_parses_with_its_tensors() -> None:
     assert list(back.inputs["x"].float_val) == [2.0]
     assert back.DESCRIPTOR.full_name == "tensorflow.serving.PredictRequest"
     assert type(back.inputs["x"]) is protos.tensor_pb2.TensorProto
+
+
+def test_the_protos_load_without_tensorflow_and_tensorflow_after_them_uses_them() -> None:
+    code = (
+        "import sys; from compat import protos; "
+        "assert 'tensorflow' not in sys.modules, 'TensorFlow imported'; "
+        "assert protos.get_model_status_pb2.GetModelStatusResponse(); print('ok')"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.stdout.strip() == "ok", run.stderr[-2000:]
+    import tensorflow as tf
+
+    proto = tf.make_tensor_proto([1.0, 2.0])
+    assert type(proto) is protos.tensor_pb2.TensorProto
+    assert (
+        tf.make_ndarray(protos.tensor_pb2.TensorProto.FromString(proto.SerializeToString()))[1]
+        == 2.0
+    )
