@@ -1,11 +1,12 @@
 """TF Serving's ModelServerConfig text format, parsed with its own protos and ``text_format``.
 
-One extension of ours (``EXTENSION_FIELD``, beyond TF Serving): a model's ``config`` may hold a
-``shadow { ... }`` block (``ShadowConfig``: which version receives a mirror of the model's
-requests, what share of them, and the float tolerance its answers are compared with). The text
-is parsed with ModelConfig's own descriptor plus that one field, then read back as TF Serving's
-message (the block kept as an unknown field, so it survives a trip through the binary form, as
-in ``HandleReloadConfigRequest``): without the block, parsing and errors are TF Serving's.
+Two extensions of ours (``EXTENSION_FIELD``, ``PINNED_FIELD``, beyond TF Serving): a model's
+``config`` may hold a ``shadow { ... }`` block (``ShadowConfig``: which version receives a mirror
+of the model's requests, what share of them, and the float tolerance its answers are compared
+with), and ``pinned: true`` (its versions stay resident under ``--model_memory_budget_mb``).
+The text is parsed with ModelConfig's own descriptor plus those fields, then read back as TF
+Serving's message (they are kept as unknown fields, so they survive a trip through the binary
+form, as in ``HandleReloadConfigRequest``): without them, parsing and errors are TF Serving's.
 """
 
 from __future__ import annotations
@@ -36,10 +37,14 @@ class ModelEntry:
     """From ``logging_config``: ``filename_prefix`` and ``sampling_rate``."""
     shadow: dict[str, object] | None = None
     """From our ``shadow`` block (``ShadowConfig``'s fields that are set)."""
+    pinned: bool = False
+    """Our ``pinned``: its versions are never paged out (``--model_memory_budget_mb``)."""
 
 
 EXTENSION_FIELD = 1001
 """The field number of ``ModelConfig.shadow``: far beyond TF Serving's own (1 to 8)."""
+PINNED_FIELD = 1002
+"""The field number of ``ModelConfig.pinned`` (a bool)."""
 
 
 def _extended() -> tuple[Any, Any]:
@@ -87,6 +92,9 @@ def _extended() -> tuple[Any, Any]:
             type_name=".tensorflow.serving.ShadowConfig",
             label=F.LABEL_OPTIONAL,
         )
+        config.field.add(
+            name="pinned", number=PINNED_FIELD, type=F.TYPE_BOOL, label=F.LABEL_OPTIONAL
+        )
 
     add(model_server_config_pb2.DESCRIPTOR, shadow)
     return tuple(  # type: ignore[return-value]
@@ -116,6 +124,11 @@ def shadow_of(c: model_server_config_pb2.ModelConfig) -> dict[str, object] | Non
             f"Model {c.name}: shadow sampling_rate {block.sampling_rate} is not within [0, 1]"
         )
     return found
+
+
+def pinned_of(c: model_server_config_pb2.ModelConfig) -> bool:
+    """A config entry's ``pinned`` (False when not set)."""
+    return bool(_ExtendedModelConfig.FromString(c.SerializeToString()).pinned)
 
 
 def parse_text(text: str, path: str | Path = "") -> model_server_config_pb2.ModelServerConfig:
@@ -165,6 +178,7 @@ def entries(config: model_server_config_pb2.ModelServerConfig) -> list[ModelEntr
         if c.HasField("logging_config"):
             entry.request_log = request_log(c.name, c.logging_config)
         entry.shadow = shadow_of(c)
+        entry.pinned = pinned_of(c)
         which = c.model_version_policy.WhichOneof("policy_choice")
         if which == "all":
             entry.policy = "all"

@@ -332,6 +332,16 @@ class AppArgs(BaseModel):
     num_load_threads: Annotated[int, Flag("num_load_threads")] = Field(default=0, ge=0)
     """Versions a serving replica loads at once (TF Serving's load thread pool); 0, as there,
     one at a time. Models in deployments of their own load in their own processes anyway."""
+    model_memory_budget_mb: Annotated[int, Flag("model_memory_budget_mb")] = Field(
+        default=0, ge=0
+    )
+    """Memory each serving replica may hold in loaded model versions, in MB (ours, beyond TF
+    Serving); 0: no budget, every version is loaded in every replica. With a budget, a version
+    is loaded once at rollout (checked and warmed up, AVAILABLE from then on), kept if it fits,
+    then loaded again on its first request and evicted least recently used by bytes. A
+    version's bytes are TF Serving's estimate (its files' size x 1.2), corrected by what its
+    load took. A version with calls in flight is never evicted, nor a ``pinned`` model's; a
+    version that cannot fit answers RESOURCE_EXHAUSTED."""
     num_request_iterations_for_warmup: Annotated[int, Flag("num_request_iterations_for_warmup")] = (
         Field(default=0, ge=0)
     )

@@ -103,6 +103,9 @@ class ModelArgs(BaseModel):
     shadow: ShadowArgs | None = None
     """Mirror a sample of this model's requests to another of its versions (our ``shadow``
     block); None: none."""
+    pinned: bool = False
+    """Its versions stay resident in every serving replica under ``--model_memory_budget_mb``
+    (our ``pinned: true``), never paged out; without a budget every version is resident."""
 
 
 def models_from_config(config: Any) -> list[ModelArgs]:
@@ -122,6 +125,7 @@ def models_from_config(config: Any) -> list[ModelArgs]:
             version_labels=e.labels,
             request_log=RequestLogArgs.model_validate(e.request_log) if e.request_log else None,
             shadow=ShadowArgs.model_validate(e.shadow) if e.shadow else None,
+            pinned=e.pinned,
         )
         for e in model_config.entries(config)
     ]
