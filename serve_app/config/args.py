@@ -332,9 +332,7 @@ class AppArgs(BaseModel):
     num_load_threads: Annotated[int, Flag("num_load_threads")] = Field(default=0, ge=0)
     """Versions a serving replica loads at once (TF Serving's load thread pool); 0, as there,
     one at a time. Models in deployments of their own load in their own processes anyway."""
-    model_memory_budget_mb: Annotated[int, Flag("model_memory_budget_mb")] = Field(
-        default=0, ge=0
-    )
+    model_memory_budget_mb: Annotated[int, Flag("model_memory_budget_mb"), Field(ge=0)] = 0
     """Memory each serving replica may hold in loaded model versions, in MB (ours, beyond TF
     Serving); 0: no budget, every version is loaded in every replica. With a budget, a version
     is loaded once at rollout (checked and warmed up, AVAILABLE from then on), kept if it fits,

@@ -143,7 +143,8 @@ class Residency(Generic[T]):
         self._listener = listener
         self.entries: dict[str, Entry[T]] = {}
         self._ticks = itertools.count(1)
-        self._loads = asyncio.Lock()
+        self.load_lock = asyncio.Lock()
+        """One load at a time, so that each one's memory growth is its own."""
         self._room = asyncio.Event()
 
     # --- what is held ---------------------------------------------------------------------------
@@ -288,7 +289,7 @@ class Residency(Generic[T]):
         error of a load that fails."""
         started = time.perf_counter()
         try:
-            async with self._loads:
+            async with self.load_lock:
                 value, nbytes = await asyncio.to_thread(self._load, entry.target)
         finally:
             entry.loading = None

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from compat.errors import ResourceExhausted, StatusCode, Unavailable
+from serve_app.calls import ModelReply
 from serve_app.runtime import residency
+from serve_app.runtime.dataplane import DataPlane
+from serve_app.runtime.replica_config import LocalVersion
 from serve_app.runtime.residency import Residency, corrected, estimate_bytes
 
 pytestmark = pytest.mark.unit
@@ -39,13 +43,14 @@ class Loads:
         self.count: dict[str, int] = {}
         self.gate = threading.Event()
         self.gate.set()
+        self.make: type[Fake] = Fake
 
     def __call__(self, target: str) -> tuple[Fake, int]:
         self.gate.wait(5)
         self.count[target] = self.count.get(target, 0) + 1
         if target in self.fail:
             raise Unavailable(f"cannot load {target}")
-        return Fake(target), self.sizes[target]
+        return self.make(target), self.sizes[target]
 
 
 class Listener:
@@ -219,3 +224,53 @@ def test_bytes_are_tf_servings_estimate_corrected_by_the_load(tmp_path: Path) ->
     cap = 12000 * residency.MEASURED_FACTOR + residency.MEASURED_PAD
     assert corrected(12000, 1 << 40) == cap  # bounded: another thread's growth is not its
     assert residency.rss_bytes() > 0
+
+
+class Answering(Fake):
+    """A fake version that answers its target's name, after ``wait_s``."""
+
+    wait_s = 0.0
+
+    async def call(self, call: object) -> ModelReply:
+        await asyncio.sleep(self.wait_s)
+        return ModelReply(payload=self.target.encode())
+
+
+def paged_plane(budget_mb: int, sizes: dict[str, int]) -> tuple[DataPlane, Loads]:
+    """A data plane under a budget whose versions ``m-v1`` and ``m-v2`` are paged fakes."""
+    from serve_app.runtime.model import LoadState
+    from tests.serve_app.runtime.test_dataplane import Handle, plane
+
+    p: DataPlane = plane(Handle())
+    loads = Loads(sizes)
+    loads.make = Answering
+    p.residency = Residency(budget_mb * MB, loads)  # type: ignore[arg-type]
+    for target in sizes:
+        spec = LocalVersion(model="m", version=int(target[-1]), path="/nowhere")
+        p._paged[target] = (spec, LoadState(True))
+        p.residency.admit(target, "m", spec.version, Answering(target), sizes[target], False)  # type: ignore[arg-type]
+    return p, loads
+
+
+def test_the_data_plane_pages_a_version_in_for_its_call_and_says_when_it_cannot_fit() -> None:
+    from tests.serve_app.runtime.test_dataplane import predict
+
+    p, loads = paged_plane(4, {"m-v1": 3 * MB, "m-v2": 3 * MB})
+    assert set(p.residency.resident()) == {"m-v2"}  # type: ignore[union-attr]
+    assert asyncio.run(p.Predict(*predict(1))).payload == b"m-v1"  # paged in for its call
+    assert set(p.residency.resident()) == {"m-v1"} and loads.count == {"m-v1": 1}  # type: ignore[union-attr]
+    assert set(p.load_states()) == {"m-v1", "m-v2"}  # both still AVAILABLE to the manager
+    p.residency.entries["m-v2"].nbytes = 5 * MB  # type: ignore[union-attr]
+    reply = asyncio.run(p.Predict(*predict(2)))
+    assert reply.code == StatusCode.RESOURCE_EXHAUSTED
+    assert "model memory budget of 4 MB" in reply.message
+
+
+def test_a_call_waiting_for_its_page_in_gets_deadline_exceeded_at_its_deadline() -> None:
+    from tests.serve_app.runtime.test_dataplane import predict
+
+    p, loads = paged_plane(4, {"m-v1": 3 * MB, "m-v2": 3 * MB})
+    loads.gate.clear()
+    reply = asyncio.run(p.Predict(*predict(1, deadline=time.time() + 0.1)))
+    assert reply.code == StatusCode.DEADLINE_EXCEEDED
+    loads.gate.set()
