@@ -6,8 +6,11 @@ replicas on the page: how many hold it), ``tfserving_model_memory_bytes`` (the b
 counted for while resident), ``tfserving_model_page_ins`` (loads for a request: cold starts),
 ``tfserving_model_evictions`` and ``tfserving_model_cold_start_seconds`` (a page-in's time,
 waiting for room and warmup included). Per serving replica: ``tfserving_replica_model_bytes``
-(all it holds, labelled with the replica's name: each stays within the budget). Like every
-recording, none fails the request it describes.
+(all it holds, labelled with the replica's name: each stays within the budget) and
+``tfserving_replica_model_bytes_peak`` (the most it has held). Like every
+recording, none fails the request it describes. Ray's agent drops a gauge series that is not
+set again within two report intervals, so the serving replica ``refresh``-es them every
+second (its heartbeat): a version no longer resident drops out of the page.
 """
 
 from __future__ import annotations
@@ -57,6 +60,11 @@ class _Families:
             "Bytes of model versions a serving replica holds (within --model_memory_budget_mb).",
             tag_keys=("replica",),
         )
+        self.replica_peak = Gauge(
+            "tfserving_replica_model_bytes_peak",
+            "The most bytes of model versions a serving replica has held at once.",
+            tag_keys=("replica",),
+        )
 
 
 @functools.cache
@@ -73,12 +81,29 @@ class PagingMetrics:
 
     def __init__(self, replica: str) -> None:
         self.replica = replica
+        self.peak = 0
+        self.total = 0
+        self._resident: dict[tuple[str, int], int] = {}
 
     @_never_raises
     def resident(self, model: str, version: int, nbytes: int) -> None:
+        if nbytes:
+            self._resident[(model, version)] = nbytes
+        else:
+            self._resident.pop((model, version), None)
+        self._set(model, version, nbytes)
+
+    def _set(self, model: str, version: int, nbytes: int) -> None:
         m = _families()
         m.resident.set(1.0 if nbytes else 0.0, _tags(model, version))
         m.bytes.set(float(nbytes), _tags(model, version))
+
+    @_never_raises
+    def refresh(self) -> None:
+        """Every gauge of what is resident set again (Ray's agent keeps them alive)."""
+        for (model, version), nbytes in self._resident.items():
+            self._set(model, version, nbytes)
+        self._set_held()
 
     @_never_raises
     def paged_in(self, model: str, version: int, seconds: float) -> None:
@@ -92,4 +117,10 @@ class PagingMetrics:
 
     @_never_raises
     def held(self, total: int) -> None:
-        _families().replica_bytes.set(float(total), {"replica": self.replica})
+        self.total, self.peak = total, max(self.peak, total)
+        self._set_held()
+
+    def _set_held(self) -> None:
+        m, tags = _families(), {"replica": self.replica}
+        m.replica_bytes.set(float(self.total), tags)
+        m.replica_peak.set(float(self.peak), tags)

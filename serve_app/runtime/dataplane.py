@@ -90,7 +90,8 @@ class DataPlane:
         self._paged: dict[str, tuple[LocalVersion, LoadState]] = {}
         """Under a budget: each version loaded at rollout -> how its load went."""
         self._versions = VersionConfig()
-        self._replica = replica
+        self.paging_metrics = PagingMetrics(replica)
+        """What the residency reports; the heartbeat ``refresh``-es its gauges."""
         self.in_flight = 0
         """Model calls being answered now (the mirror sheds while they are many)."""
         self.mirror = Mirror(self._call, lambda: self.in_flight)
@@ -149,7 +150,7 @@ class DataPlane:
         load state kept for the version manager, then kept only if it fits
         (``Residency.admit``); the resident ones take the new batching knobs."""
         if self.residency is None:
-            self.residency = Residency(budget_mb << 20, self._page_in, PagingMetrics(self._replica))
+            self.residency = Residency(budget_mb << 20, self._page_in, self.paging_metrics)
         residency = self.residency
         residency.budget = budget_mb << 20
         for target, spec in wanted.items():

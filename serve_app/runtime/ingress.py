@@ -139,6 +139,8 @@ class Ingress:
         while True:
             await asyncio.sleep(REPORT_INTERVAL_S)
             await self._report()
+            if self.plane.residency is not None:
+                self.plane.paging_metrics.refresh()
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """What says this replica is busy, for Serve's autoscaler (``--serving_replicas=auto``,
