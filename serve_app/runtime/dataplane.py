@@ -420,3 +420,4 @@ class PagedVersion(ModelVersion):
     def close(self) -> None:
         self.__del__()
         self.servable = self._local = None
+        self._pool.shutdown(wait=False)  # its threads go now, not at the next collection
