@@ -46,7 +46,13 @@ from serve_app.runtime.replica_config import (
     VersionConfig,
     VersionOptions,
 )
-from serve_app.runtime.residency import Residency, corrected, estimate_bytes, rss_bytes
+from serve_app.runtime.residency import (
+    Residency,
+    corrected,
+    estimate_bytes,
+    release_freed,
+    rss_bytes,
+)
 from serve_app.runtime.shadow import Mirror
 
 logger = logging.getLogger("ray.serve")
@@ -176,6 +182,7 @@ class DataPlane:
         """Load one version (in a worker thread) and the bytes it is counted for: TF Serving's
         estimate from its files, corrected by this process's memory growth across the load."""
         assert self._local_options is not None
+        release_freed()
         before = rss_bytes()
         v = PagedVersion(spec.model, spec.version, spec.path, **dict(self._local_options))
         grown = rss_bytes() - before

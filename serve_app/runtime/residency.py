@@ -14,6 +14,8 @@ its exported files x ``ESTIMATE_FACTOR``, as ``EstimateResourceFromPath`` in TF 
 ``servables/tensorflow/bundle_factory_util.cc``), then corrected by what its last load
 measurably took (``corrected``: the process's RSS growth across the load, never below the
 estimate and bounded above, since another thread's allocations can land in the same window).
+Before each load what evicted versions left is collected and trimmed (``release_freed``), so
+the growth is the load's and the memory goes back to the system.
 
 Never evicted: a version with calls in flight (``use`` holds it), or one of a ``pinned``
 model. A version that cannot fit even with everything evictable gone is RESOURCE_EXHAUSTED at
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import itertools
 import logging
 import os
@@ -33,7 +36,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from compat.errors import ResourceExhausted, Unavailable
 
@@ -79,6 +82,22 @@ def _process() -> object:
 def rss_bytes() -> int:
     """This process's resident memory."""
     return int(_process().memory_info().rss)  # type: ignore[attr-defined]
+
+
+def release_freed() -> None:
+    """Free what evicted versions left behind before a load measures the process's growth:
+    their graphs are Python cycles (collected now, not in a later pause of the serving path),
+    and glibc keeps freed heap unless trimmed."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        _libc().malloc_trim(0)
+
+
+@functools.cache
+def _libc() -> Any:
+    import ctypes
+
+    return ctypes.CDLL("libc.so.6")
 
 
 class Closable(Protocol):
