@@ -2,7 +2,7 @@
 all-models-everywhere, and the hot model against a one-model server.
 
     python -m loadtests.bench.paging [--out DIR] [--models 200] [--budget-mb 128]
-                                     [--requests 1000] [--seconds 10] [--concurrency 4]
+                                     [--requests 1000] [--seconds 10] [--concurrency 16]
 
 ``--models`` models (copies of TF Serving's half_plus_two and half_plus_three, their version
 directories linked, plus two exports made here with float32 variables of 24 and 20 MB), served
@@ -17,7 +17,8 @@ model first) of ``--requests`` Predicts from 8 client threads, every answer chec
 requests counted); then the cold start: the first Predict, one at a time, to 40 models the load
 never asked for (evicted at rollout under the budget; resident without one), p50/p99 in ms,
 beside a second Predict to each (warm); then each serving replica's RSS; then the hot model's
-throughput under h2load (``--concurrency`` connections for ``--seconds``), as on ``one``.
+throughput under h2load (``--concurrency`` connections for ``--seconds``), as on ``one``
+(enough connections that the kernel spreads them evenly over the two replicas).
 Prints a table and writes ``paging.json`` into ``--out``. On a shared machine, compare only
 figures of the same run.
 """
@@ -268,7 +269,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--budget-mb", type=int, default=128)
     p.add_argument("--requests", type=int, default=1000, help="Predicts of the Zipf load")
     p.add_argument("--seconds", type=float, default=10.0, help="h2load's window on the hot model")
-    p.add_argument("--concurrency", type=int, default=4, help="h2load's connections")
+    p.add_argument("--concurrency", type=int, default=16, help="h2load's connections")
     return p.parse_args(argv)
 
 

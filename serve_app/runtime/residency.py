@@ -132,7 +132,10 @@ class Entry(Generic[T]):
     version: int
     pinned: bool = False
     nbytes: int = 0
-    """What it is counted for (``corrected``), learnt at its load."""
+    """What it is counted for (``corrected``), learnt at its load; fixed while it is resident
+    (room was made for it), the most a load measured from its next page-in on."""
+    measured: int = 0
+    """The most one of its loads measured (``corrected``)."""
     held: T | None = None
     loading: asyncio.Task[None] | None = None
     in_flight: int = 0
@@ -191,6 +194,7 @@ class Residency(Generic[T]):
         if entry is None:
             entry = self.entries[target] = Entry(target, model, version, pinned)
         entry.pinned, entry.nbytes = pinned, max(entry.nbytes, nbytes)
+        entry.measured = max(entry.measured, nbytes)
         if entry.held is not None:  # held already: the new one is not needed
             value.close()
             return True
@@ -244,6 +248,7 @@ class Residency(Generic[T]):
             if entry.gone:
                 raise Unavailable(f"{entry.model} version {entry.version} was unloaded")
             if entry.loading is None:
+                entry.nbytes = max(entry.nbytes, entry.measured)
                 await self._make_room(entry)
                 if entry.held is None and entry.loading is None:
                     task = asyncio.get_running_loop().create_task(self._page_in(entry))
@@ -313,12 +318,11 @@ class Residency(Generic[T]):
         finally:
             entry.loading = None
             self._wake()
-        entry.nbytes = max(entry.nbytes, nbytes)  # a reload can reuse freed heap: not less
+        entry.measured = max(entry.measured, nbytes)  # counted from its next page-in on
         if entry.gone:
             value.close()
             return
         self._hold(entry, value)
-        self._evict_for(entry)  # it may have measured more than it was counted for
         if self._listener is not None:
             self._listener.paged_in(entry.model, entry.version, time.perf_counter() - started)
         self._report()

@@ -274,3 +274,19 @@ def test_a_call_waiting_for_its_page_in_gets_deadline_exceeded_at_its_deadline()
     reply = asyncio.run(p.Predict(*predict(1, deadline=time.time() + 0.1)))
     assert reply.code == StatusCode.DEADLINE_EXCEEDED
     loads.gate.set()
+
+
+def test_a_page_in_that_measures_more_stays_within_the_budget_and_counts_more_next_time() -> None:
+    async def run() -> None:
+        r, loads = paging(10, {"a": 4 * MB, "b": 4 * MB})
+        admit_all(r, loads)
+        r._close(r.entries["a"])  # as if evicted
+        loads.sizes["a"] = 7 * MB  # its page-in measures more than the 4 MB made room for
+        async with r.use("b"):
+            assert await call(r, "a") == "a"
+            assert r.entries["a"].nbytes == 4 * MB and r.held_bytes <= r.budget
+        r._close(r.entries["a"])
+        assert await call(r, "a") == "a"  # counted 7 MB now: b is evicted for it
+        assert r.entries["a"].nbytes == 7 * MB and set(r.resident()) == {"a"}
+
+    asyncio.run(run())
