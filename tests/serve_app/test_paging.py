@@ -26,7 +26,7 @@ from tests.harness import TESTDATA, Server, start_server
 
 BUDGET_MB = 48
 MODELS = 200
-REQUESTS = 500
+REQUESTS = 300
 PATH = "/monitoring/prometheus/metrics"
 PREFIX = "ray_tfserving_"
 SMALL = {  # TF Serving's test model -> what it adds to 0.5 x
