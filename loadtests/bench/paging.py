@@ -1,7 +1,7 @@
 """The benchmark's paging row: many models under ``--model_memory_budget_mb`` against today's
 all-models-everywhere, and the hot model against a one-model server.
 
-    python -m loadtests.bench.paging [--out DIR] [--models 200] [--budget-mb 128]
+    python -m loadtests.bench.paging [--out DIR] [--models 200] [--budget-mb 48]
                                      [--requests 1000] [--seconds 10] [--concurrency 16]
 
 ``--models`` models (copies of TF Serving's half_plus_two and half_plus_three, their version
@@ -266,7 +266,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m loadtests.bench.paging", description=__doc__)
     p.add_argument("--out", default="bench-results")
     p.add_argument("--models", type=int, default=200)
-    p.add_argument("--budget-mb", type=int, default=128)
+    p.add_argument("--budget-mb", type=int, default=48)
     p.add_argument("--requests", type=int, default=1000, help="Predicts of the Zipf load")
     p.add_argument("--seconds", type=float, default=10.0, help="h2load's window on the hot model")
     p.add_argument("--concurrency", type=int, default=16, help="h2load's connections")
