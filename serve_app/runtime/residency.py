@@ -198,7 +198,8 @@ class Residency(Generic[T]):
         if entry.held is not None:  # held already: the new one is not needed
             value.close()
             return True
-        if not pinned and not self._evict_for(entry):
+        fits = self._evict_for(entry)  # a pinned one is kept even where it cannot fit
+        if not pinned and not fits:
             value.close()
             logger.info(
                 "%s version %s (%d MB) not kept: over the %d MB model memory budget",

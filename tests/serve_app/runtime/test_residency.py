@@ -290,3 +290,9 @@ def test_a_page_in_that_measures_more_stays_within_the_budget_and_counts_more_ne
         assert r.entries["a"].nbytes == 7 * MB and set(r.resident()) == {"a"}
 
     asyncio.run(run())
+
+
+def test_a_pinned_version_admitted_into_a_full_budget_evicts_for_its_room() -> None:
+    r, loads = paging(10, {"a": 5 * MB, "b": 5 * MB, "p": 2 * MB})
+    assert admit_all(r, loads, pinned=frozenset({"p"})) == [True, True, True]
+    assert set(r.resident()) == {"b", "p"} and r.held_bytes <= r.budget
