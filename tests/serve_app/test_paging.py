@@ -20,7 +20,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from prometheus_client.parser import text_string_to_metric_families
-from tensorflow_serving.apis import get_model_status_pb2, predict_pb2
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from tests.harness import TESTDATA, Server, start_server
 
@@ -136,13 +140,15 @@ def test_a_zipf_load_over_200_models_pages_them_within_the_budget(
     _, adds = models
     names = [HOT, *BIG, *(n for n in adds if n not in BIG and n not in (HOT, TOO_BIG[0]))]
     order = zipf_order(names)
+    channels = [grpc.insecure_channel(server.grpc_target) for _ in range(4)]  # both replicas
+    stubs = [prediction_service_pb2_grpc.PredictionServiceStub(c) for c in channels]
     stub = server.prediction_stub()
 
     def one(i_name: tuple[int, str]) -> str:
         i, name = i_name
         x = float(i % 7)
         try:
-            response = stub.Predict(request(name, x), 60.0)
+            response = stubs[i % len(stubs)].Predict(request(name, x), 60.0)
         except grpc.RpcError as e:
             return f"{name}: {e.code()} {e.details()}"
         y = tf.make_ndarray(response.outputs["y"]).ravel()[0]
@@ -150,6 +156,8 @@ def test_a_zipf_load_over_200_models_pages_them_within_the_budget(
 
     with ThreadPoolExecutor(8) as pool:
         failed = [f for f in pool.map(one, enumerate(order)) if f]
+    for channel in channels:
+        channel.close()
     assert not failed, failed[:5]
     assert len(set(order)) > 20  # the load reached many models, not only the hot ones
 
