@@ -1,14 +1,15 @@
 """TF Serving's ModelServerConfig text format, parsed with its own protos and ``text_format``.
 
-Two extensions of ours (beyond TF Serving): a model's ``config`` may hold a ``shadow { ... }``
+Three extensions of ours (beyond TF Serving): a model's ``config`` may hold a ``shadow { ... }``
 block (``EXTENSION_FIELD``, a ``ShadowConfig``: which version receives a mirror of the model's
-requests, what share of them, and the float tolerance its answers are compared with) and a
+requests, what share of them, and the float tolerance its answers are compared with), a
 ``rollout { ... }`` block (``ROLLOUT_FIELD``, a ``RolloutConfig``: the stages and gates a new
-version goes through, ``serve_app.config.model_args.RolloutPolicy``). The text is parsed with
-ModelConfig's own descriptor plus those fields, then read back as TF Serving's message (the
-blocks kept as unknown fields, so they survive a trip through the binary form, as in
-``HandleReloadConfigRequest``): without the blocks, parsing and errors are TF Serving's; a
-field a block does not have is refused as any unknown field is.
+version goes through, ``serve_app.config.model_args.RolloutPolicy``) and ``pinned: true``
+(``PINNED_FIELD``: its versions stay resident under ``--model_memory_budget_mb``). The text is
+parsed with ModelConfig's own descriptor plus those fields, then read back as TF Serving's
+message (they are kept as unknown fields, so they survive a trip through the binary form, as in
+``HandleReloadConfigRequest``): without them, parsing and errors are TF Serving's; a field a
+block does not have is refused as any unknown field is.
 """
 
 from __future__ import annotations
@@ -41,12 +42,16 @@ class ModelEntry:
     """From our ``shadow`` block (``ShadowConfig``'s fields that are set)."""
     rollout: dict[str, object] | None = None
     """From our ``rollout`` block (``RolloutConfig``'s fields that are set)."""
+    pinned: bool = False
+    """Our ``pinned``: its versions are never paged out (``--model_memory_budget_mb``)."""
 
 
 EXTENSION_FIELD = 1001
 """The field number of ``ModelConfig.shadow``: far beyond TF Serving's own (1 to 8)."""
 ROLLOUT_FIELD = 1002
 """The field number of ``ModelConfig.rollout``."""
+PINNED_FIELD = 1003
+"""The field number of ``ModelConfig.pinned`` (a bool)."""
 
 
 def _extended() -> tuple[Any, Any]:
@@ -113,6 +118,9 @@ def _extended() -> tuple[Any, Any]:
                 type_name=f".tensorflow.serving.{name.capitalize()}Config",
                 label=F.LABEL_OPTIONAL,
             )
+        config.field.add(
+            name="pinned", number=PINNED_FIELD, type=F.TYPE_BOOL, label=F.LABEL_OPTIONAL
+        )
 
     add(model_server_config_pb2.DESCRIPTOR, shadow)
     return tuple(  # type: ignore[return-value]
@@ -155,6 +163,11 @@ def rollout_of(c: model_server_config_pb2.ModelConfig) -> dict[str, object] | No
         f.name: list(value) if f.name == "canary_weights" else value
         for f, value in extended.rollout.ListFields()
     }
+
+
+def pinned_of(c: model_server_config_pb2.ModelConfig) -> bool:
+    """A config entry's ``pinned`` (False when not set)."""
+    return bool(_ExtendedModelConfig.FromString(c.SerializeToString()).pinned)
 
 
 def parse_text(text: str, path: str | Path = "") -> model_server_config_pb2.ModelServerConfig:
@@ -205,6 +218,7 @@ def entries(config: model_server_config_pb2.ModelServerConfig) -> list[ModelEntr
             entry.request_log = request_log(c.name, c.logging_config)
         entry.shadow = shadow_of(c)
         entry.rollout = rollout_of(c)
+        entry.pinned = pinned_of(c)
         which = c.model_version_policy.WhichOneof("policy_choice")
         if which == "all":
             entry.policy = "all"

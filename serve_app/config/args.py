@@ -334,6 +334,13 @@ class AppArgs(BaseModel):
     num_load_threads: Annotated[int, Flag("num_load_threads")] = Field(default=0, ge=0)
     """Versions a serving replica loads at once (TF Serving's load thread pool); 0, as there,
     one at a time. Models in deployments of their own load in their own processes anyway."""
+    model_memory_budget_mb: Annotated[int, Flag("model_memory_budget_mb"), Field(ge=0)] = 0
+    """Memory each serving replica may hold in loaded model versions, in MB (ours); 0: no
+    budget, every version loaded in every replica. With one, a version is loaded once at rollout
+    (checked, warmed up, AVAILABLE from then on), kept if it fits, else loaded on its first
+    request; the least recently used are evicted by bytes: TF Serving's estimate (files x 1.2),
+    corrected by what a load took. A version with calls in flight is never evicted, nor a
+    ``pinned`` model's; one that cannot fit answers RESOURCE_EXHAUSTED."""
     num_request_iterations_for_warmup: Annotated[int, Flag("num_request_iterations_for_warmup")] = (
         Field(default=0, ge=0)
     )

@@ -133,6 +133,9 @@ class ModelArgs(BaseModel):
     rollout: RolloutPolicy | None = None
     """Roll new versions out in gated stages (our ``rollout`` block); None: TF Serving's way
     (a new version takes the traffic once loaded)."""
+    pinned: bool = False
+    """Its versions stay resident in every serving replica under ``--model_memory_budget_mb``
+    (our ``pinned: true``), never paged out; without a budget every version is resident."""
 
 
 def models_from_config(config: Any) -> list[ModelArgs]:
@@ -163,6 +166,7 @@ def models_from_config(config: Any) -> list[ModelArgs]:
             request_log=RequestLogArgs.model_validate(e.request_log) if e.request_log else None,
             shadow=ShadowArgs.model_validate(e.shadow) if e.shadow else None,
             rollout=RolloutPolicy.model_validate(e.rollout) if e.rollout is not None else None,
+            pinned=e.pinned,
         )
         for e in entries
     ]

@@ -202,12 +202,13 @@ def build_app(args: AppArgs, plan: Plan, adopt: Mapping[str, str] | None = None)
     version's) -> the version it runs under (``lifecycle.applier.Applier.adopt_running``)."""
     versions = []
     local: dict[str, LocalVersion] = {}
+    pinned = {m.name: m.pinned for m in args.models}
     for model, deployed in sorted(plan.deployed.items()):
         scaling = args.own_scaling(model)
         for version, path in sorted(deployed.items()):
             if scaling is None:  # the serving replicas load it (their user_config's "local")
                 local[deployment_name(model, version)] = LocalVersion(
-                    model=model, version=version, path=path
+                    model=model, version=version, path=path, pinned=pinned.get(model, False)
                 )
                 continue
             own = _version_options(args, scaling)
@@ -248,6 +249,7 @@ def build_app(args: AppArgs, plan: Plan, adopt: Mapping[str, str] | None = None)
         rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
         prometheus_path=args.prometheus_path,
         num_load_threads=args.num_load_threads,
+        model_memory_budget_mb=args.model_memory_budget_mb,
         cors=args.rest_api_enable_cors_support,
     )
     actor_options: dict[str, Any] = {"num_cpus": args.serving_num_cpus}

@@ -18,7 +18,11 @@ Exported names carry Ray's ``ray_`` prefix: ``ray_tfserving_requests_total``,
 ``ray_tfserving_request_log_records_total``, ``ray_tfserving_model_version_state``, and for
 shadow traffic ``ray_tfserving_shadow_requests_total``, ``ray_tfserving_shadow_seconds_total``,
 ``ray_tfserving_shadow_max_abs_diff`` and the figures the page derives from them,
-``ray_tfserving_shadow_diff_rate`` and ``ray_tfserving_shadow_latency_ratio``.
+``ray_tfserving_shadow_diff_rate`` and ``ray_tfserving_shadow_latency_ratio``; under a memory
+budget (``paging``) ``ray_tfserving_model_resident``, ``ray_tfserving_model_memory_bytes``,
+``ray_tfserving_model_page_ins_total``, ``ray_tfserving_model_evictions_total``,
+``ray_tfserving_model_cold_start_seconds`` and ``ray_tfserving_replica_model_bytes`` (and its
+``_peak``).
 """
 
 from serve_app.metrics.labels import RequestLabels

@@ -16,7 +16,8 @@ It holds the routing table and the versions loaded in this process, and answers:
 
 Co-located, it loads the versions a new routing table needs (``load``, off the event loop) and
 lets go of those it no longer routes to (``unload``); ``runtime.ingress`` (the Ray lifecycle)
-says when.
+says when. With a memory budget (``--model_memory_budget_mb``) a loaded version is kept only if
+it fits, and versions are paged in for the requests that need them (``runtime.residency``).
 """
 
 from __future__ import annotations
@@ -24,25 +25,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, cast
 
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from compat.errors import DeadlineExceeded, ResourceExhausted, ServingError
+from compat.errors import DeadlineExceeded, ResourceExhausted, ServingError, Unavailable
 from compat.routing import RoutingTable
 from compat.servable import usable_cores
 from serve_app import metrics
 from serve_app.calls import Api, ModelCall, ModelReply, grpc_call
 from serve_app.deployments import ManagerClient, transport_error
-from serve_app.runtime.model import ModelVersion
+from serve_app.metrics.paging import PagingMetrics
+from serve_app.runtime.model import LoadState, ModelVersion
 from serve_app.runtime.replica_config import (
     IngressConfig,
     LocalVersion,
     VersionConfig,
     VersionOptions,
+)
+from serve_app.runtime.residency import (
+    Residency,
+    corrected,
+    estimate_bytes,
+    release_freed,
+    rss_bytes,
 )
 from serve_app.runtime.shadow import Mirror
 from serve_app.runtime.tally import Tally
@@ -64,6 +73,7 @@ class DataPlane:
         max_request_bytes: int,
         local_options: VersionOptions | None = None,
         replicas: int = 1,
+        replica: str = "",
     ) -> None:
         self.manager = manager
         self.table = RoutingTable()
@@ -82,6 +92,13 @@ class DataPlane:
         """Serving replicas per node: they share its threads."""
         self._app_name = app_name
         self._handles: dict[str, DeploymentHandle] = {}
+        self.residency: Residency[PagedVersion] | None = None
+        """Under a memory budget: the versions loaded here, paged in and out."""
+        self._paged: dict[str, tuple[LocalVersion, LoadState]] = {}
+        """Under a budget: each version loaded at rollout -> how its load went."""
+        self._versions = VersionConfig()
+        self.paging_metrics = PagingMetrics(replica)
+        """What the residency reports; the heartbeat ``refresh``-es its gauges."""
         self.in_flight = 0
         """Model calls being answered now (the mirror sheds while they are many)."""
         self.tally = Tally()
@@ -109,12 +126,25 @@ class DataPlane:
     # --- the versions held here (co-located) --------------------------------------------------
 
     async def load(
-        self, wanted: dict[str, LocalVersion], config: VersionConfig, load_threads: int = 0
+        self,
+        wanted: dict[str, LocalVersion],
+        config: VersionConfig,
+        load_threads: int = 0,
+        budget_mb: int = 0,
     ) -> None:
         """Load the versions not held yet, ``load_threads`` at once (``--num_load_threads``;
         0, as TF Serving's, one at a time), then give every version the batching knobs, their
-        thread counts this replica's share of the node's."""
+        thread counts this replica's share of the node's. With ``budget_mb``
+        (``--model_memory_budget_mb``), ``_load_paged``."""
         assert self._local_options is not None
+        batching = config.batching
+        threads = share_threads(batching.num_batch_threads, self._replicas)
+        self._versions = config = config.model_copy(
+            update={"batching": batching.model_copy(update={"num_batch_threads": threads})}
+        )
+        if budget_mb:
+            await self._load_paged(wanted, budget_mb)
+            return
         options = dict(self._local_options)  # its fields, the session still a SessionConfig
         new = {t: v for t, v in wanted.items() if t not in self.local}
 
@@ -123,25 +153,79 @@ class DataPlane:
             return ModelVersion(v.model, v.version, v.path, **options)
 
         self.local.update(await load_all(list(new), load, load_threads))
-        batching = config.batching
-        threads = share_threads(batching.num_batch_threads, self._replicas)
-        config = config.model_copy(
-            update={"batching": batching.model_copy(update={"num_batch_threads": threads})}
-        )
         for local in self.local.values():
             local.reconfigure(config)
             if local.servable is not None:
                 metrics.learn_signatures(local.model, local.servable.signatures)
 
+    async def _load_paged(self, wanted: dict[str, LocalVersion], budget_mb: int) -> None:
+        """Under a budget: each new version loaded (and warmed up) once, one at a time, its
+        load state kept for the version manager, then kept only if it fits
+        (``Residency.admit``); the resident ones take the new batching knobs."""
+        if self.residency is None:
+            self.residency = Residency(budget_mb << 20, self._page_in, self.paging_metrics)
+        residency = self.residency
+        residency.budget = budget_mb << 20
+        for target, spec in wanted.items():
+            known = self._paged.get(target)
+            if known is not None:
+                entry = residency.entries.get(target)
+                if entry is not None:
+                    entry.pinned = spec.pinned
+                continue
+            async with residency.load_lock:
+                v, nbytes = await asyncio.to_thread(self._measured_load, spec)
+            self._paged[target] = (spec, v.load_state())
+            if v.servable is None:
+                v.close()
+                continue
+            metrics.learn_signatures(v.model, v.servable.signatures)
+            v.reconfigure(self._versions)
+            residency.admit(target, spec.model, spec.version, v, nbytes, spec.pinned)
+        for v in residency.resident().values():
+            v.reconfigure(self._versions)
+
+    def _measured_load(self, spec: LocalVersion) -> tuple[PagedVersion, int]:
+        """Load one version (in a worker thread) and the bytes it is counted for: TF Serving's
+        estimate from its files, corrected by this process's memory growth across the load."""
+        assert self._local_options is not None
+        release_freed()
+        before = rss_bytes()
+        v = PagedVersion(spec.model, spec.version, spec.path, **dict(self._local_options))
+        grown = rss_bytes() - before
+        return v, corrected(estimate_bytes(v.files or spec.path), grown)
+
+    def _page_in(self, target: str) -> tuple[PagedVersion, int]:
+        """``Residency``'s loader: a version again, for a request; its load's error if it fails."""
+        v, nbytes = self._measured_load(self._paged[target][0])
+        if v.servable is None:
+            error = v.error
+            v.close()
+            raise error or Unavailable(f"{v.model} version {v.version} did not load")
+        v.reconfigure(self._versions)
+        return v, nbytes
+
     def unload(self, keep: Iterable[str]) -> None:
         """Let go of the versions not in ``keep``; each closes once its last call is done."""
-        for target in set(self.local) - set(keep):
+        keep = set(keep)
+        for target in set(self.local) - keep:
             logger.info("Unloading %s", target)
             del self.local[target]
+        for target in set(self._paged) - keep:
+            del self._paged[target]
+        if self.residency is not None:
+            self.residency.drop(keep)
 
     def load_states(self) -> dict[str, Any]:
-        """Each version held here -> how its load went (the heartbeat's)."""
-        return {target: local.load_state() for target, local in self.local.items()}
+        """Each version held here -> how its load went (the heartbeat's); under a budget,
+        every version loaded at rollout, resident or not (it can be served: AVAILABLE)."""
+        states = {target: state for target, (_, state) in self._paged.items()}
+        return states | {target: local.load_state() for target, local in self.local.items()}
+
+    def versions_held(self) -> list[ModelVersion]:
+        """The versions resident in this process now."""
+        paged = self.residency.resident().values() if self.residency is not None else ()
+        return [*self.local.values(), *paged]
 
     # --- the one forwarding path, shared by every transport -----------------------------------
 
@@ -195,12 +279,12 @@ class DataPlane:
         deadline = call.deadline
         local = self.local.get(target)
         if local is not None:  # co-located: no hop
-            if deadline is None:
-                return await local.call(call)
-            try:
-                return await asyncio.wait_for(local.call(call), deadline - time.time())
-            except TimeoutError:
-                raise DeadlineExceeded("Deadline Exceeded") from None
+            return await _within(deadline, local.call(call))
+        if self.residency is not None and target in self.residency.entries:
+            return await _within(deadline, self._call_paged(self.residency, target, call))
+        paged = self._paged.get(target)
+        if paged is not None:  # under a budget, it failed to load
+            raise Unavailable(paged[1].message)
         response = self._handle(target).call.remote(call)
         if deadline is None:
             return cast(ModelReply, await response)
@@ -211,6 +295,15 @@ class DataPlane:
         except TimeoutError:
             response.cancel()
             raise DeadlineExceeded("Deadline Exceeded") from None
+
+    @staticmethod
+    async def _call_paged(
+        residency: Residency[PagedVersion], target: str, call: ModelCall
+    ) -> ModelReply:
+        """A call to a version under the budget: paged in first if it is not resident (the
+        caller's deadline bounds the wait), and held while the call runs."""
+        async with residency.use(target) as version:
+            return await version.call(call)
 
     def _handle(self, target: str) -> DeploymentHandle:
         handle = self._handles.get(target)
@@ -322,3 +415,28 @@ async def load_all(
             return await asyncio.to_thread(load, target)
 
     return dict(zip(targets, await asyncio.gather(*map(one, targets)), strict=True))
+
+
+async def _within(deadline: float | None, answer: Coroutine[Any, Any, ModelReply]) -> ModelReply:
+    """``answer``, DEADLINE_EXCEEDED once the caller's deadline passes."""
+    if deadline is None:
+        return await answer
+    try:
+        return await asyncio.wait_for(answer, deadline - time.time())
+    except TimeoutError:
+        raise DeadlineExceeded("Deadline Exceeded") from None
+
+
+class PagedVersion(ModelVersion):
+    """A version under the memory budget: freed when it is evicted (``close``), not once the
+    garbage collector finds it."""
+
+    @property
+    def files(self) -> Any:
+        """Its local directory (an object-store version's download), None if it has none."""
+        return self._local
+
+    def close(self) -> None:
+        self.__del__()
+        self.servable = self._local = None
+        self._pool.shutdown(wait=False)  # its threads go now, not at the next collection

@@ -70,6 +70,7 @@ class Ingress:
             listen.max_request_bytes if listen else MAX_MESSAGE_BYTES,
             share_cores(local_options, replicas, gpu=gpu),
             replicas,
+            replica_names()[0],
         )
         self._listen = listen
         """The ports; None: this replica binds none."""
@@ -86,7 +87,10 @@ class Ingress:
         plane = self.plane
         if plane.colocated:
             await plane.load(
-                config.local, config.versions or VersionConfig(), config.num_load_threads
+                config.local,
+                config.versions or VersionConfig(),
+                config.num_load_threads,
+                config.model_memory_budget_mb,
             )
         plane.configure(config)
         if plane.colocated:
@@ -139,6 +143,8 @@ class Ingress:
         while True:
             await asyncio.sleep(REPORT_INTERVAL_S)
             await self._report()
+            if self.plane.residency is not None:
+                self.plane.paging_metrics.refresh()
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """What says this replica is busy, for Serve's autoscaler (``--serving_replicas=auto``,
@@ -152,7 +158,7 @@ class Ingress:
         return {
             autoscaling.IN_FLIGHT: listeners.admission.mean_in_flight() if listeners else 0.0,
             autoscaling.QUEUED_BATCHES: float(
-                sum(v.queued_batches() for v in self.plane.local.values())
+                sum(v.queued_batches() for v in self.plane.versions_held())
             ),
             autoscaling.LOOP_LAG: lag,
         }

@@ -82,6 +82,8 @@ class LocalVersion(_Config):
     """The version number."""
     path: str
     """Its SavedModel directory (local, or an object-store URL)."""
+    pinned: bool = False
+    """Never paged out under a memory budget (the model config's ``pinned``)."""
 
 
 class ListenConfig(_Config):
@@ -142,6 +144,9 @@ class IngressConfig(_Config):
     """The co-located versions' ``user_config``; None when the replicas hold no model."""
     num_load_threads: int = 0
     """Co-located versions loaded at once (``--num_load_threads``); 0: one at a time."""
+    model_memory_budget_mb: int = 0
+    """Bytes of co-located versions each replica holds at most (``--model_memory_budget_mb``,
+    ``runtime.residency``); 0: every version is held."""
     cors: bool = False
     """TF Serving's CORS headers on REST answers, and preflights answered
     (``--rest_api_enable_cors_support``)."""

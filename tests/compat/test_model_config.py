@@ -287,3 +287,17 @@ def test_a_field_the_rollout_block_lacks_is_the_parsers_error() -> None:
     assert 'Message type "tensorflow.serving.RolloutConfig" has no field named "shadow"' in str(
         e.value.message
     )
+
+
+def test_our_pinned_option_is_read_and_kept_through_the_binary_form() -> None:
+    from compat.protos import model_server_config_pb2
+    from serve_app.config.model_args import models_from_config
+
+    text = (
+        "model_config_list { config { name: 'hot' base_path: '/h' pinned: true } "
+        "config { name: 'cold' base_path: '/c' } }"
+    )
+    config = model_config.parse_text(text)
+    again = model_server_config_pb2.ModelServerConfig.FromString(config.SerializeToString())
+    assert [e.pinned for e in model_config.entries(again)] == [True, False]
+    assert [m.pinned for m in models_from_config(again)] == [True, False]

@@ -179,3 +179,27 @@ def test_a_version_in_its_own_deployment_is_built_with_its_version_and_adopts_a_
     assert kept["Ingress"].version != "config-code-version"  # its own hash is another
     other = parse_cli_args({**raw, "own_deployments.hpt.num_cpus": "0.5"})
     assert deployments(build_app(other, plan, {build: "x"}))["hpt-v123"].version != "x"
+
+
+def test_the_memory_budget_and_pinned_models_reach_the_serving_replicas(tmp_path: Any) -> None:
+    """``--model_memory_budget_mb`` and the model config's ``pinned`` travel in the serving
+    replicas' user_config (``runtime.residency`` reads them there)."""
+    from serve_app.runtime.replica_config import IngressConfig
+
+    config = tmp_path / "models.config"
+    config.write_text(
+        "model_config_list { "
+        f'config {{ name: "hot" base_path: "{HALF_PLUS_TWO}" model_platform: "tensorflow" '
+        "pinned: true } "
+        f'config {{ name: "cold" base_path: "{HALF_PLUS_TWO}" model_platform: "tensorflow" }} }}'
+    )
+    app = application_from_cli_args(
+        {"model_config_file": str(config), "model_memory_budget_mb": "64"}
+    )
+    ingress = IngressConfig.model_validate(deployments(app)["Ingress"].user_config)
+    assert ingress.model_memory_budget_mb == 64
+    assert {t: v.pinned for t, v in ingress.local.items()} == {"hot-v123": True, "cold-v123": False}
+    default = application_from_cli_args({"model_config_file": str(config)})
+    assert not IngressConfig.model_validate(
+        deployments(default)["Ingress"].user_config
+    ).model_memory_budget_mb
