@@ -31,6 +31,7 @@ from serve_app.deployments import ManagerClient
 from serve_app.ray_patches import replica_names
 from serve_app.runtime import autoscaling, request_log
 from serve_app.runtime.dataplane import DataPlane, share_cores
+from serve_app.runtime.model import freeze_once
 from serve_app.runtime.replica_config import (
     IngressConfig,
     ListenConfig,
@@ -55,6 +56,8 @@ class Ingress:
         listen: ListenConfig | None = None,
         build: str = "",
     ) -> None:
+        if local_options is not None:  # TF imported and frozen before a load is measured
+            freeze_once()
         self._manager = ManagerClient(manager)
         self._build = build
         """The version this deployment was built with (``launch.app``), reported as started."""

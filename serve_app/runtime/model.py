@@ -41,15 +41,13 @@ from serve_app.storage.factory import open_store
 
 logger = logging.getLogger("ray.serve")
 
-
 RUNS_AT_ONCE = 4
 """Model runs at once outside batching, where TF's inter-op pool spreads their ops."""
 
 
 def runs_at_once(session: SessionConfig) -> int:
-    """Model runs a version starts at once outside batching: with ops in their calling thread
-    (a negative ``inter_op_parallelism``) one per intra-op thread (0: every core), more would
-    take turns on the same cores; else ``RUNS_AT_ONCE``, ops shared out by TF's inter-op pool."""
+    """Model runs a version starts at once outside batching: one per intra-op thread (0: every
+    core) with ops in their calling thread (inter_op < 0), else ``RUNS_AT_ONCE`` (TF's pool)."""
     if session.inter_op_parallelism >= 0:
         return RUNS_AT_ONCE
     return session.intra_op_parallelism or usable_cores()
@@ -443,10 +441,12 @@ _HANDLERS: dict[Api, Callable[[ModelVersion, ModelCall, bool], Awaitable[Answer]
 @functools.cache
 def freeze_once() -> None:
     """Before a process loads its first version: everything alive then (TensorFlow's modules,
-    hundreds of thousands of objects) moves out of the garbage collector's sight
-    (``gc.freeze``). Every collection used to walk them all, and parsing a big nested REST body
-    (many collections) was several times slower with them (measured as in the README's
+    imported here first, hundreds of thousands of objects) moves out of the garbage collector's
+    sight (``gc.freeze``). Every collection used to walk them all, and parsing a big nested REST
+    body (many collections) was several times slower with them (measured as in the README's
     "Benchmark"). No version is frozen, so an unloaded version's cycles are freed (frozen after
     its load, the first version's graph stayed in memory for the process's life)."""
+    import tensorflow  # noqa: F401  (``compat.protos`` does not import it)
+
     gc.collect()
     gc.freeze()
