@@ -98,6 +98,9 @@ def _extended() -> tuple[Any, Any]:
             (6, "canary_requests", F.TYPE_INT64),
             (7, "max_error_rate_increase", F.TYPE_DOUBLE),
             (8, "max_p99_ratio", F.TYPE_DOUBLE),
+            (9, "shadow_seconds", F.TYPE_DOUBLE),
+            (10, "canary_seconds", F.TYPE_DOUBLE),
+            (11, "min_stage_requests", F.TYPE_INT64),
         ]:
             repeated = name == "canary_weights"
             rollout.field.add(

@@ -93,7 +93,12 @@ class RolloutPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     shadow_requests: int = Field(default=100, ge=0)
-    """Compared mirrored requests the shadow stage takes (0: no shadow stage)."""
+    """Compared mirrored requests that end the shadow stage (0: none; with ``shadow_seconds``
+    0 too, no shadow stage)."""
+    shadow_seconds: float = Field(default=0.0, ge=0)
+    """The shadow stage also ends this many seconds after its counts began, once it has
+    ``min_stage_requests`` compared (0: off): ``shadow_requests`` or ``shadow_seconds``,
+    whichever comes first."""
     max_diff_rate: float = Field(default=0.0, ge=0, le=1)
     """The share of compared requests that may differ."""
     atol: float = Field(default=1e-6, ge=0)
@@ -104,6 +109,12 @@ class RolloutPolicy(BaseModel):
     """The canary steps: the candidate's share of ``latest`` traffic, in order."""
     canary_requests: int = Field(default=100, ge=1)
     """Requests the candidate answers in each canary step before it is judged."""
+    canary_seconds: float = Field(default=0.0, ge=0)
+    """A canary step also ends this many seconds after its counts began, once the candidate
+    has answered ``min_stage_requests`` in it (0: off)."""
+    min_stage_requests: int = Field(default=10, ge=1)
+    """A stage ended by time (``shadow_seconds``, ``canary_seconds``) holds until it has this
+    many compared requests (shadow) or candidate answers (canary), and is judged on them."""
     max_error_rate_increase: float = Field(default=0.0, ge=0, le=1)
     """How much higher the candidate's error rate may be than the current version's."""
     max_p99_ratio: float = Field(default=2.0, gt=0)

@@ -10,12 +10,13 @@ current version is held deployed meanwhile (``Rollouts.held``).
 Each stage is judged by ``lifecycle.gates`` on the figures since it began: the serving
 replicas' counts (``runtime.tally``, sent with their heartbeats) added up, less those taken
 when every replica had the stage's routing table (``Run.baseline``), so a stage counts only
-requests routed its way; the judging is on counts of requests, checked every ``TICK_S``. A
-breach rolls back: the candidate is unrouted and unloaded, END in GetModelStatus with the
-reason (ABORTED), and not loaded again until its files change; a candidate through every stage
-is promoted (routed as ``latest``; the version policy then unloads the one before). An operator
-reads a run (stage, figures, the stages behind it: the rollout report) and promotes or aborts
-it on the admin port (``RolloutDriver.rollout``).
+requests routed its way; the judging is on counts of requests (and a stage's time, from then,
+where the policy limits it), checked every ``TICK_S``. A breach rolls back: the candidate is
+unrouted and unloaded, END in GetModelStatus with the reason (ABORTED), and not loaded again
+until its files change; a candidate through every stage is promoted (routed as ``latest``;
+the version policy then unloads the one before). An operator reads a run (stage, figures, the
+stages behind it: the rollout report) and promotes or aborts it on the admin port
+(``RolloutDriver.rollout``).
 
 A run lives in the manager's memory: a manager that restarts mid-rollout routes as TF Serving
 would (the newest version serves).
@@ -60,6 +61,8 @@ class Run:
     """The routing epoch of this stage: its counts start once every replica routes by it."""
     baseline: Totals | None = None
     """The counts when they started (None: not every replica routes by ``epoch`` yet)."""
+    counted_from: float = 0.0
+    """When they started (``time.monotonic``): a stage's time limit runs from there."""
     figures: Figures = field(default_factory=Figures)
     """This stage's figures, as last judged."""
     stage_began: float = field(default_factory=time.monotonic)
@@ -84,7 +87,8 @@ class Run:
         if self.baseline is None:
             return False
         self.figures = figures_of(totals.since(self.baseline), self.model, self, totals)
-        return self.move(gates.advance(self.policy, self.position, self.figures))
+        seconds = time.monotonic() - self.counted_from
+        return self.move(gates.advance(self.policy, self.position, self.figures, seconds))
 
     def move(self, to: Position) -> bool:
         """Go to ``to``, closing the stage it leaves; False when it is where it was."""
@@ -188,7 +192,7 @@ class Rollouts:
         for run in self.runs.values():
             if run.baseline is None:
                 if all(r.epoch >= run.epoch for r in reports):
-                    run.baseline = totals
+                    run.baseline, run.counted_from = totals, time.monotonic()
                 continue
             if run.judge(totals):
                 moved.append(run)

@@ -244,7 +244,8 @@ def test_our_rollout_block_is_read_typed_and_kept_through_the_binary_form() -> N
     text = (
         "model_config_list { config { name: 'm' base_path: '/m' rollout { shadow_requests: 5 "
         "max_diff_rate: 0.1 canary_weights: 0.2 canary_weights: 0.5 canary_requests: 4 "
-        "max_p99_ratio: 3 } } config { name: 'defaults' base_path: '/d' rollout {} } "
+        "max_p99_ratio: 3 shadow_seconds: 30 canary_seconds: 10 min_stage_requests: 5 } } "
+        "config { name: 'defaults' base_path: '/d' rollout {} } "
         "config { name: 'tf' base_path: '/t' } }"
     )
     again = model_server_config_pb2.ModelServerConfig.FromString(
@@ -257,6 +258,9 @@ def test_our_rollout_block_is_read_typed_and_kept_through_the_binary_form() -> N
         canary_weights=[0.2, 0.5],
         canary_requests=4,
         max_p99_ratio=3.0,
+        shadow_seconds=30.0,
+        canary_seconds=10.0,
+        min_stage_requests=5,
     )
     assert models[1].rollout == RolloutPolicy()  # an empty block: every default
     assert models[2].rollout is None  # no block: TF Serving's rollout
@@ -270,6 +274,8 @@ def test_our_rollout_block_is_read_typed_and_kept_through_the_binary_form() -> N
         ("max_diff_rate: 2", "Model m: rollout max_diff_rate: Input should be less than"),
         ("canary_requests: 0", "Model m: rollout canary_requests: Input should be greater"),
         ("max_p99_ratio: 0", "Model m: rollout max_p99_ratio: Input should be greater than 0"),
+        ("shadow_seconds: -1", "Model m: rollout shadow_seconds: Input should be greater"),
+        ("min_stage_requests: 0", "Model m: rollout min_stage_requests: Input should be greater"),
     ],
 )
 def test_a_rollout_block_that_cannot_be_is_invalid_argument(block: str, message: str) -> None:

@@ -1,7 +1,10 @@
-"""Beyond TF Serving: a canary (a label's share of ``latest`` traffic, changed at runtime), and
+"""Beyond TF Serving: a canary (a label's share of ``latest`` traffic, changed at runtime),
 shadow traffic (our model config's ``shadow`` block: half_plus_three, shadowing half_plus_two
 under steady load, differs on every mirrored request while every client gets half_plus_two's
-answer, the figures on the metrics page)."""
+answer, the figures on the metrics page), and safe rollouts (our ``rollout`` block: four
+versions rolled out at once under load, caught in the shadow, rolled back at the first canary
+step, promoted with no one acting, and aborted then promoted by an operator on the admin
+port)."""
 
 from __future__ import annotations
 
@@ -29,11 +32,17 @@ CALLS = 200
 ROLLOUTS = {
     # half_plus_three: differs on its first mirrored request, rolled back in the shadow
     "caught": "shadow_requests: 10 atol: 0.001 canary_weights: 0.5 canary_requests: 5",
-    # a sleep of half a second in its graph: answers as half_plus_two, rolled back at its canary
-    "slow": "shadow_requests: 0 canary_weights: 0.5 canary_requests: 3 max_p99_ratio: 3",
-    # half_plus_two again: promoted through every stage (a loose latency gate: few requests)
-    "good": "shadow_requests: 5 atol: 0.001 canary_weights: 0.25 canary_weights: 0.5 "
-    "canary_requests: 4 max_p99_ratio: 1000",
+    # a sleep of half a second in its graph: answers as half_plus_two, rolled back at its first
+    # canary step
+    "slow": "shadow_requests: 0 canary_weights: 0.25 canary_weights: 0.5 canary_requests: 3 "
+    "max_p99_ratio: 3",
+    # half_plus_two again: promoted through every stage (a shadow ended by time; a loose latency
+    # gate: few requests)
+    "good": "shadow_requests: 0 shadow_seconds: 1 min_stage_requests: 5 atol: 0.001 "
+    "canary_weights: 0.25 canary_weights: 0.5 canary_requests: 4 max_p99_ratio: 1000",
+    # half_plus_two again, in a shadow that cannot end on its own: aborted, then its next
+    # version promoted, by an operator on the admin port
+    "held": "shadow_requests: 1000000 atol: 0.001",
 }
 """Models with a rollout block (our model config's), each given its version 2 by
 ``test_rollouts_under_load``."""
@@ -69,6 +78,9 @@ def server(testdata: Path, tmp_path_factory: pytest.TempPathFactory) -> Server: 
         f"model_config_file={config}",
         f"admin_port={ADMIN_PORT}",
         f"prometheus_path={METRICS}",
+        # no probe process per new version (test_probe's): the rollouts' five loads in a row
+        # take a second each instead of several
+        "load_probe_timeout_s=0",
         wait_for=("hp2", "shadowed", *ROLLOUTS),
     )
     yield s
@@ -142,6 +154,8 @@ def test_the_admin_routes_are_only_on_the_admin_port(server: Server) -> None:
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORT}/v1/models/hp2", timeout=30)
     assert e.value.code == 404  # TF Serving's API is not on the admin port
+    for action in ("", "promote", "abort"):  # nor a rollout's routes on the REST port
+        assert rollout("hp2", action, base=server.http_base) == (404, {"text": "Not Found"})
 
 
 def test_a_shadow_differing_everywhere_is_caught_and_never_answers(server: Server) -> None:
@@ -206,23 +220,27 @@ def export_slow(path: Path, seconds: float) -> None:
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
 
 
-def publish(source: Path, base: Path) -> None:
-    """``source`` as version 2 of ``base``, at once (copied aside, then renamed)."""
-    shutil.copytree(source, base / ".2")
-    os.rename(base / ".2", base / "2")
+def publish(source: Path, base: Path, version: int = 2) -> None:
+    """``source`` as ``version`` of ``base``, at once (copied aside, then renamed)."""
+    shutil.copytree(source, base / f".{version}")
+    os.rename(base / f".{version}", base / str(version))
 
 
-def rollout(model: str, action: str = "") -> tuple[int, dict]:
-    """``GET /admin/models/{model}/rollout`` (or ``POST .../{action}``) on the admin port."""
-    url = f"http://127.0.0.1:{ADMIN_PORT}/admin/models/{model}/rollout"
+def rollout(model: str, action: str = "", base: str = "") -> tuple[int, dict]:
+    """``GET /admin/models/{model}/rollout`` (or ``POST .../{action}``) on the admin port (or
+    ``base``)."""
+    url = f"{base or f'http://127.0.0.1:{ADMIN_PORT}'}/admin/models/{model}/rollout"
     request = urllib.request.Request(url + (f"/{action}" if action else ""))
     if action:
         request.method = "POST"
     try:
-        with urllib.request.urlopen(request, timeout=30) as r:
+        with urllib.request.urlopen(request, timeout=60) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+        body = e.read()
+        return e.code, json.loads(body) if e.headers.get_content_type() == "application/json" else {
+            "text": body.decode()
+        }
 
 
 def version_status(server: Server, model: str) -> dict[int, tuple[str, str]]:
@@ -235,11 +253,42 @@ def version_status(server: Server, model: str) -> dict[int, tuple[str, str]]:
     }
 
 
+def operate(server: Server, testdata: Path) -> dict[str, object]:
+    """An operator on the admin port, while ``held`` gets its version 2 under load: reads the
+    rollout in its shadow, aborts it, publishes version 3 and promotes that. What each step
+    answered, by name."""
+    half_plus_two = testdata / "saved_model_half_plus_two_cpu/00000123"
+    seen: dict[str, object] = {}
+
+    def shadowing(candidate: int) -> dict:
+        """The report once ``candidate`` is in its shadow with a few compared (bounded)."""
+        report: dict = {}
+        deadline = time.monotonic() + 90.0
+        while time.monotonic() < deadline:
+            code, report = rollout("held")
+            running = code == 200 and report["candidate"] == candidate and not report["outcome"]
+            if running and report["figures"]["compared"] >= 3:
+                return report
+            time.sleep(0.25)
+        return report
+
+    publish(half_plus_two, BASES["held"])
+    seen["shadow 2"] = shadowing(2)
+    seen["abort"] = rollout("held", "abort")
+    seen["after abort"] = version_status(server, "held")
+    publish(half_plus_two, BASES["held"], 3)
+    seen["shadow 3"] = shadowing(3)
+    seen["promote"] = rollout("held", "promote")
+    return seen
+
+
 def test_rollouts_under_load(server: Server, testdata: Path, tmp_path: Path) -> None:
-    """Steady load on three models with a rollout block while each gets a version 2: the one
+    """Steady load on four models with a rollout block while each gets a version 2: the one
     answering differently (half_plus_three) is caught in the shadow and never answers a client;
-    the slow one is rolled back at its canary step; the good one is promoted through every
-    stage with no one acting. Every client call succeeds with half_plus_two's answer."""
+    the slow one is rolled back at its first canary step; the good one is promoted through every
+    stage with no one acting; the held one (a shadow that cannot end on its own) is aborted by
+    an operator, and its version 3 promoted. Every client call succeeds with half_plus_two's
+    answer."""
     export_slow(tmp_path / "slow", 0.5)
     stub = server.prediction_stub()
     stop = threading.Event()
@@ -268,25 +317,30 @@ def test_rollouts_under_load(server: Server, testdata: Path, tmp_path: Path) -> 
     threads = [threading.Thread(target=client, args=(m,)) for m in ROLLOUTS]
     for t in threads:
         t.start()
+    operator = ThreadPoolExecutor(1)
+    operated = operator.submit(operate, server, testdata)
     publish(testdata / "saved_model_half_plus_three/00000123", BASES["caught"])
     publish(tmp_path / "slow", BASES["slow"])
     publish(testdata / "saved_model_half_plus_two_cpu/00000123", BASES["good"])
     reports: dict[str, dict] = {}
     try:
         deadline = time.monotonic() + 120.0
-        while len(reports) < len(ROLLOUTS) and time.monotonic() < deadline:
-            for model in ROLLOUTS:
+        while len(reports) < 3 and time.monotonic() < deadline:
+            for model in ("caught", "slow", "good"):
                 code, report = rollout(model)
                 if code == 200 and report["outcome"]:
                     reports[model] = report
             time.sleep(0.5)
+        held = operated.result(timeout=max(1.0, deadline - time.monotonic()))
     finally:
         stop.set()
         for t in threads:
             t.join(60)
+        operator.shutdown()
     print(f"rollouts took {time.monotonic() - started:.1f} s:", json.dumps(reports, indent=1))
+    print("held:", json.dumps(held, indent=1, default=str))
     assert failures == []
-    assert set(reports) == set(ROLLOUTS), reports
+    assert set(reports) == {"caught", "slow", "good"}, reports
     for model, seen in answers.items():
         assert len(seen) >= 10, model
         assert max(abs(off) for _, off in seen) < 1e-3, model  # half_plus_two's, every one
@@ -298,8 +352,10 @@ def test_rollouts_under_load(server: Server, testdata: Path, tmp_path: Path) -> 
     assert {v for v, _ in answers["caught"]} == {1}  # half_plus_three never answered
     assert version_status(server, "caught")[2] == ("END", f"Rolled back: {caught['reason']}")
 
-    assert (slow["outcome"], [s["stage"] for s in slow["stages"]]) == ("rolled_back", ["canary"])
-    assert slow["reason"].startswith("canary at 0.5: p99 latency"), slow
+    # the slow version is caught at the first canary step, the first that routes it requests
+    assert slow["outcome"] == "rolled_back"
+    assert [(s["stage"], s["weight"]) for s in slow["stages"]] == [("canary", 0.25)]
+    assert slow["reason"].startswith("canary at 0.25: p99 latency"), slow
     assert slow["stages"][0]["figures"]["candidate_requests"] >= 3
     assert version_status(server, "slow")[2] == ("END", f"Rolled back: {slow['reason']}")
 
@@ -309,17 +365,41 @@ def test_rollouts_under_load(server: Server, testdata: Path, tmp_path: Path) -> 
         ("canary", 0.25, "passed"),
         ("canary", 0.5, "passed"),
     ]
+    # its shadow ended by time (shadow_seconds: 1), on at least min_stage_requests compared
+    assert good["stages"][0]["seconds"] >= 1.0
     assert good["stages"][0]["figures"]["compared"] >= 5
     assert good["stages"][0]["figures"]["differed"] == 0
     assert all(s["figures"]["candidate_requests"] >= 4 for s in good["stages"][1:])
 
+    # held: the operator read its shadow, aborted it, then promoted its next version
+    for version in (2, 3):
+        shadow = held[f"shadow {version}"]
+        assert (shadow["stage"], shadow["weight"], shadow["current"]) == ("shadow", 0.0, 1)
+        assert shadow["figures"]["compared"] >= 3 and shadow["figures"]["differed"] == 0
+    code, aborted = held["abort"]
+    assert (code, aborted["candidate"], aborted["outcome"]) == (200, 2, "rolled_back")
+    assert aborted["reason"] == "aborted by an operator"
+    aborted_status = ("END", "Rolled back: aborted by an operator")
+    assert held["after abort"] == {2: aborted_status, 1: ("AVAILABLE", "")}
+    code, promoted = held["promote"]
+    assert (code, promoted["candidate"], promoted["outcome"]) == (200, 3, "promoted")
+    assert promoted["stages"][-1]["verdict"] == "promoted by an operator"
+    assert {v for v, _ in answers["held"]} <= {1, 3}  # version 2 never answered a client
+    assert version_status(server, "held") == {
+        3: ("AVAILABLE", ""),
+        2: aborted_status,
+        1: ("END", ""),
+    }
+
     plot_rollout([caught, slow, good], tmp_path / "rollout.png")  # the report's plot
     assert (tmp_path / "rollout.png").read_bytes()[:4] == b"\x89PNG"
 
-    # After: the rolled back keep serving version 1, the promoted serves version 2 only.
+    # After: the rolled back keep serving version 1, the promoted serve their new version only.
     assert versions_seen(server, model="caught") == Counter({1: CALLS})
     assert versions_seen(server, model="slow") == Counter({1: CALLS})
     assert versions_seen(server, model="good") == Counter({2: CALLS})
+    assert versions_seen(server, model="held") == Counter({3: CALLS})
     assert version_status(server, "good") == {2: ("AVAILABLE", ""), 1: ("END", "")}
     assert rollout("good", "promote")[0] == 400  # nothing in progress any more
+    assert rollout("held", "abort")[0] == 400
     assert rollout("missing")[0] == 404

@@ -244,3 +244,19 @@ def test_a_run_whose_version_is_no_longer_routed_ends(versions: dict[int, str]) 
 def test_run_is_a_plain_report() -> None:
     run = Run("m", 1, 2, POLICY, Rollouts().begin("m", 1, 2, POLICY, 0).position)  # type: ignore[union-attr]
     assert json.loads(json.dumps(run.report()))["policy"]["canary_weights"] == [0.2, 0.5]
+
+
+def test_a_stages_time_limit_runs_from_when_its_counts_began() -> None:
+    policy = RolloutPolicy(shadow_requests=0, shadow_seconds=30, min_stage_requests=2)
+    rollouts = Rollouts()
+    run = rollouts.begin("m", 1, 2, policy, epoch=5)
+    assert run is not None and run.position.stage is Stage.SHADOW
+    t = Tally()
+    run.stage_began -= 100  # routed long ago, but a replica only now routes by its table
+    rollouts.judge([report(t)])
+    shadowed(t, 5)
+    assert rollouts.judge([report(t)]) == []  # 5 compared, the limit not reached: held
+    run.counted_from -= 30
+    assert rollouts.judge([report(t)]) == [run]
+    assert run.position.stage is Stage.CANARY
+    assert run.stages[0]["figures"]["compared"] == 5
