@@ -271,9 +271,13 @@ def test_a_call_waiting_for_its_page_in_gets_deadline_exceeded_at_its_deadline()
 
     p, loads = paged_plane(4, {"m-v1": 3 * MB, "m-v2": 3 * MB})
     loads.gate.clear()
-    reply = asyncio.run(p.Predict(*predict(1, deadline=time.time() + 0.1)))
-    assert reply.code == StatusCode.DEADLINE_EXCEEDED
-    loads.gate.set()
+
+    async def run() -> ModelReply:
+        reply = await p.Predict(*predict(1, deadline=time.time() + 0.1))
+        loads.gate.set()  # the load goes on (its thread ends) once the call has its answer
+        return reply
+
+    assert asyncio.run(run()).code == StatusCode.DEADLINE_EXCEEDED
 
 
 def test_a_page_in_that_measures_more_stays_within_the_budget_and_counts_more_next_time() -> None:
