@@ -60,7 +60,9 @@ class Prober:
     is set and the version loaded when ``load`` is called; then the manager ends it."""
 
     def __init__(self) -> None:
-        import serve_app.runtime.model  # noqa: F401  TF: counted before the bound is set
+        from serve_app.runtime.model import freeze_once
+
+        freeze_once()  # TF imported here, before the bound is set (``compat.protos`` does not)
 
     def load(
         self,
