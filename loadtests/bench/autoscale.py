@@ -36,20 +36,26 @@ from loadtests.workloads import half_plus_two
 INGRESS_TITLE = "ray::ServeReplica:default:Ingress"
 
 
-def serving_replicas(server: ServerProcess) -> set[int]:
-    """The serving replicas' pids (Ray retitles a busy one ``...:Ingress.<method>``)."""
+def serving_replica_rss(server: ServerProcess) -> dict[int, int]:
+    """The serving replicas' pids and their RSS in KB (Ray retitles a busy one
+    ``...:Ingress.<method>``)."""
     out = subprocess.run(
-        ["ps", "-wweo", "pid=,sid=,args="], capture_output=True, text=True, check=True
+        ["ps", "-wweo", "pid=,sid=,rss=,args="], capture_output=True, text=True, check=True
     ).stdout
-    pids = set()
+    found = {}
     for line in out.splitlines():
-        pid, sid, args = line.split(None, 2)
+        pid, sid, rss, args = line.split(None, 3)
         title = args.split()[0]
         if int(sid) == server.process.pid and (
             title == INGRESS_TITLE or title.startswith(INGRESS_TITLE + ".")
         ):
-            pids.add(int(pid))
-    return pids
+            found[int(pid)] = int(rss)
+    return found
+
+
+def serving_replicas(server: ServerProcess) -> set[int]:
+    """The serving replicas' pids."""
+    return set(serving_replica_rss(server))
 
 
 def listening(port: int) -> set[int]:

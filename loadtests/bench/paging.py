@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from loadtests import h2load
-from loadtests.bench.autoscale import INGRESS_TITLE
+from loadtests.bench.autoscale import serving_replica_rss
 from loadtests.bench.settings import PREDICT_METHOD
 from loadtests.launcher import TESTDATA, ServerProcess, start_server
 from loadtests.workloads import half_plus_two
@@ -159,16 +158,7 @@ def first_calls(server: ServerProcess, names: list[str]) -> dict[str, Any]:
 
 def replica_rss_mb(server: ServerProcess) -> list[float]:
     """Each serving replica's RSS in MB (``ps``)."""
-    out = subprocess.run(
-        ["ps", "-wweo", "pid=,sid=,rss=,args="], capture_output=True, text=True, check=True
-    ).stdout
-    found = []
-    for line in out.splitlines():
-        _, sid, rss, args = line.split(None, 3)
-        title = args.split()[0]
-        if int(sid) == server.process.pid and title.split(".")[0] == INGRESS_TITLE:
-            found.append(round(int(rss) / 1024, 1))
-    return sorted(found)
+    return sorted(round(rss / 1024, 1) for rss in serving_replica_rss(server).values())
 
 
 def hot_throughput(server: ServerProcess, ns: argparse.Namespace) -> float:
