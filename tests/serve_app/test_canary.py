@@ -87,23 +87,31 @@ def server(testdata: Path, tmp_path_factory: pytest.TempPathFactory) -> Server: 
     s.stop()
 
 
+def admin(
+    path: str, body: object = None, post: bool = False, base: str = "", timeout: float = 120
+) -> tuple[int, dict]:
+    """One call to ``/admin/models/{path}`` on the admin port (or ``base``): its status and JSON
+    body (``{"text": ...}`` for an error that is not JSON). A ``body`` is POSTed as JSON."""
+    request = urllib.request.Request(
+        f"{base or f'http://127.0.0.1:{ADMIN_PORT}'}/admin/models/{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        method="POST" if post or body is not None else "GET",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        text = e.read()
+        return e.code, json.loads(text) if e.headers.get_content_type() == "application/json" else {
+            "text": text.decode()
+        }
+
+
 def set_weight(
     server: Server, label: str, weight: object, model: str = "hp2", base: str = ""
 ) -> tuple[int, dict]:
-    """``POST /admin/models/{model}/labels/{label}/weight`` on the admin port (or ``base``)."""
-    request = urllib.request.Request(
-        f"{base or f'http://127.0.0.1:{ADMIN_PORT}'}/admin/models/{model}/labels/{label}/weight",
-        data=json.dumps({"weight": weight}).encode(),
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=120) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        body = e.read()
-        return e.code, json.loads(body) if e.headers.get_content_type() == "application/json" else {
-            "text": body.decode()
-        }
+    """``POST /admin/models/{model}/labels/{label}/weight``."""
+    return admin(f"{model}/labels/{label}/weight", {"weight": weight}, base=base)
 
 
 def versions_seen(server: Server, model: str = "hp2", **spec: object) -> Counter[int]:
@@ -227,20 +235,13 @@ def publish(source: Path, base: Path, version: int = 2) -> None:
 
 
 def rollout(model: str, action: str = "", base: str = "") -> tuple[int, dict]:
-    """``GET /admin/models/{model}/rollout`` (or ``POST .../{action}``) on the admin port (or
-    ``base``)."""
-    url = f"{base or f'http://127.0.0.1:{ADMIN_PORT}'}/admin/models/{model}/rollout"
-    request = urllib.request.Request(url + (f"/{action}" if action else ""))
-    if action:
-        request.method = "POST"
-    try:
-        with urllib.request.urlopen(request, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        body = e.read()
-        return e.code, json.loads(body) if e.headers.get_content_type() == "application/json" else {
-            "text": body.decode()
-        }
+    """``GET /admin/models/{model}/rollout``, or ``POST .../{action}``."""
+    return admin(
+        f"{model}/rollout" + (f"/{action}" if action else ""),
+        post=bool(action),
+        base=base,
+        timeout=60,
+    )
 
 
 def version_status(server: Server, model: str) -> dict[int, tuple[str, str]]:
