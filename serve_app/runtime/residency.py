@@ -159,10 +159,14 @@ class Residency(Generic[T]):
         budget: int,
         load: Callable[[str], tuple[T, int]],
         listener: Listener | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.budget = budget
         self._load = load
         self._listener = listener
+        self._on_change = on_change
+        """Called when what is resident or being paged in changes (``runtime.paging`` tells
+        Serve's router)."""
         self.entries: dict[str, Entry[T]] = {}
         self._ticks = itertools.count(1)
         self.load_lock = asyncio.Lock()
@@ -179,17 +183,31 @@ class Residency(Generic[T]):
         """Target -> the versions resident now."""
         return {t: e.held for t, e in self.entries.items() if e.held is not None}
 
+    def held_or_loading(self) -> list[str]:
+        """The targets resident or being paged in now."""
+        return [t for t, e in self.entries.items() if e.charged]
+
     def _report(self) -> None:
         if self._listener is not None:
             self._listener.held(self.held_bytes)
+        if self._on_change is not None:
+            self._on_change()
 
     # --- rollout: a version loaded and checked, kept if it fits ---------------------------------
 
     def admit(
-        self, target: str, model: str, version: int, value: T, nbytes: int, pinned: bool
+        self,
+        target: str,
+        model: str,
+        version: int,
+        value: T,
+        nbytes: int,
+        pinned: bool,
+        evict: bool = True,
     ) -> bool:
         """Hold ``value`` (just loaded, ``nbytes``) if it fits, evicting least recently used
-        versions for it; a pinned one is always held. False: it was closed."""
+        versions for it (with ``evict`` False, only if it fits as things are); a pinned one is
+        always held. False: it was closed."""
         entry = self.entries.get(target)
         if entry is None:
             entry = self.entries[target] = Entry(target, model, version, pinned)
@@ -198,7 +216,7 @@ class Residency(Generic[T]):
         if entry.held is not None:  # held already: the new one is not needed
             value.close()
             return True
-        fits = self._evict_for(entry)  # a pinned one is kept even where it cannot fit
+        fits = self._evict_for(entry, evict or pinned)  # a pinned one is kept even so
         if not pinned and not fits:
             value.close()
             logger.info(
@@ -255,6 +273,7 @@ class Residency(Generic[T]):
                     task = asyncio.get_running_loop().create_task(self._page_in(entry))
                     task.add_done_callback(_retrieved)
                     entry.loading = task
+                    self._report()
                 continue
             await asyncio.shield(entry.loading)
 
@@ -282,27 +301,47 @@ class Residency(Generic[T]):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(room.wait(), left)
 
-    def _evict_for(self, entry: Entry[T]) -> bool:
-        """Evict least recently used versions until ``entry`` fits; False (nothing evicted)
-        when it cannot fit even without every evictable one."""
-        over = self.held_bytes - (entry.nbytes if entry.charged else 0) + entry.nbytes
-        over -= self.budget
+    def victims(self, target: str) -> list[str] | None:
+        """What making room for ``target`` would evict now, least recently used first (empty:
+        it fits as things are; None: it cannot fit even without every evictable version)."""
+        entry = self.entries[target]
+        if entry.charged:
+            return []
+        entry_bytes = max(entry.nbytes, entry.measured)
+        found = self._victims(entry, entry_bytes)
+        return None if found is None else [e.target for e in found]
+
+    def _victims(self, entry: Entry[T], nbytes: int) -> list[Entry[T]] | None:
+        over = self.held_bytes - (entry.nbytes if entry.charged else 0) + nbytes - self.budget
         if over <= 0:
-            return True
+            return []
         evictable = sorted(
             (e for e in self.entries.values() if e is not entry and self._evictable(e)),
             key=lambda e: e.last_used,
         )
         if sum(e.nbytes for e in evictable) < over:
-            return False
+            return None
+        chosen = []
         for victim in evictable:
             if over <= 0:
                 break
             over -= victim.nbytes
+            chosen.append(victim)
+        return chosen
+
+    def _evict_for(self, entry: Entry[T], evict: bool = True) -> bool:
+        """Evict least recently used versions until ``entry`` fits; False (nothing evicted)
+        when it cannot fit even without every evictable one, or, with ``evict`` False, when
+        it does not fit as things are."""
+        chosen = self._victims(entry, entry.nbytes)
+        if chosen is None or (chosen and not evict):
+            return False
+        for victim in chosen:
             self._close(victim)
             if self._listener is not None:
                 self._listener.evicted(victim.model, victim.version)
-        self._report()
+        if chosen:
+            self._report()
         return True
 
     @staticmethod
