@@ -29,6 +29,10 @@ Ray ignoring one costs throughput or the message limit between deployments, not 
 Developer APIs (public, not declared stable) the server relies on, not patched:
 ``serve.run_many`` and ``serve.RunTarget`` (the CLI's deploy, the version manager's redeploys),
 ``serve.get_deployment_handle``, ``serve.get_replica_context``; every live test exercises them.
+
+Private calls, not patches: ``replica_names`` and ``deployed_version`` read Serve's replica ids
+and deployed code versions; ``advertise_models`` tells Serve's routers which versions a replica
+holds under a memory budget (tests/serve_app/test_paging.py sends calls one hop by it).
 Tests use the same private switch directly: tests/serve_app/test_cluster.py (a two-node cluster)
 and loadtests/launcher.py (the environment variable).
 
@@ -219,3 +223,20 @@ def deployed_version(app_name: str, deployment: str) -> str | None:
     except Exception:  # KeyError (as Ray's task error): no such deployment
         return None
     return str(info.version) if info.version is not None else None
+
+
+def advertise_models(targets: list[str]) -> None:
+    """Tell Serve's routers which model versions this replica holds, as multiplexed model ids:
+    a handle call made with ``options(multiplexed_model_id=...)`` then goes to a replica that
+    holds it (``runtime.paging``'s one hop). Serve's own ``@serve.multiplexed`` does this
+    (``ray.serve.multiplex._ModelMultiplexWrapper._push_model_ids_info``) for models it loads
+    and evicts by count; ours are paged by bytes, so the same private call
+    (``ServeControllerClient.record_request_routing_info``, a ``RequestRoutingInfo`` of
+    ``_private.common``) sends our list. Non-blocking: it is one message to the controller."""
+    from ray import serve
+    from ray.serve._private.common import RequestRoutingInfo
+    from ray.serve.context import _get_global_client
+
+    replica_id = serve.get_replica_context().replica_id
+    info = RequestRoutingInfo(replica_id=replica_id, multiplexed_model_ids=list(targets))
+    _get_global_client().record_request_routing_info(info)

@@ -4,10 +4,11 @@ evicts (``runtime.residency`` tells it, as its ``Listener``).
 Per model version: ``tfserving_model_resident`` (1 while the replica holds it; summed over the
 replicas on the page: how many hold it), ``tfserving_model_memory_bytes`` (the bytes it is
 counted for while resident), ``tfserving_model_page_ins`` (loads for a request: cold starts),
-``tfserving_model_evictions`` and ``tfserving_model_cold_start_seconds`` (a page-in's time,
-waiting for room and warmup included). Per serving replica: ``tfserving_replica_model_bytes``
-(all it holds, labelled with the replica's name: each stays within the budget) and
-``tfserving_replica_model_bytes_peak`` (the most it has held). Like every
+``tfserving_model_evictions``, ``tfserving_model_cold_start_seconds`` (a page-in's time,
+waiting for room and warmup included) and ``tfserving_model_hops`` (calls this replica sent one
+hop to a replica holding the version, ``runtime.paging``). Per serving replica:
+``tfserving_replica_model_bytes`` (all it holds, labelled with the replica's name: each stays
+within the budget) and ``tfserving_replica_model_bytes_peak`` (the most it has held). Like every
 recording, none fails the request it describes. Ray's agent drops a gauge series that is not
 set again within two report intervals, so the serving replica ``refresh``-es them every
 second (its heartbeat): a version no longer resident drops out of the page.
@@ -53,6 +54,11 @@ class _Families:
             "tfserving_model_cold_start_seconds",
             "Time a page-in took, waiting for room, load and warmup included, in seconds.",
             boundaries=COLD_START_BUCKETS,
+            tag_keys=version,
+        )
+        self.hops = Counter(
+            "tfserving_model_hops",
+            "Calls a serving replica sent one hop to another that holds the model version.",
             tag_keys=version,
         )
         self.replica_bytes = Gauge(
@@ -114,6 +120,10 @@ class PagingMetrics:
     @_never_raises
     def evicted(self, model: str, version: int) -> None:
         _families().evictions.inc(1.0, _tags(model, version))
+
+    @_never_raises
+    def forwarded(self, model: str, version: int) -> None:
+        _families().hops.inc(1.0, _tags(model, version))
 
     @_never_raises
     def held(self, total: int) -> None:

@@ -16,8 +16,9 @@ It holds the routing table and the versions loaded in this process, and answers:
 
 Co-located, it loads the versions a new routing table needs (``load``, off the event loop) and
 lets go of those it no longer routes to (``unload``); ``runtime.ingress`` (the Ray lifecycle)
-says when. With a memory budget (``--model_memory_budget_mb``) a loaded version is kept only if
-it fits, and versions are paged in for the requests that need them (``runtime.residency``).
+says when. With a memory budget (``--model_memory_budget_mb``) the versions are paged in and
+out, kept where placement says, and a call may go one hop to a replica holding its version
+(``runtime.paging``).
 """
 
 from __future__ import annotations
@@ -38,20 +39,13 @@ from compat.servable import usable_cores
 from serve_app import metrics
 from serve_app.calls import Api, ModelCall, ModelReply, grpc_call
 from serve_app.deployments import ManagerClient, transport_error
-from serve_app.metrics.paging import PagingMetrics
-from serve_app.runtime.model import LoadState, ModelVersion
+from serve_app.runtime.model import ModelVersion
+from serve_app.runtime.paging import Pager, Peers
 from serve_app.runtime.replica_config import (
     IngressConfig,
     LocalVersion,
     VersionConfig,
     VersionOptions,
-)
-from serve_app.runtime.residency import (
-    Residency,
-    corrected,
-    estimate_bytes,
-    release_freed,
-    rss_bytes,
 )
 from serve_app.runtime.shadow import Mirror
 from serve_app.runtime.tally import Tally
@@ -74,6 +68,7 @@ class DataPlane:
         local_options: VersionOptions | None = None,
         replicas: int = 1,
         replica: str = "",
+        peers: Peers | None = None,
     ) -> None:
         self.manager = manager
         self.table = RoutingTable()
@@ -92,13 +87,11 @@ class DataPlane:
         """Serving replicas per node: they share its threads."""
         self._app_name = app_name
         self._handles: dict[str, DeploymentHandle] = {}
-        self.residency: Residency[PagedVersion] | None = None
+        self.pager: Pager | None = None
         """Under a memory budget: the versions loaded here, paged in and out."""
-        self._paged: dict[str, tuple[LocalVersion, LoadState]] = {}
-        """Under a budget: each version loaded at rollout -> how its load went."""
-        self._versions = VersionConfig()
-        self.paging_metrics = PagingMetrics(replica)
-        """What the residency reports; the heartbeat ``refresh``-es its gauges."""
+        self._replica = replica
+        self._peers = peers
+        """The other serving replicas, for a call's one hop under a budget."""
         self.in_flight = 0
         """Model calls being answered now (the mirror sheds while they are many)."""
         self.tally = Tally()
@@ -131,19 +124,23 @@ class DataPlane:
         config: VersionConfig,
         load_threads: int = 0,
         budget_mb: int = 0,
+        placement: tuple[int, int] = (0, 1),
     ) -> None:
         """Load the versions not held yet, ``load_threads`` at once (``--num_load_threads``;
         0, as TF Serving's, one at a time), then give every version the batching knobs, their
         thread counts this replica's share of the node's. With ``budget_mb``
-        (``--model_memory_budget_mb``), ``_load_paged``."""
+        (``--model_memory_budget_mb``), the ``Pager`` loads them, this replica being
+        ``placement`` (its rank, the serving replicas)."""
         assert self._local_options is not None
         batching = config.batching
         threads = share_threads(batching.num_batch_threads, self._replicas)
-        self._versions = config = config.model_copy(
+        config = config.model_copy(
             update={"batching": batching.model_copy(update={"num_batch_threads": threads})}
         )
         if budget_mb:
-            await self._load_paged(wanted, budget_mb)
+            if self.pager is None:
+                self.pager = Pager(self._local_options, self._replica, self._peers)
+            await self.pager.load(wanted, config, budget_mb, *placement)
             return
         options = dict(self._local_options)  # its fields, the session still a SessionConfig
         new = {t: v for t, v in wanted.items() if t not in self.local}
@@ -158,73 +155,25 @@ class DataPlane:
             if local.servable is not None:
                 metrics.learn_signatures(local.model, local.servable.signatures)
 
-    async def _load_paged(self, wanted: dict[str, LocalVersion], budget_mb: int) -> None:
-        """Under a budget: each new version loaded (and warmed up) once, one at a time, its
-        load state kept for the version manager, then kept only if it fits
-        (``Residency.admit``); the resident ones take the new batching knobs."""
-        if self.residency is None:
-            self.residency = Residency(budget_mb << 20, self._page_in, self.paging_metrics)
-        residency = self.residency
-        residency.budget = budget_mb << 20
-        for target, spec in wanted.items():
-            known = self._paged.get(target)
-            if known is not None:
-                entry = residency.entries.get(target)
-                if entry is not None:
-                    entry.pinned = spec.pinned
-                continue
-            async with residency.load_lock:
-                v, nbytes = await asyncio.to_thread(self._measured_load, spec)
-            self._paged[target] = (spec, v.load_state())
-            if v.servable is None:
-                v.close()
-                continue
-            metrics.learn_signatures(v.model, v.servable.signatures)
-            v.reconfigure(self._versions)
-            residency.admit(target, spec.model, spec.version, v, nbytes, spec.pinned)
-        for v in residency.resident().values():
-            v.reconfigure(self._versions)
-
-    def _measured_load(self, spec: LocalVersion) -> tuple[PagedVersion, int]:
-        """Load one version (in a worker thread) and the bytes it is counted for: TF Serving's
-        estimate from its files, corrected by this process's memory growth across the load."""
-        assert self._local_options is not None
-        release_freed()
-        before = rss_bytes()
-        v = PagedVersion(spec.model, spec.version, spec.path, **dict(self._local_options))
-        grown = rss_bytes() - before
-        return v, corrected(estimate_bytes(v.files or spec.path), grown)
-
-    def _page_in(self, target: str) -> tuple[PagedVersion, int]:
-        """``Residency``'s loader: a version again, for a request; its load's error if it fails."""
-        v, nbytes = self._measured_load(self._paged[target][0])
-        if v.servable is None:
-            error = v.error
-            v.close()
-            raise error or Unavailable(f"{v.model} version {v.version} did not load")
-        v.reconfigure(self._versions)
-        return v, nbytes
-
     def unload(self, keep: Iterable[str]) -> None:
         """Let go of the versions not in ``keep``; each closes once its last call is done."""
         keep = set(keep)
         for target in set(self.local) - keep:
             logger.info("Unloading %s", target)
             del self.local[target]
-        for target in set(self._paged) - keep:
-            del self._paged[target]
-        if self.residency is not None:
-            self.residency.drop(keep)
+        if self.pager is not None:
+            self.pager.unload(keep)
 
     def load_states(self) -> dict[str, Any]:
         """Each version held here -> how its load went (the heartbeat's); under a budget,
         every version loaded at rollout, resident or not (it can be served: AVAILABLE)."""
-        states = {target: state for target, (_, state) in self._paged.items()}
+        paged = self.pager.paged if self.pager is not None else {}
+        states = {target: state for target, (_, state) in paged.items()}
         return states | {target: local.load_state() for target, local in self.local.items()}
 
     def versions_held(self) -> list[ModelVersion]:
         """The versions resident in this process now."""
-        paged = self.residency.resident().values() if self.residency is not None else ()
+        paged = self.pager.residency.resident().values() if self.pager is not None else ()
         return [*self.local.values(), *paged]
 
     # --- the one forwarding path, shared by every transport -----------------------------------
@@ -280,9 +229,10 @@ class DataPlane:
         local = self.local.get(target)
         if local is not None:  # co-located: no hop
             return await _within(deadline, local.call(call))
-        if self.residency is not None and target in self.residency.entries:
-            return await _within(deadline, self._call_paged(self.residency, target, call))
-        paged = self._paged.get(target)
+        pager = self.pager
+        if pager is not None and pager.serves(target):
+            return await _within(deadline, pager.call(target, call))
+        paged = pager.paged.get(target) if pager is not None else None
         if paged is not None:  # under a budget, it failed to load
             raise Unavailable(paged[1].message)
         response = self._handle(target).call.remote(call)
@@ -296,14 +246,17 @@ class DataPlane:
             response.cancel()
             raise DeadlineExceeded("Deadline Exceeded") from None
 
-    @staticmethod
-    async def _call_paged(
-        residency: Residency[PagedVersion], target: str, call: ModelCall
-    ) -> ModelReply:
-        """A call to a version under the budget: paged in first if it is not resident (the
-        caller's deadline bounds the wait), and held while the call runs."""
-        async with residency.use(target) as version:
-            return await version.call(call)
+    async def answer_hop(self, target: str, call: ModelCall) -> ModelReply | None:
+        """A call another serving replica sent here for ``target`` (``runtime.paging``),
+        answered here under its deadline, never sent on; None: ``target`` is not served here
+        (this replica's table is behind or ahead of the sender's), the sender answers it."""
+        pager = self.pager
+        if pager is None or not pager.serves(target):
+            return None
+        try:
+            return await _within(call.deadline, pager.call(target, call, hop=True))
+        except ServingError as e:
+            return ModelReply.error(e)
 
     def _handle(self, target: str) -> DeploymentHandle:
         handle = self._handles.get(target)
@@ -425,18 +378,3 @@ async def _within(deadline: float | None, answer: Coroutine[Any, Any, ModelReply
         return await asyncio.wait_for(answer, deadline - time.time())
     except TimeoutError:
         raise DeadlineExceeded("Deadline Exceeded") from None
-
-
-class PagedVersion(ModelVersion):
-    """A version under the memory budget: freed when it is evicted (``close``), not once the
-    garbage collector finds it."""
-
-    @property
-    def files(self) -> Any:
-        """Its local directory (an object-store version's download), None if it has none."""
-        return self._local
-
-    def close(self) -> None:
-        self.__del__()
-        self.servable = self._local = None
-        self._pool.shutdown(wait=False)  # its threads go now, not at the next collection

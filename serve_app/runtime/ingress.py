@@ -12,6 +12,10 @@ it holds (a heartbeat), reports its load to Serve's autoscaler (``record_autosca
 with ``--serving_replicas=auto``), and on shutdown stops taking connections, sends GOAWAY to its
 gRPC clients (which move to the other replicas) and lets calls in flight end.
 
+Under a memory budget a replica holds part of the versions (``runtime.paging``): a call for
+one it does not hold may come one hop from another replica through this deployment's handle
+(``forwarded``).
+
 A model may instead run in deployments of its own (``colocate=false``: its own replicas,
 resources and autoscaling); the data plane then forwards the request's bytes to them.
 """
@@ -27,11 +31,13 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app import metrics
-from serve_app.deployments import ManagerClient
+from serve_app.calls import ModelCall, ModelReply
+from serve_app.deployments import INGRESS, ManagerClient
 from serve_app.ray_patches import replica_names
 from serve_app.runtime import autoscaling, request_log
 from serve_app.runtime.dataplane import DataPlane, share_cores
 from serve_app.runtime.model import freeze_once
+from serve_app.runtime.paging import ServePeers
 from serve_app.runtime.replica_config import (
     IngressConfig,
     ListenConfig,
@@ -44,6 +50,9 @@ logger = logging.getLogger("ray.serve")
 
 REPORT_INTERVAL_S = 1.0
 """How often a serving replica tells the version manager what it holds (a heartbeat)."""
+ADVERTISE_EVERY = 10
+"""Under a budget, every this many heartbeats the replica tells Serve's routers again what it
+holds (``runtime.paging``), besides at each change."""
 
 
 class Ingress:
@@ -67,13 +76,15 @@ class Ingress:
             and local_options.session.allow_gpu
             and bool(ray.get_gpu_ids())
         )
+        app_name = serve.get_replica_context().app_name
         self.plane = DataPlane(
             self._manager,
-            serve.get_replica_context().app_name,
+            app_name,
             listen.max_request_bytes if listen else MAX_MESSAGE_BYTES,
             share_cores(local_options, replicas, gpu=gpu),
             replicas,
             replica_names()[0],
+            ServePeers(serve.get_deployment_handle(INGRESS, app_name)),
         )
         self._listen = listen
         """The ports; None: this replica binds none."""
@@ -94,6 +105,7 @@ class Ingress:
                 config.versions or VersionConfig(),
                 config.num_load_threads,
                 config.model_memory_budget_mb,
+                _placement(),
             )
         plane.configure(config)
         if plane.colocated:
@@ -143,11 +155,21 @@ class Ingress:
             logger.debug("Reporting to the version manager failed: %s", e)
 
     async def _report_forever(self) -> None:
+        beats = 0
         while True:
             await asyncio.sleep(REPORT_INTERVAL_S)
             await self._report()
-            if self.plane.residency is not None:
-                self.plane.paging_metrics.refresh()
+            pager = self.plane.pager
+            if pager is not None:
+                pager.metrics.refresh()
+                beats += 1
+                if beats % ADVERTISE_EVERY == 0:  # a restarted controller learns it again
+                    pager.advertise()
+
+    async def forwarded(self, target: str, call: ModelCall) -> ModelReply | None:
+        """A call another serving replica sent one hop here, for a version under the memory
+        budget that this one holds (``runtime.paging``); None: not served here."""
+        return await self.plane.answer_hop(target, call)
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """What says this replica is busy, for Serve's autoscaler (``--serving_replicas=auto``,
@@ -180,6 +202,13 @@ class Ingress:
             await listeners.stop(self._listen.shutdown_grace_s if self._listen else 10.0)
         metrics.flush()
         await asyncio.to_thread(request_log.close_all)
+
+
+def _placement() -> tuple[int, int]:
+    """This replica's rank among the deployment's replicas, and how many there are (Serve's
+    ranks: a replacement takes the rank of the replica it replaces)."""
+    context = serve.get_replica_context()
+    return context.rank.rank, max(1, context.world_size or 1)
 
 
 def _tls(ssl_config_file: str | None) -> Any:

@@ -4,6 +4,8 @@ directories linked) and exports made here whose variables are tens of MB, one of
 than the budget. A Zipf-distributed load over the models gets every answer right (0 failed
 requests) while each replica pages versions in and out within its budget (the metrics page's
 bytes per replica, its peak included), evictions happen, the pinned model is never evicted,
+calls for versions a replica does not hold go one hop to one that does, the hot model is held
+by both replicas,
 the model beyond the budget is RESOURCE_EXHAUSTED naming the budget, and GetModelStatus says
 AVAILABLE for every version, resident or not.
 """
@@ -140,7 +142,8 @@ def test_a_zipf_load_over_200_models_pages_them_within_the_budget(
     _, adds = models
     names = [HOT, *BIG, *(n for n in adds if n not in BIG and n not in (HOT, TOO_BIG[0]))]
     order = zipf_order(names)
-    channels = [grpc.insecure_channel(server.grpc_target) for _ in range(4)]  # both replicas
+    own = [("grpc.use_local_subchannel_pool", 1)]  # a connection each: both replicas are reached
+    channels = [grpc.insecure_channel(server.grpc_target, options=own) for _ in range(16)]
     stubs = [prediction_service_pb2_grpc.PredictionServiceStub(c) for c in channels]
     stub = server.prediction_stub()
 
@@ -186,6 +189,8 @@ def test_a_zipf_load_over_200_models_pages_them_within_the_budget(
     assert len(held) == 2 and all(0 < v <= BUDGET_MB << 20 for v in held.values()), held
     assert all(0 < v <= BUDGET_MB << 20 for v in peaks.values()), peaks
     assert not sum(series(samples, "model_evictions_total", model=PINNED).values())
+    assert sum(series(samples, "model_hops_total").values())  # calls went one hop to a holder
+    assert sum(series(samples, "model_resident", model=HOT).values()) == 2  # hot: held by both
     assert sum(series(samples, "model_resident", model=PINNED).values()) == 2  # both replicas
     assert not sum(series(samples, "model_resident", model=TOO_BIG[0]).values())
     cold = series(samples, "model_cold_start_seconds_count")

@@ -268,3 +268,29 @@ def test_versioned_options_pin_the_code_version_on_rays_deployment() -> None:
         deployment.options(version="v1")
     pinned = deployment.options(**ray_patches.versioned("v1"))
     assert pinned.version == "v1" and pinned.name == "d"
+
+
+def test_advertised_models_reach_the_router_as_serve_multiplexing_sends_them() -> None:
+    """``advertise_models`` sends what ``@serve.multiplexed`` sends: a ``RequestRoutingInfo``
+    of the replica's id and model ids, to the controller client's
+    ``record_request_routing_info``; Serve's router indexes replicas by those ids."""
+    from ray.serve import multiplex
+    from ray.serve._private.client import ServeControllerClient
+    from ray.serve._private.common import RequestRoutingInfo
+    from ray.serve._private.request_router.request_router import MultiplexMixin
+
+    fields = inspect.signature(RequestRoutingInfo).parameters
+    assert {"replica_id", "multiplexed_model_ids"} <= set(fields)
+    assert list(
+        inspect.signature(ServeControllerClient.record_request_routing_info).parameters
+    ) == [
+        "self",
+        "info",
+    ]
+    ours = inspect.getsource(ray_patches.advertise_models)
+    theirs = inspect.getsource(multiplex._ModelMultiplexWrapper._push_model_ids_info)
+    for call in ("record_request_routing_info(", "RequestRoutingInfo(", "multiplexed_model_ids="):
+        assert call in ours and call in theirs
+    assert "multiplexed_model_ids" in inspect.getsource(
+        MultiplexMixin._update_multiplexed_model_ids_with_replicas
+    )

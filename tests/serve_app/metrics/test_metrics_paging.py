@@ -1,6 +1,6 @@
 """serve_app.metrics.paging without Ray: what the residency reports lands in gauges, counters and
-the cold-start histogram per model version, the replica's bytes and peak; ``refresh`` sets the
-gauges of what is resident again (Ray's agent drops a gauge not set for two intervals)."""
+the cold-start histogram per model version, hops too, the replica's bytes and peak; ``refresh``
+sets the gauges of what is resident again (Ray's agent drops a gauge not set for two intervals)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ class Recorded:
 
 @pytest.fixture
 def families(monkeypatch: pytest.MonkeyPatch) -> Any:
-    names = ("resident", "bytes", "page_ins", "evictions", "cold_start")
+    names = ("resident", "bytes", "page_ins", "evictions", "cold_start", "hops")
     fake = SimpleNamespace(**{n: Recorded() for n in (*names, "replica_bytes", "replica_peak")})
     monkeypatch.setattr(paging, "_families", lambda: fake)
     return fake
@@ -46,12 +46,14 @@ def test_what_the_residency_reports_is_recorded_per_version_and_replica(families
     m.evicted("b", 2)
     m.resident("b", 2, 0)
     m.held(1 << 20)
+    m.forwarded("c", 1)
     assert families.resident.last(model="a", version="1") == 1.0
     assert families.bytes.last(model="a", version="1") == 3 << 20
     assert families.resident.last(model="b", version="2") == 0.0
     assert families.page_ins.last(model="a", version="1") == 1.0
     assert families.cold_start.last(model="a", version="1") == 0.2
     assert families.evictions.last(model="b", version="2") == 1.0
+    assert families.hops.last(model="c", version="1") == 1.0
     assert families.replica_bytes.last(replica="app#Ingress#r1") == 1 << 20
     assert families.replica_peak.last(replica="app#Ingress#r1") == 3 << 20
 

@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from compat.errors import ResourceExhausted, StatusCode, Unavailable
-from serve_app.calls import ModelReply
 from serve_app.runtime import residency
-from serve_app.runtime.dataplane import DataPlane
-from serve_app.runtime.replica_config import LocalVersion
 from serve_app.runtime.residency import Residency, corrected, estimate_bytes
 
 pytestmark = pytest.mark.unit
@@ -226,60 +222,6 @@ def test_bytes_are_tf_servings_estimate_corrected_by_the_load(tmp_path: Path) ->
     assert residency.rss_bytes() > 0
 
 
-class Answering(Fake):
-    """A fake version that answers its target's name, after ``wait_s``."""
-
-    wait_s = 0.0
-
-    async def call(self, call: object) -> ModelReply:
-        await asyncio.sleep(self.wait_s)
-        return ModelReply(payload=self.target.encode())
-
-
-def paged_plane(budget_mb: int, sizes: dict[str, int]) -> tuple[DataPlane, Loads]:
-    """A data plane under a budget whose versions ``m-v1`` and ``m-v2`` are paged fakes."""
-    from serve_app.runtime.model import LoadState
-    from tests.serve_app.runtime.test_dataplane import Handle, plane
-
-    p: DataPlane = plane(Handle())
-    loads = Loads(sizes)
-    loads.make = Answering
-    p.residency = Residency(budget_mb * MB, loads)  # type: ignore[arg-type]
-    for target in sizes:
-        spec = LocalVersion(model="m", version=int(target[-1]), path="/nowhere")
-        p._paged[target] = (spec, LoadState(True))
-        p.residency.admit(target, "m", spec.version, Answering(target), sizes[target], False)  # type: ignore[arg-type]
-    return p, loads
-
-
-def test_the_data_plane_pages_a_version_in_for_its_call_and_says_when_it_cannot_fit() -> None:
-    from tests.serve_app.runtime.test_dataplane import predict
-
-    p, loads = paged_plane(4, {"m-v1": 3 * MB, "m-v2": 3 * MB})
-    assert set(p.residency.resident()) == {"m-v2"}  # type: ignore[union-attr]
-    assert asyncio.run(p.Predict(*predict(1))).payload == b"m-v1"  # paged in for its call
-    assert set(p.residency.resident()) == {"m-v1"} and loads.count == {"m-v1": 1}  # type: ignore[union-attr]
-    assert set(p.load_states()) == {"m-v1", "m-v2"}  # both still AVAILABLE to the manager
-    p.residency.entries["m-v2"].nbytes = 5 * MB  # type: ignore[union-attr]
-    reply = asyncio.run(p.Predict(*predict(2)))
-    assert reply.code == StatusCode.RESOURCE_EXHAUSTED
-    assert "model memory budget of 4 MB" in reply.message
-
-
-def test_a_call_waiting_for_its_page_in_gets_deadline_exceeded_at_its_deadline() -> None:
-    from tests.serve_app.runtime.test_dataplane import predict
-
-    p, loads = paged_plane(4, {"m-v1": 3 * MB, "m-v2": 3 * MB})
-    loads.gate.clear()
-
-    async def run() -> ModelReply:
-        reply = await p.Predict(*predict(1, deadline=time.time() + 0.1))
-        loads.gate.set()  # the load goes on (its thread ends) once the call has its answer
-        return reply
-
-    assert asyncio.run(run()).code == StatusCode.DEADLINE_EXCEEDED
-
-
 def test_a_page_in_that_measures_more_stays_within_the_budget_and_counts_more_next_time() -> None:
     async def run() -> None:
         r, loads = paging(10, {"a": 4 * MB, "b": 4 * MB})
@@ -300,3 +242,26 @@ def test_a_pinned_version_admitted_into_a_full_budget_evicts_for_its_room() -> N
     r, loads = paging(10, {"a": 5 * MB, "b": 5 * MB, "p": 2 * MB})
     assert admit_all(r, loads, pinned=frozenset({"p"})) == [True, True, True]
     assert set(r.resident()) == {"b", "p"} and r.held_bytes <= r.budget
+
+
+def test_victims_name_what_a_page_in_would_evict_without_evicting_it() -> None:
+    r, loads = paging(10, {"a": 4 * MB, "b": 4 * MB, "c": 4 * MB})
+    assert admit_all(r, loads) == [True, True, True]  # a evicted for c
+    assert r.victims("b") == [] and r.victims("c") == []  # held: nothing to evict
+    assert r.victims("a") == ["b"]  # least recently used first, only as many as it needs
+    r.entries["a"].measured = 9 * MB  # its last load measured more: it counts that
+    assert r.victims("a") == ["b", "c"]
+    r.entries["a"].measured = 11 * MB
+    assert r.victims("a") is None  # cannot fit at all
+    assert set(r.resident()) == {"b", "c"}  # nothing was evicted
+
+
+def test_a_version_admitted_without_eviction_is_kept_only_into_free_room() -> None:
+    r, _ = paging(10, {})
+    assert r.admit("a", "a", 1, Fake("a"), 4 * MB, False, evict=False)
+    assert r.admit("b", "b", 1, Fake("b"), 4 * MB, False, evict=False)
+    c = Fake("c")
+    assert not r.admit("c", "c", 1, c, 4 * MB, False, evict=False) and c.closed
+    assert set(r.resident()) == {"a", "b"}
+    assert r.admit("p", "p", 1, Fake("p"), 4 * MB, True, evict=False)  # pinned: evicts for it
+    assert set(r.resident()) == {"b", "p"}
