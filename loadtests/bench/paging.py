@@ -13,12 +13,13 @@ one after the other by three servers of the default two serving replicas:
 - ``one``: only the hot model.
 
 On ``budget`` and ``all``: the boot's time; a Zipf-distributed load (exponent 1.3, the hot
-model first) of ``--requests`` Predicts from 8 client threads, every answer checked (failed
-requests counted); then the cold start: the first Predict, one at a time, to 40 models the load
-never asked for (evicted at rollout under the budget; resident without one), p50/p99 in ms,
-beside a second Predict to each (warm); then each serving replica's RSS; then the hot model's
-throughput under h2load (``--concurrency`` connections for ``--seconds``), as on ``one``
-(enough connections that the kernel spreads them evenly over the two replicas).
+model first) of ``--requests`` Predicts from 8 client threads over 16 connections (both
+replicas take calls), every answer checked (failed requests counted); then the cold start: the
+first Predict, one at a time, to 40 models the load never asked for (under the budget most
+are not resident: each is a page-in or a hop; without one, all are), p50/p99 in ms, beside a
+second Predict to each (warm); then each serving replica's RSS; then the hot model's throughput
+under h2load (``--concurrency`` connections for ``--seconds``), as on ``one`` (enough
+connections that the kernel spreads them evenly over the two replicas).
 Prints a table and writes ``paging.json`` into ``--out``. On a shared machine, compare only
 figures of the same run.
 """
@@ -49,6 +50,7 @@ BIG = {"big_a": 6_000_000, "big_b": 5_000_000}
 """Exports made here: float32 variables of this many elements."""
 HOT = "hot"
 COLD_SAMPLE = 40
+ZIPF_CONNECTIONS = 16
 
 
 def export_big(base: Path, size: int) -> None:
@@ -103,17 +105,22 @@ def predict(stub: Any, name: str, x: float) -> float:
 
 
 def zipf_load(server: ServerProcess, order: list[str], adds: dict[str, float]) -> dict[str, Any]:
-    """``order``'s Predicts from 8 threads, each answer checked."""
+    """``order``'s Predicts from 8 threads over ``ZIPF_CONNECTIONS`` connections (spread over
+    the serving replicas, as many clients' are), each answer checked."""
     import grpc
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-    channel = grpc.insecure_channel(server.grpc_target)
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    own = [("grpc.use_local_subchannel_pool", 1)]  # a connection each
+    channels = [
+        grpc.insecure_channel(server.grpc_target, options=own) for _ in range(ZIPF_CONNECTIONS)
+    ]
+    stubs = [prediction_service_pb2_grpc.PredictionServiceStub(c) for c in channels]
 
     def one(i_name: tuple[int, str]) -> float | None:
         i, name = i_name
         started = time.perf_counter()
         try:
+            stub = stubs[i % len(stubs)]
             ok = predict(stub, name, float(i % 7)) == 0.5 * (i % 7) + adds[name]
         except grpc.RpcError:
             ok = False
@@ -123,7 +130,8 @@ def zipf_load(server: ServerProcess, order: list[str], adds: dict[str, float]) -
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(one, enumerate(order)))
     wall = time.perf_counter() - started
-    channel.close()
+    for channel in channels:
+        channel.close()
     latencies = [r for r in results if r is not None]
     return {
         "requests": len(order),
