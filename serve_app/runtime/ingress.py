@@ -71,6 +71,8 @@ class Ingress:
         self._build = build
         """The version this deployment was built with (``launch.app``), reported as started."""
         replicas = listen.replicas if listen else 1
+        self._most = replicas
+        """The most serving replicas there may be."""
         gpu = (
             local_options is not None
             and local_options.session.allow_gpu
@@ -105,7 +107,7 @@ class Ingress:
                 config.versions or VersionConfig(),
                 config.num_load_threads,
                 config.model_memory_budget_mb,
-                _placement(),
+                _placement(self._most),
             )
         plane.configure(config)
         if plane.colocated:
@@ -204,11 +206,12 @@ class Ingress:
         await asyncio.to_thread(request_log.close_all)
 
 
-def _placement() -> tuple[int, int]:
-    """This replica's rank among the deployment's replicas, and how many there are (Serve's
-    ranks: a replacement takes the rank of the replica it replaces)."""
-    context = serve.get_replica_context()
-    return context.rank.rank, max(1, context.world_size or 1)
+def _placement(most: int) -> tuple[int, int]:
+    """This replica's rank among the deployment's replicas (Serve's ranks: a replacement takes
+    the rank of the replica it replaces), and how many there may be (``most``: with
+    ``--serving_replicas=auto`` its most, since Serve's world size is the configured count)."""
+    rank = serve.get_replica_context().rank.rank
+    return rank, max(most, rank + 1)
 
 
 def _tls(ssl_config_file: str | None) -> Any:

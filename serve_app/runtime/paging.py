@@ -15,8 +15,8 @@ away.
   Serve picks the replica holding the fewest, which pages it in. A replica that receives a hop
   answers it itself, paging in if it must (never a second hop). A hop that cannot be made (the
   replica went away, or its table does not know the version yet) is answered here.
-- **Bytes**: TF Serving's estimate from a version's files, corrected by this process's memory
-  growth across the load (``residency.corrected``).
+- **Bytes**: TF Serving's estimate from a version's files, corrected by what its load grew: this
+  process's RSS or, on a GPU replica, the card's bytes in use (``residency.measured``).
 """
 
 from __future__ import annotations
@@ -26,20 +26,14 @@ import contextlib
 import logging
 from typing import Any, Protocol
 
-from compat.errors import Unavailable
+from compat.errors import ServingError, Unavailable
 from serve_app.calls import ModelCall, ModelReply
 from serve_app.metrics import learn_signatures
 from serve_app.metrics.paging import PagingMetrics
 from serve_app.runtime.model import LoadState, ModelVersion
 from serve_app.runtime.placement import Placement
 from serve_app.runtime.replica_config import LocalVersion, VersionConfig, VersionOptions
-from serve_app.runtime.residency import (
-    Residency,
-    corrected,
-    estimate_bytes,
-    release_freed,
-    rss_bytes,
-)
+from serve_app.runtime.residency import Residency, measured
 
 logger = logging.getLogger("ray.serve")
 
@@ -123,7 +117,8 @@ class Pager:
     ) -> None:
         """Each new version loaded (and warmed up) once, one at a time, its load state kept,
         then held if placement keeps it: owned versions first, evicting for their room, then
-        the others into free room; the resident ones take the new batching knobs."""
+        the others into free room; a version pinned by a reload is paged in now; the resident
+        ones take the new batching knobs."""
         self._versions = versions
         residency, placement = self.residency, self.placement
         residency.budget = budget_mb << 20
@@ -132,8 +127,12 @@ class Pager:
         for target, spec in ordered:
             if target in self.paged:
                 entry = residency.entries.get(target)
-                if entry is not None:
+                if entry is not None and entry.pinned != spec.pinned:
                     entry.pinned = spec.pinned
+                    if spec.pinned:  # pinned by a reload: resident from now on
+                        with contextlib.suppress(ServingError):
+                            async with residency.use(target):
+                                pass
                 continue
             async with residency.load_lock:
                 v, nbytes = await asyncio.to_thread(self._measured_load, spec)
@@ -150,12 +149,11 @@ class Pager:
 
     def _measured_load(self, spec: LocalVersion) -> tuple[PagedVersion, int]:
         """Load one version (in a worker thread) and the bytes it is counted for: TF Serving's
-        estimate from its files, corrected by this process's memory growth across the load."""
-        release_freed()
-        before = rss_bytes()
-        v = PagedVersion(spec.model, spec.version, spec.path, **dict(self._options))
-        grown = rss_bytes() - before
-        return v, corrected(estimate_bytes(v.files or spec.path), grown)
+        estimate from its files, corrected by what the load grew (``residency.measured``)."""
+        return measured(
+            lambda: PagedVersion(spec.model, spec.version, spec.path, **dict(self._options)),
+            lambda v: v.files or spec.path,
+        )
 
     def _page_in(self, target: str) -> tuple[PagedVersion, int]:
         """``Residency``'s loader: a version again, for a call; its load's error if it fails."""

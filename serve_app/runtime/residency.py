@@ -12,8 +12,9 @@ its own), and room is made first by evicting least recently used versions, by by
 A version's bytes are first TF Serving's estimate (``estimate_bytes``: the combined size of
 its exported files x ``ESTIMATE_FACTOR``, as ``EstimateResourceFromPath`` in TF Serving's
 ``servables/tensorflow/bundle_factory_util.cc``), then corrected by what its last load
-measurably took (``corrected``: the process's RSS growth across the load, never below the
-estimate and bounded above, since another thread's allocations can land in the same window).
+measurably took (``measured``, ``corrected``: the process's RSS growth across the load or, on a
+GPU replica, the card's bytes in use, whichever grew more, never below the estimate and bounded
+above, since another thread's allocations can land in the same window).
 Before each load what evicted versions left is collected and trimmed (``release_freed``), so
 the growth is the load's and the memory goes back to the system.
 
@@ -32,6 +33,7 @@ import gc
 import itertools
 import logging
 import os
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -54,6 +56,7 @@ WAIT_FOR_ROOM_S = 30.0
 """How long a page-in waits for calls in flight to release room, at most."""
 
 MB = 1 << 20
+V = TypeVar("V")
 
 
 def estimate_bytes(path: str | os.PathLike[str]) -> int:
@@ -82,6 +85,40 @@ def _process() -> object:
 def rss_bytes() -> int:
     """This process's resident memory."""
     return int(_process().memory_info().rss)  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _gpu() -> Any:
+    """TF's config module where this process's TF sees a GPU, else None (TF not imported: no
+    version was loaded here, so none is on a card)."""
+    tf = sys.modules.get("tensorflow")
+    try:
+        return tf.config if tf is not None and tf.config.list_logical_devices("GPU") else None
+    except (RuntimeError, ValueError, AttributeError):
+        return None
+
+
+def device_bytes() -> int:
+    """Bytes TF's allocator has in use on this process's first GPU (shared by its sessions and
+    eager code); 0 without one."""
+    config = _gpu()
+    if config is None:
+        return 0
+    try:
+        return int(config.experimental.get_memory_info("GPU:0")["current"])
+    except (RuntimeError, ValueError):
+        return 0
+
+
+def measured(load: Callable[[], V], files: Callable[[V], Any]) -> tuple[V, int]:
+    """``load()`` and the bytes its version is counted for: TF Serving's estimate from its
+    ``files``, corrected (``corrected``) by what the load grew: this process's RSS or, on a GPU
+    replica, the card's bytes in use, whichever grew more; one budget bounds both."""
+    release_freed()
+    host, card = rss_bytes(), device_bytes()
+    value = load()
+    grown = max(rss_bytes() - host, device_bytes() - card)
+    return value, corrected(estimate_bytes(files(value)), grown)
 
 
 def release_freed() -> None:

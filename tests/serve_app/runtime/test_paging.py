@@ -4,7 +4,8 @@ says RESOURCE_EXHAUSTED when it cannot fit; a call for a version placement does 
 here goes one hop and its answer is the caller's; a hop that cannot be made, or that comes
 back unanswered, is answered here; a hop received is answered here, never sent on; what is held
 or being paged in is told to the routers once per burst of changes; a rollout keeps the
-versions this replica owns first and the others only into free room."""
+versions this replica owns first and the others only into free room; a version pinned by a
+reload is paged in at once."""
 
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ from typing import Any
 
 import pytest
 
-from compat.errors import StatusCode
+from compat.errors import ResourceExhausted, StatusCode
 from serve_app.calls import Api, ModelCall, ModelReply
 from serve_app.runtime import paging
 from serve_app.runtime.dataplane import DataPlane
 from serve_app.runtime.model import LoadState
 from serve_app.runtime.paging import ADVERTISE_S, Pager
-from serve_app.runtime.placement import Load, owner
+from serve_app.runtime.placement import HOT_CALLS, Load, owner
 from serve_app.runtime.replica_config import LocalVersion, VersionConfig
 from serve_app.runtime.residency import Residency
 from tests.serve_app.runtime.test_dataplane import Handle, plane, predict
@@ -36,6 +37,9 @@ class Answering(Fake):
     """A fake version that answers its target's name, after ``wait_s``."""
 
     wait_s = 0.0
+
+    def reconfigure(self, config: object) -> None:
+        """Batching knobs: nothing to do."""
 
     async def call(self, call: object) -> ModelReply:
         await asyncio.sleep(self.wait_s)
@@ -125,13 +129,15 @@ def test_a_cold_call_goes_one_hop_until_its_version_is_hotter_here_than_what_it_
     p.placement.load = Load(clock=lambda: 100.0)  # no decay between the calls
     assert set(p.residency.resident()) == {"b-v1"}
 
+    n = int(HOT_CALLS) + 1
+
     async def run() -> None:
-        assert await answers(p, "b-v1", "b-v1", "b-v1") == [b"b-v1"] * 3  # held: no hop
-        assert await answers(p, "a-v1", "a-v1", "a-v1") == [b"elsewhere"] * 3
-        assert peers.hops == ["a-v1"] * 3 and "a-v1" not in loads.count  # b is busier here
-        assert await answers(p, "a-v1") == [b"a-v1"]  # 4 recent calls against b's 3
+        assert await answers(p, *["b-v1"] * n) == [b"b-v1"] * n  # held: no hop
+        assert await answers(p, *["a-v1"] * n) == [b"elsewhere"] * n  # hot, not hotter than b
+        assert peers.hops == ["a-v1"] * n and "a-v1" not in loads.count
+        assert await answers(p, "a-v1") == [b"a-v1"]  # one call more than b's now: paged in
         assert set(p.residency.resident()) == {"a-v1"} and loads.count == {"a-v1": 1}
-        assert await answers(p, "a-v1") == [b"a-v1"] and len(peers.hops) == 3
+        assert await answers(p, "a-v1") == [b"a-v1"] and len(peers.hops) == n
 
     asyncio.run(run())
 
@@ -159,7 +165,7 @@ def test_a_hop_received_is_answered_here_never_sent_on() -> None:
     assert pager is not None
 
     async def run() -> None:
-        for _ in range(3):
+        for _ in range(int(HOT_CALLS) * 2):
             await p.Predict(*predict(2))  # m-v2 is busy here
         reply = await p.answer_hop("m-v1", call())
         assert reply is not None and reply.payload == b"m-v1"  # paged in, though m-v2 is busier
@@ -202,7 +208,6 @@ def test_a_rollout_keeps_the_versions_this_replica_owns_first_then_others_into_f
         v = Answering(target)
         v.load_state = lambda: LoadState(True)  # type: ignore[attr-defined]
         v.servable = SimpleNamespace(signatures={})  # type: ignore[attr-defined]
-        v.reconfigure = lambda config: None  # type: ignore[attr-defined]
         v.model = spec.model  # type: ignore[attr-defined]
         return v, 3 * MB
 
@@ -221,3 +226,17 @@ def test_a_rollout_keeps_the_versions_this_replica_owns_first_then_others_into_f
     asyncio.run(alone.load(wanted, VersionConfig(), 6, rank=0, replicas=1))
     assert loaded == targets  # alone: the config's order, least recently used evicted
     assert set(alone.residency.resident()) == set(targets[-2:])
+
+
+def test_a_version_pinned_by_a_reload_is_paged_in_at_once_and_never_evicted() -> None:
+    p, loads = pager(4, {"a-v1": 3 * MB, "b-v1": 3 * MB})
+    assert set(p.residency.resident()) == {"b-v1"}
+    wanted = {
+        t: LocalVersion(model=t[0], version=1, path="/nowhere", pinned=t == "a-v1")
+        for t in ("a-v1", "b-v1")
+    }
+    asyncio.run(p.load(wanted, VersionConfig(), 4))
+    assert set(p.residency.resident()) == {"a-v1"} and loads.count == {"a-v1": 1}
+    with pytest.raises(ResourceExhausted, match="besides pinned models"):
+        asyncio.run(p.call("b-v1", call()))  # no room beside the pinned one: it is not evicted
+    assert set(p.residency.resident()) == {"a-v1"}

@@ -46,20 +46,23 @@ def test_a_versions_calls_halve_every_half_life() -> None:
 def test_a_version_is_paged_in_here_into_free_room_or_when_hot_and_hotter_than_victims() -> None:
     clock = Clock()
     placement = Placement(rank=0, replicas=2, load=Load(clock=clock))
-    record = placement.load.record
+    hot = int(HOT_CALLS)
+
+    def record(target: str, times: int) -> None:
+        for _ in range(times):
+            placement.load.record(target)
+
     assert placement.keep_here("new", [])  # free room: no one loses
     assert not placement.keep_here("new", None)  # cannot fit now: a holder may answer
-    record("new")
-    assert not placement.keep_here("new", ["cold"])  # one call is not hot
-    record("new")
-    assert placement.load.calls("new") >= HOT_CALLS
+    record("new", hot - 1)
+    assert not placement.keep_here("new", ["cold"])  # not hot yet: a hop costs less
+    record("new", 1)
     assert placement.keep_here("new", ["cold"])  # hot, and its victim has no calls
-    for _ in range(3):
-        record("busy")
+    record("busy", hot + 1)
     assert not placement.keep_here("new", ["cold", "busy"])  # it would evict a hotter one
-    clock.now += 3 * HALF_LIFE_S  # busy's calls fade: 3 -> 0.375
-    for _ in range(2):
-        record("new")
+    clock.now += 3 * HALF_LIFE_S  # every count is an eighth of what it was
+    assert not placement.keep_here("new", ["cold"])  # cooled down
+    record("new", hot)
     assert placement.keep_here("new", ["cold", "busy"])
 
 

@@ -2,7 +2,8 @@
 whose loads take the bytes a test gives them: least recently used by bytes is evicted first, a
 version with calls in flight and a pinned one never are, concurrent requests share one load, a
 version that cannot fit is RESOURCE_EXHAUSTED naming the budget, and the bytes are TF Serving's
-estimate corrected by the measured load."""
+estimate corrected by the measured load (the RSS's growth or, on a GPU, the card's bytes in use,
+whichever grew more)."""
 
 from __future__ import annotations
 
@@ -265,3 +266,42 @@ def test_a_version_admitted_without_eviction_is_kept_only_into_free_room() -> No
     assert set(r.resident()) == {"a", "b"}
     assert r.admit("p", "p", 1, Fake("p"), 4 * MB, True, evict=False)  # pinned: evicts for it
     assert set(r.resident()) == {"b", "p"}
+
+
+def test_a_load_counts_what_grew_more_its_rss_or_on_a_gpu_the_cards_bytes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "variables").write_bytes(b"\0" * 1000)  # estimated at 1200 bytes
+    readings = {"rss": iter([100 * MB, 103 * MB]), "card": iter([0, 9 * MB])}
+    monkeypatch.setattr(residency, "rss_bytes", lambda: next(readings["rss"]))
+    monkeypatch.setattr(residency, "device_bytes", lambda: next(readings["card"]))
+    value, nbytes = residency.measured(lambda: "v", lambda v: tmp_path)
+    assert value == "v" and nbytes == 9 * MB  # the card grew more than the host
+    readings = {"rss": iter([100 * MB, 103 * MB]), "card": iter([0, 0])}
+    assert residency.measured(lambda: "v", lambda v: tmp_path)[1] == 3 * MB  # no GPU
+
+
+def test_the_cards_bytes_are_tfs_allocator_in_use_and_none_without_a_gpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+    from types import SimpleNamespace
+
+    def tf(devices: list[str]) -> SimpleNamespace:
+        info = {"current": 7 * MB, "peak": 9 * MB}
+        experimental = SimpleNamespace(get_memory_info=lambda device: info)
+        config = SimpleNamespace(
+            list_logical_devices=lambda kind: devices, experimental=experimental
+        )
+        return SimpleNamespace(config=config)
+
+    try:
+        for devices, expected in ((["/device:GPU:0"], 7 * MB), ([], 0)):
+            monkeypatch.setitem(sys.modules, "tensorflow", tf(devices))
+            residency._gpu.cache_clear()
+            assert residency.device_bytes() == expected
+        monkeypatch.delitem(sys.modules, "tensorflow")
+        residency._gpu.cache_clear()
+        assert residency.device_bytes() == 0  # TF not imported: no version on a card
+    finally:
+        residency._gpu.cache_clear()
