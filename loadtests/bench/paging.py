@@ -14,7 +14,8 @@ one after the other by three servers of the default two serving replicas:
 
 On ``budget`` and ``all``: the boot's time; a Zipf-distributed load (exponent 1.3, the hot
 model first) of ``--requests`` Predicts from 8 client threads over 16 connections (both
-replicas take calls), every answer checked (failed requests counted); then the cold start: the
+replicas take calls), every answer checked (failed requests counted), and the page-ins and
+hops it caused (the metrics page, summed over the replicas); then the cold start: the
 first Predict, one at a time, to 40 models the load never asked for (under the budget most
 are not resident: each is a page-in or a hop; without one, all are), p50/p99 in ms, beside a
 second Predict to each (warm); then each serving replica's RSS; then the hot model's throughput
@@ -51,6 +52,10 @@ BIG = {"big_a": 6_000_000, "big_b": 5_000_000}
 HOT = "hot"
 COLD_SAMPLE = 40
 ZIPF_CONNECTIONS = 16
+METRICS_PATH = "/monitoring/prometheus/metrics"
+METRICS_INTERVAL_MS = 1000
+COUNTED = ("page_ins", "hops")
+"""Counters read after the Zipf load (``ray_tfserving_model_<name>_total``)."""
 
 
 def export_big(base: Path, size: int) -> None:
@@ -164,6 +169,25 @@ def first_calls(server: ServerProcess, names: list[str]) -> dict[str, Any]:
     }
 
 
+def paging_counts(server: ServerProcess) -> dict[str, float]:
+    """Page-ins and hops so far, summed over the replicas, from the metrics page (Ray's agents
+    report every ``METRICS_INTERVAL_MS``: waited for twice over)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    time.sleep(2 * METRICS_INTERVAL_MS / 1000)
+    with urllib.request.urlopen(server.http_base + METRICS_PATH, timeout=30) as r:
+        text = r.read().decode()
+    counts = dict.fromkeys(COUNTED, 0.0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name = sample.name.removeprefix("ray_tfserving_model_").removesuffix("_total")
+            if name in counts:
+                counts[name] += sample.value
+    return counts
+
+
 def replica_rss_mb(server: ServerProcess) -> list[float]:
     """Each serving replica's RSS in MB (``ps``)."""
     return sorted(round(rss / 1024, 1) for rss in serving_replica_rss(server).values())
@@ -195,7 +219,13 @@ def hot_throughput(server: ServerProcess, ns: argparse.Namespace) -> float:
 
 def serve(config: Path, *args: str) -> tuple[ServerProcess, float]:
     started = time.monotonic()
-    server = start_server(f"model_config_file={config}", *args, wait_for=(HOT,))
+    server = start_server(
+        f"model_config_file={config}",
+        f"prometheus_path={METRICS_PATH}",
+        *args,
+        wait_for=(HOT,),
+        env={"RAY_metrics_report_interval_ms": str(METRICS_INTERVAL_MS)},
+    )
     return server, time.monotonic() - started
 
 
@@ -215,6 +245,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             try:
                 row: dict[str, Any] = {"boot_s": round(boot_s, 1)}
                 row |= zipf_load(server, order, adds)
+                row |= paging_counts(server)
                 row |= first_calls(server, cold)
                 row["replica_rss_mb"] = replica_rss_mb(server)
                 row["hot_rps"] = hot_throughput(server, ns)
@@ -239,7 +270,8 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
 
 def table(results: dict[str, Any]) -> str:
     lines = [
-        f"{'server':8} {'boot s':>7} {'failed':>6} {'zipf req/s':>10} {'cold p50':>9} "
+        f"{'server':8} {'boot s':>7} {'failed':>6} {'zipf req/s':>10} {'page-ins':>8} "
+        f"{'hops':>5} {'cold p50':>9} "
         f"{'cold p99':>9} {'warm p50':>9} {'RSS MB per replica':>20} {'hot req/s':>10} "
         f"{'vs one':>7}"
     ]
@@ -247,6 +279,7 @@ def table(results: dict[str, Any]) -> str:
         r = results[label]
         lines.append(
             f"{label:8} {r['boot_s']:7.1f} {r['failed']:6d} {r['rps']:10.0f} "
+            f"{r['page_ins']:8.0f} {r['hops']:5.0f} "
             f"{r['cold_p50_ms']:9.1f} {r['cold_p99_ms']:9.1f} {r['warm_p50_ms']:9.1f} "
             f"{' '.join(f'{m:.0f}' for m in r['replica_rss_mb']):>20} {r['hot_rps']:10.0f} "
             f"{r['hot_vs_one']:7.2f}"
@@ -254,7 +287,7 @@ def table(results: dict[str, Any]) -> str:
     one = results["one"]
     rss = " ".join(f"{m:.0f}" for m in one["replica_rss_mb"])
     lines.append(
-        f"{'one':8} {one['boot_s']:7.1f} {'':>6} {'':>10} {'':>9} {'':>9} {'':>9} "
+        f"{'one':8} {one['boot_s']:7.1f} {'':>6} {'':>10} {'':>8} {'':>5} {'':>9} {'':>9} {'':>9} "
         f"{rss:>20} {one['hot_rps']:10.0f} {1.0:7.2f}"
     )
     return "\n".join(lines)

@@ -30,6 +30,8 @@ def test_the_table_has_a_row_per_server_and_the_hot_models_ratio() -> None:
         "boot_s": 50.0,
         "failed": 0,
         "rps": 200.0,
+        "page_ins": 321.0,
+        "hops": 123.0,
         "cold_p50_ms": 30.0,
         "cold_p99_ms": 60.0,
         "warm_p50_ms": 1.5,
@@ -40,5 +42,5 @@ def test_the_table_has_a_row_per_server_and_the_hot_models_ratio() -> None:
     one = {"boot_s": 35.0, "replica_rss_mb": [677.0, 677.0], "hot_rps": 2100.0}
     lines = paging.table({"budget": row, "all": row, "one": one}).splitlines()
     assert [line.split()[0] for line in lines[1:]] == ["budget", "all", "one"]
-    assert "0.95" in lines[1] and "800 820" in lines[1]
+    assert "0.95" in lines[1] and "800 820" in lines[1] and "321" in lines[1] and "123" in lines[1]
     assert paging.parse_args([]).budget_mb == 48
