@@ -86,7 +86,7 @@ class Ingress:
             share_cores(local_options, replicas, gpu=gpu),
             replicas,
             replica_names()[0],
-            ServePeers(serve.get_deployment_handle(INGRESS, app_name)),
+            ServePeers(app_name, INGRESS),
         )
         self._listen = listen
         """The ports; None: this replica binds none."""

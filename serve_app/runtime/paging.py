@@ -54,15 +54,22 @@ class Peers(Protocol):
 
 
 class ServePeers:
-    """``Peers`` through Serve: the serving replicas' own deployment, by multiplexed model id."""
+    """``Peers`` through Serve: the serving replicas' own deployment (``deployment`` of
+    ``app_name``, its handle made at the first hop), by multiplexed model id."""
 
-    def __init__(self, handle: Any) -> None:
-        self._handle = handle
+    def __init__(self, app_name: str, deployment: str) -> None:
+        self._app_name = app_name
+        self._deployment = deployment
+        self._handle: Any = None
         self._by_target: dict[str, Any] = {}
 
     async def call(self, target: str, call: ModelCall) -> ModelReply | None:
         handle = self._by_target.get(target)
         if handle is None:
+            if self._handle is None:
+                from ray import serve
+
+                self._handle = serve.get_deployment_handle(self._deployment, self._app_name)
             handle = self._by_target[target] = self._handle.options(multiplexed_model_id=target)
         response = handle.forwarded.remote(target, call)
         try:
