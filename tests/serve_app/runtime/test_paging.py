@@ -5,7 +5,9 @@ here goes one hop and its answer is the caller's; a hop that cannot be made, or 
 back unanswered, is answered here; a hop received is answered here, never sent on; what is held
 or being paged in is told to the routers once per burst of changes; a rollout keeps the
 versions this replica owns first and the others only into free room; a version pinned by a
-reload is paged in at once."""
+reload is paged in at once. Serve's side of a hop (``ServePeers``, on a fake handle): one handle
+per version, routed by it as multiplexed model id; a replica gone answers None; a hop past its
+deadline is cancelled where it went."""
 
 from __future__ import annotations
 
@@ -240,3 +242,67 @@ def test_a_version_pinned_by_a_reload_is_paged_in_at_once_and_never_evicted() ->
     with pytest.raises(ResourceExhausted, match="besides pinned models"):
         asyncio.run(p.call("b-v1", call()))  # no room beside the pinned one: it is not evicted
     assert set(p.residency.resident()) == {"a-v1"}
+
+
+class Response:
+    """A fake ``DeploymentResponse``: awaits ``outcome`` (a reply, or an error raised)."""
+
+    def __init__(self, outcome: Any) -> None:
+        self.outcome = outcome
+        self.cancelled = False
+
+    def __await__(self) -> Any:
+        if isinstance(self.outcome, float):
+            yield from asyncio.sleep(self.outcome).__await__()
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return self.outcome
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class IngressHandle:
+    """A fake handle of the serving replicas' deployment: records each hop's options."""
+
+    def __init__(self, outcome: Any) -> None:
+        self.outcome = outcome
+        self.models: list[str] = []
+        self.responses: list[Response] = []
+
+    def options(self, multiplexed_model_id: str) -> Any:
+        self.models.append(multiplexed_model_id)
+        handle = self
+
+        class Method:
+            @staticmethod
+            def remote(target: str, call: ModelCall) -> Response:
+                handle.responses.append(Response(handle.outcome))
+                return handle.responses[-1]
+
+        return SimpleNamespace(forwarded=Method)
+
+
+def test_serve_peers_route_by_the_version_and_answer_none_when_the_replica_went_away() -> None:
+    from ray.exceptions import ActorDiedError
+
+    peers = paging.ServePeers("app", "Ingress")
+    handle = peers._handle = IngressHandle(ModelReply(payload=b"there"))
+    reply = asyncio.run(peers.call("m-v1", call()))
+    assert reply is not None and reply.payload == b"there" and handle.models == ["m-v1"]
+    asyncio.run(peers.call("m-v1", call()))
+    assert handle.models == ["m-v1"]  # one handle per version, made once
+    handle.outcome = ActorDiedError()
+    assert asyncio.run(peers.call("m-v1", call())) is None  # answered where it arrived
+
+
+def test_a_hop_past_its_deadline_is_cancelled_on_the_replica_it_went_to() -> None:
+    peers = paging.ServePeers("app", "Ingress")
+    handle = peers._handle = IngressHandle(5.0)  # answers in 5 s
+
+    async def run() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(peers.call("m-v1", call()), 0.05)
+
+    asyncio.run(run())
+    assert handle.responses[0].cancelled
