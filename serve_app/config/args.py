@@ -335,12 +335,12 @@ class AppArgs(BaseModel):
     """Versions a serving replica loads at once (TF Serving's load thread pool); 0, as there,
     one at a time. Models in deployments of their own load in their own processes anyway."""
     model_memory_budget_mb: Annotated[int, Flag("model_memory_budget_mb"), Field(ge=0)] = 0
-    """Memory each serving replica may hold in loaded model versions, in MB (ours); 0: no
-    budget, every version loaded in every replica. With one, a version is loaded once at rollout
-    (checked, warmed up, AVAILABLE from then on), kept if it fits, else loaded on its first
-    request; the least recently used are evicted by bytes: TF Serving's estimate (files x 1.2),
-    corrected by what a load took. A version with calls in flight is never evicted, nor a
-    ``pinned`` model's; one that cannot fit answers RESOURCE_EXHAUSTED."""
+    """Memory each serving replica may hold in loaded model versions, in MB (ours); 0: none,
+    every version in every replica. With one, versions are loaded at rollout (AVAILABLE from then
+    on) and kept by their owner replica if they fit; a request for one its replica lacks pages it
+    in there if hot, else goes one hop to a holder. Least recently used are evicted by bytes (TF
+    Serving's estimate, corrected by what a load took), never one in use or ``pinned``; one that
+    cannot fit answers RESOURCE_EXHAUSTED."""
     num_request_iterations_for_warmup: Annotated[int, Flag("num_request_iterations_for_warmup")] = (
         Field(default=0, ge=0)
     )

@@ -146,7 +146,7 @@ class IngressConfig(_Config):
     """Co-located versions loaded at once (``--num_load_threads``); 0: one at a time."""
     model_memory_budget_mb: int = 0
     """Bytes of co-located versions each replica holds at most (``--model_memory_budget_mb``,
-    ``runtime.residency``); 0: every version is held."""
+    ``runtime.paging``); 0: every version is held."""
     cors: bool = False
     """TF Serving's CORS headers on REST answers, and preflights answered
     (``--rest_api_enable_cors_support``)."""
