@@ -7,14 +7,14 @@ away.
   not), then kept by placement (``runtime.placement``: the versions this replica owns first,
   the others only into free room) within the budget (``runtime.residency``).
 - **A call** (``Pager.call``) for a version held here runs here. One for a version not held
-  here is paged in here when placement says so (it fits in free room, this replica owns it, or
-  it is hot here); otherwise it goes one hop (``Peers``) to a replica that holds the version or
-  owns it, where it runs in that version's batching queue under the same deadline. Serve
-  routes the hop: each replica tells Serve's routers what it holds, is paging in or owns
-  (``ray_patches.advertise_models``) and the hop is a handle call with the version as
-  multiplexed model id. A replica that receives a hop answers it itself, paging in if it must
-  (never a second hop). A hop that cannot be made (the replica went away, or its table does
-  not know the version yet) is answered here.
+  here is paged in here when placement says so (it fits in free room, or it is hot here);
+  otherwise it goes one hop (``Peers``) to a replica that holds the version, where it runs in
+  that version's batching queue under the same deadline. Serve routes the hop: each replica
+  tells Serve's routers what it holds or is paging in (``ray_patches.advertise_models``) and
+  the hop is a handle call with the version as multiplexed model id; where no replica holds it,
+  Serve picks the replica holding the fewest, which pages it in. A replica that receives a hop
+  answers it itself, paging in if it must (never a second hop). A hop that cannot be made (the
+  replica went away, or its table does not know the version yet) is answered here.
 - **Bytes**: TF Serving's estimate from a version's files, corrected by what its load grew: this
   process's RSS or, on a GPU replica, the card's bytes in use (``residency.measured``).
 """
@@ -153,7 +153,6 @@ class Pager:
             residency.admit(target, spec.model, spec.version, v, nbytes, spec.pinned, evict)
         for v in residency.resident().values():
             v.reconfigure(versions)
-        self._changed()  # what it owns, told to the routers
 
     def _measured_load(self, spec: LocalVersion) -> tuple[PagedVersion, int]:
         """Load one version (in a worker thread) and the bytes it is counted for: TF Serving's
@@ -220,12 +219,9 @@ class Pager:
             self._advertising = True
 
     def advertise(self) -> None:
-        """Tell the routers what this replica holds, is paging in, or owns (where a hop for a
-        version no replica holds goes)."""
         self._advertising = False
         if self.peers is not None:
-            owned = {t for t in self.residency.entries if self.placement.owns(t)}
-            self.peers.advertise(sorted(owned.union(self.residency.held_or_loading())))
+            self.peers.advertise(sorted(self.residency.held_or_loading()))
 
 
 class PagedVersion(ModelVersion):

@@ -12,13 +12,11 @@ same versions:
   spread over the replicas, each version held by at least its owner while room allows.
 - **From measured load** (``Load``: each replica's calls per version, decayed with a half-life
   of ``HALF_LIFE_S``): a call for a version this replica does not hold pages it in here only if
-  it fits in room left free, if this replica owns it, or if the version is hot here
-  (``HOT_CALLS`` recent calls at least) and hotter than every version its page-in would evict
-  (``keep_here``). Otherwise the call goes one hop to a replica that holds the version, or to
-  its owner (``runtime.paging``: Serve's routing by multiplexed model id; each replica
-  advertises what it holds and what it owns). So every version has a home, its owner, which
-  pages it in when it is asked for; a hot model gains a copy on every replica its calls reach,
-  and a cold one loses its copies to hotter ones, down to its owner.
+  it fits in room left free, or if the version is hot here (``HOT_CALLS`` recent calls at
+  least) and hotter than every version its page-in would evict (``keep_here``). Otherwise the
+  call goes one hop to a replica that holds the version (``runtime.paging``: Serve's routing
+  by multiplexed model id). So a hot model gains a copy on every replica its calls reach, and
+  a cold one loses its copies to hotter ones, down to where its calls are sent.
 """
 
 from __future__ import annotations
@@ -94,14 +92,13 @@ class Placement:
 
     def keep_here(self, target: str, victims: list[str] | None) -> bool:
         """A call for ``target``, not held here, is answered here (paged in) rather than sent
-        to a replica that holds it: it fits in free room, this replica owns it, or it is hot
-        here and hotter than its ``victims`` (what its page-in would evict; None: it cannot fit
-        now, whatever is evicted)."""
+        to a replica that holds it. ``victims``: what its page-in would evict (empty: it fits
+        in free room; None: it cannot fit now, whatever is evicted)."""
         if self.alone:
             return True
         if victims is None:
             return False
-        if not victims or self.owns(target):
+        if not victims:
             return True
         calls = self.load.calls(target)
         return calls >= HOT_CALLS and all(self.load.calls(v) < calls for v in victims)

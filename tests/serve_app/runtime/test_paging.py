@@ -129,7 +129,6 @@ def test_a_cold_call_goes_one_hop_until_its_version_is_hotter_here_than_what_it_
     peers = Peers()
     p, loads = pager(4, {"a-v1": 3 * MB, "b-v1": 3 * MB}, peers, replicas=2)
     p.placement.load = Load(clock=lambda: 100.0)  # no decay between the calls
-    p.placement.rank = 1 - owner("a-v1", 2)  # a's owner is the other replica
     assert set(p.residency.resident()) == {"b-v1"}
 
     n = int(HOT_CALLS) + 1
@@ -149,7 +148,6 @@ def test_a_version_that_fits_in_free_room_or_a_hop_unanswered_is_paged_in_here()
     peers = Peers(answer=None)
     p, loads = pager(10, {"a-v1": 3 * MB, "b-v1": 3 * MB, "c-v1": 3 * MB}, peers, replicas=2)
     p.residency._close(p.residency.entries["a-v1"])  # as if evicted: it fits in free room
-    p.placement.rank = 1 - owner("b-v1", 2)  # b's owner is the other replica
 
     async def run() -> None:
         assert await answers(p, "a-v1") == [b"a-v1"] and not peers.hops
@@ -308,21 +306,3 @@ def test_a_hop_past_its_deadline_is_cancelled_on_the_replica_it_went_to() -> Non
 
     asyncio.run(run())
     assert handle.responses[0].cancelled
-
-
-def test_a_replica_advertises_what_it_owns_and_pages_it_in_without_a_hop() -> None:
-    peers = Peers()
-    targets = [f"m{i}-v1" for i in range(6)]
-    p, loads = pager(3, dict.fromkeys(targets, 3 * MB), peers, replicas=2)
-    (held,) = p.residency.resident()
-    owned = [t for t in targets if p.placement.owns(t)]
-    mine = next(t for t in owned if t != held)
-
-    async def run() -> None:
-        p.advertise()
-        assert peers.advertised[-1] == sorted({*owned, held})  # a hop for one of them comes here
-        assert await answers(p, mine) == [mine.encode()] and not peers.hops  # its home
-        await asyncio.sleep(ADVERTISE_S * 3)
-
-    asyncio.run(run())
-    assert loads.count == {mine: 1} and peers.advertised[-1] == sorted(owned)

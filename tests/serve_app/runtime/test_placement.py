@@ -1,7 +1,7 @@
 """Placement under a memory budget (``runtime.placement``), on a fake clock: owners by a stable
 hash, spread over the replicas; each version's calls decayed by their half-life; a call for a
-version not held here pages it in only into free room, on its owner, or when it is hot here and
-hotter than every version it would evict, and always on a replica that is alone."""
+version not held here pages it in only into free room or when it is hot here and hotter than
+every version it would evict, and always on a replica that is alone."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_a_versions_calls_halve_every_half_life() -> None:
 
 def test_a_version_is_paged_in_here_into_free_room_or_when_hot_and_hotter_than_victims() -> None:
     clock = Clock()
-    placement = Placement(rank=1 - owner("new", 2), replicas=2, load=Load(clock=clock))
+    placement = Placement(rank=0, replicas=2, load=Load(clock=clock))
     hot = int(HOT_CALLS)
 
     def record(target: str, times: int) -> None:
@@ -70,10 +70,3 @@ def test_a_replica_alone_answers_every_call_itself() -> None:
     placement = Placement(rank=0, replicas=1)
     assert placement.alone
     assert placement.keep_here("new", None) and placement.keep_here("new", ["a"])
-
-
-def test_a_version_this_replica_owns_is_paged_in_here_unless_it_cannot_fit() -> None:
-    placement = Placement(rank=owner("mine", 2), replicas=2)
-    assert placement.owns("mine")
-    assert placement.keep_here("mine", ["hotter"])  # its home: no hop, whatever it evicts
-    assert not placement.keep_here("mine", None)  # cannot fit now: a holder may answer
