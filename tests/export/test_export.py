@@ -86,11 +86,21 @@ def session_run(
     path: Path, signature_key: str, feeds: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
     """Run a signature the way TF Serving's C++ ``SavedModelBundle`` does: TF1 session loader."""
+    return session_runs(path, {signature_key: feeds})[signature_key]
+
+
+def session_runs(
+    path: Path, feeds: dict[str, dict[str, np.ndarray]]
+) -> dict[str, dict[str, np.ndarray]]:
+    """``session_run`` of each signature key in ``feeds``, in one session (one load)."""
     with tf.compat.v1.Session(graph=tf.Graph()) as sess:
         meta_graph = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(path))
-        sig = meta_graph.signature_def[signature_key]
-        fetches = {alias: info.name for alias, info in sig.outputs.items()}
-        return sess.run(fetches, {sig.inputs[alias].name: v for alias, v in feeds.items()})
+        outputs = {}
+        for key, feed in feeds.items():
+            sig = meta_graph.signature_def[key]
+            fetches = {alias: info.name for alias, info in sig.outputs.items()}
+            outputs[key] = sess.run(fetches, {sig.inputs[a].name: v for a, v in feed.items()})
+        return outputs
 
 
 @pytest.fixture(scope="module")
@@ -234,8 +244,8 @@ def test_session_loader_batch_of_two(exported: Path) -> None:
         "height": np.array([25], np.int32),
         "width": np.array([19], np.int32),
     }
-    seg = session_run(exported, PREDICT_IMAGES, feeds)[OUTPUT_KEY]
-    default = session_run(exported, SERVING_DEFAULT, {"images": images})[OUTPUT_KEY]
+    runs = session_runs(exported, {PREDICT_IMAGES: feeds, SERVING_DEFAULT: {"images": images}})
+    seg, default = runs[PREDICT_IMAGES][OUTPUT_KEY], runs[SERVING_DEFAULT][OUTPUT_KEY]
     for out in (seg, default):
         assert out.dtype == np.int64 and out.shape == (2, 25, 19)
     # at the input's own size, resizing the logits changes (almost) nothing
