@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -289,35 +288,45 @@ def test_rejects_bad_version(tiny_model: keras.Model, tmp_path: Path) -> None:
 # --- command line ----------------------------------------------------------------------------
 
 
+def one_layer_network() -> keras.Model:
+    """A network of the exported kind (float images of any size in, per-pixel class logits
+    out) with one 1x1 convolution: as real to save and load as the DeepLab one, and cheap."""
+    images = keras.Input(shape=(None, None, 3), name="images")
+    return keras.Model(images, keras.layers.Conv2D(NUM_CLASSES, 1)(images))
+
+
 def test_cli_export_refuse_and_overwrite(
-    exported: Path,
-    tiny_model: keras.Model,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An existing version is refused before any training; ``--overwrite`` trains with the
-    command line's steps, size and seed, printing its progress, and replaces the version whole.
-    The training is ``tiny_model``'s (``train`` is tested above): the command's is recorded."""
+    command line's steps, size and seed, printing its progress, and replaces the version whole
+    with the trained network. The training is recorded (``train`` is tested above); what it
+    returns is a one-layer network, whose export ``save`` checks as it checks any."""
     import export.savedmodel
 
     trained: list[dict[str, Any]] = []
+    network = one_layer_network()
 
     def recorded_train(**options: Any) -> tuple[keras.Model, TrainStats]:
         trained.append(options)
         options["log"]("step 1/2 loss 1.0000 elapsed 0.1s")
-        return tiny_model, TrainStats(2, 16, 1, 0.5, 1.0, 0.25)
+        return network, TrainStats(2, 16, 1, 0.5, 1.0, 0.25)
 
     monkeypatch.setattr(export.savedmodel, "train", recorded_train)
     base = tmp_path / "models" / "deeplab"
-    shutil.copytree(exported, base / "7")
-    (base / "7" / "variables" / "variables.data-00000-of-00001").write_bytes(b"an old version")
+    old = base / "7"
+    for name in ("saved_model.pb", "variables/variables.index", "assets.extra/old"):
+        (old / name).parent.mkdir(parents=True, exist_ok=True)
+        (old / name).write_bytes(b"an old version")
     tiny = ["--steps", "2", "--size", "16"]
 
     refused = run_main(capsys, "--base-path", base, "--version", "7", *tiny)
     assert refused.returncode == 1
     assert "already exists" in refused.stderr and "--overwrite" in refused.stderr
     assert trained == [] and "step 1/" not in refused.stdout
+    assert (old / "assets.extra" / "old").read_bytes() == b"an old version"
 
     done = run_main(
         capsys, "--base-path", base, "--version", "7", *tiny, "--seed", "3", "--overwrite"
@@ -330,9 +339,8 @@ def test_cli_export_refuse_and_overwrite(
         f"exported steps=2 seconds=0.5 mean_iou=0.250 path={base / '7'}",
     ]
     assert sorted(os.listdir(base)) == ["7"]
-    assert (base / "7" / "variables" / "variables.data-00000-of-00001").read_bytes() == (
-        exported / "variables" / "variables.data-00000-of-00001"
-    ).read_bytes()  # the version written whole, from the trained model
+    assert not (base / "7" / "assets.extra").exists()  # the version replaced whole ...
+    verify(base / "7", network)  # ... by the trained network's export
     assert {PREDICT_IMAGES, SERVING_DEFAULT} <= set(signatures(base / "7"))
 
 
