@@ -22,6 +22,7 @@ from export.savedmodel import (
     OUTPUT_KEY,
     PREDICT_IMAGES,
     SERVING_DEFAULT,
+    ExportVerificationError,
     VersionExistsError,
     export_model,
     save,
@@ -116,6 +117,13 @@ def exported(tiny_model: keras.Model, tmp_path_factory: pytest.TempPathFactory) 
     path = save(tiny_model, base, 1)
     assert path == base / "1"
     return path
+
+
+def one_layer_network() -> keras.Model:
+    """A network of the exported kind (float images of any size in, per-pixel class logits
+    out) with one 1x1 convolution: as real to save and load as the DeepLab one, and cheap."""
+    images = keras.Input(shape=(None, None, 3), name="images")
+    return keras.Model(images, keras.layers.Conv2D(NUM_CLASSES, 1)(images))
 
 
 # --- synthetic data --------------------------------------------------------------------------
@@ -264,8 +272,15 @@ def test_tf2_loader_matches_in_memory_model(exported: Path, tiny_model: keras.Mo
     assert np.mean(resized == seg) >= 0.99
 
 
-def test_verify_accepts_export(exported: Path, tiny_model: keras.Model) -> None:
-    verify(exported, tiny_model)
+def test_verify_accepts_an_export_of_its_model_only(tmp_path: Path) -> None:
+    """``save`` verifies what it writes (the ``exported`` fixture's DeepLab export passed it);
+    ``verify`` accepts an export of the model it is given and refuses one of another."""
+    network, other = one_layer_network(), one_layer_network()
+    path = save(network, tmp_path, 1)
+    verify(path, network)
+    verify(path)  # the two loaders agree, with no model to compare
+    with pytest.raises(ExportVerificationError, match="exported and in-memory model agree on"):
+        verify(path, other)
 
 
 def test_refuses_existing_version(exported: Path, tiny_model: keras.Model) -> None:
@@ -286,13 +301,6 @@ def test_rejects_bad_version(tiny_model: keras.Model, tmp_path: Path) -> None:
 
 
 # --- command line ----------------------------------------------------------------------------
-
-
-def one_layer_network() -> keras.Model:
-    """A network of the exported kind (float images of any size in, per-pixel class logits
-    out) with one 1x1 convolution: as real to save and load as the DeepLab one, and cheap."""
-    images = keras.Input(shape=(None, None, 3), name="images")
-    return keras.Model(images, keras.layers.Conv2D(NUM_CLASSES, 1)(images))
 
 
 def test_cli_export_refuse_and_overwrite(
