@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,27 +83,6 @@ def shape_of(info: meta_graph_pb2.TensorInfo) -> list[int]:
     return [d.size for d in info.tensor_shape.dim]
 
 
-def session_run(
-    path: Path, signature_key: str, feeds: dict[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    """Run a signature the way TF Serving's C++ ``SavedModelBundle`` does: TF1 session loader."""
-    return session_runs(path, {signature_key: feeds})[signature_key]
-
-
-def session_runs(
-    path: Path, feeds: dict[str, dict[str, np.ndarray]]
-) -> dict[str, dict[str, np.ndarray]]:
-    """``session_run`` of each signature key in ``feeds``, in one session (one load)."""
-    with tf.compat.v1.Session(graph=tf.Graph()) as sess:
-        meta_graph = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(path))
-        outputs = {}
-        for key, feed in feeds.items():
-            sig = meta_graph.signature_def[key]
-            fetches = {alias: info.name for alias, info in sig.outputs.items()}
-            outputs[key] = sess.run(fetches, {sig.inputs[a].name: v for a, v in feed.items()})
-        return outputs
-
-
 @pytest.fixture(scope="module")
 def tiny_model() -> keras.Model:
     model, stats = train(**TINY, log=None)
@@ -117,6 +97,28 @@ def exported(tiny_model: keras.Model, tmp_path_factory: pytest.TempPathFactory) 
     path = save(tiny_model, base, 1)
     assert path == base / "1"
     return path
+
+
+SessionRun = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@pytest.fixture(scope="module")
+def session_run(exported: Path) -> Iterator[SessionRun]:
+    """``exported`` loaded once the way TF Serving's C++ ``SavedModelBundle`` loads it (the TF1
+    session loader): runs a signature, by key, on feeds by input alias. The session is not
+    entered (``with``): that would make its graph the default one for the tests in between."""
+    sess = tf.compat.v1.Session(graph=tf.Graph())
+    try:
+        meta_graph = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(exported))
+
+        def run(signature_key: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            sig = meta_graph.signature_def[signature_key]
+            fetches = {alias: info.name for alias, info in sig.outputs.items()}
+            return sess.run(fetches, {sig.inputs[a].name: v for a, v in feeds.items()})
+
+        yield run
+    finally:
+        sess.close()
 
 
 def one_layer_network() -> keras.Model:
@@ -231,11 +233,10 @@ def test_signature_defs(exported: Path) -> None:
         assert shape_of(sig.outputs[OUTPUT_KEY]) == [-1, -1, -1]
 
 
-def test_session_loader_tutorial_request(exported: Path) -> None:
+def test_session_loader_tutorial_request(session_run: SessionRun) -> None:
     """One [1, H, W, 3] image with [1]-shaped height and width, as the DeepLab tutorial sends."""
     images, _ = make_batch(1, 33, seed=1)
     out = session_run(
-        exported,
         PREDICT_IMAGES,
         {"images": images, "height": np.array([50], np.int32), "width": np.array([47], np.int32)},
     )
@@ -244,15 +245,15 @@ def test_session_loader_tutorial_request(exported: Path) -> None:
     assert seg.min() >= 0 and seg.max() < NUM_CLASSES
 
 
-def test_session_loader_batch_of_two(exported: Path) -> None:
+def test_session_loader_batch_of_two(session_run: SessionRun) -> None:
     images = make_batch(2, 25, seed=2)[0][:, :, :19]
     feeds = {
         "images": images,
         "height": np.array([25], np.int32),
         "width": np.array([19], np.int32),
     }
-    runs = session_runs(exported, {PREDICT_IMAGES: feeds, SERVING_DEFAULT: {"images": images}})
-    seg, default = runs[PREDICT_IMAGES][OUTPUT_KEY], runs[SERVING_DEFAULT][OUTPUT_KEY]
+    seg = session_run(PREDICT_IMAGES, feeds)[OUTPUT_KEY]
+    default = session_run(SERVING_DEFAULT, {"images": images})[OUTPUT_KEY]
     for out in (seg, default):
         assert out.dtype == np.int64 and out.shape == (2, 25, 19)
     # at the input's own size, resizing the logits changes (almost) nothing
