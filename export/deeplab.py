@@ -178,6 +178,9 @@ def train(
         model = build_model(width)
         schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.02)
         optimizer = keras.optimizers.Adam(schedule)
+        # Its slots made now, not in train_step's first call: a tf.function that creates
+        # variables traces twice (seconds for this network); the slots start at zero either way.
+        optimizer.build(model.trainable_variables)
         loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
         @tf.function(reduce_retracing=True)

@@ -135,9 +135,9 @@ class Classifier:
         local_imports: dict[str, _Dotted] = {}
         value: Any = None  # what the last instructions loaded: an object or a _Dotted name
         imported = ""  # the module of the last IMPORT_NAME
-        previous: dis.Instruction | None = None
-        for ins in dis.get_instructions(code):
-            op, arg = ins.opname, ins.argval
+        previous: tuple[str, Any] | None = None
+        for ins in instructions(code):
+            op, arg = ins
             last, previous = previous, ins
             if op in _LOADS:
                 value = globals_.get(arg, getattr(builtins, str(arg), None))
@@ -149,7 +149,7 @@ class Classifier:
                 )
             elif op == "IMPORT_NAME":
                 imported = str(arg)
-                fromlist = last is not None and last.opname == "LOAD_CONST" and last.argval
+                fromlist = last is not None and last[0] == "LOAD_CONST" and last[1]
                 value = _Dotted(imported if fromlist else imported.split(".")[0])
             elif op == "IMPORT_FROM":
                 value = _Dotted(f"{imported}.{arg}")
@@ -172,6 +172,34 @@ class Classifier:
         if qualified(value) in BOOTS:
             return True
         return any(self.code_boots(c, g) for c, g in _followed(value))
+
+
+def instructions(code: types.CodeType) -> Iterator[tuple[str, Any]]:
+    """``(opname, argval)`` of each instruction of ``code``: the argument's name or constant as
+    ``dis.get_instructions`` reads it (the raw argument for other operations), without the line
+    numbers, source positions and jump labels it works out for each instruction (most of the
+    time marking a whole run's tests took went to those)."""
+    names, consts = code.co_names, code.co_consts
+    local = code._varname_from_oparg  # type: ignore[attr-defined]
+    for _, op, arg in dis._unpack_opargs(code.co_code):  # type: ignore[attr-defined]
+        if arg is None:
+            yield dis.opname[op], None
+        elif op == _LOAD_GLOBAL:
+            yield "LOAD_GLOBAL", names[arg >> 1]  # the low bit: push a NULL first
+        elif op in _NAMED:
+            yield dis.opname[op], names[arg]
+        elif op in _CONSTS:
+            yield dis.opname[op], consts[arg]
+        elif op in _LOCAL:
+            yield dis.opname[op], local(arg)
+        else:
+            yield dis.opname[op], arg
+
+
+_LOAD_GLOBAL = dis.opmap["LOAD_GLOBAL"]
+_NAMED = frozenset(dis.hasname)
+_CONSTS = frozenset(dis.hasconst)
+_LOCAL = frozenset(dis.haslocal) | frozenset(dis.hasfree)
 
 
 def _attr(value: Any, name: str) -> Any:

@@ -8,6 +8,7 @@ the product grows past 400 non-blank lines."""
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,9 +23,17 @@ def modules(package: str) -> list[Path]:
     return sorted((REPO / package).rglob("*.py"))
 
 
+@functools.cache
+def import_nodes(path: Path) -> tuple[ast.Import | ast.ImportFrom, ...]:
+    """The import statements of ``path``, at any depth, read once per run (the checks walk the
+    same files)."""
+    nodes = ast.walk(ast.parse(path.read_text(), str(path)))
+    return tuple(n for n in nodes if isinstance(n, ast.Import | ast.ImportFrom))
+
+
 def imported(path: Path) -> Iterator[str]:
     """Every module ``path`` imports, at any depth (function-level imports too)."""
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in import_nodes(path):
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
@@ -146,7 +155,7 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, path in paths.items():
         edges: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in import_nodes(path):
             if isinstance(node, ast.Import):
                 edges |= {alias.name for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:

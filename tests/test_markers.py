@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests import harness
-from tests.markers import Classifier
+from tests.markers import Classifier, instructions
 
 CLI = str(Path(sys.executable).with_name("ray-tfserving"))
 NOT_A_SCRIPT = "ray-tfserving is the command"
@@ -126,6 +126,37 @@ def test_the_suites_own_fixtures_and_helpers_are_classified() -> None:
     assert boots(test_soak.test_a_short_soak_loses_nothing_and_stays_bounded)  # via loadtests
     assert not boots(test_model.model)  # a ModelVersion in this process: no server
     assert not boots(conftest.deeplab_base)
+
+
+def test_instructions_read_as_dis_reads_them() -> None:
+    """The classifier's own decoding (``instructions``) names what ``dis`` names, for every
+    operation it reads the argument of, in the code of this module's boot examples (imports,
+    closures, lambdas, methods, module globals) and of the classifier itself."""
+    import dis
+    import types
+
+    from tests import markers
+
+    read = {"LOAD_CONST", "IMPORT_NAME", "IMPORT_FROM"}
+    read |= markers._LOADS | markers._LOCALS | markers._ATTRS | markers._STORES
+    codes = [
+        f.__code__
+        for module in (sys.modules[__name__], markers)
+        for value in vars(module).values()
+        for f in (value, *(vars(value).values() if isinstance(value, type) else ()))
+        if isinstance(f, types.FunctionType) and f.__module__ == module.__name__
+    ]
+    for code in codes:
+        codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+    seen = set()
+    for code in codes:
+        expected = [(i.opname, i.argval) for i in dis.get_instructions(code)]
+        got = list(instructions(code))
+        assert [op for op, _ in got] == [op for op, _ in expected], code
+        args = [v for op, v in got if op in read]
+        assert args == [v for op, v in expected if op in read], code
+        seen |= {op for op, _ in got}
+    assert {"LOAD_GLOBAL", "LOAD_DEREF", "IMPORT_FROM", "LOAD_METHOD", "STORE_FAST"} <= seen
 
 
 def test_every_collected_test_has_exactly_one_of_the_two_marks(

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from export.savedmodel import (
     OUTPUT_KEY,
     PREDICT_IMAGES,
     SERVING_DEFAULT,
+    ExportVerificationError,
     VersionExistsError,
     export_model,
     save,
@@ -82,17 +83,6 @@ def shape_of(info: meta_graph_pb2.TensorInfo) -> list[int]:
     return [d.size for d in info.tensor_shape.dim]
 
 
-def session_run(
-    path: Path, signature_key: str, feeds: dict[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    """Run a signature the way TF Serving's C++ ``SavedModelBundle`` does: TF1 session loader."""
-    with tf.compat.v1.Session(graph=tf.Graph()) as sess:
-        meta_graph = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(path))
-        sig = meta_graph.signature_def[signature_key]
-        fetches = {alias: info.name for alias, info in sig.outputs.items()}
-        return sess.run(fetches, {sig.inputs[alias].name: v for alias, v in feeds.items()})
-
-
 @pytest.fixture(scope="module")
 def tiny_model() -> keras.Model:
     model, stats = train(**TINY, log=None)
@@ -107,6 +97,35 @@ def exported(tiny_model: keras.Model, tmp_path_factory: pytest.TempPathFactory) 
     path = save(tiny_model, base, 1)
     assert path == base / "1"
     return path
+
+
+SessionRun = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@pytest.fixture(scope="module")
+def session_run(exported: Path) -> Iterator[SessionRun]:
+    """``exported`` loaded once the way TF Serving's C++ ``SavedModelBundle`` loads it (the TF1
+    session loader): runs a signature, by key, on feeds by input alias. The session is not
+    entered (``with``): that would make its graph the default one for the tests in between."""
+    sess = tf.compat.v1.Session(graph=tf.Graph())
+    try:
+        meta_graph = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(exported))
+
+        def run(signature_key: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            sig = meta_graph.signature_def[signature_key]
+            fetches = {alias: info.name for alias, info in sig.outputs.items()}
+            return sess.run(fetches, {sig.inputs[a].name: v for a, v in feeds.items()})
+
+        yield run
+    finally:
+        sess.close()
+
+
+def one_layer_network() -> keras.Model:
+    """A network of the exported kind (float images of any size in, per-pixel class logits
+    out) with one 1x1 convolution: as real to save and load as the DeepLab one, and cheap."""
+    images = keras.Input(shape=(None, None, 3), name="images")
+    return keras.Model(images, keras.layers.Conv2D(NUM_CLASSES, 1)(images))
 
 
 # --- synthetic data --------------------------------------------------------------------------
@@ -214,11 +233,10 @@ def test_signature_defs(exported: Path) -> None:
         assert shape_of(sig.outputs[OUTPUT_KEY]) == [-1, -1, -1]
 
 
-def test_session_loader_tutorial_request(exported: Path) -> None:
+def test_session_loader_tutorial_request(session_run: SessionRun) -> None:
     """One [1, H, W, 3] image with [1]-shaped height and width, as the DeepLab tutorial sends."""
     images, _ = make_batch(1, 33, seed=1)
     out = session_run(
-        exported,
         PREDICT_IMAGES,
         {"images": images, "height": np.array([50], np.int32), "width": np.array([47], np.int32)},
     )
@@ -227,15 +245,15 @@ def test_session_loader_tutorial_request(exported: Path) -> None:
     assert seg.min() >= 0 and seg.max() < NUM_CLASSES
 
 
-def test_session_loader_batch_of_two(exported: Path) -> None:
+def test_session_loader_batch_of_two(session_run: SessionRun) -> None:
     images = make_batch(2, 25, seed=2)[0][:, :, :19]
     feeds = {
         "images": images,
         "height": np.array([25], np.int32),
         "width": np.array([19], np.int32),
     }
-    seg = session_run(exported, PREDICT_IMAGES, feeds)[OUTPUT_KEY]
-    default = session_run(exported, SERVING_DEFAULT, {"images": images})[OUTPUT_KEY]
+    seg = session_run(PREDICT_IMAGES, feeds)[OUTPUT_KEY]
+    default = session_run(SERVING_DEFAULT, {"images": images})[OUTPUT_KEY]
     for out in (seg, default):
         assert out.dtype == np.int64 and out.shape == (2, 25, 19)
     # at the input's own size, resizing the logits changes (almost) nothing
@@ -255,8 +273,15 @@ def test_tf2_loader_matches_in_memory_model(exported: Path, tiny_model: keras.Mo
     assert np.mean(resized == seg) >= 0.99
 
 
-def test_verify_accepts_export(exported: Path, tiny_model: keras.Model) -> None:
-    verify(exported, tiny_model)
+def test_verify_accepts_an_export_of_its_model_only(tmp_path: Path) -> None:
+    """``save`` verifies what it writes (the ``exported`` fixture's DeepLab export passed it);
+    ``verify`` accepts an export of the model it is given and refuses one of another."""
+    network, other = one_layer_network(), one_layer_network()
+    path = save(network, tmp_path, 1)
+    verify(path, network)
+    verify(path)  # the two loaders agree, with no model to compare
+    with pytest.raises(ExportVerificationError, match="exported and in-memory model agree on"):
+        verify(path, other)
 
 
 def test_refuses_existing_version(exported: Path, tiny_model: keras.Model) -> None:
@@ -280,34 +305,37 @@ def test_rejects_bad_version(tiny_model: keras.Model, tmp_path: Path) -> None:
 
 
 def test_cli_export_refuse_and_overwrite(
-    exported: Path,
-    tiny_model: keras.Model,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An existing version is refused before any training; ``--overwrite`` trains with the
-    command line's steps, size and seed, printing its progress, and replaces the version whole.
-    The training is ``tiny_model``'s (``train`` is tested above): the command's is recorded."""
+    command line's steps, size and seed, printing its progress, and replaces the version whole
+    with the trained network. The training is recorded (``train`` is tested above); what it
+    returns is a one-layer network, whose export ``save`` checks as it checks any."""
     import export.savedmodel
 
     trained: list[dict[str, Any]] = []
+    network = one_layer_network()
 
     def recorded_train(**options: Any) -> tuple[keras.Model, TrainStats]:
         trained.append(options)
         options["log"]("step 1/2 loss 1.0000 elapsed 0.1s")
-        return tiny_model, TrainStats(2, 16, 1, 0.5, 1.0, 0.25)
+        return network, TrainStats(2, 16, 1, 0.5, 1.0, 0.25)
 
     monkeypatch.setattr(export.savedmodel, "train", recorded_train)
     base = tmp_path / "models" / "deeplab"
-    shutil.copytree(exported, base / "7")
-    (base / "7" / "variables" / "variables.data-00000-of-00001").write_bytes(b"an old version")
+    old = base / "7"
+    for name in ("saved_model.pb", "variables/variables.index", "assets.extra/old"):
+        (old / name).parent.mkdir(parents=True, exist_ok=True)
+        (old / name).write_bytes(b"an old version")
     tiny = ["--steps", "2", "--size", "16"]
 
     refused = run_main(capsys, "--base-path", base, "--version", "7", *tiny)
     assert refused.returncode == 1
     assert "already exists" in refused.stderr and "--overwrite" in refused.stderr
     assert trained == [] and "step 1/" not in refused.stdout
+    assert (old / "assets.extra" / "old").read_bytes() == b"an old version"
 
     done = run_main(
         capsys, "--base-path", base, "--version", "7", *tiny, "--seed", "3", "--overwrite"
@@ -320,9 +348,8 @@ def test_cli_export_refuse_and_overwrite(
         f"exported steps=2 seconds=0.5 mean_iou=0.250 path={base / '7'}",
     ]
     assert sorted(os.listdir(base)) == ["7"]
-    assert (base / "7" / "variables" / "variables.data-00000-of-00001").read_bytes() == (
-        exported / "variables" / "variables.data-00000-of-00001"
-    ).read_bytes()  # the version written whole, from the trained model
+    assert not (base / "7" / "assets.extra").exists()  # the version replaced whole ...
+    verify(base / "7", network)  # ... by the trained network's export
     assert {PREDICT_IMAGES, SERVING_DEFAULT} <= set(signatures(base / "7"))
 
 
