@@ -1,4 +1,4 @@
-"""200 models under a memory budget (``--model_memory_budget_mb``, ``runtime.residency``) against
+"""200 models under a memory budget (``--model_memory_budget_mb``, ``runtime.paging``) against
 one live server with two serving replicas: copies of TF Serving's test models (their version
 directories linked) and exports made here whose variables are tens of MB, one of them larger
 than the budget. A Zipf-distributed load over the models gets every answer right (0 failed

@@ -183,7 +183,7 @@ def test_a_version_in_its_own_deployment_is_built_with_its_version_and_adopts_a_
 
 def test_the_memory_budget_and_pinned_models_reach_the_serving_replicas(tmp_path: Any) -> None:
     """``--model_memory_budget_mb`` and the model config's ``pinned`` travel in the serving
-    replicas' user_config (``runtime.residency`` reads them there)."""
+    replicas' user_config (``runtime.paging`` reads them there)."""
     from serve_app.runtime.replica_config import IngressConfig
 
     config = tmp_path / "models.config"
