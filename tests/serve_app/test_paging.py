@@ -4,8 +4,8 @@ directories linked) and exports made here whose variables are tens of MB, one of
 than the budget. A Zipf-distributed load over the models gets every answer right (0 failed
 requests) while each replica pages versions in and out within its budget (the metrics page's
 bytes per replica, its peak included), evictions happen, the pinned model is never evicted,
-calls for versions a replica does not hold go one hop to one that does, the hot model is held
-by both replicas,
+calls for versions a replica does not hold go one hop to one that does, the hot model (then
+asked for alone) is held by both replicas,
 the model beyond the budget is RESOURCE_EXHAUSTED naming the budget, and GetModelStatus says
 AVAILABLE for every version, resident or not.
 """
@@ -45,6 +45,8 @@ TOO_BIG = ("too_big", 12_000_000)
 """48 MB of variables (58 MB counted): more than the budget."""
 PINNED = "pinned"
 HOT = "hot"
+HOT_BURST = 64
+"""Calls to the hot model alone after the Zipf load, four on each connection."""
 
 
 class Big(tf.Module):
@@ -159,6 +161,9 @@ def test_a_zipf_load_over_200_models_pages_them_within_the_budget(
 
     with ThreadPoolExecutor(8) as pool:
         failed = [f for f in pool.map(one, enumerate(order)) if f]
+        # Then the hot model alone, on every connection: hot on both replicas, it is held by
+        # both (under the Zipf load the two big exports, which cannot both fit, evict it often).
+        failed += [f for f in pool.map(one, enumerate([HOT] * HOT_BURST)) if f]
     for channel in channels:
         channel.close()
     assert not failed, failed[:5]
@@ -181,9 +186,10 @@ def test_a_zipf_load_over_200_models_pages_them_within_the_budget(
         samples = scrape(server)
         peaks = series(samples, "replica_model_bytes_peak")
         evictions = sum(series(samples, "model_evictions_total").values())
-        if len(peaks) == 2 and evictions and series(samples, "model_page_ins_total"):
+        hot = sum(series(samples, "model_resident", model=HOT).values())
+        if len(peaks) == 2 and evictions and series(samples, "model_page_ins_total") and hot == 2:
             break
-        assert time.monotonic() < deadline, (peaks, evictions, sorted({n for n, _ in samples}))
+        assert time.monotonic() < deadline, (peaks, evictions, hot, sorted({n for n, _ in samples}))
         time.sleep(1.0)
     held = series(samples, "replica_model_bytes")
     assert len(held) == 2 and all(0 < v <= BUDGET_MB << 20 for v in held.values()), held
