@@ -210,7 +210,7 @@ def _placement(most: int) -> tuple[int, int]:
     """This replica's rank among the deployment's replicas (Serve's ranks: a replacement takes
     the rank of the replica it replaces), and how many there may be (``most``: with
     ``--serving_replicas=auto`` its most, since Serve's world size is the configured count)."""
-    rank = serve.get_replica_context().rank.rank
+    rank = getattr(serve.get_replica_context().rank, "rank", 0)  # None before Serve sets it
     return rank, max(most, rank + 1)
 
 
