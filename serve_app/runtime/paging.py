@@ -52,6 +52,9 @@ class Peers(Protocol):
     def advertise(self, targets: list[str]) -> None:
         """Tell the routers that this replica holds (or is paging in) ``targets``."""
 
+    def forget(self, keep: set[str]) -> None:
+        """Versions not in ``keep`` are no longer served: nothing is kept for them."""
+
 
 class ServePeers:
     """``Peers`` through Serve: the serving replicas' own deployment (``deployment`` of
@@ -178,7 +181,7 @@ class Pager:
             del self.paged[target]
         self.residency.drop(keep)
         self.placement.load.forget(keep)
-        if isinstance(self.peers, ServePeers):
+        if self.peers is not None:
             self.peers.forget(keep)
 
     # --- calls ------------------------------------------------------------------------------

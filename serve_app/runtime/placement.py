@@ -30,8 +30,8 @@ HALF_LIFE_S = 10.0
 """How fast a version's recent calls are forgotten: each counts half after this long."""
 HOT_CALLS = 8.0
 """Recent calls (decayed) that make a version hot enough here to be paged in by eviction: a
-steady 0.55 calls/s (8 x ln 2 / ``HALF_LIFE_S``) on this replica. Below it a hop (about a
-millisecond) costs less than a page-in (tens of milliseconds, and an eviction)."""
+steady 0.55 calls/s (8 x ln 2 / ``HALF_LIFE_S``) on this replica. Below it a hop (1-3 ms
+measured on 2 cores) costs less than a page-in (tens of milliseconds, and an eviction)."""
 
 
 def owner(target: str, replicas: int) -> int:

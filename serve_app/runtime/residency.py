@@ -181,6 +181,11 @@ class Entry(Generic[T]):
     """Dropped from the routing table: closed once its last call ends."""
 
     @property
+    def page_in_bytes(self) -> int:
+        """What its next page-in is counted for: the most a load of it measured."""
+        return max(self.nbytes, self.measured)
+
+    @property
     def charged(self) -> bool:
         """Counted against the budget: resident, or being paged in."""
         return self.held is not None or self.loading is not None
@@ -304,7 +309,7 @@ class Residency(Generic[T]):
             if entry.gone:
                 raise Unavailable(f"{entry.model} version {entry.version} was unloaded")
             if entry.loading is None:
-                entry.nbytes = max(entry.nbytes, entry.measured)
+                entry.nbytes = entry.page_in_bytes
                 await self._make_room(entry)
                 if entry.held is None and entry.loading is None:
                     task = asyncio.get_running_loop().create_task(self._page_in(entry))
@@ -344,8 +349,7 @@ class Residency(Generic[T]):
         entry = self.entries[target]
         if entry.charged:
             return []
-        entry_bytes = max(entry.nbytes, entry.measured)
-        found = self._victims(entry, entry_bytes)
+        found = self._victims(entry, entry.page_in_bytes)
         return None if found is None else [e.target for e in found]
 
     def _victims(self, entry: Entry[T], nbytes: int) -> list[Entry[T]] | None:

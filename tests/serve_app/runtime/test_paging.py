@@ -63,6 +63,9 @@ class Peers:
     def advertise(self, targets: list[str]) -> None:
         self.advertised.append(targets)
 
+    def forget(self, keep: set[str]) -> None:
+        """Nothing kept per version."""
+
 
 def pager(
     budget_mb: int, sizes: dict[str, int], peers: Peers | None = None, replicas: int = 1
